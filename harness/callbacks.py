@@ -1,0 +1,112 @@
+"""Training callbacks: throughput metrics and plain progress lines for CI logs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+
+class ThroughputMonitor(Callback):
+    """Logs samples/s, real (non-pad) tokens/s and the padding share every `every` optimizer steps.
+
+    Counts accumulate as device tensors and are read once per logging interval, so the step has no host sync.
+    """
+
+    def __init__(self, every: int):
+        self.every = every
+        self._reset()
+
+    def _reset(self) -> None:
+        self._t0 = time.perf_counter()
+        self._samples = 0
+        self._tokens: Any = 0
+        self._slots = 0
+        self._batches = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._reset()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        mask = batch["attention_mask"]
+        self._samples += mask.shape[0]
+        self._slots += mask.numel()
+        self._tokens = self._tokens + mask.sum()
+        self._batches += 1
+        if trainer.global_step % self.every == 0 and self._batches >= self.every:
+            elapsed = time.perf_counter() - self._t0
+            tokens = float(self._tokens)
+            metrics = {
+                "train_samples_per_sec": self._samples / elapsed,
+                "train_tokens_per_sec": tokens / elapsed,
+                "train_padding_share": 1 - tokens / max(self._slots, 1),
+            }
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+            pl_module._last_throughput = metrics  # read by LineProgress
+            self._reset()
+
+
+class LineProgress(Callback):
+    """One line per logging interval instead of progress bars (used when CI is set or output is not a terminal)."""
+
+    def __init__(self, every: int, stream: Any = None):
+        self.every = every
+        self.stream = stream or sys.stdout
+        self._t0 = 0.0
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+        self._print(f"training: {trainer.num_training_batches} batches/epoch, {trainer.max_epochs} epoch(s), "
+                    f"{trainer.estimated_stepping_batches} optimizer steps")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        total = trainer.estimated_stepping_batches
+        if step % self.every and step != total:
+            return
+        if getattr(pl_module, "_line_step", None) == step:
+            return
+        pl_module._line_step = step
+        loss = trainer.callback_metrics.get("train_loss")
+        elapsed = time.perf_counter() - self._t0
+        eta = elapsed / max(step, 1) * (total - step)
+        tp = getattr(pl_module, "_last_throughput", {}).get("train_samples_per_sec")
+        parts = [f"step {step}/{total}", f"epoch {trainer.current_epoch + 1}"]
+        if loss is not None:
+            parts.append(f"loss {float(loss):.4f}")
+        if tp:
+            parts.append(f"{tp:.1f} samples/s")
+        parts.append(f"elapsed {elapsed:.0f}s eta {eta:.0f}s")
+        self._print("  " + " | ".join(parts))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        vals = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+        if vals:
+            self._print("  validation: " + " ".join(f"{k}={v:.4f}" for k, v in sorted(vals.items())))
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._print(f"evaluating: {sum(trainer.num_test_batches)} batches")
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        total = sum(trainer.num_test_batches)
+        if (batch_idx + 1) % max(self.every, 1) == 0 or batch_idx + 1 == total:
+            self._print(f"  eval batch {batch_idx + 1}/{total}")
+
+
+def quiet_mode() -> bool:
+    import os
+
+    return bool(os.environ.get("CI")) or not sys.stdout.isatty()
+

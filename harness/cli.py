@@ -1,0 +1,166 @@
+"""`harness` command line: thin parsing, then the runner.
+
+    harness run <task> [key=value ...]                 fine-tune and evaluate (one MLflow run)
+    harness eval <task> --model M [--data F] [k=v ...] evaluate a trained model without training (its own run)
+    harness ls                                         tasks with family, dataset and metrics
+    harness validate                                   check every task file and profile
+    harness config <task> [key=value ...]              print the resolved config
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Optional
+
+from harness.errors import HarnessError
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    quiet = bool(os.environ.get("CI"))
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, force_terminal=False if quiet else None)
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from harness.registry import registry
+
+    tasks = registry()
+    table = Table(title="tasks", show_lines=False)
+    for col in ("task", "family", "dataset", "metrics (main first)", "description"):
+        table.add_column(col, overflow="fold")
+    for name, t in sorted(tasks.items()):
+        ds = t.dataset.hub_id or t.dataset.local_dir or ""
+        metrics = [t.main_metric] + [m for m in t.metrics if m != t.main_metric]
+        table.add_row(name, t.family, ds, ", ".join(metrics), t.description)
+    _console().print(table)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from harness.config import load_profile
+    from harness.paths import profiles_dir
+    from harness.registry import scan
+
+    tasks = scan()
+    profiles = sorted(p.stem for p in profiles_dir().glob("*.yaml"))
+    for p in profiles:
+        load_profile(p)
+    print(f"ok: {len(tasks)} task(s) ({', '.join(sorted(tasks))}), {len(profiles)} profile(s) ({', '.join(profiles)})")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from harness.config import dump_yaml, resolve_run_config
+    from harness.registry import get_task
+
+    task = get_task(args.task)
+    cfg = resolve_run_config(task, args.overrides)
+    print(dump_yaml(cfg.model_dump(mode="json")), end="")
+    return 0
+
+
+def _run(task_name: str, overrides: list[str]) -> int:
+    from harness.config import resolve_run_config
+    from harness.registry import get_task
+    from harness.runner import run
+
+    task = get_task(task_name)
+    cfg = resolve_run_config(task, overrides)
+    console = _console()
+    result = run(cfg, task, console=console)
+    if result.report is not None:
+        print_report(console, cfg, task, result)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _run(args.task, args.overrides)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    overrides = ["train=false", f"model.name={args.model}"] + list(args.overrides)
+    if args.data:
+        overrides.append(f"data.test_file={os.path.abspath(args.data)}")
+    if args.model.startswith("runs:/"):
+        overrides.append(f"source_run_id={args.model[len('runs:/'):].split('/')[0]}")
+    return _run(args.task, overrides)
+
+
+def print_report(console: Any, cfg: Any, task: Any, result: Any) -> None:
+    from rich.table import Table
+
+    report = result.report
+    minutes, seconds = divmod(int(result.wall_seconds), 60)
+    conf = int(round(cfg.eval.confidence * 100))
+    table = Table(
+        title=f"{task.name} · {report.split} · {report.n:,} examples · profile {cfg.profile} · {result.device} · "
+        f"{minutes}m{seconds:02d}s",
+        title_justify="left",
+    )
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column(f"{conf}% CI (bootstrap, {cfg.eval.bootstrap_resamples} resamples)", justify="right")
+    for name, est in report.estimates.items():
+        mark = " (main)" if name == report.main_metric else ""
+        table.add_row(name + mark, f"{est.value:.4f}", f"[{est.low:.4f}, {est.high:.4f}]")
+    for name, value in report.scalars.items():
+        if name != "examples":
+            table.add_row(name, f"{value:.4f}", "")
+    console.print(table)
+    for ref in task.references:
+        console.print(f"  published: {ref.metric} {ref.value} — {ref.model} ({ref.source})", highlight=False)
+    uri = result.tracking_uri
+    console.print(f"MLflow run [bold]{result.run_id}[/] in experiment '{result.experiment}' ({uri})", highlight=False)
+    if uri.startswith("sqlite:///"):
+        console.print("open it: make ui   (or: mlflow ui --backend-store-uri "
+                      f"{uri} --host 127.0.0.1 --port 5000), then http://127.0.0.1:5000", highlight=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description="Fine-tune and evaluate transformer models, tracked in MLflow.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="command")
+
+    r = sub.add_parser("run", help="fine-tune and evaluate a task (one MLflow run)")
+    r.add_argument("task")
+    r.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. trainer.max_epochs=2")
+    r.set_defaults(func=cmd_run)
+
+    e = sub.add_parser("eval", help="evaluate a trained model without training (its own MLflow run)")
+    e.add_argument("task")
+    e.add_argument("--model", required=True, help="runs:/<run_id>, a model folder, or a .ckpt file")
+    e.add_argument("--data", help="a data file with the task's columns (default: the task's test split)")
+    e.add_argument("overrides", nargs="*", metavar="key=value")
+    e.set_defaults(func=cmd_eval)
+
+    ls = sub.add_parser("ls", help="list tasks")
+    ls.set_defaults(func=cmd_ls)
+    v = sub.add_parser("validate", help="check every task file and profile")
+    v.set_defaults(func=cmd_validate)
+    c = sub.add_parser("config", help="print the resolved config of a task")
+    c.add_argument("task")
+    c.add_argument("overrides", nargs="*", metavar="key=value")
+    c.set_defaults(func=cmd_config)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    if os.environ.get("CI"):
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except HarnessError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

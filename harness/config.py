@@ -1,0 +1,419 @@
+"""Typed configuration: task files, profiles, overrides.
+
+A run's config is built in layers, later layers winning:
+
+    field defaults  <  configs/profiles/<profile>.yaml  <  task.yaml `config:`  <  task.yaml `profiles.<profile>:`
+                    <  environment (HARNESS_DATA_DIR, MLFLOW_TRACKING_URI)  <  command-line `key=value` overrides
+
+Every layer is checked on its own for unknown keys, so an error names the file (or the override) that holds the bad
+key. The merged result is validated once more with pydantic (types, ranges) and is what gets logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Task files: tasks/<name>/task.yaml
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class SplitSpec(Strict):
+    """Where one split comes from: a file inside the task's local folder, and/or a split name on the hub."""
+
+    local: Optional[str] = None
+    hub: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SplitSpec":
+        if not self.local and not self.hub:
+            raise ValueError("a split needs `local` (a file name) or `hub` (a hub split name)")
+        return self
+
+
+class DeriveSpec(Strict):
+    """A split carved deterministically out of another one (e.g. validation out of train).
+
+    `size` below 1 is a fraction, otherwise a count. `stratify` keeps the label distribution; `group_by` keeps all rows
+    that share a value of that column on the same side (e.g. all questions of one article).
+    """
+
+    from_: str = Field(alias="from")
+    size: float = Field(gt=0)
+    stratify: bool = False
+    group_by: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "DeriveSpec":
+        if self.size >= 1 and self.size != int(self.size):
+            raise ValueError("size must be a fraction below 1 or a whole number of rows")
+        if self.stratify and self.group_by:
+            raise ValueError("use either stratify or group_by, not both")
+        return self
+
+
+class DatasetSpec(Strict):
+    local_dir: Optional[str] = None  # relative to the data directory
+    hub_id: Optional[str] = None
+    hub_config: Optional[str] = None
+    hub_revision: Optional[str] = None
+    splits: dict[str, SplitSpec]
+    derive: dict[str, DeriveSpec] = {}
+
+    @model_validator(mode="after")
+    def _check(self) -> "DatasetSpec":
+        if not self.local_dir and not self.hub_id:
+            raise ValueError("a dataset needs `local_dir` and/or `hub_id`")
+        if "test" not in self.splits and "test" not in self.derive:
+            raise ValueError("a dataset must define a `test` split")
+        for name, d in self.derive.items():
+            if name in self.splits:
+                raise ValueError(f"split '{name}' is both listed and derived")
+            if d.from_ not in self.splits:
+                raise ValueError(f"derived split '{name}' comes from unknown split '{d.from_}'")
+        return self
+
+
+class Reference(Strict):
+    """A published number, so a result can be put next to it (always with its source)."""
+
+    metric: str
+    value: float
+    model: str
+    source: str
+    note: Optional[str] = None
+
+
+class TaskSpec(Strict):
+    name: str
+    family: str
+    description: str
+    dataset: DatasetSpec
+    columns: dict[str, str]  # role (e.g. text, label) -> column name in the data
+    labels: Optional[list[str]] = None
+    metrics: list[str]
+    main_metric: str
+    direction: Literal["maximize", "minimize"] = "maximize"
+    references: list[Reference] = []
+    config: dict[str, Any] = {}  # run-config overrides for every profile
+    profiles: dict[str, dict[str, Any]] = {}  # run-config overrides per profile
+    path: Optional[str] = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TaskSpec":
+        if self.main_metric not in self.metrics:
+            raise ValueError(f"main_metric '{self.main_metric}' is not one of metrics {self.metrics}")
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be unique")
+        return self
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Run config: profiles, task defaults, overrides
+# --------------------------------------------------------------------------------------------------------------------
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class ModelConfig(Strict):
+    name: str = DEFAULT_MODEL  # hub id, local directory, `runs:/<run_id>` or a Lightning .ckpt file
+    revision: Optional[str] = None
+    dropout: Optional[float] = Field(default=None, ge=0, lt=1)  # overrides the backbone's hidden dropout
+    attn_implementation: Optional[str] = "sdpa"
+
+
+class DataConfig(Strict):
+    data_dir: Optional[str] = None  # folder holding the canonical files; HARNESS_DATA_DIR if unset
+    max_length: int = Field(default=128, ge=8)
+    truncation: Literal["head", "tail", "head_tail"] = "head"
+    head_tokens: Optional[int] = Field(default=None, ge=0)  # head_tail only; default: a quarter of the budget
+    train_size: Optional[int] = Field(default=None, gt=0)  # stratified subset; None = the whole split
+    validation_size: Optional[int] = Field(default=None, gt=0)
+    test_size: Optional[int] = Field(default=None, gt=0)
+    test_file: Optional[str] = None  # evaluate on this file (task schema) instead of the test split
+    batch_size: int = Field(default=16, gt=0)
+    eval_batch_size: int = Field(default=64, gt=0)
+    bucketing: bool = True  # length-aware batches: shuffled buckets for training, sorted for evaluation
+    bucket_multiplier: int = Field(default=50, gt=0)  # pool of batch_size*k examples sorted together
+    pad_to_multiple_of: Optional[int] = Field(default=8, gt=0)
+    num_workers: int = Field(default=0, ge=0)
+    pin_memory: bool = False
+
+
+class OptimConfig(Strict):
+    lr: float = Field(default=5e-5, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, le=1)
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(default=1e-8, gt=0)
+
+
+class TrainerConfig(Strict):
+    max_epochs: int = Field(default=1, gt=0)
+    max_steps: int = -1
+    accelerator: str = "auto"
+    devices: Union[int, str] = "auto"
+    strategy: str = "auto"
+    precision: str = "auto"  # auto: bf16-mixed where the hardware supports it natively, else 32-true
+    accumulate_grad_batches: int = Field(default=1, gt=0)
+    gradient_clip_val: Optional[float] = Field(default=1.0, ge=0)
+    val_check_interval: Union[int, float] = 1.0
+    log_every_n_steps: int = Field(default=10, gt=0)
+    checkpoint_every_n_steps: int = Field(default=50, gt=0)
+    deterministic: bool = False
+    num_threads: Optional[int] = Field(default=None, gt=0)  # torch intra-op threads on CPU; None = all cores
+
+
+class EvalConfig(Strict):
+    bootstrap_resamples: int = Field(default=1000, ge=100)
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    ece_bins: int = Field(default=15, gt=1)
+    prediction_text_chars: int = Field(default=200, ge=0)  # text prefix kept in the predictions table
+
+
+class TrackingConfig(Strict):
+    tracking_uri: Optional[str] = None  # MLFLOW_TRACKING_URI if unset, else sqlite:///mlruns.db
+    experiment: Optional[str] = None  # default: the task name
+    run_name: Optional[str] = None
+    tags: dict[str, str] = {}
+    system_metrics: bool = True
+    system_metrics_interval: float = Field(default=10.0, gt=0)
+    output_dir: str = ".harness"  # checkpoints and resume state
+    keep_checkpoints: bool = False  # delete checkpoints once a run has finished
+
+
+class RunConfig(Strict):
+    task: str
+    profile: str = "auto"  # auto: `full` with CUDA, else `quick`
+    seed: int = 42
+    train: bool = True  # false: evaluate model.name as it is
+    log_model: bool = False
+    source_run_id: Optional[str] = None  # set by `harness eval --model runs:/...`: the run that trained the model
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    optim: OptimConfig = OptimConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @field_validator("profile")
+    @classmethod
+    def _profile_name(cls, v: str) -> str:
+        if not v.replace("_", "").replace("-", "").isalnum():
+            raise ValueError("a profile name is letters, digits, '-' and '_'")
+        return v
+
+    def identity_hash(self) -> str:
+        """Hash of everything that determines the result; the same command gives the same hash (used to resume)."""
+        d = self.model_dump(mode="json")
+        d["tracking"] = {k: v for k, v in d["tracking"].items() if k in ("experiment", "tracking_uri")}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loading, merging, checking
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e.__class__.__name__}: {e})", "fix the YAML syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`trainer.max_epochs=2` -> ("trainer.max_epochs", 2). Values are read as YAML scalars (numbers, booleans,
+    null, lists), and stay strings otherwise."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form key=value", "write e.g. trainer.max_epochs=2")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{item}' has an empty key", "write e.g. trainer.max_epochs=2")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, (dict,)):
+        value = raw  # `{...}` stays literal text; nested keys are set with dots
+    return key, value
+
+
+def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[p] = nxt
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "tags":
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _section_model(model: type[BaseModel], key: str) -> Optional[type[BaseModel]]:
+    field = model.model_fields.get(key)
+    if field is None:
+        return None
+    ann = field.annotation
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    return None
+
+
+def check_keys(d: dict[str, Any], model: type[BaseModel], source: str, prefix: str = "") -> None:
+    """Reject keys the schema does not know, naming the source and listing the keys that are allowed."""
+    for key, value in d.items():
+        dotted = f"{prefix}{key}"
+        if key not in model.model_fields:
+            aliases = {f.alias for f in model.model_fields.values() if f.alias}
+            if key in aliases:
+                continue
+            allowed = ", ".join(sorted(model.model_fields))
+            where = f"'{prefix[:-1]}'" if prefix else "the top level"
+            raise ConfigError(
+                f"{source}: unknown config key '{dotted}'",
+                f"allowed keys at {where}: {allowed}",
+            )
+        sub = _section_model(model, key)
+        if sub is not None and key != "tags":
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"{source}: '{dotted}' is a section, not a value",
+                    f"set one of its keys instead, e.g. {dotted}.{next(iter(sub.model_fields))}=...",
+                )
+            check_keys(value, sub, source, prefix=f"{dotted}.")
+
+
+def _describe_error(err: dict[str, Any]) -> tuple[str, str]:
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"]
+    if "input" in err and err["type"] not in ("missing",):
+        return loc, f"bad value {err['input']!r} for '{loc}': {msg}"
+    return loc, f"'{loc}': {msg}"
+
+
+def validation_to_error(e: ValidationError, origins: dict[str, str], what: str) -> ConfigError:
+    err = e.errors()[0]
+    loc, text = _describe_error(err)
+    src = origins.get(loc)
+    if src is None:  # an error on a section names the section; find a key inside it
+        src = next((s for k, s in origins.items() if k.startswith(loc + ".")), what)
+    return ConfigError(f"{src}: {text}", "fix that value (see README.md, 'Configuration')")
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    from harness.paths import profiles_dir
+
+    path = profiles_dir() / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in profiles_dir().glob("*.yaml"))
+        raise ConfigError(f"unknown profile '{name}'", f"use one of: {', '.join(known)} (files in configs/profiles/)")
+    data = load_yaml(path)
+    check_keys(data, RunConfig, str(path))
+    return data
+
+
+def default_profile() -> str:
+    try:
+        import torch
+
+        return "full" if torch.cuda.is_available() else "quick"
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return "quick"
+
+
+def resolve_run_config(task: TaskSpec, overrides: list[str] | None = None) -> RunConfig:
+    """Build the run config for `task` from the layers described in the module docstring."""
+    cli: dict[str, Any] = {}
+    cli_keys: dict[str, str] = {}
+    for item in overrides or []:
+        key, value = parse_override(item)
+        set_dotted(cli, key, value)
+        cli_keys[key] = f"override '{item}'"
+    # Each override is checked alone so the error can quote it.
+    for key, src in cli_keys.items():
+        one: dict[str, Any] = {}
+        set_dotted(one, key, None)
+        check_keys(one, RunConfig, src)
+
+    profile = cli.get("profile") or "auto"
+    if profile == "auto":
+        profile = default_profile()
+
+    layers: list[tuple[str, dict[str, Any]]] = [
+        (f"configs/profiles/{profile}.yaml", load_profile(profile)),
+        (f"{task.path or task.name}: config", task.config),
+        (f"{task.path or task.name}: profiles.{profile}", task.profiles.get(profile, {})),
+    ]
+    env: dict[str, Any] = {}
+    if os.environ.get("HARNESS_DATA_DIR"):
+        set_dotted(env, "data.data_dir", os.environ["HARNESS_DATA_DIR"])
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        set_dotted(env, "tracking.tracking_uri", os.environ["MLFLOW_TRACKING_URI"])
+    layers.append(("environment", env))
+    layers.append(("command line", cli))
+
+    merged: dict[str, Any] = {"task": task.name}
+    origins: dict[str, str] = {}
+    for source, layer in layers:
+        check_keys(layer, RunConfig, source)
+        merged = deep_merge(merged, layer)
+        for k in flatten(layer):
+            origins[k] = cli_keys.get(k, source)
+    merged["task"] = task.name
+    merged["profile"] = profile
+    try:
+        cfg = RunConfig.model_validate(merged)
+    except ValidationError as e:
+        raise validation_to_error(e, origins, "config") from None
+    if cfg.tracking.tracking_uri is None:
+        cfg.tracking.tracking_uri = "sqlite:///mlruns.db"
+    return cfg
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

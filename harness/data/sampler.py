@@ -1,0 +1,107 @@
+"""Length-aware batching.
+
+Training: the epoch's permutation is cut into pools of `batch_size * multiplier` examples, each pool is sorted by
+length and cut into batches, and the batches are shuffled. Batches hold similar lengths (little padding) while the
+order stays random. Evaluation: all examples sorted by length, longest first (an out-of-memory error shows on the
+first batch, not the last).
+
+The sampler is resumable: `start_batch` skips batches already consumed in the current epoch, so a run resumed from a
+mid-epoch checkpoint sees exactly the batches an uninterrupted run would. Under DDP each rank takes every
+world_size-th batch; for training, ranks get equal counts (the last batches wrap around), as DDP needs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch.distributed as dist
+
+
+class _Epoch:
+    """Lightning calls `set_epoch` on `batch_sampler.sampler`; this object receives it."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+class BucketBatchSampler:
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        bucketing: bool = True,
+        multiplier: int = 50,
+    ) -> None:
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.bucketing = bucketing
+        self.multiplier = multiplier
+        self.sampler = _Epoch()
+        self.start_batch = 0  # batches of epoch `_resume_epoch` already consumed (set when resuming)
+        self._resume_epoch: int | None = None
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    def _all_batches(self) -> list[np.ndarray]:
+        n = len(self.lengths)
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            order = rng.permutation(n)
+            if self.bucketing:
+                pool = self.batch_size * self.multiplier
+                chunks = [order[i : i + pool] for i in range(0, n, pool)]
+                # stable sort keeps the random order among equal lengths
+                order = np.concatenate([c[np.argsort(self.lengths[c], kind="stable")] for c in chunks])
+            batches = [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+            perm = rng.permutation(len(batches))
+            return [batches[i] for i in perm]
+        order = np.argsort(-self.lengths, kind="stable") if self.bucketing else np.arange(n)
+        return [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+
+    def _rank_batches(self) -> list[np.ndarray]:
+        batches = self._all_batches()
+        world, rank = _world()
+        if world == 1:
+            return batches
+        if self.shuffle:  # equal counts per rank for DDP training
+            per_rank = math.ceil(len(batches) / world)
+            batches = batches + batches[: per_rank * world - len(batches)]
+        return batches[rank::world]
+
+    def resume(self, epoch: int, batches_done: int) -> None:
+        """Skip the first `batches_done` batches the next time epoch `epoch` is iterated."""
+        self._resume_epoch, self.start_batch = epoch, batches_done
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._rank_batches()
+        start = self.start_batch if self.epoch == self._resume_epoch else 0
+        self.start_batch, self._resume_epoch = 0, None
+        for b in batches[start:]:
+            yield b.tolist()
+
+    def __len__(self) -> int:
+        n_batches = math.ceil(len(self.lengths) / self.batch_size)
+        world, rank = _world()
+        if world == 1:
+            return n_batches
+        if self.shuffle:
+            return math.ceil(n_batches / world)
+        return len(range(rank, n_batches, world))

@@ -1,0 +1,360 @@
+"""Finding, loading, checking and splitting a task's data.
+
+Resolution for each split: the task's folder under the data directory (`data.data_dir` or `HARNESS_DATA_DIR`) when
+the file is there, else the hub dataset when online. Rows are checked against the task's schema (fields present,
+labels in the label set), derived splits are carved deterministically (stratified or by group), and profile subsets
+are stratified samples with a fixed seed, so every run of a profile sees the same rows. What was used is recorded
+as lineage: source, file hash, row count, and a digest of the chosen row indices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from harness.config import DeriveSpec, RunConfig, TaskSpec
+from harness.errors import DataError
+
+SUBSET_SEED = 0  # profile subsets (train_size/test_size) do not move with the run seed: same rows for every seed
+
+
+@dataclass
+class SplitData:
+    """One split, ready for a family: rows (a `datasets.Dataset`) plus where they came from."""
+
+    name: str
+    dataset: Any  # datasets.Dataset with the task's columns renamed to roles, and `_row` (row in the source)
+    source: str  # file path or hub reference
+    source_kind: str  # "local" | "hub" | "file"
+    source_sha256: Optional[str]
+    source_rows: int
+    selection: list[str] = field(default_factory=list)  # what was done to get from the source to these rows
+
+    @property
+    def rows(self) -> int:
+        return len(self.dataset)
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        h.update((self.source_sha256 or self.source).encode())
+        h.update(np.asarray(self.dataset["_row"], dtype=np.int64).tobytes())
+        return h.hexdigest()[:16]
+
+    def lineage(self) -> dict[str, Any]:
+        return {
+            "split": self.name,
+            "source": self.source,
+            "source_kind": self.source_kind,
+            "source_sha256": self.source_sha256,
+            "source_rows": self.source_rows,
+            "rows": self.rows,
+            "digest": self.digest(),
+            "selection": "; ".join(self.selection) or "all rows",
+        }
+
+
+def _is_offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _builder_for(path: Path) -> tuple[str, dict[str, Any]]:
+    name = path.name.lower()
+    for suffix in (".gz", ".bz2", ".xz", ".zst"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    if name.endswith((".jsonl", ".json")):
+        return "json", {}
+    if name.endswith(".csv"):
+        return "csv", {}
+    if name.endswith(".tsv"):
+        return "csv", {"delimiter": "\t"}
+    if name.endswith(".parquet"):
+        return "parquet", {}
+    raise DataError(f"{path}: unknown file type", "use .jsonl, .json, .csv, .tsv or .parquet (optionally .gz)")
+
+
+def load_file(path: Path) -> Any:
+    import datasets
+
+    builder, kwargs = _builder_for(path)
+    try:
+        return datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **kwargs)
+    except Exception as e:  # datasets raises many types for unreadable files
+        raise DataError(
+            f"{path}: could not be read as {builder} ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})",
+            "check the file's format (one JSON object per line for .jsonl)",
+        ) from None
+
+
+def _load_hub(task: TaskSpec, split_name: str, hub_split: str) -> Any:
+    import datasets
+
+    ds = task.dataset
+    return datasets.load_dataset(ds.hub_id, ds.hub_config, split=hub_split, revision=ds.hub_revision)
+
+
+def check_rows(ds: Any, task: TaskSpec, where: str, row_offset: int = 1) -> Any:
+    """Check the task's columns exist and hold values, map label names to ids, and rename columns to roles.
+
+    `where` names the file (or hub split) in errors; rows are numbered from `row_offset` (1 = line numbers).
+    """
+    import pyarrow.compute as pc
+
+    cols = ds.column_names
+    for role, col in task.columns.items():
+        if col not in cols:
+            raise DataError(
+                f"{where}: no column '{col}' (the task's `{role}` column); columns there: {', '.join(cols)}",
+                f"use a file with that field, or map `columns.{role}` in the task file",
+            )
+        nulls = pc.is_null(ds.data.column(col))
+        if pc.any(nulls).as_py():
+            i = int(pc.index(nulls, True).as_py())
+            raise DataError(
+                f"{where}: row {i + row_offset} has no value for field '{col}'",
+                "fill in or remove that row",
+            )
+    if task.labels is not None and "label" in task.columns:
+        ds = _map_labels(ds, task, where, row_offset)
+    rename = {col: role for role, col in task.columns.items() if col != role}
+    keep = set(task.columns.values()) | {d.group_by for d in task.dataset.derive.values() if d.group_by}
+    ds = ds.remove_columns([c for c in cols if c not in keep and c != "_row"])
+    if rename:
+        # two roles may not map onto each other's names; go through temporary names
+        tmp = {col: f"__{role}" for col, role in rename.items()}
+        ds = ds.rename_columns(tmp)
+        ds = ds.rename_columns({f"__{role}": role for role in rename.values()})
+    return ds
+
+
+def _map_labels(ds: Any, task: TaskSpec, where: str, row_offset: int) -> Any:
+    col = task.columns["label"]
+    names = task.labels or []
+    values = ds[col]
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        arr = np.asarray(values, dtype=np.int64)
+        bad = np.flatnonzero((arr < 0) | (arr >= len(names)))
+        if len(bad):
+            i = int(bad[0])
+            raise DataError(
+                f"{where}: row {i + row_offset} has label {values[i]!r}, outside the task's label set "
+                f"0..{len(names) - 1} ({', '.join(names)})",
+                "fix the label, or list it in the task's `labels`",
+            )
+        return ds
+    lookup = {n: i for i, n in enumerate(names)}
+    lookup.update({str(i): i for i in range(len(names))})
+    ids = []
+    for i, v in enumerate(values):
+        key = str(v).strip()
+        if key not in lookup:
+            raise DataError(
+                f"{where}: row {i + row_offset} has label {v!r}, not in the task's label set ({', '.join(names)})",
+                "use one of those names or their ids",
+            )
+        ids.append(lookup[key])
+    return ds.remove_columns(col).add_column(col, ids)
+
+
+def _label_array(ds: Any) -> np.ndarray:
+    return np.asarray(ds["label"], dtype=np.int64)
+
+
+def stratified_indices(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """`n` indices whose label mix matches `labels` (largest-remainder rounding), sorted."""
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * n / len(labels)
+    take = np.floor(quota).astype(int)
+    for i in np.argsort(-(quota - take), kind="stable")[: n - take.sum()]:
+        take[i] += 1
+    chosen = []
+    for c, k in zip(classes, take):
+        idx = np.flatnonzero(labels == c)
+        chosen.append(rng.permutation(idx)[:k])
+    return np.sort(np.concatenate(chosen))
+
+
+def derive_indices(ds: Any, spec: DeriveSpec, split_name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows kept in the source split, rows of the derived split), deterministic for a given seed."""
+    n = len(ds)
+    size = int(round(spec.size * n)) if spec.size < 1 else int(spec.size)
+    if size <= 0 or size >= n:
+        raise DataError(
+            f"derived split '{split_name}' asks for {size} of {n} rows of '{spec.from_}'",
+            "set dataset.derive.<split>.size to leave rows on both sides",
+        )
+    rng = np.random.default_rng(seed)
+    if spec.group_by:
+        groups = np.asarray(ds[spec.group_by])
+        uniq = np.unique(groups)
+        order = rng.permutation(len(uniq))
+        taken, chosen = 0, []
+        for g in uniq[order]:
+            if taken >= size:
+                break
+            rows = np.flatnonzero(groups == g)
+            chosen.append(rows)
+            taken += len(rows)
+        derived = np.sort(np.concatenate(chosen))
+    elif spec.stratify:
+        derived = stratified_indices(_label_array(ds), size, rng)
+    else:
+        derived = np.sort(rng.permutation(n)[:size])
+    mask = np.ones(n, dtype=bool)
+    mask[derived] = False
+    return np.flatnonzero(mask), derived
+
+
+@dataclass
+class TaskData:
+    splits: dict[str, SplitData]
+
+    def __getitem__(self, name: str) -> SplitData:
+        return self.splits[name]
+
+    def get(self, name: str) -> Optional[SplitData]:
+        return self.splits.get(name)
+
+
+def _data_dir(cfg: RunConfig) -> Optional[Path]:
+    return Path(cfg.data.data_dir).expanduser() if cfg.data.data_dir else None
+
+
+def _load_source_split(task: TaskSpec, cfg: RunConfig, split: str) -> SplitData:
+    spec = task.dataset.splits[split]
+    looked: list[str] = []
+    data_dir = _data_dir(cfg)
+    if spec.local:
+        if data_dir is None:
+            looked.append("no data directory (set data.data_dir=... or HARNESS_DATA_DIR)")
+        elif task.dataset.local_dir is None:
+            looked.append("the task names no local_dir")
+        else:
+            path = (data_dir / task.dataset.local_dir / spec.local).resolve()
+            if path.is_file():
+                ds = load_file(path)
+                ds = ds.add_column("_row", list(range(len(ds))))
+                ds = check_rows(ds, task, str(path))
+                return SplitData(split, ds, str(path), "local", file_sha256(path), len(ds))
+            looked.append(f"{path} (not found)")
+    if spec.hub and task.dataset.hub_id:
+        ref = f"hf://datasets/{task.dataset.hub_id}" + (f"/{task.dataset.hub_config}" if task.dataset.hub_config else "")
+        ref += f"@{task.dataset.hub_revision or 'main'}:{spec.hub}"
+        if _is_offline():
+            looked.append(f"{ref} (skipped: HF_HUB_OFFLINE is set)")
+        else:
+            try:
+                ds = _load_hub(task, split, spec.hub)
+            except Exception as e:  # unreachable hub, missing dataset, auth...
+                looked.append(f"{ref} ({e.__class__.__name__}: {str(e).splitlines()[0][:160]})")
+            else:
+                ds = ds.add_column("_row", list(range(len(ds))))
+                ds = check_rows(ds, task, f"{ref} row", row_offset=0)
+                return SplitData(split, ds, ref, "hub", None, len(ds))
+    raise DataError(
+        f"task '{task.name}': split '{split}' not found; looked in: " + "; ".join(looked),
+        "point data.data_dir (or HARNESS_DATA_DIR) at a folder holding "
+        f"{task.dataset.local_dir or '<task folder>'}/{spec.local or '<file>'}, or go online for the hub",
+    )
+
+
+def _subset(split: SplitData, n: Optional[int], stratify: bool) -> SplitData:
+    if n is None or n >= split.rows:
+        return split
+    rng = np.random.default_rng([SUBSET_SEED, n])
+    if stratify and "label" in split.dataset.column_names:
+        idx = stratified_indices(_label_array(split.dataset), n, rng)
+        how = "stratified"
+    else:
+        idx = np.sort(rng.permutation(split.rows)[:n])
+        how = "random"
+    split.dataset = split.dataset.select(idx)
+    split.selection.append(f"{how} subset of {n} (seed {SUBSET_SEED})")
+    return split
+
+
+def load_task_data(task: TaskSpec, cfg: RunConfig, need: tuple[str, ...]) -> TaskData:
+    """Load the splits in `need` (from 'train', 'validation', 'test'), applying derives, test_file and subsets."""
+    stratify = "label" in task.columns and task.labels is not None
+    splits: dict[str, SplitData] = {}
+    sources: dict[str, SplitData] = {}
+
+    def source(name: str) -> SplitData:
+        if name not in sources:
+            sources[name] = _load_source_split(task, cfg, name)
+        return sources[name]
+
+    derived_from: dict[str, tuple[SplitData, np.ndarray]] = {}
+    for name, spec in task.dataset.derive.items():
+        if name not in need and spec.from_ not in need:
+            continue
+        if name == "test" and cfg.data.test_file:
+            continue
+        base = source(spec.from_)
+        keep, derived = derive_indices(base.dataset, spec, name, seed=0)
+        how = "stratified by label" if spec.stratify else (f"grouped by {spec.group_by}" if spec.group_by else "random")
+        sel = f"derived from '{spec.from_}': {len(derived)} rows ({how}, seed 0)"
+        splits[name] = SplitData(
+            name, base.dataset.select(derived), base.source, base.source_kind, base.source_sha256, base.source_rows,
+            [sel],
+        )
+        derived_from[spec.from_] = (base, keep)
+    for name in need:
+        if name in splits:
+            continue
+        if name == "test" and cfg.data.test_file:
+            splits[name] = load_test_file(task, Path(cfg.data.test_file))
+            continue
+        if name not in task.dataset.splits:
+            if name == "validation":
+                continue  # a task may have no validation split; training then skips validation
+            raise DataError(f"task '{task.name}' has no '{name}' split", "add it to dataset.splits in the task file")
+        base = source(name)
+        if name in derived_from:
+            _, keep = derived_from[name]
+            rest = [s for s, d in task.dataset.derive.items() if d.from_ == name]
+            splits[name] = SplitData(
+                name, base.dataset.select(keep), base.source, base.source_kind, base.source_sha256, base.source_rows,
+                [f"without the rows of derived split(s) {', '.join(rest)}"],
+            )
+        else:
+            splits[name] = SplitData(
+                name, base.dataset, base.source, base.source_kind, base.source_sha256, base.source_rows
+            )
+    sizes = {"train": cfg.data.train_size, "validation": cfg.data.validation_size, "test": cfg.data.test_size}
+    out: dict[str, SplitData] = {}
+    for name in need:
+        if name not in splits:
+            continue
+        s = splits[name]
+        if s.source_kind != "file":
+            s = _subset(s, sizes.get(name), stratify)
+        if s.rows == 0:
+            raise DataError(f"task '{task.name}': split '{name}' is empty (source: {s.source})", "use a split with rows")
+        out[name] = s
+    return TaskData(out)
+
+
+def load_test_file(task: TaskSpec, path: Path) -> SplitData:
+    path = path.expanduser().resolve()
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist", "pass an existing file to data.test_file / --data")
+    ds = load_file(path)
+    if len(ds) == 0:
+        raise DataError(f"data file {path} is empty", "use a file with rows in the task's schema")
+    ds = ds.add_column("_row", list(range(len(ds))))
+    ds = check_rows(ds, task, str(path))
+    return SplitData("test", ds, str(path), "file", file_sha256(path), len(ds), ["data.test_file: all rows"])

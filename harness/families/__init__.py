@@ -1,0 +1,42 @@
+"""Model families: what each family needs from a task file, and where its implementation lives.
+
+This module is import-light on purpose (no torch), so `harness ls` and `harness validate` stay fast. A family's
+implementation (DataModule, LightningModule, scoring) is imported only when a run needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FamilyInfo:
+    name: str
+    description: str
+    required_columns: tuple[str, ...]  # roles every task of this family maps to a data column
+    optional_columns: tuple[str, ...]
+    metrics: tuple[str, ...]  # metric names the family can compute
+    needs_labels: bool
+    impl: str  # "module:attribute" of the Family implementation
+
+
+FAMILIES: dict[str, FamilyInfo] = {
+    "classification": FamilyInfo(
+        name="classification",
+        description="sequence classification (AutoModelForSequenceClassification)",
+        required_columns=("text", "label"),
+        optional_columns=("text_pair",),
+        metrics=("accuracy", "f1_macro", "auroc", "ece"),
+        needs_labels=True,
+        impl="harness.families.classification:ClassificationFamily",
+    ),
+}
+
+
+def get_family(name: str):
+    """Instantiate the implementation of family `name` (imports torch and friends)."""
+    info = FAMILIES[name]
+    module_name, attr = info.impl.split(":")
+    cls = getattr(importlib.import_module(module_name), attr)
+    return cls(info)

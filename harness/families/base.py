@@ -1,0 +1,65 @@
+"""The contract between the runner and a model family.
+
+The runner owns everything that is the same for every family (config, data lineage, MLflow run, Trainer, resume);
+a family supplies the DataModule, the LightningModule, and turns test outputs into a report.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.config import RunConfig, TaskSpec
+from harness.data.sources import SplitData, TaskData
+from harness.families import FamilyInfo
+from harness.metrics.bootstrap import Estimate
+from harness.models.loading import ResolvedModel
+
+
+@dataclass
+class EvalReport:
+    split: str
+    n: int
+    estimates: dict[str, Estimate]  # metric -> value with its confidence interval
+    scalars: dict[str, float] = field(default_factory=dict)  # further numbers without an interval (e.g. loss)
+    table: Any = None  # pandas DataFrame, one row per example
+    figures: dict[str, Any] = field(default_factory=dict)  # artifact path -> matplotlib figure
+    main_metric: str = ""
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, est in self.estimates.items():
+            out.update(est.as_dict(f"{prefix}{name}"))
+        out.update({f"{prefix}{k}": v for k, v in self.scalars.items()})
+        return out
+
+
+class Family(ABC):
+    def __init__(self, info: FamilyInfo):
+        self.info = info
+
+    @abstractmethod
+    def build_datamodule(self, cfg: RunConfig, task: TaskSpec, data: TaskData, tokenizer: Any) -> Any: ...
+
+    @abstractmethod
+    def build_module(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> Any: ...
+
+    @abstractmethod
+    def score(self, cfg: RunConfig, task: TaskSpec, outputs: dict[str, Any], split: SplitData) -> EvalReport: ...
+
+    def tokenizer_path(self, model: ResolvedModel) -> str:
+        """Where the tokenizer lives; for a Lightning checkpoint, the backbone it was trained from."""
+        if model.checkpoint:
+            import torch
+
+            ckpt = torch.load(model.checkpoint, map_location="cpu", weights_only=True)
+            return ckpt["hyper_parameters"]["model_path"]
+        return model.path
+
+    def export(self, module: Any, tokenizer: Any, out_dir: Path) -> None:
+        """Write the trained model as a self-contained folder (safetensors + tokenizer), loadable by harness and
+        by transformers' from_pretrained."""
+        module.model.save_pretrained(out_dir, safe_serialization=True)
+        tokenizer.save_pretrained(out_dir)

@@ -1,0 +1,111 @@
+"""What every family's LightningModule shares: the optimizer and schedule, exact resume, evaluation outputs.
+
+A family module implements `forward`/`training_step`, `validation_step` (updating its metrics) and `eval_outputs`
+(per-example tensors for a test batch, always with the example's `index`). The base class collects those outputs
+across batches and DDP ranks, so scoring code sees one array per field, in dataset order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from transformers import get_scheduler
+
+
+class HarnessModule(L.LightningModule):
+    def __init__(self, optim: dict[str, Any]):
+        super().__init__()
+        self.optim = optim
+        self._eval_buffer: list[dict[str, torch.Tensor]] = []
+        self.test_outputs: Optional[dict[str, torch.Tensor]] = None
+        self._pending_rng: Optional[dict[str, Any]] = None
+
+    # ---- optimization --------------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        o = self.optim
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            # biases and normalization weights are not decayed (as in BERT's original recipe)
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": o["weight_decay"]},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        fused = self.device.type == "cuda"
+        opt = torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], fused=fused)
+        total = int(self.trainer.estimated_stepping_batches)
+        sched = get_scheduler(
+            o["scheduler"], opt, num_warmup_steps=int(o["warmup_ratio"] * total), num_training_steps=total
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "lr"}}
+
+    # ---- exact resume --------------------------------------------------------------------------------------------
+    # Lightning restores weights, optimizer, schedule and loop counters; the random state (dropout masks) is ours.
+    # It is applied at the first training batch after a resume, not on load: creating the data iterator in between
+    # draws from the generator, and an uninterrupted run made that draw before the checkpoint.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["harness_rng"] = rng
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._pending_rng = checkpoint.get("harness_rng")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._pending_rng is not None:
+            torch.set_rng_state(self._pending_rng["torch"])
+            if "cuda" in self._pending_rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self._pending_rng["cuda"])
+            self._pending_rng = None
+
+    # ---- evaluation outputs --------------------------------------------------------------------------------------
+    def eval_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = self.eval_outputs(batch)
+        self._eval_buffer.append({k: v.detach() for k, v in out.items()})
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        return self.eval_outputs(batch)
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_buffer = []
+        self.test_outputs = None
+
+    def on_test_epoch_end(self) -> None:
+        self.test_outputs = self._gather(self._eval_buffer)
+        self._eval_buffer = []
+
+    def _gather(self, chunks: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        local = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]} if chunks else {}
+        if self.trainer.world_size > 1:
+            local = _gather_uneven(self, local)
+        if not local:
+            return {}
+        # DDP samplers may repeat examples; keep one copy of each, in dataset order
+        index = local["index"].long()
+        order = torch.argsort(index, stable=True)
+        index_sorted = index[order]
+        first = torch.ones_like(index_sorted, dtype=torch.bool)
+        first[1:] = index_sorted[1:] != index_sorted[:-1]
+        keep = order[first]
+        return {k: v[keep].cpu() for k, v in local.items()}
+
+
+def _gather_uneven(module: L.LightningModule, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """all_gather for per-rank tensors of different lengths: pad to the longest, gather, then drop the padding."""
+    n = torch.tensor([len(next(iter(local.values())))], device=module.device)
+    sizes = module.all_gather(n).view(-1)
+    longest = int(sizes.max())
+    out = {}
+    for k, v in local.items():
+        pad = torch.zeros((longest - len(v), *v.shape[1:]), dtype=v.dtype, device=v.device)
+        g = module.all_gather(torch.cat([v, pad]))  # [world, longest, ...]
+        out[k] = torch.cat([g[r, : int(sizes[r])] for r in range(len(sizes))])
+    return out

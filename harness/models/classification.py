@@ -1,0 +1,88 @@
+"""Sequence classification: a transformers backbone with a classification head (AutoModelForSequenceClassification).
+
+One module for every classification task, parameterised by backbone and label set; metrics per validation epoch
+come from torchmetrics, test outputs are per-example probabilities for scoring with confidence intervals.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torchmetrics import MeanMetric
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from harness.metrics import classification as cls_metrics
+from harness.models.base import HarnessModule
+from harness.models.loading import ResolvedModel, load_pretrained
+
+_DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
+
+
+class SequenceClassifier(HarnessModule):
+    def __init__(
+        self,
+        model_path: str,
+        labels: list[str],
+        optim: dict[str, Any],
+        metrics: list[str] = list(cls_metrics.METRICS),
+        ece_bins: int = 15,
+        dropout: Optional[float] = None,
+        attn_implementation: Optional[str] = "sdpa",
+        revision: Optional[str] = None,
+        model_ref: Optional[str] = None,
+        model_source: str = "local",
+    ):
+        super().__init__(optim)
+        self.save_hyperparameters()
+        self.labels = list(labels)
+        n = len(labels)
+        resolved = ResolvedModel(model_ref or model_path, model_path, model_source, revision=revision)
+        extra: dict[str, Any] = {}
+        if dropout is not None:
+            config = load_pretrained(AutoConfig.from_pretrained, resolved)
+            extra = {k: dropout for k in _DROPOUT_KEYS if hasattr(config, k)}
+        kwargs: dict[str, Any] = dict(
+            num_labels=n,
+            id2label=dict(enumerate(self.labels)),
+            label2id={name: i for i, name in enumerate(self.labels)},
+            **extra,
+        )
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        self.model, info = load_pretrained(
+            AutoModelForSequenceClassification.from_pretrained, resolved, output_loading_info=True, **kwargs
+        )
+        # weights the checkpoint did not have (a new classification head): evaluating without training is then noise
+        self.newly_initialized = sorted(info.get("missing_keys", []))
+        self.model.train()  # from_pretrained returns eval mode; Lightning keeps whatever mode it finds
+        self.val_metrics = cls_metrics.collection(n, ece_bins, metrics).clone(prefix="val_")
+        self.val_loss = MeanMetric()
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        return self.model(**inputs, labels=batch.get("label"))
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self(batch)
+        self.log("train_loss", out.loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["label"]))
+        return out.loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = self(batch)
+        probs = out.logits.float().softmax(-1)
+        self.val_metrics.update(probs, batch["label"])
+        self.val_loss.update(out.loss, weight=len(batch["label"]))
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        values["val_loss"] = self.val_loss.compute()
+        self.log_dict(values, prog_bar=False)
+        self.val_metrics.reset()
+        self.val_loss.reset()
+
+    def eval_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = self(batch)
+        probs = out.logits.float().softmax(-1)
+        loss = torch.nn.functional.cross_entropy(out.logits.float(), batch["label"], reduction="none")
+        return {"index": batch["_row"], "label": batch["label"], "probs": probs, "loss": loss}

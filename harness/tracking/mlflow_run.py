@@ -1,0 +1,192 @@
+"""The MLflow side of a run: lifecycle, config, environment, dataset lineage, results, artifacts.
+
+One experiment per task (named after it), one run per `harness run`. A resumed run re-opens the same MLflow run.
+A run that fails is marked FAILED with the error as the tag `error`; one stopped by Ctrl-C is marked KILLED.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import mlflow
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+from harness.config import RunConfig, TaskSpec, dump_yaml, flatten
+from harness.data.sources import SplitData, TaskData
+from harness.tracking import env
+
+_MAX_PARAM = 6000
+_MAX_TAG = 5000
+
+
+def _secret_free(uri: str) -> str:
+    """A tracking/storage URI without its password (user:pass@host -> user:***@host)."""
+    if "://" in uri and "@" in uri.split("://", 1)[1]:
+        scheme, rest = uri.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        user = cred.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return uri
+
+
+class Tracker:
+    def __init__(self, cfg: RunConfig, task: TaskSpec):
+        self.cfg = cfg
+        self.task = task
+        uri = cfg.tracking.tracking_uri or "sqlite:///mlruns.db"
+        mlflow.set_tracking_uri(uri)
+        self.client = MlflowClient(uri)
+        self.experiment = cfg.tracking.experiment or task.name
+        self.run_id: Optional[str] = None
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------------
+    def start(self, run_id: Optional[str] = None) -> str:
+        exp = mlflow.set_experiment(self.experiment)
+        if not exp.tags.get("harness.task"):
+            self.client.set_experiment_tag(exp.experiment_id, "harness.task", self.task.name)
+            self.client.set_experiment_tag(exp.experiment_id, "harness.family", self.task.family)
+            self.client.set_experiment_tag(exp.experiment_id, "mlflow.note.content", self.task.description)
+        if self.cfg.tracking.system_metrics:
+            mlflow.set_system_metrics_sampling_interval(self.cfg.tracking.system_metrics_interval)
+            mlflow.set_system_metrics_samples_before_logging(1)
+        run = mlflow.start_run(
+            run_id=run_id,
+            run_name=None if run_id else self.run_name(),
+            log_system_metrics=self.cfg.tracking.system_metrics,
+        )
+        self.run_id = run.info.run_id
+        if run_id is None:
+            self.set_tags(self.base_tags())
+        return self.run_id
+
+    def run_name(self) -> str:
+        if self.cfg.tracking.run_name:
+            return self.cfg.tracking.run_name
+        model = self.cfg.model.name.rstrip("/").split("/")[-1]
+        mode = "train" if self.cfg.train else "eval"
+        return f"{self.task.name}-{model}-{self.cfg.profile}-{mode}-s{self.cfg.seed}"
+
+    def base_tags(self) -> dict[str, str]:
+        c = self.cfg
+        tags = {
+            "task": self.task.name,
+            "family": self.task.family,
+            "model": c.model.name,
+            "profile": c.profile,
+            "seed": str(c.seed),
+            "mode": "train+eval" if c.train else "eval",
+            "harness.config_hash": c.identity_hash(),
+        }
+        if c.source_run_id:
+            tags["harness.source_run_id"] = c.source_run_id
+        tags.update(c.tracking.tags)
+        return tags
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        if self.run_id is None:
+            return
+        batch = [RunTag(k, str(v)[:_MAX_TAG]) for k, v in tags.items()]
+        for i in range(0, len(batch), 100):
+            self.client.log_batch(self.run_id, tags=batch[i : i + 100])
+
+    def finish(self) -> None:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+    def fail(self, error: BaseException, killed: bool = False) -> None:
+        if mlflow.active_run() is None:
+            return
+        message = getattr(error, "message", None) or f"{error.__class__.__name__}: {error}"
+        try:
+            self.set_tags({"error": message, "error_type": error.__class__.__name__})
+        finally:
+            status = RunStatus.KILLED if killed else RunStatus.FAILED
+            mlflow.end_run(RunStatus.to_string(status))
+
+    # ---- content -------------------------------------------------------------------------------------------------
+    def log_config(self) -> None:
+        run_cfg = self.cfg.model_dump(mode="json")
+        task_cfg = self.task.model_dump(mode="json", by_alias=True)
+        params = {f"{k}": v for k, v in flatten(run_cfg).items() if k != "task"}
+        params.update({f"task.{k}": v for k, v in flatten(task_cfg).items() if not k.startswith(("references",))})
+        params["task"] = self.task.name
+        items = [Param(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in params.items()]
+        items = [Param(p.key, p.value[:_MAX_PARAM]) for p in items]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+        text = dump_yaml({"run": run_cfg, "task": task_cfg})
+        mlflow.log_text(text, "config/resolved.yaml")
+
+    def log_environment(self, device: str) -> None:
+        versions = env.package_versions()
+        git = env.git_state()
+        info = {"packages": versions, "git": git, "device": device, **env.device_info()}
+        mlflow.log_dict(info, "environment.json")
+        tags = {f"version.{k}": v for k, v in versions.items()}
+        tags["device"] = device
+        if git.get("commit"):
+            tags["mlflow.source.git.commit"] = git["commit"]
+            tags["git.dirty"] = str(git["dirty"]).lower()
+        self.set_tags(tags)
+
+    def log_datasets(self, data: TaskData) -> None:
+        from mlflow.data.meta_dataset import MetaDataset
+
+        for name, split in data.splits.items():
+            lin = split.lineage()
+            src = _dataset_source(split)
+            # the lineage record: source, digest of exactly the rows used, and their count
+            ds = MetaDataset(source=src, name=f"{self.task.name}-{name}", digest=lin["digest"])
+            tags = {k: str(v) for k, v in lin.items() if v is not None}
+            mlflow.log_input(ds, context=name, tags=tags)
+            params = [Param(f"split.{name}.rows", str(split.rows)), Param(f"split.{name}.source", lin["source"][:_MAX_PARAM])]
+            self.client.log_batch(self.run_id, params=params)
+        mlflow.log_dict({n: s.lineage() for n, s in data.splits.items()}, "data/lineage.json")
+
+    def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 500])
+
+    def log_table(self, df: Any, path: str) -> None:
+        mlflow.log_table(df, artifact_file=path)
+
+    def log_figure(self, fig: Any, path: str) -> None:
+        import matplotlib.pyplot as plt
+
+        mlflow.log_figure(fig, path)
+        plt.close(fig)
+
+    def log_dir(self, local: Path, artifact_path: str) -> None:
+        mlflow.log_artifacts(str(local), artifact_path)
+
+    def log_text(self, text: str, path: str) -> None:
+        mlflow.log_text(text, path)
+
+
+def _dataset_source(split: SplitData) -> Any:
+    if split.source_kind == "hub":
+        from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+
+        ref = split.source[len("hf://datasets/") :]
+        path, _, rest = ref.partition("@")
+        revision, _, hub_split = rest.partition(":")
+        return HuggingFaceDatasetSource(path=path, split=hub_split, revision=revision)
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    return LocalArtifactDatasetSource(Path(split.source).as_uri())
+
+
+def temp_dir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="harness-")
+
+
+def is_global_zero() -> bool:
+    """False in the extra processes a DDP launcher starts; only rank 0 talks to MLflow."""
+    return all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))

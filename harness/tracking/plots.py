@@ -1,0 +1,57 @@
+"""Figures logged with classification runs: confusion matrix and reliability diagram."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers; must precede pyplot
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from harness.metrics.classification import reliability_bins  # noqa: E402
+
+
+def confusion_matrix_figure(labels: np.ndarray, preds: np.ndarray, names: list[str], title: str) -> plt.Figure:
+    k = len(names)
+    cm = np.zeros((k, k), dtype=int)
+    np.add.at(cm, (labels, preds), 1)
+    row = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, row, out=np.zeros_like(cm, dtype=float), where=row > 0)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * k, 1.2 + 1.0 * k), dpi=120)
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{cm[i, j]}\n{share[i, j]:.1%}", ha="center", va="center",
+                    color="white" if share[i, j] > 0.6 else "black", fontsize=9)
+    ax.set_xticks(range(k), names, rotation=30, ha="right")
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
+    fig.tight_layout()
+    return fig
+
+
+def reliability_figure(probs: np.ndarray, labels: np.ndarray, n_bins: int, ece: float, title: str) -> plt.Figure:
+    b = reliability_bins(probs, labels, n_bins)
+    edges, count = b["edges"], b["count"]
+    centers = (edges[:-1] + edges[1:]) / 2
+    width = edges[1] - edges[0]
+    fig, (ax, axh) = plt.subplots(2, 1, figsize=(5, 5.5), dpi=120, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    has = count > 0
+    ax.bar(centers[has], b["accuracy"][has], width=width * 0.95, color="#4c72b0", label="accuracy", edgecolor="white")
+    ax.bar(centers[has], (b["confidence"] - b["accuracy"])[has], bottom=b["accuracy"][has], width=width * 0.95,
+           color="#dd8452", alpha=0.5, label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set_ylabel("accuracy in bin")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(f"{title}\nECE = {ece:.4f} ({n_bins} bins, top-label)", fontsize=10)
+    axh.bar(centers, count, width=width * 0.95, color="#55a868")
+    axh.set_xlabel("confidence (top-label probability)")
+    axh.set_ylabel("examples")
+    axh.set_xlim(0, 1)
+    fig.tight_layout()
+    return fig

@@ -10,8 +10,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 
-class ThroughputMonitor(Callback):
-    """Logs samples/s, real (non-pad) tokens/s and the padding share every `every` optimizer steps.
+class StepMonitor(Callback):
+    """Logs the learning rate, samples/s, real (non-pad) tokens/s and the padding share every `every` steps.
 
     Counts accumulate as device tensors and are read once per logging interval, so the step has no host sync.
     """
@@ -45,6 +45,8 @@ class ThroughputMonitor(Callback):
                 "train_tokens_per_sec": tokens / elapsed,
                 "train_padding_share": 1 - tokens / max(self._slots, 1),
             }
+            if trainer.optimizers:
+                metrics["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
             pl_module._last_throughput = metrics  # read by LineProgress

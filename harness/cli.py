@@ -25,19 +25,20 @@ def _console(stderr: bool = False) -> Any:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
     from harness.registry import registry
 
-    tasks = registry()
-    table = Table(title="tasks", show_lines=False)
-    for col in ("task", "family", "dataset", "metrics (main first)", "description"):
-        table.add_column(col, overflow="fold")
-    for name, t in sorted(tasks.items()):
-        ds = t.dataset.hub_id or t.dataset.local_dir or ""
+    rows = [("task", "family", "dataset (hub / local)", "metrics (main first)")]
+    for name, t in sorted(registry().items()):
+        ds = " / ".join(x for x in (t.dataset.hub_id, t.dataset.local_dir) if x)
         metrics = [t.main_metric] + [m for m in t.metrics if m != t.main_metric]
-        table.add_row(name, t.family, ds, ", ".join(metrics), t.description)
-    _console().print(table)
+        rows.append((name, t.family, ds, ", ".join(metrics)))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[3])
+    if args.verbose:
+        print()
+        for name, t in sorted(registry().items()):
+            print(f"{name}: {t.description}")
     return 0
 
 
@@ -86,8 +87,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     overrides = ["train=false", f"model.name={args.model}"] + list(args.overrides)
     if args.data:
         overrides.append(f"data.test_file={os.path.abspath(args.data)}")
-    if args.model.startswith("runs:/"):
-        overrides.append(f"source_run_id={args.model[len('runs:/'):].split('/')[0]}")
     return _run(args.task, overrides)
 
 
@@ -138,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     ls = sub.add_parser("ls", help="list tasks")
+    ls.add_argument("-v", "--verbose", action="store_true", help="also print each task's description")
     ls.set_defaults(func=cmd_ls)
     v = sub.add_parser("validate", help="check every task file and profile")
     v.set_defaults(func=cmd_validate)
@@ -149,9 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    if os.environ.get("CI"):
-        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    args = build_parser().parse_args(argv)
+    if os.environ.get("CI") and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after options (harness eval imdb --model X trainer.max_epochs=2)
+    stray = [x for x in extra if "=" not in x or x.startswith("-")]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     try:
         return args.func(args)
     except HarnessError as e:

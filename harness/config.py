@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -203,7 +204,6 @@ class RunConfig(Strict):
     seed: int = 42
     train: bool = True  # false: evaluate model.name as it is
     log_model: bool = False
-    source_run_id: Optional[str] = None  # set by `harness eval --model runs:/...`: the run that trained the model
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     trainer: TrainerConfig = TrainerConfig()
@@ -243,6 +243,9 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """`trainer.max_epochs=2` -> ("trainer.max_epochs", 2). Values are read as YAML scalars (numbers, booleans,
     null, lists), and stay strings otherwise."""
@@ -256,8 +259,10 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, (dict,)):
+    if isinstance(value, dict):
         value = raw  # `{...}` stays literal text; nested keys are set with dots
+    elif isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-4 as text; users mean a number
     return key, value
 
 

@@ -65,6 +65,8 @@ def configure_runtime(cfg: RunConfig) -> None:
     warnings.filterwarnings("ignore", message=r".*The number of training batches.*")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=r".*dataloader.*shuffle.*")
+    # our DataModule restores the sampler position itself (state_dict/load_state_dict), which Lightning cannot see
+    warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     if torch.cuda.is_available():
@@ -141,9 +143,9 @@ class RunState:
 
 def build_trainer(cfg: RunConfig, logger: Any, state: RunState, extra_callbacks: list, quiet: bool) -> Any:
     import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from harness.callbacks import LineProgress, ThroughputMonitor
+    from harness.callbacks import LineProgress, StepMonitor
 
     t = cfg.trainer
     callbacks: list = [
@@ -154,11 +156,9 @@ def build_trainer(cfg: RunConfig, logger: Any, state: RunState, extra_callbacks:
             save_top_k=0,
             save_last=True,
         ),
-        ThroughputMonitor(every=t.log_every_n_steps),
+        StepMonitor(every=t.log_every_n_steps),
         *extra_callbacks,
     ]
-    if logger is not None:
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
     if quiet:
         callbacks.append(LineProgress(every=t.log_every_n_steps))
     return L.Trainer(
@@ -307,6 +307,7 @@ def _log_model(family: Any, module: Any, tokenizer: Any, tracker: Any, cfg: RunC
         out = Path(tmp) / "model"
         family.export(module, tokenizer, out)
         meta = {
+            "run_id": tracker.run_id,
             "task": task.name,
             "family": task.family,
             "labels": task.labels,

@@ -86,13 +86,26 @@ def _builder_for(path: Path) -> tuple[str, dict[str, Any]]:
     raise DataError(f"{path}: unknown file type", "use .jsonl, .json, .csv, .tsv or .parquet (optionally .gz)")
 
 
+def _is_empty(path: Path) -> bool:
+    import gzip
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            return not f.read(4096).strip()
+    except OSError:
+        return False
+
+
 def load_file(path: Path) -> Any:
     import datasets
 
     builder, kwargs = _builder_for(path)
     try:
         return datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **kwargs)
-    except Exception as e:  # datasets raises many types for unreadable files
+    except Exception as e:  # datasets raises many types (even StopIteration) for unreadable files
+        if _is_empty(path):
+            raise DataError(f"{path}: the file is empty", "use a file with rows in the task's schema") from None
         raise DataError(
             f"{path}: could not be read as {builder} ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})",
             "check the file's format (one JSON object per line for .jsonl)",

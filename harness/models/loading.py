@@ -13,6 +13,7 @@ Remote code is never run (`trust_remote_code=False`); weights load as safetensor
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,13 +69,21 @@ def resolve_model(name: str, revision: Optional[str] = None, cache_dir: Optional
                 f"model directory {p} has no config.json",
                 "point model.name at a folder written by save_pretrained (config.json + weights)",
             )
-        return ResolvedModel(name, str(p.resolve()), "local")
+        return ResolvedModel(name, str(p.resolve()), "local", run_id=_trained_by(p))
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelError(f"model directory {p} does not exist", "check the path, or give a hub id like org/name")
     local = packaged_path(name)
     if local is not None and revision is None:
         return ResolvedModel(name, str(local), f"pip:{PACKAGED_MODELS[name][2]}")
     return ResolvedModel(name, name, "hub", revision=revision)
+
+
+def _trained_by(folder: Path) -> Optional[str]:
+    """The MLflow run that trained a model folder harness exported (its harness.json says so)."""
+    try:
+        return json.loads((folder / "harness.json").read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _from_mlflow_run(ref: str, cache_dir: Optional[Path]) -> ResolvedModel:

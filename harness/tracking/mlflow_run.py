@@ -83,8 +83,6 @@ class Tracker:
             "mode": "train+eval" if c.train else "eval",
             "harness.config_hash": c.identity_hash(),
         }
-        if c.source_run_id:
-            tags["harness.source_run_id"] = c.source_run_id
         tags.update(c.tracking.tags)
         return tags
 

@@ -1,0 +1,48 @@
+# harness — one command per job. `make help` lists them.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch is installed first and on its own, so a CPU machine can take a local CPU wheel and a GPU host its CUDA build;
+# override e.g. with TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH  ?= torch==2.13.0
+
+TASK   ?= imdb
+ARGS   ?=
+PORT   ?= 5000
+PYTEST_ARGS ?=
+
+# Local copies of the datasets: ../shared/data when it exists (HARNESS_DATA_DIR set by the caller wins).
+ifneq ($(wildcard ../shared/data),)
+export HARNESS_DATA_DIR ?= $(abspath ../shared/data)
+endif
+export MLFLOW_TRACKING_URI ?= sqlite:///mlruns.db
+
+.PHONY: help setup eval test test-all ui clean
+
+help:
+	@echo "make setup                  create $(VENV) and install harness with its dependencies"
+	@echo "make eval TASK=imdb         fine-tune + evaluate a task, one MLflow run (ARGS=\"key=value ...\")"
+	@echo "make test                   the test suite (fast tests; make test-all adds the slow ones)"
+	@echo "make ui                     MLflow UI on http://127.0.0.1:$(PORT) over $(MLFLOW_TRACKING_URI)"
+
+setup:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/harness validate
+
+eval:
+	$(BIN)/harness run $(TASK) $(ARGS)
+
+test:
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-all:
+	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+ui:
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(PORT)
+
+clean:
+	rm -rf .harness lightning_logs .pytest_cache

@@ -1,0 +1,107 @@
+"""Shared fixtures: offline hub, temporary MLflow store and working dir, real data, a tiny model built in code."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Set before anything imports transformers/datasets: tests never touch the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["CI"] = os.environ.get("CI") or "1"  # plain progress lines
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def _data_dir() -> Path | None:
+    env = os.environ.get("HARNESS_DATA_DIR")
+    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
+        if (cand / "sentiment" / "imdb" / "train.jsonl.gz").is_file():
+            return cand.resolve()
+    return None
+
+
+DATA_DIR = _data_dir()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if DATA_DIR is None:
+        pytest.skip("real datasets not found (set HARNESS_DATA_DIR or put ../shared/data beside the repo)")
+    return DATA_DIR
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Every test runs in its own folder with its own MLflow store, and no inherited data dir."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HARNESS_DATA_DIR", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("HARNESS_RUN_ID", raising=False)
+    yield
+    import mlflow
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlruns.db'}"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer BERT with hidden size 32 (random weights, seeded) and the MiniLM tokenizer, saved like any model."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from harness.models.loading import packaged_path
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    tok = AutoTokenizer.from_pretrained(str(packaged_path("sentence-transformers/all-MiniLM-L6-v2")))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=512,
+    )
+    BertModel(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def run_cli(args: list[str]) -> int:
+    from harness.cli import main
+
+    return main(args)
+
+
+def tiny_args(data_dir: Path, tiny_model: Path, tracking_uri: str, **extra: str) -> list[str]:
+    """Overrides for a fast run of a tiny model on a few hundred real rows."""
+    base = {
+        "model.name": str(tiny_model),
+        "data.data_dir": str(data_dir),
+        "data.train_size": "160",
+        "data.validation_size": "64",
+        "data.test_size": "96",
+        "data.max_length": "64",
+        "data.batch_size": "16",
+        "optim.lr": "1e-3",
+        "trainer.log_every_n_steps": "2",
+        "trainer.checkpoint_every_n_steps": "4",
+        "trainer.precision": "32-true",
+        "tracking.tracking_uri": tracking_uri,
+        "tracking.system_metrics_interval": "1",
+        "eval.bootstrap_resamples": "200",
+        "profile": "quick",
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+sys.path.insert(0, str(Path(__file__).parent))

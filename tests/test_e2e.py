@@ -1,0 +1,151 @@
+"""End to end: `harness run imdb` with a tiny model on a few hundred real IMDB rows, then the MLflow run's content."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_cli, tiny_args
+from mlflow.tracking import MlflowClient
+
+METRICS = ("accuracy", "f1_macro", "auroc", "ece")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir, tiny_model):
+    """One real training run shared by the tests of this module (log_model on, checkpoints kept)."""
+    import os
+
+    work = tmp_path_factory.mktemp("e2e")
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        uri = f"sqlite:///{work / 'mlruns.db'}"
+        args = tiny_args(data_dir, tiny_model, uri, log_model="true", **{"tracking.keep_checkpoints": "true"})
+        assert run_cli(["run", "imdb", *args]) == 0
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("imdb")
+        runs = client.search_runs([exp.experiment_id])
+        assert len(runs) == 1
+        yield {"client": client, "run": runs[0], "uri": uri, "work": work, "exp": exp}
+    finally:
+        os.chdir(cwd)
+
+
+def test_run_finished_with_tags_and_params(trained, tiny_model):
+    run = trained["run"]
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert tags["task"] == "imdb" and tags["family"] == "classification"
+    assert tags["model"] == str(tiny_model) and tags["profile"] == "quick" and tags["seed"] == "42"
+    assert tags["version.torch"] and tags["version.transformers"] and tags["device"].startswith("cpu")
+    params = run.data.params
+    assert params["model.name"] == str(tiny_model)
+    assert params["data.max_length"] == "64" and params["seed"] == "42" and params["trainer.precision"] == "32-true"
+    assert params["task.dataset.hub_id"] == "stanfordnlp/imdb"
+    assert params["split.train.rows"] == "160" and params["split.test.rows"] == "96"
+
+
+def test_test_metrics_have_confidence_intervals(trained):
+    m = trained["run"].data.metrics
+    for name in METRICS:
+        v, lo, hi = m[f"test_{name}"], m[f"test_{name}_ci_low"], m[f"test_{name}_ci_high"]
+        assert lo <= v <= hi, name
+        assert lo < hi, name
+    assert 0 <= m["test_accuracy"] <= 1 and m["test_examples"] == 96
+
+
+def test_step_and_validation_metrics_are_logged(trained):
+    client, run_id = trained["client"], trained["run"].info.run_id
+    loss = client.get_metric_history(run_id, "train_loss")
+    assert len(loss) >= 4 and len({p.step for p in loss}) == len(loss)
+    assert client.get_metric_history(run_id, "lr")
+    assert client.get_metric_history(run_id, "train_samples_per_sec")
+    for name in METRICS:
+        assert client.get_metric_history(run_id, f"val_{name}"), name
+    system = [k for k in trained["run"].data.metrics if k.startswith("system/")]
+    assert system, "system metrics missing"
+
+
+def test_artifacts(trained):
+    client, run_id = trained["client"], trained["run"].info.run_id
+    paths = {a.path for a in client.list_artifacts(run_id)}
+    assert {"config", "environment.json", "predictions", "plots", "data", "model"} <= paths
+    assert {a.path for a in client.list_artifacts(run_id, "plots")} == {
+        "plots/confusion_matrix.png", "plots/reliability_diagram.png"}
+    local = Path(client.download_artifacts(run_id, "predictions/test.json"))
+    table = json.loads(local.read_text())
+    cols = table["columns"]
+    assert {"text", "label", "prediction", "probability", "correct", "row"} <= set(cols)
+    assert len(table["data"]) == 96
+    cfg = Path(client.download_artifacts(run_id, "config/resolved.yaml")).read_text()
+    assert "max_length: 64" in cfg and "family: classification" in cfg
+    env = json.loads(Path(client.download_artifacts(run_id, "environment.json")).read_text())
+    assert "torch" in env["packages"] and env["device"].startswith("cpu")
+    model_files = {Path(a.path).name for a in client.list_artifacts(run_id, "model")}
+    assert {"config.json", "model.safetensors", "harness.json"} <= model_files
+
+
+def test_dataset_inputs(trained):
+    inputs = trained["run"].inputs.dataset_inputs
+    by_context = {}
+    for di in inputs:
+        ctx = {t.key: t.value for t in di.tags}["mlflow.data.context"]
+        by_context[ctx] = di
+    assert set(by_context) == {"train", "validation", "test"}
+    test = by_context["test"]
+    tags = {t.key: t.value for t in test.tags}
+    assert tags["rows"] == "96" and tags["source_rows"] == "25000"
+    assert len(tags["source_sha256"]) == 64 and "test.jsonl.gz" in tags["source"]
+    assert test.dataset.digest == tags["digest"]
+    digests = {di.dataset.digest for di in inputs}
+    assert len(digests) == 3
+
+
+def test_eval_from_mlflow_run_reproduces_test_metrics(trained):
+    """A logged model, evaluated again on the same test rows, gives the same numbers, in a run linked to its source."""
+    run = trained["run"]
+    client, uri = trained["client"], trained["uri"]
+    args = [a for a in tiny_args(Path(run.data.params["data.data_dir"]), Path("."), uri) if not a.startswith("model.")]
+    rc = run_cli(["eval", "imdb", "--model", f"runs:/{run.info.run_id}", *args])
+    assert rc == 0
+    runs = client.search_runs([trained["exp"].experiment_id], order_by=["attributes.start_time DESC"])
+    assert len(runs) == 2
+    ev = runs[0]
+    assert ev.info.status == "FINISHED"
+    assert ev.data.tags["harness.source_run_id"] == run.info.run_id and ev.data.tags["mode"] == "eval"
+    assert ev.data.metrics["test_accuracy"] == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-9)
+    assert ev.data.metrics["test_auroc"] == pytest.approx(run.data.metrics["test_auroc"], abs=1e-6)
+    assert {"context": "test"} == {"context": {t.key: t.value for t in ev.inputs.dataset_inputs[0].tags}["mlflow.data.context"]}
+
+
+def test_eval_on_a_user_file_with_label_names(trained, data_dir, tmp_path):
+    """Cross-domain check: the IMDB model on SST-2 sentences written as a user file with label names."""
+    import gzip
+
+    rows = [json.loads(line) for line in gzip.open(data_dir / "sentiment/sst2/validation.jsonl.gz", "rt")][:40]
+    f = tmp_path / "mine.jsonl"
+    f.write_text("".join(json.dumps({"text": r["sentence"], "label": ["negative", "positive"][r["label"]]}) + "\n"
+                         for r in rows))
+    run = trained["run"]
+    args = [a for a in tiny_args(data_dir, Path("."), trained["uri"]) if not a.startswith("model.")]
+    rc = run_cli(["eval", "imdb", "--model", f"runs:/{run.info.run_id}", "--data", str(f), *args])
+    assert rc == 0
+    client = trained["client"]
+    ev = client.search_runs([trained["exp"].experiment_id], order_by=["attributes.start_time DESC"])[0]
+    assert ev.data.metrics["test_examples"] == 40
+    tags = {t.key: t.value for t in ev.inputs.dataset_inputs[0].tags}
+    assert tags["source_kind"] == "file" and tags["source"].endswith("mine.jsonl")
+
+
+def test_eval_from_checkpoint_matches(trained):
+    work = trained["work"]
+    ckpts = list((work / ".harness" / "runs" / "imdb").glob("*/checkpoints/last.ckpt"))
+    assert len(ckpts) == 1
+    run = trained["run"]
+    args = [a for a in tiny_args(Path(run.data.params["data.data_dir"]), Path("."), trained["uri"])
+            if not a.startswith("model.")]
+    assert run_cli(["eval", "imdb", "--model", str(ckpts[0]), *args]) == 0
+    ev = trained["client"].search_runs([trained["exp"].experiment_id], order_by=["attributes.start_time DESC"])[0]
+    assert ev.data.metrics["test_accuracy"] == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-9)

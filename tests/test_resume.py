@@ -1,0 +1,46 @@
+"""A run killed mid-training continues from its last checkpoint in the same MLflow run and ends where an
+uninterrupted run ends."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run_cli, tiny_args
+from mlflow.tracking import MlflowClient
+
+HERE = Path(__file__).parent
+
+
+def test_killed_run_resumes_in_same_mlflow_run(data_dir, tiny_model, tracking_uri, tmp_path):
+    # 160 training rows / batch 16 = 10 steps, 2 epochs = 20 steps; checkpoints every 4 steps
+    args = tiny_args(data_dir, tiny_model, tracking_uri, **{"trainer.max_epochs": "2"})
+
+    # reference: the same config, uninterrupted, in another experiment
+    assert run_cli(["run", "imdb", *args, "tracking.experiment=reference"]) == 0
+    client = MlflowClient(tracking_uri)
+    ref = client.search_runs([client.get_experiment_by_name("reference").experiment_id])[0]
+
+    # killed at step 14 (epoch 2, two steps after the checkpoint at step 12): a hard kill, no cleanup
+    proc = subprocess.run([sys.executable, str(HERE / "kill_driver.py"), "imdb", "14", *args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    exp = client.get_experiment_by_name("imdb")
+    (killed,) = client.search_runs([exp.experiment_id])
+    assert killed.info.status == "RUNNING"
+    assert list(Path(".harness/runs/imdb").glob("*/checkpoints/last.ckpt"))
+
+    # the same command again: continues that run
+    assert run_cli(["run", "imdb", *args]) == 0
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1, "resume must not create a second run"
+    (done,) = runs
+    assert done.info.run_id == killed.info.run_id
+    assert done.info.status == "FINISHED"
+    assert done.data.tags.get("harness.resumed") == "true"
+    for key in ("test_accuracy", "test_auroc", "test_ece", "test_loss", "val_loss"):
+        assert done.data.metrics[key] == pytest.approx(ref.data.metrics[key], abs=1e-6), key
+    # the checkpoints of a finished run are removed; running the command once more starts a fresh run
+    assert not list(Path(".harness/runs/imdb").glob("*/checkpoints/last.ckpt"))

@@ -1,0 +1,64 @@
+"""Length-aware batching: every example once per epoch, similar lengths per batch, random order, exact resume."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harness.data import sampler as sampler_mod
+from harness.data.sampler import BucketBatchSampler
+
+LENGTHS = np.random.default_rng(0).integers(5, 500, size=1003)
+
+
+def _epoch(s, epoch):
+    s.sampler.set_epoch(epoch)
+    return list(s)
+
+
+def test_each_example_once_and_batches_are_homogeneous():
+    s = BucketBatchSampler(LENGTHS, 16, shuffle=True, seed=1, multiplier=50)
+    batches = _epoch(s, 0)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(LENGTHS))) and len(batches) == len(s) == 63
+    spread = np.mean([np.ptp(LENGTHS[b]) for b in batches])
+    random_spread = np.mean([np.ptp(LENGTHS[b]) for b in np.array_split(np.arange(1003), 63)])
+    assert spread < random_spread / 5  # bucketing: far less padding than random batches
+
+
+def test_order_is_shuffled_and_changes_per_epoch_and_seed():
+    s = BucketBatchSampler(LENGTHS, 16, shuffle=True, seed=1)
+    e0, e1 = _epoch(s, 0), _epoch(s, 1)
+    assert e0 != e1 and e0 == _epoch(s, 0)
+    first_lengths = [LENGTHS[b].mean() for b in e0]
+    assert not np.all(np.diff(first_lengths) >= 0) and not np.all(np.diff(first_lengths) <= 0)
+    assert _epoch(BucketBatchSampler(LENGTHS, 16, shuffle=True, seed=2), 0) != e0
+
+
+def test_resume_skips_consumed_batches_of_that_epoch_only():
+    s = BucketBatchSampler(LENGTHS, 16, shuffle=True, seed=1)
+    full = _epoch(s, 3)
+    r = BucketBatchSampler(LENGTHS, 16, shuffle=True, seed=1)
+    r.sampler.set_epoch(3)
+    r.resume(3, 40)
+    assert list(r) == full[40:]
+    assert _epoch(r, 4) == _epoch(s, 4)  # the next epoch is whole again
+
+
+def test_eval_is_sorted_longest_first_and_unbucketed_is_sequential():
+    s = BucketBatchSampler(LENGTHS, 64, shuffle=False)
+    flat = [i for b in s for i in b]
+    assert np.all(np.diff(LENGTHS[flat]) <= 0) and sorted(flat) == list(range(1003))
+    plain = BucketBatchSampler(LENGTHS, 64, shuffle=False, bucketing=False)
+    assert [i for b in plain for i in b] == list(range(1003))
+
+
+def test_ranks_get_disjoint_equal_shares(monkeypatch):
+    shares = []
+    for rank in range(2):
+        monkeypatch.setattr(sampler_mod, "_world", lambda r=rank: (2, r))
+        s = BucketBatchSampler(LENGTHS, 16, shuffle=True, seed=1)
+        shares.append(_epoch(s, 0))
+        assert len(shares[-1]) == len(s) == 32
+    assert len(shares[0]) == len(shares[1])
+    covered = {i for share in shares for b in share for i in b}
+    assert covered == set(range(1003))

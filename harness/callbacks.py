@@ -60,9 +60,14 @@ class LineProgress(Callback):
         self.every = every
         self.stream = stream or sys.stdout
         self._t0 = 0.0
+        self._zero = True
 
     def _print(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        if self._zero:
+            print(text, file=self.stream, flush=True)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._zero = trainer.is_global_zero
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t0 = time.perf_counter()

@@ -74,7 +74,7 @@ def _run(task_name: str, overrides: list[str]) -> int:
     cfg = resolve_run_config(task, overrides)
     console = _console()
     result = run(cfg, task, console=console)
-    if result.report is not None:
+    if result.report is not None:  # rank 0 only under DDP
         print_report(console, cfg, task, result)
     return 0
 

@@ -64,6 +64,7 @@ def configure_runtime(cfg: RunConfig) -> None:
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*The number of training batches.*")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*all_gather is deprecated.*")
     warnings.filterwarnings("ignore", message=r".*dataloader.*shuffle.*")
     # our DataModule restores the sampler position itself (state_dict/load_state_dict), which Lightning cannot see
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
@@ -204,21 +205,26 @@ def run(
     from harness.tracking.logger import MlflowStepLogger
     from harness.tracking.mlflow_run import Tracker, is_global_zero
 
-    say = _printer(console)
     started = time.perf_counter()
     family = get_family(task.family)
     state = RunState(cfg)
     tracking_uri = cfg.tracking.tracking_uri or "sqlite:///mlruns.db"
     zero = is_global_zero()
+    say = _printer(console if zero else None)
     tracker = Tracker(cfg, task) if zero else None
-    resume_id = state.resumable_run(tracking_uri) if zero else os.environ.get("HARNESS_RUN_ID")
-    resumed = resume_id is not None
+    if zero:
+        resume_id = state.resumable_run(tracking_uri)
+        resumed = resume_id is not None
+    else:  # a DDP worker started by Lightning's launcher: follow rank 0's decision (inherited environment)
+        resume_id = os.environ.get("HARNESS_RUN_ID")
+        resumed = os.environ.get("HARNESS_RESUMED") == "1"
     device = describe_device(cfg.trainer.accelerator)
 
-    run_id = None
+    run_id = resume_id
     if tracker is not None:
         run_id = tracker.start(run_id=resume_id)
-        os.environ["HARNESS_RUN_ID"] = run_id  # DDP worker processes inherit it
+        os.environ["HARNESS_RUN_ID"] = run_id
+        os.environ["HARNESS_RESUMED"] = "1" if resumed else "0"
         if not resumed:
             # a fresh run: older checkpoints of the same command belong to a finished or abandoned run
             shutil.rmtree(state.dir / CHECKPOINT_DIR, ignore_errors=True)
@@ -267,8 +273,8 @@ def run(
             trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True if ckpt else None)
             if trainer.interrupted:
                 raise KeyboardInterrupt
-            if zero:
-                trainer.save_checkpoint(state.checkpoint)  # training is done: a kill during evaluation keeps it
+            # training is done: a kill during evaluation resumes straight to evaluation (all ranks must call this)
+            trainer.save_checkpoint(state.checkpoint)
 
         trainer.test(module, dataloaders=dm.test_dataloader(), verbose=False)
         report = None

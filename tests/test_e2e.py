@@ -149,3 +149,46 @@ def test_eval_from_checkpoint_matches(trained):
     assert run_cli(["eval", "imdb", "--model", str(ckpts[0]), *args]) == 0
     ev = trained["client"].search_runs([trained["exp"].experiment_id], order_by=["attributes.start_time DESC"])[0]
     assert ev.data.metrics["test_accuracy"] == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-9)
+
+
+def test_make_ui_serves_the_run_and_its_artifacts(trained):
+    """`make ui` starts the MLflow UI on 127.0.0.1 over the store the run used; the run and its artifacts load."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    from harness.paths import project_root
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, MLFLOW_TRACKING_URI=trained["uri"], PORT=str(port))
+    proc = subprocess.Popen(["make", "-s", "-C", str(project_root()), "ui"], env=env, cwd=trained["work"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    run_id = trained["run"].info.run_id
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise AssertionError("MLflow UI did not come up")
+                time.sleep(1)
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/runs/get?run_id={run_id}", timeout=10) as r:
+            run = json.loads(r.read())["run"]
+        assert run["info"]["status"] == "FINISHED"
+        url = f"{base}/get-artifact?path=predictions/test.json&run_uuid={run_id}"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert len(json.loads(r.read())["data"]) == 96
+        with urllib.request.urlopen(f"{base}/", timeout=10) as r:
+            assert b"MLflow" in r.read()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

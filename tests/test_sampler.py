@@ -62,3 +62,15 @@ def test_ranks_get_disjoint_equal_shares(monkeypatch):
     assert len(shares[0]) == len(shares[1])
     covered = {i for share in shares for b in share for i in b}
     assert covered == set(range(1003))
+
+
+def test_eval_shards_examples_so_every_rank_has_a_batch(monkeypatch):
+    lengths = LENGTHS[:40]  # fewer examples than one eval batch
+    seen = []
+    for rank in range(2):
+        monkeypatch.setattr(sampler_mod, "_world", lambda r=rank: (2, r))
+        s = BucketBatchSampler(lengths, 64, shuffle=False)
+        batches = list(s)
+        assert len(batches) == len(s) == 1
+        seen += batches[0]
+    assert sorted(seen) == list(range(40))

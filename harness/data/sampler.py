@@ -6,8 +6,9 @@ order stays random. Evaluation: all examples sorted by length, longest first (an
 first batch, not the last).
 
 The sampler is resumable: `start_batch` skips batches already consumed in the current epoch, so a run resumed from a
-mid-epoch checkpoint sees exactly the batches an uninterrupted run would. Under DDP each rank takes every
-world_size-th batch; for training, ranks get equal counts (the last batches wrap around), as DDP needs.
+mid-epoch checkpoint sees exactly the batches an uninterrupted run would. Under DDP, for training each rank takes
+every world_size-th batch and ranks get equal counts (the last batches wrap around), as DDP needs; for evaluation
+each rank takes every world_size-th example, so no rank is left without a batch.
 """
 
 from __future__ import annotations
@@ -73,18 +74,25 @@ class BucketBatchSampler:
             batches = [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
             perm = rng.permutation(len(batches))
             return [batches[i] for i in perm]
-        order = np.argsort(-self.lengths, kind="stable") if self.bucketing else np.arange(n)
+        order = self._eval_order()
         return [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
 
+    def _eval_order(self) -> np.ndarray:
+        n = len(self.lengths)
+        return np.argsort(-self.lengths, kind="stable") if self.bucketing else np.arange(n)
+
     def _rank_batches(self) -> list[np.ndarray]:
-        batches = self._all_batches()
         world, rank = _world()
         if world == 1:
-            return batches
-        if self.shuffle:  # equal counts per rank for DDP training
+            return self._all_batches()
+        if self.shuffle:  # training: whole batches per rank, equal counts (DDP steps in lockstep)
+            batches = self._all_batches()
             per_rank = math.ceil(len(batches) / world)
             batches = batches + batches[: per_rank * world - len(batches)]
-        return batches[rank::world]
+            return batches[rank::world]
+        # evaluation: examples are dealt out one by one, so every rank has work even for a single batch
+        mine = self._eval_order()[rank::world]
+        return [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
 
     def resume(self, epoch: int, batches_done: int) -> None:
         """Skip the first `batches_done` batches the next time epoch `epoch` is iterated."""
@@ -104,4 +112,4 @@ class BucketBatchSampler:
             return n_batches
         if self.shuffle:
             return math.ceil(n_batches / world)
-        return len(range(rank, n_batches, world))
+        return math.ceil(len(range(rank, len(self.lengths), world)) / self.batch_size)

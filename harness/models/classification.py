@@ -77,7 +77,8 @@ class SequenceClassifier(HarnessModule):
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
         values["val_loss"] = self.val_loss.compute()
-        self.log_dict(values, prog_bar=False)
+        # the torchmetrics values are already reduced over ranks; sync_dist only keeps Lightning's bookkeeping quiet
+        self.log_dict(values, prog_bar=False, sync_dist=True)
         self.val_metrics.reset()
         self.val_loss.reset()
 

@@ -270,13 +270,12 @@ def run(
                 say(f"resuming from {ckpt}")
                 if tracker is not None:
                     tracker.set_tags({"harness.resumed": "true"})
-            trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True if ckpt else None)
-            if trainer.interrupted:
-                raise KeyboardInterrupt
+            _interruptible(trainer, lambda: trainer.fit(
+                module, datamodule=dm, ckpt_path=ckpt, weights_only=True if ckpt else None))
             # training is done: a kill during evaluation resumes straight to evaluation (all ranks must call this)
             trainer.save_checkpoint(state.checkpoint)
 
-        trainer.test(module, dataloaders=dm.test_dataloader(), verbose=False)
+        _interruptible(trainer, lambda: trainer.test(module, dataloaders=dm.test_dataloader(), verbose=False))
         report = None
         if zero and tracker is not None:
             report = family.score(cfg, task, module.test_outputs, data["test"])
@@ -303,6 +302,17 @@ def run(
     except BaseException as e:
         if tracker is not None:
             tracker.fail(e)
+        raise
+
+
+def _interruptible(trainer: Any, fn: Any) -> Any:
+    """Lightning turns Ctrl-C into sys.exit(1) after a graceful shutdown; give it back its meaning, so the run is
+    marked KILLED (resumable) rather than FAILED."""
+    try:
+        return fn()
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
         raise
 
 

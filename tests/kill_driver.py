@@ -1,5 +1,8 @@
-"""Runs `harness run` in this process and SIGKILLs it right after a given optimizer step (a real crash: no cleanup,
-no MLflow status update). Used by test_resume.py as: python kill_driver.py <task> <step> key=value ..."""
+"""Runs the `harness` CLI in this process and sends itself a signal right after a given optimizer step.
+
+    python kill_driver.py <KILL|INT> <step> run <task> key=value ...
+
+KILL is a hard crash (no cleanup, the MLflow run stays RUNNING); INT is Ctrl-C."""
 
 import os
 import signal
@@ -7,21 +10,25 @@ import sys
 
 from lightning.pytorch.callbacks import Callback
 
-from harness.config import resolve_run_config
-from harness.registry import get_task
-from harness.runner import run
+import harness.runner as runner
+from harness.cli import main
 
 
-class KillAt(Callback):
-    def __init__(self, step: int):
-        self.step = step
+class SignalAt(Callback):
+    def __init__(self, sig: int, step: int):
+        self.sig, self.step = sig, step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), self.sig)
 
 
 if __name__ == "__main__":
-    task = get_task(sys.argv[1])
-    cfg = resolve_run_config(task, sys.argv[3:])
-    run(cfg, task, extra_callbacks=[KillAt(int(sys.argv[2]))])
+    sig = getattr(signal, f"SIG{sys.argv[1]}")
+    build = runner.build_trainer
+
+    def with_signal(cfg, logger, state, extra, quiet):
+        return build(cfg, logger, state, [*extra, SignalAt(sig, int(sys.argv[2]))], quiet)
+
+    runner.build_trainer = with_signal
+    sys.exit(main(sys.argv[3:]))

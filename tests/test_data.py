@@ -132,3 +132,28 @@ def test_head_tail_encoding_keeps_special_tokens(data_dir):
     full = tok(text, add_special_tokens=False)["input_ids"]
     assert list(row["input_ids"][1:8]) == full[:7]  # head: a quarter of the 30-token budget
     assert list(row["input_ids"][8:-1]) == full[-23:]  # tail: the rest
+
+
+def test_tokenization_is_cached(data_dir, monkeypatch):
+    """The second DataModule over the same rows, tokenizer and settings reads the cached ids, not the tokenizer."""
+    from transformers import AutoTokenizer
+
+    from harness.data.classification import ClassificationDataModule
+    from harness.models.loading import packaged_path
+
+    task = get_task("imdb")
+    cfg = _cfg(task, data_dir, "data.test_size=300")
+    tok = AutoTokenizer.from_pretrained(str(packaged_path("sentence-transformers/all-MiniLM-L6-v2")))
+    first = ClassificationDataModule(cfg, task, load_task_data(task, cfg, ("test",)), tok)
+    first.setup()
+
+    def fail(self, batch):
+        raise AssertionError("tokenized again instead of reading the cache")
+
+    monkeypatch.setattr(ClassificationDataModule, "encode", fail)
+    second = ClassificationDataModule(cfg, task, load_task_data(task, cfg, ("test",)), tok)
+    second.setup()
+    assert np.array_equal(first.encoded["test"].sequences["input_ids"][0], second.encoded["test"].sequences["input_ids"][0])
+    other = _cfg(task, data_dir, "data.test_size=300", "data.max_length=96")
+    with pytest.raises(AssertionError, match="tokenized again"):  # other settings: a different cache entry
+        ClassificationDataModule(other, task, load_task_data(task, other, ("test",)), tok).setup()

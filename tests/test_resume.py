@@ -24,7 +24,7 @@ def test_killed_run_resumes_in_same_mlflow_run(data_dir, tiny_model, tracking_ur
     ref = client.search_runs([client.get_experiment_by_name("reference").experiment_id])[0]
 
     # killed at step 14 (epoch 2, two steps after the checkpoint at step 12): a hard kill, no cleanup
-    proc = subprocess.run([sys.executable, str(HERE / "kill_driver.py"), "imdb", "14", *args],
+    proc = subprocess.run([sys.executable, str(HERE / "kill_driver.py"), "KILL", "14", "run", "imdb", *args],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == -9, proc.stderr[-2000:]
     exp = client.get_experiment_by_name("imdb")
@@ -44,3 +44,19 @@ def test_killed_run_resumes_in_same_mlflow_run(data_dir, tiny_model, tracking_ur
         assert done.data.metrics[key] == pytest.approx(ref.data.metrics[key], abs=1e-6), key
     # the checkpoints of a finished run are removed; running the command once more starts a fresh run
     assert not list(Path(".harness/runs/imdb").glob("*/checkpoints/last.ckpt"))
+
+
+def test_ctrl_c_marks_the_run_killed_and_it_resumes(data_dir, tiny_model, tracking_uri, tmp_path):
+    args = tiny_args(data_dir, tiny_model, tracking_uri)
+    proc = subprocess.run([sys.executable, str(HERE / "kill_driver.py"), "INT", "6", "run", "imdb", *args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert "interrupted: run the same command again to resume" in proc.stderr
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name("imdb")
+    (killed,) = client.search_runs([exp.experiment_id])
+    assert killed.info.status == "KILLED"
+    assert run_cli(["run", "imdb", *args]) == 0
+    (done,) = client.search_runs([exp.experiment_id])
+    assert done.info.run_id == killed.info.run_id and done.info.status == "FINISHED"

@@ -52,6 +52,8 @@ class Tracker:
             self.client.set_experiment_tag(exp.experiment_id, "harness.task", self.task.name)
             self.client.set_experiment_tag(exp.experiment_id, "harness.family", self.task.family)
             self.client.set_experiment_tag(exp.experiment_id, "mlflow.note.content", self.task.description)
+            # show the experiment in the UI's model-training view (MLflow 3 otherwise guesses GenAI)
+            self.client.set_experiment_tag(exp.experiment_id, "mlflow.experimentKind", "custom_model_development")
         if self.cfg.tracking.system_metrics:
             mlflow.set_system_metrics_sampling_interval(self.cfg.tracking.system_metrics_interval)
             mlflow.set_system_metrics_samples_before_logging(1)

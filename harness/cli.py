@@ -56,12 +56,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from harness.config import dump_yaml, resolve_run_config
+    from harness.config import dump_yaml, redact_uri, resolve_run_config
     from harness.registry import get_task
 
     task = get_task(args.task)
     cfg = resolve_run_config(task, args.overrides)
-    print(dump_yaml(cfg.model_dump(mode="json")), end="")
+    data = cfg.model_dump(mode="json")
+    data["tracking"]["tracking_uri"] = redact_uri(data["tracking"]["tracking_uri"])
+    print(dump_yaml(data), end="")
     return 0
 
 
@@ -113,8 +115,11 @@ def print_report(console: Any, cfg: Any, task: Any, result: Any) -> None:
     console.print(table)
     for ref in task.references:
         console.print(f"  published: {ref.metric} {ref.value} — {ref.model} ({ref.source})", highlight=False)
+    from harness.config import redact_uri
+
     uri = result.tracking_uri
-    console.print(f"MLflow run [bold]{result.run_id}[/] in experiment '{result.experiment}' ({uri})", highlight=False)
+    console.print(f"MLflow run [bold]{result.run_id}[/] in experiment '{result.experiment}' ({redact_uri(uri)})",
+                  highlight=False)
     if uri.startswith("sqlite:///"):
         console.print("open it: make ui   (or: mlflow ui --backend-store-uri "
                       f"{uri} --host 127.0.0.1 --port 5000), then http://127.0.0.1:5000", highlight=False)

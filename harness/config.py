@@ -25,7 +25,10 @@ from harness.errors import ConfigError
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    # numbers given where text is expected (run_name=2024) are taken as text
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, populate_by_name=True, coerce_numbers_to_str=True
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -281,7 +284,7 @@ def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
 def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in top.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "tags":
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = deep_merge(out[k], v)
         else:
             out[k] = v
@@ -324,7 +327,7 @@ def check_keys(d: dict[str, Any], model: type[BaseModel], source: str, prefix: s
                 f"allowed keys at {where}: {allowed}",
             )
         sub = _section_model(model, key)
-        if sub is not None and key != "tags":
+        if sub is not None:
             if not isinstance(value, dict):
                 raise ConfigError(
                     f"{source}: '{dotted}' is a section, not a value",
@@ -418,6 +421,16 @@ def resolve_run_config(task: TaskSpec, overrides: list[str] | None = None) -> Ru
     if cfg.tracking.tracking_uri is None:
         cfg.tracking.tracking_uri = "sqlite:///mlruns.db"
     return cfg
+
+
+def redact_uri(uri: str) -> str:
+    """A URI without its password, for logs and screens: postgresql://u:secret@h/db -> postgresql://u:***@h/db."""
+    if "://" in uri and "@" in uri.split("://", 1)[1]:
+        scheme, rest = uri.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        if ":" in cred:
+            return f"{scheme}://{cred.split(':', 1)[0]}:***@{host}"
+    return uri
 
 
 def dump_yaml(data: Any) -> str:

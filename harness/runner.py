@@ -10,6 +10,7 @@ finished, the same command starts a new one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -127,7 +128,7 @@ class RunState:
         run_id = state.get("run_id")
         if not run_id or state.get("status") == "finished" or not self.checkpoint.is_file():
             return None
-        if state.get("tracking_uri") != tracking_uri:
+        if state.get("tracking") != _uri_key(tracking_uri):
             return None
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
@@ -137,6 +138,11 @@ class RunState:
         except MlflowException:
             return None
         return None if run.info.status == "FINISHED" else run_id
+
+
+def _uri_key(uri: str) -> str:
+    """The tracking URI as the state file stores it: a hash, so no credential lands on disk."""
+    return hashlib.sha256(uri.encode()).hexdigest()[:16]
 
 
 # ---- the run ---------------------------------------------------------------------------------------------------------
@@ -195,7 +201,6 @@ def run(
     cfg = cfg.model_copy(deep=True)
     cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     import lightning as L
-    import mlflow
 
     from harness.callbacks import quiet_mode
     from harness.data.sources import load_task_data
@@ -228,7 +233,7 @@ def run(
         if not resumed:
             # a fresh run: older checkpoints of the same command belong to a finished or abandoned run
             shutil.rmtree(state.dir / CHECKPOINT_DIR, ignore_errors=True)
-        state.write(run_id=run_id, tracking_uri=tracking_uri, status="running", task=task.name)
+        state.write(run_id=run_id, tracking=_uri_key(tracking_uri), status="running", task=task.name)
     try:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         say(
@@ -249,8 +254,8 @@ def run(
         say("data: " + ", ".join(f"{n} {s.rows:,} rows ({s.source_kind})" for n, s in data.splits.items()))
         if tracker is not None and not resumed:
             tracker.log_datasets(data)
-            if any(s.selection and "subset" in " ".join(s.selection) for s in data.splits.values()):
-                tracker.set_tags({"data.subset": "true"})
+            # subsets are fine for development, but not comparable with full-split numbers: say so on the run
+            tracker.set_tags({"data.subset": str(any(s.subset for s in data.splits.values())).lower()})
 
         from transformers import AutoTokenizer
 

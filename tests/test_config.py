@@ -94,3 +94,19 @@ def test_identity_hash_tracks_what_changes_results():
     b.tracking.run_name = "renamed"
     b.tracking.keep_checkpoints = True
     assert a.identity_hash() == b.identity_hash()  # naming and housekeeping do not change the result
+
+
+def test_credentials_never_reach_logs():
+    from harness.config import redact_uri
+
+    assert redact_uri("postgresql://bob:s3cret@db:5432/mlflow") == "postgresql://bob:***@db:5432/mlflow"
+    assert redact_uri("sqlite:///mlruns.db") == "sqlite:///mlruns.db"
+    assert redact_uri("https://host/x") == "https://host/x"
+
+
+def test_config_command_redacts(capsys):
+    from conftest import run_cli
+
+    assert run_cli(["config", "imdb", "tracking.tracking_uri=postgresql://bob:s3cret@db/mlflow"]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret" not in out and "bob:***@db" in out

@@ -60,3 +60,20 @@ def test_ctrl_c_marks_the_run_killed_and_it_resumes(data_dir, tiny_model, tracki
     assert run_cli(["run", "imdb", *args]) == 0
     (done,) = client.search_runs([exp.experiment_id])
     assert done.info.run_id == killed.info.run_id and done.info.status == "FINISHED"
+
+
+def test_kill_during_evaluation_resumes_without_training_again(data_dir, tiny_model, tracking_uri, tmp_path):
+    args = tiny_args(data_dir, tiny_model, tracking_uri)
+    proc = subprocess.run([sys.executable, str(HERE / "kill_driver.py"), "KILL", "test", "run", "imdb", *args],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name("imdb")
+    (killed,) = client.search_runs([exp.experiment_id])
+    steps_before = len(client.get_metric_history(killed.info.run_id, "train_loss"))
+    assert steps_before > 0
+    assert run_cli(["run", "imdb", *args]) == 0
+    (done,) = client.search_runs([exp.experiment_id])
+    assert done.info.run_id == killed.info.run_id and done.info.status == "FINISHED"
+    assert len(client.get_metric_history(done.info.run_id, "train_loss")) == steps_before  # no step trained again
+    assert done.data.metrics["test_examples"] == 96

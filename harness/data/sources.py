@@ -34,6 +34,7 @@ class SplitData:
     source_sha256: Optional[str]
     source_rows: int
     selection: list[str] = field(default_factory=list)  # what was done to get from the source to these rows
+    subset: bool = False  # a profile subset of the split, not all of it
 
     @property
     def rows(self) -> int:
@@ -296,6 +297,7 @@ def _subset(split: SplitData, n: Optional[int], stratify: bool) -> SplitData:
         how = "random"
     split.dataset = split.dataset.select(idx)
     split.selection.append(f"{how} subset of {n} (seed {SUBSET_SEED})")
+    split.subset = True
     return split
 
 

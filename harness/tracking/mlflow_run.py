@@ -17,22 +17,12 @@ import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-from harness.config import RunConfig, TaskSpec, dump_yaml, flatten
+from harness.config import RunConfig, TaskSpec, dump_yaml, flatten, redact_uri
 from harness.data.sources import SplitData, TaskData
 from harness.tracking import env
 
 _MAX_PARAM = 6000
 _MAX_TAG = 5000
-
-
-def _secret_free(uri: str) -> str:
-    """A tracking/storage URI without its password (user:pass@host -> user:***@host)."""
-    if "://" in uri and "@" in uri.split("://", 1)[1]:
-        scheme, rest = uri.split("://", 1)
-        cred, host = rest.rsplit("@", 1)
-        user = cred.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return uri
 
 
 class Tracker:
@@ -111,6 +101,7 @@ class Tracker:
     # ---- content -------------------------------------------------------------------------------------------------
     def log_config(self) -> None:
         run_cfg = self.cfg.model_dump(mode="json")
+        run_cfg["tracking"]["tracking_uri"] = redact_uri(run_cfg["tracking"]["tracking_uri"] or "")
         task_cfg = self.task.model_dump(mode="json", by_alias=True)
         params = {f"{k}": v for k, v in flatten(run_cfg).items() if k != "task"}
         params.update({f"task.{k}": v for k, v in flatten(task_cfg).items() if not k.startswith(("references",))})

@@ -17,13 +17,14 @@ export HARNESS_DATA_DIR ?= $(abspath ../shared/data)
 endif
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns.db
 
-.PHONY: help setup eval test test-all ui clean
+.PHONY: help setup eval test test-all ui bench clean
 
 help:
 	@echo "make setup                  create $(VENV) and install harness with its dependencies"
 	@echo "make eval TASK=imdb         fine-tune + evaluate a task, one MLflow run (ARGS=\"key=value ...\")"
 	@echo "make test                   the test suite (fast tests; make test-all adds the slow ones)"
 	@echo "make ui                     MLflow UI on http://127.0.0.1:$(PORT) over $(MLFLOW_TRACKING_URI)"
+	@echo "make bench                  benchmarks, each against a baseline measured in the same run"
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +44,9 @@ test-all:
 
 ui:
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(PORT)
+
+bench:
+	$(BIN)/python benchmarks/overhead.py
 
 clean:
 	rm -rf .harness lightning_logs .pytest_cache

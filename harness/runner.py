@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from harness.config import RunConfig, TaskSpec
-from harness.errors import HarnessError
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
@@ -347,6 +346,3 @@ def _printer(console: Any):
 
     return say
 
-
-def as_error(e: BaseException) -> Optional[HarnessError]:
-    return e if isinstance(e, HarnessError) else None

@@ -239,9 +239,6 @@ class TaskData:
     def __getitem__(self, name: str) -> SplitData:
         return self.splits[name]
 
-    def get(self, name: str) -> Optional[SplitData]:
-        return self.splits.get(name)
-
 
 def _data_dir(cfg: RunConfig) -> Optional[Path]:
     return Path(cfg.data.data_dir).expanduser() if cfg.data.data_dir else None

@@ -157,9 +157,6 @@ class Tracker:
     def log_dir(self, local: Path, artifact_path: str) -> None:
         mlflow.log_artifacts(str(local), artifact_path)
 
-    def log_text(self, text: str, path: str) -> None:
-        mlflow.log_text(text, path)
-
 
 def _dataset_source(split: SplitData) -> Any:
     if split.source_kind == "hub":

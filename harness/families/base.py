@@ -54,7 +54,8 @@ class Family(ABC):
         if model.checkpoint:
             import torch
 
-            ckpt = torch.load(model.checkpoint, map_location="cpu", weights_only=True)
+            # mmap: only the hyperparameters are read here, not the weights and optimizer state
+            ckpt = torch.load(model.checkpoint, map_location="cpu", weights_only=True, mmap=True)
             return ckpt["hyper_parameters"]["model_path"]
         return model.path
 

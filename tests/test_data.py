@@ -157,3 +157,16 @@ def test_tokenization_is_cached(data_dir, monkeypatch):
     other = _cfg(task, data_dir, "data.test_size=300", "data.max_length=96")
     with pytest.raises(AssertionError, match="tokenized again"):  # other settings: a different cache entry
         ClassificationDataModule(other, task, load_task_data(task, other, ("test",)), tok).setup()
+
+
+def test_two_derived_splits_from_one_source_do_not_overlap(data_dir):
+    from harness.config import DeriveSpec
+
+    task = get_task("imdb")
+    task.dataset.splits.pop("test")
+    task.dataset.derive["test"] = DeriveSpec(**{"from": "train", "size": 500, "stratify": True})
+    cfg = _cfg(task, data_dir, "data.train_size=null", "data.validation_size=null", "data.test_size=null")
+    data = load_task_data(task, cfg, ("train", "validation", "test"))
+    rows = {n: set(data[n].dataset["_row"]) for n in ("train", "validation", "test")}
+    assert (len(rows["validation"]), len(rows["test"]), len(rows["train"])) == (1000, 500, 23500)
+    assert not rows["validation"] & rows["test"] and not (rows["validation"] | rows["test"]) & rows["train"]

@@ -61,7 +61,6 @@ class PadCollator:
     """Pads `input_ids` (and friends) to the batch's longest sequence, rounded up to `multiple`."""
 
     def __init__(self, pad_id: int, multiple: Optional[int], pad_values: Optional[dict[str, int]] = None):
-        self.pad_id = pad_id
         self.multiple = multiple
         self.pad_values = {"input_ids": pad_id, "token_type_ids": 0, "labels": -100, **(pad_values or {})}
 

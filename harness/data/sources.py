@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -45,6 +45,10 @@ class SplitData:
         h.update((self.source_sha256 or self.source).encode())
         h.update(np.asarray(self.dataset["_row"], dtype=np.int64).tobytes())
         return h.hexdigest()[:16]
+
+    def part(self, name: str, indices: np.ndarray, selection: str) -> "SplitData":
+        """The rows at `indices` of this split, as split `name`, with the same source."""
+        return replace(self, name=name, dataset=self.dataset.select(indices), selection=[*self.selection, selection])
 
     def lineage(self) -> dict[str, Any]:
         return {
@@ -292,10 +296,7 @@ def _subset(split: SplitData, n: Optional[int], stratify: bool) -> SplitData:
     else:
         idx = np.sort(rng.permutation(split.rows)[:n])
         how = "random"
-    split.dataset = split.dataset.select(idx)
-    split.selection.append(f"{how} subset of {n} (seed {SUBSET_SEED})")
-    split.subset = True
-    return split
+    return replace(split.part(split.name, idx, f"{how} subset of {n} (seed {SUBSET_SEED})"), subset=True)
 
 
 def load_task_data(task: TaskSpec, cfg: RunConfig, need: tuple[str, ...]) -> TaskData:
@@ -309,21 +310,19 @@ def load_task_data(task: TaskSpec, cfg: RunConfig, need: tuple[str, ...]) -> Tas
             sources[name] = _load_source_split(task, cfg, name)
         return sources[name]
 
-    derived_from: dict[str, tuple[SplitData, np.ndarray]] = {}
+    # rows of each source split not yet given to a derived split; several derives from one source never overlap
+    remaining: dict[str, np.ndarray] = {}
     for name, spec in task.dataset.derive.items():
         if name not in need and spec.from_ not in need:
             continue
         if name == "test" and cfg.data.test_file:
             continue
         base = source(spec.from_)
-        keep, derived = derive_indices(base.dataset, spec, name, seed=0)
+        left = remaining.get(spec.from_, np.arange(base.rows))
+        keep, derived = derive_indices(base.dataset.select(left), spec, name, seed=0)
         how = "stratified by label" if spec.stratify else (f"grouped by {spec.group_by}" if spec.group_by else "random")
-        sel = f"derived from '{spec.from_}': {len(derived)} rows ({how}, seed 0)"
-        splits[name] = SplitData(
-            name, base.dataset.select(derived), base.source, base.source_kind, base.source_sha256, base.source_rows,
-            [sel],
-        )
-        derived_from[spec.from_] = (base, keep)
+        splits[name] = base.part(name, left[derived], f"derived from '{spec.from_}': {len(derived)} rows ({how}, seed 0)")
+        remaining[spec.from_] = left[keep]
     for name in need:
         if name in splits:
             continue
@@ -335,17 +334,11 @@ def load_task_data(task: TaskSpec, cfg: RunConfig, need: tuple[str, ...]) -> Tas
                 continue  # a task may have no validation split; training then skips validation
             raise DataError(f"task '{task.name}' has no '{name}' split", "add it to dataset.splits in the task file")
         base = source(name)
-        if name in derived_from:
-            _, keep = derived_from[name]
+        if name in remaining:
             rest = [s for s, d in task.dataset.derive.items() if d.from_ == name]
-            splits[name] = SplitData(
-                name, base.dataset.select(keep), base.source, base.source_kind, base.source_sha256, base.source_rows,
-                [f"without the rows of derived split(s) {', '.join(rest)}"],
-            )
+            splits[name] = base.part(name, remaining[name], f"without the rows of derived split(s) {', '.join(rest)}")
         else:
-            splits[name] = SplitData(
-                name, base.dataset, base.source, base.source_kind, base.source_sha256, base.source_rows
-            )
+            splits[name] = base
     sizes = {"train": cfg.data.train_size, "validation": cfg.data.validation_size, "test": cfg.data.test_size}
     out: dict[str, SplitData] = {}
     for name in need:

@@ -128,8 +128,9 @@ class Tracker:
     def log_datasets(self, data: TaskData) -> None:
         from mlflow.data.meta_dataset import MetaDataset
 
+        lineages = {name: split.lineage() for name, split in data.splits.items()}
         for name, split in data.splits.items():
-            lin = split.lineage()
+            lin = lineages[name]
             src = _dataset_source(split)
             # the lineage record: source, digest of exactly the rows used, and their count
             ds = MetaDataset(source=src, name=f"{self.task.name}-{name}", digest=lin["digest"])
@@ -137,7 +138,7 @@ class Tracker:
             mlflow.log_input(ds, context=name, tags=tags)
             params = [Param(f"split.{name}.rows", str(split.rows)), Param(f"split.{name}.source", lin["source"][:_MAX_PARAM])]
             self.client.log_batch(self.run_id, params=params)
-        mlflow.log_dict({n: s.lineage() for n, s in data.splits.items()}, "data/lineage.json")
+        mlflow.log_dict(lineages, "data/lineage.json")
 
     def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
         ts = int(time.time() * 1000)

@@ -2,6 +2,8 @@
 
     harness run <task> [key=value ...]                 fine-tune and evaluate (one MLflow run)
     harness eval <task> --model M [--data F] [k=v ...] evaluate a trained model without training (its own run)
+    harness score <task> --predictions F [--gold G] [--na-probs N] [--json]
+                                                       score a predictions file (official SQuAD EM/F1)
     harness ls                                         tasks with family, dataset and metrics
     harness validate                                   check every task file and profile
     harness config <task> [key=value ...]              print the resolved config
@@ -92,6 +94,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return _run(args.task, overrides)
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from harness.score import score
+
+    out = score(
+        args.task, Path(args.predictions), gold=Path(args.gold) if args.gold else None,
+        na_probs=Path(args.na_probs) if args.na_probs else None, na_prob_thresh=args.na_prob_thresh,
+    )
+    for w in out.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(out.totals))
+        return 0
+    console = _console()
+    from rich.table import Table
+
+    table = Table(title=f"{args.task} · {out.questions:,} questions · gold {out.gold_source}", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("95% CI (bootstrap over questions)", justify="right")
+    for k, v in out.totals.items():
+        ci = out.intervals.get(k)
+        value = f"{v}" if isinstance(v, int) else f"{v:.4f}"
+        table.add_row(k, value, f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+    console.print(table)
+    return 0
+
+
 def print_report(console: Any, cfg: Any, task: Any, result: Any) -> None:
     from rich.table import Table
 
@@ -140,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="a data file with the task's columns (default: the task's test split)")
     e.add_argument("overrides", nargs="*", metavar="key=value")
     e.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("score", help="score a predictions file against a task's gold data (official metrics)")
+    s.add_argument("task", help="e.g. squad or squad_v2")
+    s.add_argument("--predictions", required=True, help="JSON object: question id -> predicted answer text")
+    s.add_argument("--gold", help="gold data file (default: the task's official evaluation file)")
+    s.add_argument("--na-probs", help="SQuAD 2.0: JSON object question id -> no-answer probability")
+    s.add_argument("--na-prob-thresh", type=float, default=1.0,
+                   help="SQuAD 2.0: predict no answer above this no-answer probability (default 1.0, as official)")
+    s.add_argument("--json", action="store_true", help="print only one JSON object with the official keys")
+    s.set_defaults(func=cmd_score)
 
     ls = sub.add_parser("ls", help="list tasks")
     ls.add_argument("-v", "--verbose", action="store_true", help="also print each task's description")

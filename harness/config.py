@@ -75,8 +75,12 @@ class DatasetSpec(Strict):
     hub_id: Optional[str] = None
     hub_config: Optional[str] = None
     hub_revision: Optional[str] = None
+    format: Optional[Literal["squad"]] = None  # squad: local .json files are official SQuAD files (nested)
     splits: dict[str, SplitSpec]
     derive: dict[str, DeriveSpec] = {}
+    # a split to carve out of another one when its own source is not available (e.g. offline, no training file);
+    # runs that use a fallback are tagged as not on the official split
+    fallback: dict[str, DeriveSpec] = {}
 
     @model_validator(mode="after")
     def _check(self) -> "DatasetSpec":
@@ -89,6 +93,11 @@ class DatasetSpec(Strict):
                 raise ValueError(f"split '{name}' is both listed and derived")
             if d.from_ not in self.splits:
                 raise ValueError(f"derived split '{name}' comes from unknown split '{d.from_}'")
+        for name, d in self.fallback.items():
+            if name not in self.splits:
+                raise ValueError(f"fallback for '{name}': only a listed split can have a fallback")
+            if d.from_ not in self.splits or d.from_ == name or d.from_ in self.fallback:
+                raise ValueError(f"fallback for '{name}' must come from another listed split without a fallback")
         return self
 
 
@@ -113,6 +122,7 @@ class TaskSpec(Strict):
     main_metric: str
     direction: Literal["maximize", "minimize"] = "maximize"
     references: list[Reference] = []
+    options: dict[str, Any] = {}  # family-specific settings of the task (e.g. the SQuAD version)
     config: dict[str, Any] = {}  # run-config overrides for every profile
     profiles: dict[str, dict[str, Any]] = {}  # run-config overrides per profile
     path: Optional[str] = Field(default=None, exclude=True)
@@ -156,6 +166,7 @@ class DataConfig(Strict):
     pad_to_multiple_of: Optional[int] = Field(default=8, gt=0)
     num_workers: int = Field(default=0, ge=0)
     pin_memory: bool = False
+    doc_stride: int = Field(default=128, ge=0)  # extractive QA: tokens shared by consecutive context windows
 
 
 class OptimConfig(Strict):
@@ -188,6 +199,10 @@ class EvalConfig(Strict):
     confidence: float = Field(default=0.95, gt=0, lt=1)
     ece_bins: int = Field(default=15, gt=1)
     prediction_text_chars: int = Field(default=200, ge=0)  # text prefix kept in the predictions table
+    # extractive QA post-processing
+    n_best: int = Field(default=20, gt=0)  # candidate spans kept per context window
+    max_answer_length: int = Field(default=30, gt=0)  # in tokens
+    null_threshold: float = 0.0  # SQuAD 2.0: answer "" when null score - best span score > this
 
 
 class TrackingConfig(Strict):

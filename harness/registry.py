@@ -72,7 +72,16 @@ def _check_against_family(task: TaskSpec, path: Path) -> None:
         )
     if info.needs_labels and not task.labels:
         raise ConfigError(f"{path}: missing field 'labels'", f"family '{task.family}' needs the list of label names")
-    for name, d in task.dataset.derive.items():
+    allowed_options = dict(info.options)
+    for key, value in task.options.items():
+        if key not in allowed_options:
+            known = ", ".join(allowed_options) or "none"
+            raise ConfigError(f"{path}: field 'options.{key}' is not an option of family '{task.family}'",
+                              f"options of this family: {known}")
+        if str(value) not in allowed_options[key]:
+            raise ConfigError(f"{path}: field 'options.{key}': {value!r} is not one of {list(allowed_options[key])}",
+                              "use one of those values (quote it in YAML, e.g. \"2.0\")")
+    for name, d in [*task.dataset.derive.items(), *task.dataset.fallback.items()]:
         if d.stratify and "label" not in task.columns:
             raise ConfigError(f"{path}: field 'dataset.derive.{name}.stratify' needs a `label` column")
 

@@ -248,13 +248,44 @@ def run(
                 tracker.log_config()
                 tracker.log_environment(device)
 
-        need = ("train", "validation", "test") if cfg.train else ("test",)
+        baseline = model.source == "baseline"
+        if baseline and model.path not in family.info.baselines:
+            from harness.errors import ModelError
+
+            known = ", ".join(f"baseline:{b}" for b in family.info.baselines) or "none"
+            raise ModelError(f"family '{task.family}' has no baseline '{model.path}'", f"baselines of this family: {known}")
+        need = ("train", "validation", "test") if cfg.train and not baseline else ("test",)
         data = load_task_data(task, cfg, need)
         say("data: " + ", ".join(f"{n} {s.rows:,} rows ({s.source_kind})" for n, s in data.splits.items()))
+        data_tags, data_warnings = family.check_data(cfg, task, data)
+        unofficial = [n for n, s in data.splits.items() if not s.official]
+        if unofficial:
+            which = (f"the {unofficial[0]} split is not the official one" if len(unofficial) == 1 else
+                     f"{', '.join(unofficial[:-1])} and {unofficial[-1]} are not the official splits")
+            data_warnings.append("; ".join(data.notes or ["a split is not available"])
+                                 + f". So {which}: do not compare these numbers with published results")
+        for w in data_warnings:
+            say(f"[yellow]warning:[/] {w}")
         if tracker is not None and not resumed:
             tracker.log_datasets(data)
             # subsets are fine for development, but not comparable with full-split numbers: say so on the run
-            tracker.set_tags({"data.subset": str(any(s.subset for s in data.splits.values())).lower()})
+            tracker.set_tags({"data.subset": str(any(s.subset for s in data.splits.values())).lower(),
+                              "data.official_split": str(not unofficial).lower(), **data_tags})
+            if data_warnings:
+                tracker.set_tags({"data.warnings": " | ".join(data_warnings)[:4900]})
+            if baseline:
+                tracker.set_tags({"mode": "baseline", "harness.baseline": model.path})
+
+        if baseline:
+            outputs = family.baseline_outputs(model.path, cfg, task, data["test"])
+            report = family.score(cfg, task, outputs, data["test"]) if zero else None
+            if tracker is not None:
+                _log_report(tracker, report, step=0)
+                tracker.set_tags({"wall_seconds": f"{time.perf_counter() - started:.1f}"})
+                tracker.finish()
+                state.write(status="finished")
+            return RunResult(run_id, cfg.tracking.experiment or task.name, report, resumed,
+                             time.perf_counter() - started, device, tracking_uri)
 
         from transformers import AutoTokenizer
 
@@ -282,12 +313,9 @@ def run(
         _interruptible(trainer, lambda: trainer.test(module, dataloaders=dm.test_dataloader(), verbose=False))
         report = None
         if zero and tracker is not None:
-            report = family.score(cfg, task, module.test_outputs, data["test"])
-            tracker.log_metrics(report.metrics("test_"), step=trainer.global_step)
-            if report.table is not None:
-                tracker.log_table(report.table, f"predictions/{report.split}.json")
-            for path, fig in report.figures.items():
-                tracker.log_figure(fig, path)
+            outputs = family.postprocess(cfg, task, module.test_outputs, data["test"])
+            report = family.score(cfg, task, outputs, data["test"])
+            _log_report(tracker, report, step=trainer.global_step)
             if cfg.log_model:
                 _log_model(family, module, tokenizer, tracker, cfg, task)
             if logger is not None:
@@ -307,6 +335,14 @@ def run(
         if tracker is not None:
             tracker.fail(e)
         raise
+
+
+def _log_report(tracker: Any, report: Any, step: int) -> None:
+    tracker.log_metrics(report.metrics("test_"), step=step)
+    if report.table is not None:
+        tracker.log_table(report.table, f"predictions/{report.split}.json")
+    for path, fig in report.figures.items():
+        tracker.log_figure(fig, path)
 
 
 def _interruptible(trainer: Any, fn: Any) -> Any:

@@ -35,6 +35,8 @@ class SplitData:
     source_rows: int
     selection: list[str] = field(default_factory=list)  # what was done to get from the source to these rows
     subset: bool = False  # a profile subset of the split, not all of it
+    official: bool = True  # false when a fallback changed the split (carved out of, or reduced by, another one)
+    meta: dict[str, Any] = field(default_factory=dict)  # what the reader found (e.g. the SQuAD file version)
 
     @property
     def rows(self) -> int:
@@ -60,11 +62,34 @@ class SplitData:
             "rows": self.rows,
             "digest": self.digest(),
             "selection": "; ".join(self.selection) or "all rows",
+            "official": self.official,
         }
 
 
 def _is_offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+_HUB_REACHABLE: Optional[bool] = None
+
+
+def _hub_reachable() -> bool:
+    """One quick request to the hub endpoint per process, so an unreachable hub costs seconds, not the datasets
+    library's half-minute of retries per split."""
+    global _HUB_REACHABLE
+    if _HUB_REACHABLE is None:
+        import urllib.error
+        import urllib.request
+
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=5)
+            _HUB_REACHABLE = True
+        except urllib.error.HTTPError:
+            _HUB_REACHABLE = True  # it answered
+        except (urllib.error.URLError, OSError, ValueError):
+            _HUB_REACHABLE = False
+    return _HUB_REACHABLE
 
 
 def file_sha256(path: Path) -> str:
@@ -117,6 +142,26 @@ def load_file(path: Path) -> Any:
         ) from None
 
 
+def read_task_file(path: Path, task: TaskSpec) -> tuple[Any, dict[str, Any]]:
+    """Rows of one data file as a `datasets.Dataset`, with what the reader learned about the file."""
+    name = path.name.lower()
+    if task.dataset.format == "squad" and (name.endswith(".json") or name.endswith(".json.gz")):
+        import datasets
+
+        from harness.data.squad import load_json, parse_squad
+
+        obj = load_json(path, "SQuAD JSON file")
+        if isinstance(obj, dict) and "data" in obj:
+            sq = parse_squad(obj, str(path))
+            meta = {"squad_version": sq.version, "unanswerable": sq.unanswerable, "squad_v2": sq.is_v2}
+            return datasets.Dataset.from_dict(sq.rows), meta
+        if isinstance(obj, list):
+            return datasets.Dataset.from_list(obj), {}
+        raise DataError(f"{path}: not in the SQuAD format (no top-level `data` list)",
+                        "use an official SQuAD JSON file, or JSON lines with id, context, question and answers")
+    return load_file(path), {}
+
+
 def _load_hub(task: TaskSpec, split_name: str, hub_split: str) -> Any:
     import datasets
 
@@ -148,7 +193,8 @@ def check_rows(ds: Any, task: TaskSpec, where: str, row_offset: int = 1) -> Any:
     if task.labels is not None and "label" in task.columns:
         ds = _map_labels(ds, task, where, row_offset)
     rename = {col: role for role, col in task.columns.items() if col != role}
-    keep = set(task.columns.values()) | {d.group_by for d in task.dataset.derive.values() if d.group_by}
+    carves = [*task.dataset.derive.values(), *task.dataset.fallback.values()]
+    keep = set(task.columns.values()) | {d.group_by for d in carves if d.group_by}
     ds = ds.remove_columns([c for c in cols if c not in keep and c != "_row"])
     if rename:
         # two roles may not map onto each other's names; go through temporary names
@@ -239,6 +285,7 @@ def derive_indices(ds: Any, spec: DeriveSpec, split_name: str, seed: int) -> tup
 @dataclass
 class TaskData:
     splits: dict[str, SplitData]
+    notes: list[str] = field(default_factory=list)  # fallbacks that were used, in words
 
     def __getitem__(self, name: str) -> SplitData:
         return self.splits[name]
@@ -260,16 +307,18 @@ def _load_source_split(task: TaskSpec, cfg: RunConfig, split: str) -> SplitData:
         else:
             path = (data_dir / task.dataset.local_dir / spec.local).resolve()
             if path.is_file():
-                ds = load_file(path)
+                ds, meta = read_task_file(path, task)
                 ds = ds.add_column("_row", list(range(len(ds))))
                 ds = check_rows(ds, task, str(path))
-                return SplitData(split, ds, str(path), "local", file_sha256(path), len(ds))
+                return SplitData(split, ds, str(path), "local", file_sha256(path), len(ds), meta=meta)
             looked.append(f"{path} (not found)")
     if spec.hub and task.dataset.hub_id:
         ref = f"hf://datasets/{task.dataset.hub_id}" + (f"/{task.dataset.hub_config}" if task.dataset.hub_config else "")
         ref += f"@{task.dataset.hub_revision or 'main'}:{spec.hub}"
         if _is_offline():
             looked.append(f"{ref} (skipped: HF_HUB_OFFLINE is set)")
+        elif not _hub_reachable():
+            looked.append(f"{ref} (the hub is unreachable from here)")
         else:
             try:
                 ds = _load_hub(task, split, spec.hub)
@@ -300,66 +349,102 @@ def _subset(split: SplitData, n: Optional[int], stratify: bool) -> SplitData:
 
 
 def load_task_data(task: TaskSpec, cfg: RunConfig, need: tuple[str, ...]) -> TaskData:
-    """Load the splits in `need` (from 'train', 'validation', 'test'), applying derives, test_file and subsets."""
+    """Load the splits in `need` (from 'train', 'validation', 'test'), applying fallbacks, derives, test_file and
+    subsets.
+
+    Order matters and is fixed, so a split has the same rows whatever else is loaded: first the fallbacks (a split
+    whose source is missing is carved out of another, e.g. SQuAD training articles out of the dev file offline),
+    then derived splits in file order, then the splits themselves without the rows given away. A split that gives
+    rows to a fallback, and every split made from a fallback, is marked `official=False`.
+    """
     stratify = "label" in task.columns and task.labels is not None
-    splits: dict[str, SplitData] = {}
-    sources: dict[str, SplitData] = {}
+    spec = task.dataset
+    loaded: dict[str, Any] = {}  # name -> SplitData, or the DataError saying why it is not available
+    whole: dict[str, SplitData] = {}  # name -> the split before its own derived splits are taken out
+    remaining: dict[str, np.ndarray] = {}  # rows of whole[name] not yet given to a derived split
+    reduced_by_fallback: set[str] = set()
+    notes: list[str] = []
 
-    def source(name: str) -> SplitData:
-        if name not in sources:
-            sources[name] = _load_source_split(task, cfg, name)
-        return sources[name]
+    def source(name: str) -> Any:
+        if name not in loaded:
+            try:
+                loaded[name] = _load_source_split(task, cfg, name)
+            except DataError as e:
+                loaded[name] = e
+        return loaded[name]
 
-    # rows of each source split not yet given to a derived split; several derives from one source never overlap
-    remaining: dict[str, np.ndarray] = {}
-    for name, spec in task.dataset.derive.items():
-        if name not in need and spec.from_ not in need:
-            continue
+    def carve(name: str, d: DeriveSpec, kind: str) -> SplitData:
+        base = get_whole(d.from_)
+        left = remaining.get(d.from_, np.arange(base.rows))
+        keep, taken = derive_indices(base.dataset.select(left), d, name, seed=0)
+        how = "stratified by label" if d.stratify else (f"grouped by {d.group_by}" if d.group_by else "random")
+        part = base.part(name, left[taken], f"{kind} '{d.from_}': {len(taken)} rows ({how}, seed 0)")
+        remaining[d.from_] = left[keep]
+        return part
+
+    def get_whole(name: str) -> SplitData:
+        if name not in whole:
+            if name in spec.derive:
+                whole[name] = carve(name, spec.derive[name], "derived from")
+            else:
+                got = source(name)
+                if isinstance(got, DataError):
+                    fb = spec.fallback.get(name)
+                    if fb is None:
+                        raise got
+                    part = carve(name, fb, "not available, so carved out of")
+                    whole[name] = replace(part, official=False)
+                    reduced_by_fallback.add(fb.from_)
+                    how = f"whole {fb.group_by} groups" if fb.group_by else "rows"
+                    notes.append(f"'{name}' data is not available here (no local file; hub offline or unreachable), "
+                                 f"so {part.rows:,} rows of '{fb.from_}' ({how}, seed 0) became '{name}'")
+                else:
+                    whole[name] = got
+        return whole[name]
+
+    def wanted(name: str) -> bool:
+        return name in need or any(d.from_ == name and wanted(n) for n, d in spec.derive.items())
+
+    for name, fb in spec.fallback.items():
+        if wanted(name) or wanted(fb.from_):
+            get_whole(name)
+    for name, d in spec.derive.items():
         if name == "test" and cfg.data.test_file:
             continue
-        base = source(spec.from_)
-        left = remaining.get(spec.from_, np.arange(base.rows))
-        keep, derived = derive_indices(base.dataset.select(left), spec, name, seed=0)
-        how = "stratified by label" if spec.stratify else (f"grouped by {spec.group_by}" if spec.group_by else "random")
-        splits[name] = base.part(name, left[derived], f"derived from '{spec.from_}': {len(derived)} rows ({how}, seed 0)")
-        remaining[spec.from_] = left[keep]
-    for name in need:
-        if name in splits:
-            continue
-        if name == "test" and cfg.data.test_file:
-            splits[name] = load_test_file(task, Path(cfg.data.test_file))
-            continue
-        if name not in task.dataset.splits:
-            if name == "validation":
-                continue  # a task may have no validation split; training then skips validation
-            raise DataError(f"task '{task.name}' has no '{name}' split", "add it to dataset.splits in the task file")
-        base = source(name)
-        if name in remaining:
-            rest = [s for s, d in task.dataset.derive.items() if d.from_ == name]
-            splits[name] = base.part(name, remaining[name], f"without the rows of derived split(s) {', '.join(rest)}")
-        else:
-            splits[name] = base
+        if wanted(name) or wanted(d.from_):
+            get_whole(name)
+
     sizes = {"train": cfg.data.train_size, "validation": cfg.data.validation_size, "test": cfg.data.test_size}
     out: dict[str, SplitData] = {}
     for name in need:
-        if name not in splits:
+        if name == "test" and cfg.data.test_file:
+            out[name] = load_test_file(task, Path(cfg.data.test_file))
             continue
-        s = splits[name]
-        if s.source_kind != "file":
-            s = _subset(s, sizes.get(name), stratify)
+        if name not in spec.splits and name not in spec.derive:
+            if name == "validation":
+                continue  # a task may have no validation split; training then skips validation
+            raise DataError(f"task '{task.name}' has no '{name}' split", "add it to dataset.splits in the task file")
+        s = get_whole(name)
+        if name in remaining:
+            rest = [n for n, d in [*spec.derive.items(), *spec.fallback.items()] if d.from_ == name and n in whole]
+            s = s.part(name, remaining[name], f"without the rows of {', '.join(rest)}")
+        if name in reduced_by_fallback:
+            s = replace(s, official=False)
+        s = _subset(s, sizes.get(name), stratify)
         if s.rows == 0:
             raise DataError(f"task '{task.name}': split '{name}' is empty (source: {s.source})", "use a split with rows")
         out[name] = s
-    return TaskData(out)
+    return TaskData(out, notes)
 
 
 def load_test_file(task: TaskSpec, path: Path) -> SplitData:
     path = path.expanduser().resolve()
     if not path.is_file():
         raise DataError(f"data file {path} does not exist", "pass an existing file to data.test_file / --data")
-    ds = load_file(path)
+    ds, meta = read_task_file(path, task)
     if len(ds) == 0:
         raise DataError(f"data file {path} is empty", "use a file with rows in the task's schema")
     ds = ds.add_column("_row", list(range(len(ds))))
     ds = check_rows(ds, task, str(path))
-    return SplitData("test", ds, str(path), "file", file_sha256(path), len(ds), ["data.test_file: all rows"])
+    return SplitData("test", ds, str(path), "file", file_sha256(path), len(ds), ["data.test_file: all rows"],
+                     meta=meta)

@@ -19,6 +19,8 @@ class FamilyInfo:
     metrics: tuple[str, ...]  # metric names the family can compute
     needs_labels: bool
     impl: str  # "module:attribute" of the Family implementation
+    options: tuple[tuple[str, tuple[str, ...]], ...] = ()  # task `options` keys and their allowed values
+    baselines: tuple[str, ...] = ()  # models that need no weights: `model.name=baseline:<name>`
 
 
 FAMILIES: dict[str, FamilyInfo] = {
@@ -30,6 +32,18 @@ FAMILIES: dict[str, FamilyInfo] = {
         metrics=("accuracy", "f1_macro", "auroc", "ece"),
         needs_labels=True,
         impl="harness.families.classification:ClassificationFamily",
+    ),
+    "extractive_qa": FamilyInfo(
+        name="extractive_qa",
+        description="extractive question answering (AutoModelForQuestionAnswering), SQuAD v1.1/v2.0 EM and F1",
+        required_columns=("id", "question", "context", "answers"),
+        optional_columns=("title",),
+        metrics=("exact_match", "f1", "exact", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1",
+                 "best_exact", "best_f1"),
+        needs_labels=False,
+        impl="harness.families.qa:ExtractiveQAFamily",
+        options=(("version", ("1.1", "2.0")),),
+        baselines=("first-sentence",),
     ),
 }
 

@@ -40,11 +40,26 @@ class Family(ABC):
     def __init__(self, info: FamilyInfo):
         self.info = info
 
+    def check_data(self, cfg: RunConfig, task: TaskSpec, data: TaskData) -> tuple[dict[str, str], list[str]]:
+        """Family-specific checks of loaded data: (tags for the run, warnings for the console). Raise DataError for
+        data the family cannot use."""
+        return {}, []
+
     @abstractmethod
     def build_datamodule(self, cfg: RunConfig, task: TaskSpec, data: TaskData, tokenizer: Any) -> Any: ...
 
     @abstractmethod
     def build_module(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> Any: ...
+
+    def postprocess(self, cfg: RunConfig, task: TaskSpec, outputs: dict[str, Any], split: SplitData) -> Any:
+        """Model test outputs -> what `score` takes (e.g. spans over windows -> one answer per question)."""
+        return outputs
+
+    def baseline_outputs(self, name: str, cfg: RunConfig, task: TaskSpec, split: SplitData) -> Any:
+        """What `score` takes, from a baseline that needs no model (`model.name=baseline:<name>`)."""
+        from harness.errors import ModelError
+
+        raise ModelError(f"family '{self.info.name}' has no baseline '{name}'", "use a trained model")
 
     @abstractmethod
     def score(self, cfg: RunConfig, task: TaskSpec, outputs: dict[str, Any], split: SplitData) -> EvalReport: ...

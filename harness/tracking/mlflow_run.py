@@ -60,7 +60,10 @@ class Tracker:
     def run_name(self) -> str:
         if self.cfg.tracking.run_name:
             return self.cfg.tracking.run_name
-        model = self.cfg.model.name.rstrip("/").split("/")[-1]
+        name = self.cfg.model.name
+        if name.startswith("baseline:"):
+            return f"{self.task.name}-baseline-{name.split(':', 1)[1]}"
+        model = name.rstrip("/").split("/")[-1]
         mode = "train" if self.cfg.train else "eval"
         return f"{self.task.name}-{model}-{self.cfg.profile}-{mode}-s{self.cfg.seed}"
 
@@ -72,7 +75,7 @@ class Tracker:
             "model": c.model.name,
             "profile": c.profile,
             "seed": str(c.seed),
-            "mode": "train+eval" if c.train else "eval",
+            "mode": "baseline" if c.model.name.startswith("baseline:") else ("train+eval" if c.train else "eval"),
             "harness.config_hash": c.identity_hash(),
         }
         tags.update(c.tracking.tags)
@@ -136,7 +139,13 @@ class Tracker:
             ds = MetaDataset(source=src, name=f"{self.task.name}-{name}", digest=lin["digest"])
             tags = {k: str(v) for k, v in lin.items() if v is not None}
             mlflow.log_input(ds, context=name, tags=tags)
-            params = [Param(f"split.{name}.rows", str(split.rows)), Param(f"split.{name}.source", lin["source"][:_MAX_PARAM])]
+            params = [
+                Param(f"split.{name}.rows", str(split.rows)),
+                Param(f"split.{name}.source", lin["source"][:_MAX_PARAM]),
+                Param(f"split.{name}.digest", lin["digest"]),
+                Param(f"split.{name}.selection", lin["selection"][:_MAX_PARAM]),
+                Param(f"split.{name}.official", str(split.official).lower()),
+            ]
             self.client.log_batch(self.run_id, params=params)
         mlflow.log_dict(lineages, "data/lineage.json")
 

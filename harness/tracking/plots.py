@@ -1,4 +1,4 @@
-"""Figures logged with classification runs: confusion matrix and reliability diagram."""
+"""Figures logged with runs: confusion matrix, reliability diagram, per-group bar charts."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ matplotlib.use("Agg")  # no display on servers; must precede pyplot
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from typing import Any, Optional  # noqa: E402
 
 from harness.metrics.classification import reliability_bins  # noqa: E402
 
@@ -53,5 +54,35 @@ def reliability_figure(probs: np.ndarray, labels: np.ndarray, n_bins: int, ece: 
     axh.set_xlabel("confidence (top-label probability)")
     axh.set_ylabel("examples")
     axh.set_xlim(0, 1)
+    fig.tight_layout()
+    return fig
+
+
+def grouped_bar_figure(groups: Any, values: np.ndarray, xlabel: str, ylabel: str, title: str,
+                       order: Optional[list[str]] = None) -> plt.Figure:
+    """Mean of `values` per group, with each group's count on its bar and a 95% normal-approximation interval."""
+    groups = np.asarray(list(groups), dtype=object)
+    values = np.asarray(values, dtype=float)
+    present = list(dict.fromkeys(groups.tolist()))
+    if order:
+        names = [g for g in order if g in present] + sorted(g for g in present if g not in order)
+    else:
+        counts = {g: int((groups == g).sum()) for g in present}
+        names = sorted(present, key=lambda g: -counts[g])
+    means, errs, ns = [], [], []
+    for g in names:
+        v = values[groups == g]
+        means.append(v.mean())
+        errs.append(1.96 * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0)
+        ns.append(len(v))
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.75 * len(names) + 2), 3.6), dpi=120)
+    bars = ax.bar(range(len(names)), means, yerr=errs, capsize=3, color="#4C72B0")
+    for b, n in zip(bars, ns):
+        ax.text(b.get_x() + b.get_width() / 2, 1, f"n={n}", ha="center", va="bottom", fontsize=7, color="white")
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 100)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig

@@ -1,0 +1,235 @@
+"""Extractive QA family: SQuAD v1.1 and v2.0 (and any task in their format), scored with the official EM/F1."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.config import RunConfig, TaskSpec
+from harness.data.qa import QADataModule, first_sentence, gold_texts, postprocess, unlocatable_answers
+from harness.data.sources import SplitData, TaskData
+from harness.data.squad import check_version
+from harness.errors import ModelError
+from harness.families.base import EvalReport, Family
+from harness.metrics import squad
+from harness.metrics.bootstrap import Estimate, bootstrap
+from harness.models.loading import ResolvedModel
+from harness.models.qa import QuestionAnswerer
+
+
+def is_v2(task: TaskSpec) -> bool:
+    return str(task.options.get("version", "1.1")) == "2.0"
+
+
+def quick_scores(outputs: dict[str, Any], split: SplitData, version_2: bool, null_threshold: float) -> dict[str, float]:
+    """EM and F1 (0-100) of model outputs on a split, for validation during training."""
+    preds = postprocess(outputs, split, version_2, null_threshold).frame
+    golds = [squad.Gold(q, a) for q, a in zip(split.dataset["id"], gold_texts(split))]
+    pmap = dict(zip(preds["id"], preds["prediction"]))
+    if version_2:
+        t = squad.score_v2(golds, pmap).totals
+        return {"exact": t["exact"], "f1": t["f1"]}
+    return squad.score_v1(golds, pmap).totals
+
+
+class ExtractiveQAFamily(Family):
+    def check_data(self, cfg: RunConfig, task: TaskSpec, data: TaskData) -> tuple[dict[str, str], list[str]]:
+        """Tags for the run and warnings for the console: file version against the task, gold offsets."""
+        tags: dict[str, str] = {}
+        warnings: list[str] = []
+        for name, split in data.splits.items():
+            if "squad_version" in split.meta:
+                check_version_meta(split, is_v2(task), task.name)
+                tags[f"data.{name}.squad_version"] = str(split.meta["squad_version"])
+            off, missing = unlocatable_answers(split)
+            if off or missing:
+                tags[f"data.{name}.answer_start_mismatch"] = str(off + missing)
+                msg = f"{name}: {off + missing} gold answer(s) have an answer_start that does not point at their text"
+                if missing:
+                    msg += f"; {missing} of them do not occur in the context at all"
+                msg += " (training uses the nearest occurrence of the text; scoring uses the text only"
+                msg += ", and questions whose text is missing are left out of training)" if missing else ")"
+                warnings.append(msg)
+        return tags, warnings
+
+    def build_datamodule(self, cfg: RunConfig, task: TaskSpec, data: TaskData, tokenizer: Any) -> QADataModule:
+        return QADataModule(cfg, task, data, tokenizer)
+
+    def build_module(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> QuestionAnswerer:
+        e = cfg.eval
+        settings = dict(version_2=is_v2(task), n_best=e.n_best, max_answer_length=e.max_answer_length,
+                        null_threshold=e.null_threshold)
+        if model.checkpoint:
+            return QuestionAnswerer.load_from_checkpoint(
+                model.checkpoint, map_location="cpu", weights_only=True, optim=cfg.optim.model_dump(mode="json"),
+                **settings,
+            )
+        module = QuestionAnswerer(
+            model_path=model.path, optim=cfg.optim.model_dump(mode="json"), dropout=cfg.model.dropout,
+            attn_implementation=cfg.model.attn_implementation, revision=model.revision, model_ref=model.ref,
+            model_source=model.source, **settings,
+        )
+        if not cfg.train and module.newly_initialized:
+            raise ModelError(
+                f"model '{model.ref}' has untrained weights ({', '.join(module.newly_initialized[:3])}), and "
+                "train=false evaluates it as is",
+                "evaluate a fine-tuned QA model (runs:/<run_id>, a saved folder or a .ckpt), or set train=true",
+            )
+        return module
+
+    def postprocess(self, cfg: RunConfig, task: TaskSpec, outputs: dict[str, Any], split: SplitData) -> Any:
+        frame = postprocess(outputs, split, is_v2(task), cfg.eval.null_threshold).frame
+        loss = pd.Series(np.asarray(outputs["loss"], dtype=np.float64)).groupby(
+            np.asarray(outputs["example"])).mean()
+        frame["loss"] = frame["row"].map(loss).to_numpy()
+        return frame
+
+    def baseline_outputs(self, name: str, cfg: RunConfig, task: TaskSpec, split: SplitData) -> Any:
+        if name == "first-sentence":
+            spans = [first_sentence(c) for c in split.dataset["context"]]
+            return pd.DataFrame({"row": split.dataset["_row"], "id": split.dataset["id"], "prediction": spans,
+                                 "best_span": spans})
+        raise ModelError(f"no baseline '{name}' for extractive QA", "use baseline:first-sentence")
+
+    def score(self, cfg: RunConfig, task: TaskSpec, outputs: Any, split: SplitData) -> EvalReport:
+        frame: pd.DataFrame = outputs
+        v2 = is_v2(task)
+        ids = list(split.dataset["id"])
+        answers = gold_texts(split)
+        golds = [squad.Gold(q, a) for q, a in zip(ids, answers)]
+        preds = dict(zip(frame["id"], frame["prediction"]))
+        n = len(golds)
+        if v2:
+            result = squad.score_v2(golds, preds)
+        else:
+            result = squad.score_v1(golds, preds)
+        em = np.asarray(result.exact, dtype=np.float64)
+        f1 = np.asarray(result.f1, dtype=np.float64)
+        has = np.asarray(result.has_answer, dtype=bool)
+        em_key = "exact" if v2 else "exact_match"
+
+        best = None
+        if v2 and "score_diff" in frame:
+            # thresholds tuned on this data, as the official script does given no-answer scores: the candidate
+            # answers are the best non-null spans, the "no-answer probability" is null score - span score
+            spans = dict(zip(frame["id"], frame["best_span"]))
+            diffs = dict(zip(frame["id"], frame["score_diff"].astype(float)))
+            best = squad.score_v2(golds, spans, na_probs=diffs)
+            best_arrays = _best_threshold_arrays(golds, spans, diffs)
+
+        def stats(i: np.ndarray) -> dict[str, float]:
+            out = {em_key: 100.0 * em[i].mean(), "f1": 100.0 * f1[i].mean()}
+            if v2:
+                h, nh = i[has[i]], i[~has[i]]
+                out.update({
+                    "HasAns_exact": 100.0 * em[h].mean() if len(h) else float("nan"),
+                    "HasAns_f1": 100.0 * f1[h].mean() if len(h) else float("nan"),
+                    "NoAns_exact": 100.0 * em[nh].mean() if len(nh) else float("nan"),
+                    "NoAns_f1": 100.0 * f1[nh].mean() if len(nh) else float("nan"),
+                })
+                if best is not None:
+                    w = np.bincount(i, minlength=n)
+                    out["best_exact"] = _best_score(best_arrays, "exact", w)
+                    out["best_f1"] = _best_score(best_arrays, "f1", w)
+            return out
+
+        estimates = bootstrap(stats, n, resamples=cfg.eval.bootstrap_resamples, confidence=cfg.eval.confidence,
+                              seed=cfg.seed)
+        # point values are the official totals (same numbers, summed in file order)
+        for k, v in result.totals.items():
+            if k in estimates:
+                estimates[k] = Estimate(float(v), estimates[k].low, estimates[k].high)
+        if best is not None:
+            for k in ("best_exact", "best_f1"):
+                estimates[k] = Estimate(float(best.totals[k]), estimates[k].low, estimates[k].high)
+        estimates = {k: v for k, v in estimates.items() if k in task.metrics or not np.isnan(v.value)}
+        scalars: dict[str, float] = {"examples": float(n)}
+        if v2:
+            scalars.update({"HasAns_total": float(has.sum()), "NoAns_total": float((~has).sum())})
+            if best is not None:
+                scalars.update({"best_exact_thresh": float(best.totals["best_exact_thresh"]),
+                                "best_f1_thresh": float(best.totals["best_f1_thresh"])})
+        if "loss" in frame:
+            scalars["loss"] = float(np.nanmean(frame["loss"]))
+        table = _table(split, frame, em, f1, answers, cfg.eval.prediction_text_chars)
+        title = f"{task.name} / {split.name} ({n} questions)"
+        from harness.tracking import plots
+
+        figures = {
+            "plots/f1_by_answer_length.png": plots.grouped_bar_figure(
+                table["answer_length"], f1 * 100, "gold answer length (words)", "F1", title,
+                order=["no answer", "1", "2", "3", "4-5", "6-10", "11+"]),
+            "plots/f1_by_question_type.png": plots.grouped_bar_figure(
+                table["question_type"], f1 * 100, "question type", "F1", title),
+        }
+        return EvalReport(split.name, n, estimates, scalars, table, figures, task.main_metric)
+
+
+def check_version_meta(split: SplitData, want_v2: bool, task: str) -> None:
+    from harness.data.squad import SquadFile
+
+    sq = SquadFile({}, split.meta.get("squad_version"), int(split.meta.get("unanswerable", 0)))
+    check_version(sq, want_v2, task, split.source)
+
+
+def _best_threshold_arrays(golds: list[squad.Gold], spans: dict[str, str], diffs: dict[str, float]) -> dict:
+    """Per question (in no-answer-score order): what admitting its prediction changes, for the vectorised
+    best-threshold search used in bootstrap resamples."""
+    has = np.array([bool(g.answers) for g in golds])
+    ex = np.zeros(len(golds))
+    f = np.zeros(len(golds))
+    for i, g in enumerate(golds):
+        if g.qid in spans:
+            ex[i], f[i] = squad.per_question_v2(spans[g.qid], g.answers)
+    nonempty = np.array([bool(spans.get(g.qid, "")) for g in golds])
+    order = np.argsort(np.array([diffs.get(g.qid, -np.inf) for g in golds]), kind="stable")
+    penalty = np.where(nonempty, -1.0, 0.0)
+    return {"order": order, "has": has, "exact": np.where(has, ex, penalty), "f1": np.where(has, f, penalty)}
+
+
+def _best_score(a: dict, key: str, weights: np.ndarray) -> float:
+    w = weights[a["order"]].astype(np.float64)
+    start = float((weights * ~a["has"]).sum())
+    steps = np.cumsum(w * a[key][a["order"]])
+    return 100.0 * (start + max(0.0, float(steps.max()) if len(steps) else 0.0)) / weights.sum()
+
+
+def _length_bucket(answers: list[str]) -> str:
+    if not answers:
+        return "no answer"
+    n = len(squad.normalize_answer(answers[0]).split()) or len(answers[0].split())
+    if n <= 3:
+        return str(max(n, 1))
+    return "4-5" if n <= 5 else ("6-10" if n <= 10 else "11+")
+
+
+def _table(split: SplitData, frame: pd.DataFrame, em: np.ndarray, f1: np.ndarray, answers: list[list[str]],
+           chars: int) -> pd.DataFrame:
+    ds = split.dataset
+    pred = dict(zip(frame["id"], frame["prediction"]))
+    questions = ds["question"]
+    contexts = ds["context"]
+    snippets = []
+    for ctx, ans in zip(contexts, ds["answers"]):
+        start = ans["answer_start"][0] if ans["answer_start"] else 0
+        lo = max(0, start - chars // 2)
+        snippets.append(("…" if lo else "") + ctx[lo : lo + chars] + ("…" if lo + chars < len(ctx) else ""))
+    ids = list(ds["id"])
+    table = pd.DataFrame({
+        "row": ds["_row"],
+        "id": ids,
+        "question": questions,
+        "context": snippets,
+        "gold_answers": [" | ".join(dict.fromkeys(a)) for a in answers],
+        "prediction": [pred.get(q, "") for q in ids],
+        "exact": em,
+        "f1": f1,
+        "question_type": [squad.question_type(q) for q in questions],
+        "answer_length": [_length_bucket(a) for a in answers],
+    })
+    for col in ("span_score", "null_score", "score_diff", "loss"):
+        if col in frame:
+            table[col] = frame.set_index("id")[col].reindex(ids).to_numpy()
+    return table

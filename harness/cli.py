@@ -145,8 +145,9 @@ def print_report(console: Any, cfg: Any, task: Any, result: Any) -> None:
         if name != "examples":
             table.add_row(name, f"{value:.4f}", "")
     console.print(table)
+    caveat = "" if result.official else " [yellow](not comparable: this run is not on the official split)[/]"
     for ref in task.references:
-        console.print(f"  published: {ref.metric} {ref.value} — {ref.model} ({ref.source})", highlight=False)
+        console.print(f"  published: {ref.metric} {ref.value} — {ref.model} ({ref.source}){caveat}", highlight=False)
     from harness.config import redact_uri
 
     uri = result.tracking_uri

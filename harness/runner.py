@@ -35,6 +35,7 @@ class RunResult:
     wall_seconds: float
     device: str
     tracking_uri: str
+    official: bool = True  # every split is the official one (no fallback was used)
 
 
 # ---- process setup ---------------------------------------------------------------------------------------------------
@@ -285,7 +286,7 @@ def run(
                 tracker.finish()
                 state.write(status="finished")
             return RunResult(run_id, cfg.tracking.experiment or task.name, report, resumed,
-                             time.perf_counter() - started, device, tracking_uri)
+                             time.perf_counter() - started, device, tracking_uri, not unofficial)
 
         from transformers import AutoTokenizer
 
@@ -326,7 +327,7 @@ def run(
             if not cfg.tracking.keep_checkpoints:
                 shutil.rmtree(state.dir / CHECKPOINT_DIR, ignore_errors=True)
         return RunResult(run_id, cfg.tracking.experiment or task.name, report, resumed,
-                         time.perf_counter() - started, device, tracking_uri)
+                         time.perf_counter() - started, device, tracking_uri, not unofficial)
     except KeyboardInterrupt as e:
         if tracker is not None:
             tracker.fail(e, killed=True)

@@ -108,3 +108,40 @@ def test_unknown_baseline(data_dir, tracking_uri, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "no baseline 'lead-3'" in err and "baseline:first-sentence" in err
+
+
+def test_v2_scoring_of_a_model_on_a_v2_file(runs, tmp_path):
+    """SQuAD 2.0 code path: null scores, HasAns/NoAns, thresholds tuned on the data, all with intervals."""
+    from test_qa import _v2_gold
+
+    gold, has, no = _v2_gold(tmp_path, runs["data_dir"])
+    uri, trained = runs["uri"], runs["trained"]
+    args = [f"data.data_dir={runs['data_dir']}", "data.max_length=96", "data.doc_stride=24", "profile=quick",
+            f"tracking.tracking_uri={uri}", "eval.bootstrap_resamples=200", "trainer.precision=32-true"]
+    assert run_cli(["eval", "squad_v2", "--model", f"runs:/{trained.info.run_id}", "--data", str(gold), *args]) == 0
+    client = runs["client"]
+    exp = client.get_experiment_by_name("squad_v2")
+    run = client.search_runs([exp.experiment_id])[0]
+    m = run.data.metrics
+    for name in ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1", "best_exact", "best_f1"):
+        assert m[f"test_{name}_ci_low"] <= m[f"test_{name}"] <= m[f"test_{name}_ci_high"], name
+    assert m["test_HasAns_total"] == len(has) and m["test_NoAns_total"] == len(no)
+    assert m["test_best_f1"] >= m["test_f1"] - 1e-9 and "test_best_f1_thresh" in m
+    # exact = (HasAns * n_has + NoAns * n_no) / n, as the official totals are
+    n = len(has) + len(no)
+    assert m["test_exact"] == pytest.approx((m["test_HasAns_exact"] * len(has) + m["test_NoAns_exact"] * len(no)) / n)
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "predictions/test.json")).read_text())
+    assert "score_diff" in table["columns"] and "no answer" in {r[table["columns"].index("answer_length")]
+                                                              for r in table["data"]}
+
+
+def test_v2_task_refuses_a_v1_file(data_dir, tracking_uri, tmp_path, capsys):
+    folder = tmp_path / "data" / "qa" / "squad_v2.0"
+    folder.mkdir(parents=True)
+    (folder / "dev-v2.0.json.gz").symlink_to(data_dir / "qa/squad_v1.1/dev-v1.1.json.gz")
+    rc = run_cli(["run", "squad_v2", f"data.data_dir={tmp_path / 'data'}", f"tracking.tracking_uri={tracking_uri}"])
+    assert rc == 2
+    assert "is a SQuAD v1.1 file" in capsys.readouterr().err
+    client = MlflowClient(tracking_uri)
+    run = client.search_runs([client.get_experiment_by_name("squad_v2").experiment_id])[0]
+    assert run.info.status == "FAILED" and "v1.1" in run.data.tags["error"]

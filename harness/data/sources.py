@@ -403,6 +403,8 @@ def load_task_data(task: TaskSpec, cfg: RunConfig, need: tuple[str, ...]) -> Tas
         return whole[name]
 
     def wanted(name: str) -> bool:
+        if name == "test" and cfg.data.test_file:
+            return False  # the user's file replaces the test split; its source is not read
         return name in need or any(d.from_ == name and wanted(n) for n, d in spec.derive.items())
 
     for name, fb in spec.fallback.items():

@@ -76,7 +76,9 @@ def grouped_bar_figure(groups: Any, values: np.ndarray, xlabel: str, ylabel: str
         errs.append(1.96 * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0)
         ns.append(len(v))
     fig, ax = plt.subplots(figsize=(max(4.5, 0.75 * len(names) + 2), 3.6), dpi=120)
-    bars = ax.bar(range(len(names)), means, yerr=errs, capsize=3, color="#4C72B0")
+    m, err = np.asarray(means), np.asarray(errs)
+    yerr = [np.minimum(err, m), np.minimum(err, 100 - m)]  # the interval clipped to the metric's range [0, 100]
+    bars = ax.bar(range(len(names)), means, yerr=yerr, capsize=3, color="#4C72B0")
     for b, n in zip(bars, ns):
         ax.text(b.get_x() + b.get_width() / 2, 1, f"n={n}", ha="center", va="bottom", fontsize=7, color="white")
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")

@@ -9,6 +9,9 @@ TORCH  ?= torch==2.13.0
 TASK   ?= imdb
 ARGS   ?=
 PORT   ?= 5000
+TRIALS ?= 20
+WORKERS ?= 1
+DASHBOARD_PORT ?= 8080
 PYTEST_ARGS ?=
 
 # Local copies of the datasets: ../shared/data when it exists (HARNESS_DATA_DIR set by the caller wins).
@@ -16,14 +19,17 @@ ifneq ($(wildcard ../shared/data),)
 export HARNESS_DATA_DIR ?= $(abspath ../shared/data)
 endif
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns.db
+export OPTUNA_STORAGE ?= sqlite:///optuna.db
 
-.PHONY: help setup eval test test-all ui bench clean
+.PHONY: help setup eval tune test test-all ui dashboard bench clean
 
 help:
 	@echo "make setup                  create $(VENV) and install harness with its dependencies"
 	@echo "make eval TASK=imdb         fine-tune + evaluate a task, one MLflow run (ARGS=\"key=value ...\")"
+	@echo "make tune TASK=imdb TRIALS=20 WORKERS=1   Optuna search; trials are nested MLflow runs"
 	@echo "make test                   the test suite (fast tests; make test-all adds the slow ones)"
 	@echo "make ui                     MLflow UI on http://127.0.0.1:$(PORT) over $(MLFLOW_TRACKING_URI)"
+	@echo "make dashboard              optuna-dashboard on http://127.0.0.1:$(DASHBOARD_PORT) over $(OPTUNA_STORAGE)"
 	@echo "make bench                  benchmarks, each against a baseline measured in the same run"
 
 setup:
@@ -35,6 +41,12 @@ setup:
 
 eval:
 	$(BIN)/harness run $(TASK) $(ARGS)
+
+tune:
+	$(BIN)/harness tune $(TASK) --trials $(TRIALS) --workers $(WORKERS) $(ARGS)
+
+dashboard:
+	$(BIN)/optuna-dashboard $(OPTUNA_STORAGE) --host 127.0.0.1 --port $(DASHBOARD_PORT)
 
 test:
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -4,6 +4,8 @@
     harness eval <task> --model M [--data F] [k=v ...] evaluate a trained model without training (its own run)
     harness score <task> --predictions F [--gold G] [--na-probs N] [--json]
                                                        score a predictions file (official SQuAD EM/F1)
+    harness tune <task> [--trials N] [--workers W] [--space S] [--study NAME] [--storage URL] [k=v ...]
+                                                       Optuna search, trials as nested MLflow runs
     harness ls                                         tasks with family, dataset and metrics
     harness validate                                   check every task file and profile
     harness config <task> [key=value ...]              print the resolved config
@@ -124,6 +126,31 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from harness.registry import get_task
+    from harness import tune
+
+    task = get_task(args.task)
+    space_path = Path(args.space) if args.space else None
+    follower = os.environ.get("HARNESS_TRIAL_PARAMS") and int(os.environ.get("LOCAL_RANK", "0") or 0) > 0
+    if follower:  # a DDP rank Lightning started by re-running this command: replay rank 0's trial
+        space = tune.load_space(space_path or tune.default_space_path(task))
+        tune.run_trial(None, task, space, list(args.overrides), args.study or "", os.environ["HARNESS_PARENT_RUN_ID"],
+                       params=json.loads(os.environ["HARNESS_TRIAL_PARAMS"]))
+        return 0
+    if args.worker_index is not None:  # one of several worker processes of `--workers N`
+        space = tune.load_space(space_path or tune.default_space_path(task))
+        tune.worker_main(task, space, list(args.overrides), args.study, args.storage, args.seed, args.pruner,
+                         args.trials, args.worker_index)
+        return 0
+    tune.tune(task, space_path=space_path, study_name=args.study, storage_url=args.storage, trials=args.trials,
+              workers=args.workers, pruner=args.pruner, seed=args.seed, overrides=list(args.overrides))
+    return 0
+
+
 def print_report(console: Any, cfg: Any, task: Any, result: Any) -> None:
     from rich.table import Table
 
@@ -183,6 +210,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SQuAD 2.0: predict no answer above this no-answer probability (default 1.0, as official)")
     s.add_argument("--json", action="store_true", help="print only one JSON object with the official keys")
     s.set_defaults(func=cmd_score)
+
+    t = sub.add_parser("tune", help="hyperparameter search with Optuna (trials as nested MLflow runs)")
+    t.add_argument("task")
+    t.add_argument("--trials", type=int, default=20, help="trials to finish (complete or pruned) in the study")
+    t.add_argument("--workers", type=int, default=1, help="worker processes sharing the study")
+    t.add_argument("--space", help="search space YAML (default: configs/hpo/<family>.yaml)")
+    t.add_argument("--study", help="study name (default: <task>-<space file name>); the same name resumes it")
+    t.add_argument("--storage", help="Optuna storage URL (default: $OPTUNA_STORAGE or sqlite:///optuna.db)")
+    t.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
+    t.add_argument("--seed", type=int, help="sampler seed (default: the run config's seed)")
+    t.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every trial")
+    t.set_defaults(func=cmd_tune)
 
     ls = sub.add_parser("ls", help="list tasks")
     ls.add_argument("-v", "--verbose", action="store_true", help="also print each task's description")

@@ -36,6 +36,7 @@ class RunResult:
     device: str
     tracking_uri: str
     official: bool = True  # every split is the official one (no fallback was used)
+    validation: Optional[dict[str, float]] = None  # last validation metrics (objective runs)
 
 
 # ---- process setup ---------------------------------------------------------------------------------------------------
@@ -196,7 +197,10 @@ def run(
     *,
     extra_callbacks: Optional[list] = None,
     console: Any = None,
+    objective: bool = False,
 ) -> RunResult:
+    """One run. `objective=True` (hyperparameter search): train and validate only — the test split is not even
+    loaded, so it can never leak into selection — and return the last validation metrics."""
     configure_runtime(cfg)
     cfg = cfg.model_copy(deep=True)
     cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
@@ -255,7 +259,13 @@ def run(
 
             known = ", ".join(f"baseline:{b}" for b in family.info.baselines) or "none"
             raise ModelError(f"family '{task.family}' has no baseline '{model.path}'", f"baselines of this family: {known}")
+        if objective and (baseline or not cfg.train):
+            from harness.errors import ConfigError
+
+            raise ConfigError("a search trial needs training", "tune a trainable model with train=true")
         need = ("train", "validation", "test") if cfg.train and not baseline else ("test",)
+        if objective:
+            need = ("train", "validation")
         data = load_task_data(task, cfg, need)
         say("data: " + ", ".join(f"{n} {s.rows:,} rows ({s.source_kind})" for n, s in data.splits.items()))
         data_tags, data_warnings = family.check_data(cfg, task, data)
@@ -308,6 +318,17 @@ def run(
                     tracker.set_tags({"harness.resumed": "true"})
             _interruptible(trainer, lambda: trainer.fit(
                 module, datamodule=dm, ckpt_path=ckpt, weights_only=True if ckpt else None))
+            if objective:
+                validation = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+                if tracker is not None:
+                    if logger is not None:
+                        logger.flush()
+                    tracker.set_tags({"wall_seconds": f"{time.perf_counter() - started:.1f}"})
+                    tracker.finish()
+                    state.write(status="finished")
+                    shutil.rmtree(state.dir / CHECKPOINT_DIR, ignore_errors=True)
+                return RunResult(run_id, cfg.tracking.experiment or task.name, None, resumed,
+                                 time.perf_counter() - started, device, tracking_uri, not unofficial, validation)
             # training is done: a kill during evaluation resumes straight to evaluation (all ranks must call this)
             trainer.save_checkpoint(state.checkpoint)
 

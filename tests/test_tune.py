@@ -1,0 +1,306 @@
+"""`harness tune`: search-space checks, a real study with nested MLflow runs, resume, seeding, pruning (also under
+DDP on two CPU processes), parallel workers with a killed worker."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import psutil
+import pytest
+from conftest import run_cli
+from mlflow.tracking import MlflowClient
+
+SPACE = """
+params:
+  optim.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}
+  optim.scheduler: {type: categorical, choices: [linear, cosine]}
+  model.dropout: {type: float, low: 0.0, high: 0.3, when: {optim.scheduler: cosine}}
+config:
+  data: {train_size: 96, validation_size: 64, max_length: 48}
+  trainer: {max_epochs: 2, val_check_interval: 0.5, precision: 32-true}
+"""
+
+
+def _args(tmp_path: Path, data_dir: Path, tiny_model: Path, *extra: str, space: str = SPACE) -> list[str]:
+    path = tmp_path / "space.yaml"
+    path.write_text(space)
+    return ["--space", str(path), "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", f"model.name={tiny_model}",
+            f"data.data_dir={data_dir}", f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlruns.db'}",
+            "tracking.system_metrics=false", *extra]
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ("params:\n  optim.lrr: {type: float, low: 1.0e-5, high: 1.0e-3}\n", "unknown config key 'optim.lrr'"),
+        ("params:\n  optim.lr: {type: float, low: 1.0e-3, high: 1.0e-5}\n", "empty or inverted range"),
+        ("params:\n  optim.lr: {type: float, low: 0, high: 1.0e-3, log: true}\n", "log scale needs low > 0"),
+        ("params:\n  optim.scheduler: {type: categorical, choices: []}\n", "non-empty `choices`"),
+        ("params:\n  data.batch_size: {type: int, low: 0, high: 8}\n", "parameter 'data.batch_size' value 0 is rejected"),
+        ("params:\n  model.dropout: {type: float, low: 0, high: 0.2, when: {optim.sched: cosine}}\n",
+         "refers to 'optim.sched'"),
+        ("params: {}\n", "params"),
+    ],
+)
+def test_bad_search_space(space, message, tmp_path, data_dir, tiny_model, capsys):
+    rc = run_cli(["tune", "imdb", "--trials", "2", *_args(tmp_path, data_dir, tiny_model, space=space)])
+    assert rc == 2
+    assert message in _error(capsys)
+    assert not (tmp_path / "optuna.db").exists()  # nothing was created for a bad space
+
+
+def test_bad_workers_and_storage(tmp_path, data_dir, tiny_model, capsys):
+    assert run_cli(["tune", "imdb", "--trials", "2", "--workers", "3", *_args(tmp_path, data_dir, tiny_model)]) == 2
+    assert "need 1 <= workers <= trials" in _error(capsys)
+    args = _args(tmp_path, data_dir, tiny_model)
+    args[args.index("--storage") + 1] = "postgresql://tuner:s3cret@127.0.0.1:9/studies"
+    assert run_cli(["tune", "imdb", "--trials", "2", *args]) == 2
+    line = _error(capsys)
+    assert "cannot open the study storage postgresql://tuner:***@127.0.0.1:9/studies" in line
+    assert "s3cret" not in line
+
+
+def test_existing_study_with_other_direction(tmp_path, data_dir, tiny_model, capsys):
+    optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="minimize")
+    assert run_cli(["tune", "imdb", "--trials", "1", "--study", "s", *_args(tmp_path, data_dir, tiny_model)]) == 2
+    assert "exists with direction 'minimize'" in _error(capsys)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, data_dir, tiny_model):
+    work = tmp_path_factory.mktemp("tune")
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        assert run_cli(["tune", "imdb", "--trials", "4", "--study", "s", *_args(work, data_dir, tiny_model)]) == 0
+        yield work
+    finally:
+        os.chdir(cwd)
+
+
+def test_study_and_nested_mlflow_runs(study):
+    s = optuna.load_study(study_name="s", storage=f"sqlite:///{study / 'optuna.db'}")
+    trials = s.get_trials()
+    assert len(trials) == 4 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    for t in trials:  # conditional parameter: dropout only with the cosine schedule
+        assert ("model.dropout" in t.params) == (t.params["optim.scheduler"] == "cosine")
+    client = MlflowClient(f"sqlite:///{study / 'mlruns.db'}")
+    exp = client.get_experiment_by_name("imdb")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("mode") == "tune"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.info.run_id == s.user_attrs["mlflow_parent_run_id"]
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    assert sorted(c.data.tags["optuna.trial"] for c in children) == ["0", "1", "2", "3"]
+    for c in children:
+        t = trials[int(c.data.tags["optuna.trial"])]
+        assert c.data.tags["optuna.state"] == t.state.name
+        assert c.data.params["optim.lr"] == str(t.params["optim.lr"])
+        assert not any(k.startswith("test_") for k in c.data.metrics)  # the test split is never touched
+        assert "split.test.rows" not in c.data.params
+        assert client.get_metric_history(c.info.run_id, "val_accuracy")
+    best = s.best_trial
+    assert parent.data.metrics["best_value"] == pytest.approx(best.value)
+    assert parent.data.tags["optuna.best_trial"] == str(best.number)
+    assert parent.data.metrics["trials_complete"] + parent.data.metrics.get("trials_pruned", 0) == 4
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id, "tune")}
+    assert {"tune/optimization_history.html", "tune/optimization_history.png", "tune/best.json",
+            "tune/space.json"} <= arts
+
+
+def test_same_command_resumes_the_study(study, data_dir, tiny_model, capsys):
+    os.chdir(study)
+    args = ["tune", "imdb", "--study", "s", *_args(study, data_dir, tiny_model)]
+    assert run_cli([*args[:2], "--trials", "4", *args[2:]]) == 0
+    assert "already has 4 finished trial(s)" in capsys.readouterr().out
+    assert run_cli([*args[:2], "--trials", "5", *args[2:]]) == 0
+    s = optuna.load_study(study_name="s", storage=f"sqlite:///{study / 'optuna.db'}")
+    assert len(s.get_trials()) == 5 and s.user_attrs["mlflow_parent_run_id"]
+    client = MlflowClient(f"sqlite:///{study / 'mlruns.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("imdb").experiment_id])
+    assert sum(r.data.tags.get("mode") == "tune" for r in runs) == 1  # still one parent run
+
+
+def test_seeded_sampler_repeats_first_trials(tmp_path):
+    from harness.tune import SearchSpace, open_storage, open_study, suggest
+    import yaml
+
+    space = SearchSpace.model_validate(yaml.safe_load(SPACE))
+    firsts = []
+    for i in range(2):
+        storage = open_storage(f"sqlite:///{tmp_path / f'o{i}.db'}")
+        st = open_study("s", storage, "maximize", seed=7, pruner="median")
+        firsts.append([suggest(st.ask(), space) for _ in range(3)])
+    assert firsts[0] == firsts[1]
+
+
+def _seed_study(path: Path, name: str = "s") -> None:
+    """Three finished trials that validated at 1.0: any real trial of the tiny model is below their median."""
+    st = optuna.create_study(study_name=name, storage=f"sqlite:///{path}", direction="maximize")
+    for i in range(3):
+        st.add_trial(optuna.trial.create_trial(
+            params={"optim.lr": 1e-3, "optim.scheduler": "linear"},
+            distributions={"optim.lr": optuna.distributions.FloatDistribution(1e-4, 3e-3, log=True),
+                           "optim.scheduler": optuna.distributions.CategoricalDistribution(["linear", "cosine"])},
+            value=1.0, intermediate_values={0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0}))
+
+
+def _check_pruned(tmp_path: Path) -> None:
+    s = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    t = s.get_trials()[-1]
+    assert t.state.name == "PRUNED" and len(t.intermediate_values) == 1
+    assert t.user_attrs["epochs"] == 0.5  # stopped at the first of four validations
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    run = client.get_run(t.user_attrs["mlflow_run_id"])
+    assert run.data.tags["optuna.state"] == "PRUNED" and run.info.status == "FINISHED"
+    assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 1
+
+
+def test_pruning_stops_a_bad_trial(tmp_path, data_dir, tiny_model):
+    _seed_study(tmp_path / "optuna.db")
+    os.chdir(tmp_path)
+    assert run_cli(["tune", "imdb", "--trials", "4", "--study", "s", *_args(tmp_path, data_dir, tiny_model)]) == 0
+    _check_pruned(tmp_path)
+
+
+def test_pruning_under_ddp_two_cpu_processes(tmp_path, data_dir, tiny_model):
+    """Rank 0 decides and broadcasts; both ranks stop at the same validation and exit cleanly."""
+    _seed_study(tmp_path / "optuna.db")
+    cmd = [sys.executable, "-m", "harness.cli", "tune", "imdb", "--trials", "4", "--study", "s",
+           *_args(tmp_path, data_dir, tiny_model, "trainer.strategy=ddp", "trainer.devices=2",
+                  "trainer.accelerator=cpu", "trainer.num_threads=1")]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "PRUNED" in proc.stdout
+    _check_pruned(tmp_path)
+
+
+def test_parallel_workers_survive_a_killed_worker(tmp_path, data_dir, tiny_model):
+    """Two workers on sqlite; one is killed with SIGKILL mid-trial: its trial is marked FAIL (no heartbeat) and
+    retried, the study still finishes its trials, and no worker hits 'database is locked'."""
+    space = SPACE.replace("max_epochs: 2", "max_epochs: 3")
+    env = {**os.environ, "HARNESS_TUNE_GRACE_S": "4", "HARNESS_TUNE_HEARTBEAT_S": "1", "CI": "1"}
+    cmd = [sys.executable, "-m", "harness.cli", "tune", "imdb", "--trials", "5", "--workers", "2", "--study", "s",
+           "--pruner", "none", *_args(tmp_path, data_dir, tiny_model, space=space)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    victim = None
+    deadline = time.time() + 120
+    while time.time() < deadline and victim is None:
+        time.sleep(1)
+        workers = [q.pid for q in psutil.process_iter(["cmdline"])
+                   if "--worker-index" in (q.info["cmdline"] or [])
+                   and q.info["cmdline"][q.info["cmdline"].index("--worker-index") + 1] == "1"]
+        try:
+            running = optuna.load_study(study_name="s", storage=storage).get_trials(
+                states=(optuna.trial.TrialState.RUNNING,))
+        except Exception:
+            continue
+        if workers and len(running) == 2:
+            time.sleep(2)  # well inside the trial
+            victim = int(workers[0])
+            os.kill(victim, signal.SIGKILL)
+    assert victim is not None, "no worker to kill"
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    assert "database is locked" not in out
+    trials = optuna.load_study(study_name="s", storage=storage).get_trials()
+    states = [t.state.name for t in trials]
+    assert states.count("FAIL") == 1 and states.count("COMPLETE") >= 5
+    failed = next(t for t in trials if t.state.name == "FAIL")
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
+    assert retried and retried[0].params == failed.params
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(cmd: list[str], env: dict, cwd: Path, url: str) -> subprocess.Popen:
+    import urllib.request
+
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return proc
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                raise AssertionError(f"{cmd[0]} did not come up at {url}")
+            time.sleep(1)
+
+
+def _text(dom: str) -> str:
+    return " ".join(re.sub(r"<[^>]*>", " ", re.sub(r"<style.*?</style>", " ", dom, flags=re.S)).split())
+
+
+def _browser_dom(url: str, tmp: Path) -> str:
+    """The page as a real browser renders it (headless Chromium, scripts run)."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if chromium is None:
+        pytest.skip("no Chromium on this machine")
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp / 'chrome'}", "--virtual-time-budget=15000", "--dump-dom", url]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+
+
+@pytest.mark.slow
+def test_make_dashboard_shows_the_study_in_a_browser(study, tmp_path):
+    from harness.paths import project_root
+
+    port = _free_port()
+    env = dict(os.environ, OPTUNA_STORAGE=f"sqlite:///{study / 'optuna.db'}", DASHBOARD_PORT=str(port))
+    proc = _serve(["make", "-s", "-C", str(project_root()), "dashboard"], env, study, f"http://127.0.0.1:{port}/")
+    try:
+        parent = optuna.load_study(study_name="s", storage=f"sqlite:///{study / 'optuna.db'}").user_attrs[
+            "mlflow_parent_run_id"]
+        text = _text(_browser_dom(f"http://127.0.0.1:{port}/dashboard", tmp_path))
+        assert re.search(r"\bs Direction: MAXIMIZE", text), text[-2000:]  # the study in the study list
+        text = _text(_browser_dom(f"http://127.0.0.1:{port}/dashboard/studies/1", tmp_path))
+        assert "s (id=1)" in text and "Best Trial (number=" in text, text[-2000:]
+        assert "trial #3" in text and parent in text  # every trial's curve, and the link to the MLflow parent
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_mlflow_ui_shows_trials_nested_under_the_study(study, tmp_path):
+    from harness.paths import project_root
+
+    port = _free_port()
+    uri = f"sqlite:///{study / 'mlruns.db'}"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, PORT=str(port))
+    proc = _serve(["make", "-s", "-C", str(project_root()), "ui"], env, study, f"http://127.0.0.1:{port}/health")
+    try:
+        exp = MlflowClient(uri).get_experiment_by_name("imdb")
+        text = _text(_browser_dom(f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs", tmp_path))
+        assert "study-s" in text, text[-3000:]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

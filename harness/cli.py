@@ -146,8 +146,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
         tune.worker_main(task, space, list(args.overrides), args.study, args.storage, args.seed, args.pruner,
                          args.trials, args.worker_index)
         return 0
+    overrides = []
+    for item in args.overrides:  # `retrain_best=true` is accepted as a key=value too (make tune ARGS=...)
+        if item.split("=", 1)[0] == "retrain_best":
+            args.retrain_best = item.split("=", 1)[1].strip().lower() in ("1", "true", "yes")
+        else:
+            overrides.append(item)
+    args.overrides = overrides
     tune.tune(task, space_path=space_path, study_name=args.study, storage_url=args.storage, trials=args.trials,
-              workers=args.workers, pruner=args.pruner, seed=args.seed, overrides=list(args.overrides))
+              workers=args.workers, pruner=args.pruner, seed=args.seed, overrides=list(args.overrides),
+              retrain_best=args.retrain_best)
     return 0
 
 
@@ -220,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--storage", help="Optuna storage URL (default: $OPTUNA_STORAGE or sqlite:///optuna.db)")
     t.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
     t.add_argument("--seed", type=int, help="sampler seed (default: the run config's seed)")
+    t.add_argument("--retrain-best", action="store_true",
+                   help="then train the best parameters on train+validation, test once, register <task>-best")
     t.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every trial")
     t.set_defaults(func=cmd_tune)

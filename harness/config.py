@@ -166,6 +166,8 @@ class DataConfig(Strict):
     pad_to_multiple_of: Optional[int] = Field(default=8, gt=0)
     num_workers: int = Field(default=0, ge=0)
     pin_memory: bool = False
+    # train on train + validation (no validation split): the final fit after a hyperparameter search
+    train_on_validation: bool = False
     doc_stride: int = Field(default=128, ge=0)  # extractive QA: tokens shared by consecutive context windows
 
 

@@ -68,6 +68,7 @@ def configure_runtime(cfg: RunConfig) -> None:
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=r".*all_gather is deprecated.*")
     warnings.filterwarnings("ignore", message=r".*dataloader.*shuffle.*")
+    warnings.filterwarnings("ignore", message=r".*Total length of .* across ranks is zero.*")  # no validation split
     # our DataModule restores the sampler position itself (state_dict/load_state_dict), which Lightning cannot see
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
     if cfg.trainer.num_threads:
@@ -266,6 +267,11 @@ def run(
         need = ("train", "validation", "test") if cfg.train and not baseline else ("test",)
         if objective:
             need = ("train", "validation")
+        if cfg.data.train_on_validation and objective:
+            from harness.errors import ConfigError
+
+            raise ConfigError("data.train_on_validation=true leaves a search trial nothing to validate on",
+                              "use it only for the final fit (harness tune --retrain-best does)")
         data = load_task_data(task, cfg, need)
         say("data: " + ", ".join(f"{n} {s.rows:,} rows ({s.source_kind})" for n, s in data.splits.items()))
         data_tags, data_warnings = family.check_data(cfg, task, data)

@@ -413,7 +413,8 @@ def worker_main(task: TaskSpec, space: SearchSpace, overrides: list[str], study_
 
 
 def tune(task: TaskSpec, *, space_path: Optional[Path], study_name: Optional[str], storage_url: Optional[str],
-         trials: int, workers: int, pruner: str, seed: Optional[int], overrides: list[str]) -> dict[str, Any]:
+         trials: int, workers: int, pruner: str, seed: Optional[int], overrides: list[str],
+         retrain_best: bool = False) -> dict[str, Any]:
     from harness.config import resolve_run_config
     from harness.runner import configure_runtime
 
@@ -454,7 +455,45 @@ def tune(task: TaskSpec, *, space_path: Optional[Path], study_name: Optional[str
         from mlflow.tracking import MlflowClient
 
         MlflowClient(tracking_uri).set_terminated(parent, status=status)
+    if retrain_best and summary.get("best_params"):
+        summary["retrain"] = retrain(task, space, overrides, summary, tracking_uri)
     return summary
+
+
+def retrain(task: TaskSpec, space: SearchSpace, overrides: list[str], summary: dict[str, Any],
+            tracking_uri: str) -> dict[str, Any]:
+    """The best parameters, trained on train + validation, evaluated once on test, logged and registered as
+    `<task>-best` in the MLflow model registry."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from harness.config import resolve_run_config
+    from harness.runner import run
+
+    fixed = [f"{k}={_yaml_value(v)}" for k, v in _flat(space.config).items()]
+    best = [f"{k}={_yaml_value(v)}" for k, v in summary["best_params"].items()]
+    cfg = resolve_run_config(task, [*fixed, *overrides, *best, "data.train_on_validation=true", "log_model=true",
+                                    f"tracking.run_name=study-{summary['study']}-best"])
+    cfg.tracking.tags = {**cfg.tracking.tags, "mlflow.parentRunId": summary["parent_run_id"],
+                         "optuna.study": summary["study"], "optuna.retrain_of_trial": str(summary["best_trial"])}
+    print(f"retraining trial {summary['best_trial']}'s parameters on train + validation, then test", flush=True)
+    result = run(cfg, task)
+    client = MlflowClient(tracking_uri)
+    name = f"{task.name}-best"
+    try:
+        client.create_registered_model(name, description=f"best {task.name} model from Optuna studies")
+    except MlflowException:
+        pass  # it exists: add a version
+    source = client.get_run(result.run_id).info.artifact_uri.rstrip("/") + "/model"
+    version = client.create_model_version(name, source=source, run_id=result.run_id,
+                                          tags={"optuna.study": summary["study"]})
+    metric = f"test_{task.main_metric}"
+    value = result.report.estimates[task.main_metric].value if result.report is not None else float("nan")
+    client.set_tag(summary["parent_run_id"], "optuna.retrain_run_id", result.run_id)
+    client.log_metric(summary["parent_run_id"], f"best_{metric}", value)
+    print(f"best parameters on test: {task.main_metric} {value:.4f} · run {result.run_id} · registered as "
+          f"'{name}' version {version.version}", flush=True)
+    return {"run_id": result.run_id, "test": value, "model": name, "version": version.version}
 
 
 def _run_workers(task: TaskSpec, space: SearchSpace, overrides: list[str], study_name: str, storage_url: str,

@@ -304,3 +304,26 @@ def test_mlflow_ui_shows_trials_nested_under_the_study(study, tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_retrain_best_on_train_plus_validation_and_register(study, data_dir, tiny_model):
+    os.chdir(study)
+    args = ["tune", "imdb", "--trials", "4", "--study", "s", *_args(study, data_dir, tiny_model), "retrain_best=true"]
+    assert run_cli(args) == 0
+    uri = f"sqlite:///{study / 'mlruns.db'}"
+    client = MlflowClient(uri)
+    (mv,) = client.search_model_versions("name='imdb-best'")
+    run = client.get_run(mv.run_id)
+    s = optuna.load_study(study_name="s", storage=f"sqlite:///{study / 'optuna.db'}")
+    assert run.data.tags["optuna.retrain_of_trial"] == str(s.best_trial.number)
+    assert run.data.tags["mlflow.parentRunId"] == s.user_attrs["mlflow_parent_run_id"]
+    assert run.data.params["optim.lr"] == str(s.best_params["optim.lr"])
+    assert run.data.params["data.train_on_validation"] == "true"
+    assert "split.validation.rows" not in run.data.params  # validation rows went back into train
+    assert "without the rows" not in run.data.params["split.train.selection"]
+    m = run.data.metrics
+    assert m["test_accuracy_ci_low"] <= m["test_accuracy"] <= m["test_accuracy_ci_high"]
+    parent = client.get_run(s.user_attrs["mlflow_parent_run_id"])
+    assert parent.data.tags["optuna.retrain_run_id"] == run.info.run_id
+    assert parent.data.metrics["best_test_accuracy"] == m["test_accuracy"]
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"model"}

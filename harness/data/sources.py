@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 
 from harness.config import DeriveSpec, RunConfig, TaskSpec
-from harness.errors import DataError
+from harness.errors import ConfigError, DataError
 
 SUBSET_SEED = 0  # profile subsets (train_size/test_size) do not move with the run seed: same rows for every seed
 
@@ -410,9 +410,18 @@ def load_task_data(task: TaskSpec, cfg: RunConfig, need: tuple[str, ...]) -> Tas
     for name, fb in spec.fallback.items():
         if wanted(name) or wanted(fb.from_):
             get_whole(name)
+    if cfg.data.train_on_validation:
+        if "validation" in spec.splits:
+            raise ConfigError(
+                f"data.train_on_validation=true: task '{task.name}' has a validation split of its own",
+                "only a validation split derived from train (dataset.derive.validation) can be folded back into train",
+            )
+        need = tuple(n for n in need if n != "validation")
     for name, d in spec.derive.items():
         if name == "test" and cfg.data.test_file:
             continue
+        if cfg.data.train_on_validation and name == "validation":
+            continue  # not carved out: its rows stay in train
         if wanted(name) or wanted(d.from_):
             get_whole(name)
 

@@ -376,9 +376,11 @@ def _progress(study: Any, trial: Any) -> None:
     import optuna
 
     state = trial.state.name
-    value = f"{trial.value:.4f}" if trial.value is not None else (
-        f"{trial.intermediate_values[max(trial.intermediate_values)]:.4f} (last report)"
-        if trial.intermediate_values else "-")
+    reports = trial.intermediate_values
+    if state == "PRUNED" and reports:
+        value = f"{reports[max(reports)]:.4f} at validation {len(reports)}"
+    else:
+        value = f"{trial.value:.4f}" if trial.value is not None else "-"
     try:
         best = study.best_trial
         best_s = f"best {best.value:.4f} (trial {best.number})"

@@ -136,6 +136,7 @@ def test_same_command_resumes_the_study(study, data_dir, tiny_model, capsys):
     assert sum(r.data.tags.get("mode") == "tune" for r in runs) == 1  # still one parent run
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_seeded_sampler_repeats_first_trials(tmp_path):
     from harness.tune import SearchSpace, open_storage, open_study, suggest
     import yaml

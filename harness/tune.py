@@ -526,6 +526,7 @@ def _summarize(study_name: str, storage_url: str, tracking_uri: str, parent: str
     counts = {s.name: sum(1 for t in all_trials if t.state == s) for s in TrialState}
     epochs = sum(float(t.user_attrs.get("epochs", 0)) for t in all_trials)
     client = MlflowClient(tracking_uri)
+    _close_failed_trial_runs(client, parent, {str(t.number) for t in all_trials if t.state == TrialState.FAIL})
     metrics = {f"trials_{k.lower()}": float(v) for k, v in counts.items() if v}
     metrics["trial_epochs"] = epochs
     metrics["wall_seconds"] = seconds
@@ -550,6 +551,19 @@ def _summarize(study_name: str, storage_url: str, tracking_uri: str, parent: str
           + (f" · best val {best.value:.4f} (trial {best.number}): {best.params}" if best else "")
           + f" · {epochs:g} trial-epochs", flush=True)
     return summary
+
+
+def _close_failed_trial_runs(client: Any, parent: str, failed: set[str]) -> None:
+    """A trial whose worker died left its MLflow run RUNNING; mark it FAILED, and tag every failed trial's run."""
+    if not failed:
+        return
+    exp = client.get_run(parent).info.experiment_id
+    for r in client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'"):
+        if r.data.tags.get("optuna.trial") in failed and r.data.tags.get("optuna.state") != "FAIL":
+            client.set_tag(r.info.run_id, "optuna.state", "FAIL")
+            if r.info.status == "RUNNING":
+                client.set_tag(r.info.run_id, "error", "the worker running this trial stopped (no heartbeat)")
+                client.set_terminated(r.info.run_id, status="FAILED")
 
 
 def _log_plots(study: Any, client: Any, parent: str) -> None:

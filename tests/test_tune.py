@@ -191,6 +191,16 @@ def test_pruning_under_ddp_two_cpu_processes(tmp_path, data_dir, tiny_model):
     _check_pruned(tmp_path)
 
 
+def _running_child_runs(tmp_path: Path) -> int:
+    try:
+        client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+        exp = client.get_experiment_by_name("imdb")
+        runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'") if exp else []
+    except Exception:
+        return 0
+    return sum("mlflow.parentRunId" in r.data.tags for r in runs)
+
+
 def test_parallel_workers_survive_a_killed_worker(tmp_path, data_dir, tiny_model):
     """Two workers on sqlite; one is killed with SIGKILL mid-trial: its trial is marked FAIL (no heartbeat) and
     retried, the study still finishes its trials, and no worker hits 'database is locked'."""
@@ -212,8 +222,8 @@ def test_parallel_workers_survive_a_killed_worker(tmp_path, data_dir, tiny_model
                 states=(optuna.trial.TrialState.RUNNING,))
         except Exception:
             continue
-        if workers and len(running) == 2:
-            time.sleep(2)  # well inside the trial
+        if workers and len(running) == 2 and _running_child_runs(tmp_path) == 2:
+            time.sleep(2)  # inside the trial: both workers' MLflow runs exist
             victim = int(workers[0])
             os.kill(victim, signal.SIGKILL)
     assert victim is not None, "no worker to kill"
@@ -226,6 +236,10 @@ def test_parallel_workers_survive_a_killed_worker(tmp_path, data_dir, tiny_model
     failed = next(t for t in trials if t.state.name == "FAIL")
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
     assert retried and retried[0].params == failed.params
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("imdb").experiment_id],
+                              filter_string=f"tags.`optuna.trial` = '{failed.number}'")
+    assert [(r.info.status, r.data.tags["optuna.state"]) for r in runs] == [("FAILED", "FAIL")]
 
 
 def _free_port() -> int:

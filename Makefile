@@ -59,6 +59,7 @@ ui:
 
 bench:
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/rouge.py
 
 clean:
 	rm -rf .harness lightning_logs .pytest_cache

@@ -1,0 +1,69 @@
+"""ROUGE speed: harness's implementation vs Google's `rouge-score`, same pairs, identical scores required.
+
+    make bench            (or: python benchmarks/rouge.py [--limit N] [--data DIR])
+
+Pairs: the full CNN/DailyMail test set (11,490 reference highlights, one sentence per line) against the Lead-3
+baseline (the article's first three sentences, one per line), ROUGE-1/2/L/Lsum with the Porter stemmer. Prints both
+times, the speed-up, the mean F-measures, and the number of per-example scores that differ (must be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+
+def lead3(article: str) -> str:
+    """The first three sentences of a See et al. tokenized article (sentences end with " . ", " ! " or " ? ")."""
+    return "\n".join(s.strip() for s in re.split(r"(?<= [.!?]) ", article.strip())[:3])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    default = Path(os.environ.get("HARNESS_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--data", default=str(default))
+    ap.add_argument("--limit", type=int, default=None)
+    args = ap.parse_args()
+    path = Path(args.data) / "summarization" / "cnn_dailymail" / "test.jsonl.gz"
+    if not path.is_file():
+        print(f"error: {path} not found; pass --data <data dir> or set HARNESS_DATA_DIR", file=sys.stderr)
+        return 2
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    rows = rows[: args.limit] if args.limit else rows
+    refs = [r["highlights"] for r in rows]
+    preds = [lead3(r["article"]) for r in rows]
+    types = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
+
+    from nltk.stem import porter  # noqa: F401  (imports are not timed, on either side)
+    from rouge_score import rouge_scorer
+
+    from harness.metrics.rouge import score_pairs
+
+    t = time.perf_counter()
+    ours = score_pairs(refs, preds, types)
+    t_ours = time.perf_counter() - t
+
+    scorer = rouge_scorer.RougeScorer(types, use_stemmer=True)
+    t = time.perf_counter()
+    theirs = [scorer.score(a, b) for a, b in zip(refs, preds)]
+    t_theirs = time.perf_counter() - t
+
+    diff = sum((s[k].precision, s[k].recall, s[k].fmeasure) != tuple(ours[k][i])
+               for k in types for i, s in enumerate(theirs))
+    print(f"ROUGE-1/2/L/Lsum on {len(rows):,} CNN/DailyMail test pairs (Lead-3 vs highlights), {os.cpu_count()} CPUs")
+    print(f"  harness     {t_ours:6.2f} s")
+    print(f"  rouge-score {t_theirs:6.2f} s   speed-up {t_theirs / t_ours:.1f}x")
+    print("  mean F (x100): " + ", ".join(f"{k} {100 * sum(x[2] for x in ours[k]) / len(rows):.2f}" for k in types))
+    print(f"  per-example scores that differ from rouge-score: {diff}")
+    return 0 if diff == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any, Optional
 
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError
 
 
 def _console(stderr: bool = False) -> Any:
@@ -100,8 +100,19 @@ def cmd_score(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from harness.score import score
+    from harness.score import TEXT_METRICS, score, score_texts
 
+    if args.task in TEXT_METRICS:
+        if not args.references:
+            raise ConfigError(f"`harness score {args.task}` needs --references", "pass the reference file")
+        res = score_texts(args.task, Path(args.predictions), Path(args.references), field=args.field)
+        for w in res.notes:
+            print(f"warning: {w}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({**{k: e.value for k, e in res.estimates.items()}, "signature": res.signature}))
+            return 0
+        _print_estimates(res)
+        return 0
     out = score(
         args.task, Path(args.predictions), gold=Path(args.gold) if args.gold else None,
         na_probs=Path(args.na_probs) if args.na_probs else None, na_prob_thresh=args.na_prob_thresh,
@@ -159,6 +170,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_estimates(res: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{res.name} · signature {res.signature}", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("95% CI (bootstrap over examples)", justify="right")
+    for k, e in res.estimates.items():
+        table.add_row(k, f"{e.value:.4f}", f"[{e.low:.4f}, {e.high:.4f}]")
+    _console().print(table)
+
+
 def print_report(console: Any, cfg: Any, task: Any, result: Any) -> None:
     from rich.table import Table
 
@@ -210,9 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("score", help="score a predictions file against a task's gold data (official metrics)")
-    s.add_argument("task", help="e.g. squad or squad_v2")
-    s.add_argument("--predictions", required=True, help="JSON object: question id -> predicted answer text")
-    s.add_argument("--gold", help="gold data file (default: the task's official evaluation file)")
+    s.add_argument("task", help="a QA task (squad, squad_v2), or a text metric: rouge, bleu, chrf")
+    s.add_argument("--predictions", required=True,
+                   help="QA: JSON object question id -> answer; rouge/bleu/chrf: .txt (one per line) or .jsonl")
+    s.add_argument("--gold", help="QA gold data file (default: the task's official evaluation file)")
+    s.add_argument("--references", help="rouge/bleu/chrf: reference file, same format and order as --predictions")
+    s.add_argument("--field", default="text", help="rouge/bleu/chrf .jsonl: the field holding the text")
     s.add_argument("--na-probs", help="SQuAD 2.0: JSON object question id -> no-answer probability")
     s.add_argument("--na-prob-thresh", type=float, default=1.0,
                    help="SQuAD 2.0: predict no answer above this no-answer probability (default 1.0, as official)")

@@ -122,3 +122,55 @@ def score(task_name: str, predictions: Path, **kwargs: Any) -> ScoreOutput:
         raise ConfigError(f"`harness score` does not score family '{task.family}' yet (task '{task_name}')",
                           "score extractive QA tasks (squad, squad_v2), or use `harness eval` with a model")
     return score_qa(task, predictions, **kwargs)
+
+
+TEXT_METRICS = ("rouge", "bleu", "chrf")
+
+
+def read_texts(path: Path, field: str = "text") -> list[str]:
+    """Examples of a `.txt` file (one per line) or `.jsonl` file (the `field` of each object), optionally gzipped.
+    In `.jsonl`, a newline inside a value separates sentences (for ROUGE-Lsum)."""
+    import json
+
+    from harness.data.squad import open_text
+
+    if not path.is_file():
+        raise DataError(f"file {path} does not exist", "pass the path of an existing file")
+    text = open_text(path)
+    name = path.name.lower().removesuffix(".gz")
+    if name.endswith(".jsonl"):
+        out = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: line {i} is not valid JSON ({e.msg})", "write one JSON object per line") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
+                raise DataError(f"{path}: line {i} has no text field '{field}'",
+                                f"give each object a '{field}' string, or name the field with --field")
+            out.append(obj[field])
+        return out
+    if name.endswith(".txt"):
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines = lines[:-1]  # the final newline ends the last line; it is not an empty example
+        return [x.rstrip("\r") for x in lines]
+    raise DataError(f"{path}: unknown file type", "use .txt (one example per line) or .jsonl (optionally .gz)")
+
+
+def score_texts(metric: str, predictions: Path, references: Path, field: str = "text", resamples: int = 1000,
+                seed: int = 0) -> Any:
+    from harness.metrics import generation
+
+    hyps = read_texts(predictions, field)
+    refs = read_texts(references, field)
+    if len(refs) < len(hyps):
+        raise DataError(f"{references} has {len(refs)} references but {predictions} has {len(hyps)} predictions",
+                        "give exactly one reference per prediction, in the same order")
+    if len(refs) > len(hyps):
+        raise DataError(f"{predictions} has {len(hyps)} predictions but {references} has {len(refs)} references",
+                        "give exactly one prediction per reference, in the same order")
+    fn = {"rouge": generation.rouge, "bleu": generation.bleu, "chrf": generation.chrf}[metric]
+    return fn(hyps, refs, resamples=resamples, seed=seed)

@@ -293,16 +293,27 @@ def run(
             if baseline:
                 tracker.set_tags({"mode": "baseline", "harness.baseline": model.path})
 
+        def close(logger: Any = None, remove_checkpoints: bool = False) -> None:
+            """Rank 0: flush step metrics, mark the MLflow run FINISHED and the resume state finished."""
+            if logger is not None:
+                logger.flush()
+            tracker.set_tags({"wall_seconds": f"{time.perf_counter() - started:.1f}"})
+            tracker.finish()
+            state.write(status="finished")
+            if remove_checkpoints:
+                shutil.rmtree(state.dir / CHECKPOINT_DIR, ignore_errors=True)
+
+        def result(report: Any, validation: Optional[dict[str, float]] = None) -> RunResult:
+            return RunResult(run_id, cfg.tracking.experiment or task.name, report, resumed,
+                             time.perf_counter() - started, device, tracking_uri, not unofficial, validation)
+
         if baseline:
             outputs = family.baseline_outputs(model.path, cfg, task, data["test"])
             report = family.score(cfg, task, outputs, data["test"]) if zero else None
             if tracker is not None:
                 _log_report(tracker, report, step=0)
-                tracker.set_tags({"wall_seconds": f"{time.perf_counter() - started:.1f}"})
-                tracker.finish()
-                state.write(status="finished")
-            return RunResult(run_id, cfg.tracking.experiment or task.name, report, resumed,
-                             time.perf_counter() - started, device, tracking_uri, not unofficial)
+                close()
+            return result(report)
 
         from transformers import AutoTokenizer
 
@@ -327,14 +338,8 @@ def run(
             if objective:
                 validation = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
                 if tracker is not None:
-                    if logger is not None:
-                        logger.flush()
-                    tracker.set_tags({"wall_seconds": f"{time.perf_counter() - started:.1f}"})
-                    tracker.finish()
-                    state.write(status="finished")
-                    shutil.rmtree(state.dir / CHECKPOINT_DIR, ignore_errors=True)
-                return RunResult(run_id, cfg.tracking.experiment or task.name, None, resumed,
-                                 time.perf_counter() - started, device, tracking_uri, not unofficial, validation)
+                    close(logger, remove_checkpoints=True)
+                return result(None, validation)
             # training is done: a kill during evaluation resumes straight to evaluation (all ranks must call this)
             trainer.save_checkpoint(state.checkpoint)
 
@@ -346,15 +351,8 @@ def run(
             _log_report(tracker, report, step=trainer.global_step)
             if cfg.log_model:
                 _log_model(family, module, tokenizer, tracker, cfg, task)
-            if logger is not None:
-                logger.flush()
-            tracker.set_tags({"wall_seconds": f"{time.perf_counter() - started:.1f}"})
-            tracker.finish()
-            state.write(status="finished")
-            if not cfg.tracking.keep_checkpoints:
-                shutil.rmtree(state.dir / CHECKPOINT_DIR, ignore_errors=True)
-        return RunResult(run_id, cfg.tracking.experiment or task.name, report, resumed,
-                         time.perf_counter() - started, device, tracking_uri, not unofficial)
+            close(logger, remove_checkpoints=not cfg.tracking.keep_checkpoints)
+        return result(report)
     except KeyboardInterrupt as e:
         if tracker is not None:
             tracker.fail(e, killed=True)

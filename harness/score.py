@@ -62,7 +62,7 @@ def score_qa(task: Any, predictions: Path, gold: Optional[Path] = None, na_probs
              confidence: float = 0.95, seed: int = 0) -> ScoreOutput:
     import numpy as np
 
-    from harness.data.squad import SquadFile, check_version, locate_answer
+    from harness.data.squad import check_version, offset_mismatches
     from harness.families.qa import is_v2
     from harness.metrics import squad
     from harness.metrics.bootstrap import bootstrap
@@ -78,7 +78,7 @@ def score_qa(task: Any, predictions: Path, gold: Optional[Path] = None, na_probs
         probs = {k: float(v) for k, v in probs.items()}
     rows, source, meta = _gold(task, gold, data_dir)
     if "squad_version" in meta:
-        check_version(SquadFile({}, meta["squad_version"], int(meta.get("unanswerable", 0))), v2, task.name, source)
+        check_version(meta["squad_version"], int(meta.get("unanswerable", 0)), v2, task.name, source)
     elif not v2 and any(not a["text"] for _, a, _ in rows):
         n = sum(1 for _, a, _ in rows if not a["text"])
         raise DataError(f"{source}: {n} question(s) have no gold answer, which SQuAD v1.1 cannot score",
@@ -97,12 +97,9 @@ def score_qa(task: Any, predictions: Path, gold: Optional[Path] = None, na_probs
     if result.unknown:
         warnings.append(f"{len(result.unknown)} predicted id(s) are not in the gold data (e.g. "
                         f"'{result.unknown[0]}'); they are ignored")
-    off = sum(1 for _, a, c in rows for t, s in zip(a["text"], a["answer_start"])
-              if not (0 <= s and c[s : s + len(t)] == t))
-    if off:
-        lost = sum(1 for _, a, c in rows for t, s in zip(a["text"], a["answer_start"])
-                   if locate_answer(c, t, int(s)) < 0)
-        warnings.append(f"{off} gold answer(s) have an answer_start that does not point at their text"
+    found_elsewhere, lost = offset_mismatches([c for _, _, c in rows], [a for _, a, _ in rows])
+    if found_elsewhere or lost:
+        warnings.append(f"{found_elsewhere + lost} gold answer(s) have an answer_start that does not point at their text"
                         + (f" ({lost} do not occur in the context)" if lost else "")
                         + "; scoring uses the answer text only, so the scores are unaffected")
     em = np.asarray(result.exact)

@@ -28,7 +28,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, ValidationError, model_validator
 
-from harness.config import RunConfig, Strict, TaskSpec, check_keys, load_yaml, redact_uri, set_dotted
+from harness.config import RunConfig, Strict, TaskSpec, check_keys, flatten, load_yaml, redact_uri, set_dotted
 from harness.errors import ConfigError
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
@@ -72,6 +72,10 @@ class SearchSpace(Strict):
     config: dict[str, Any] = {}  # fixed overrides for every trial (e.g. a smaller subset for the search)
     path: Optional[str] = Field(default=None, exclude=True)
 
+    def fixed_overrides(self) -> list[str]:
+        """`config:` as command-line overrides (key=value), applied to every trial before the sampled values."""
+        return [f"{k}={_yaml_value(v)}" for k, v in flatten(self.config).items()]
+
     @model_validator(mode="after")
     def _check(self) -> "SearchSpace":
         for name, p in self.params.items():
@@ -111,11 +115,11 @@ def check_space(space: SearchSpace, task: TaskSpec, overrides: list[str]) -> Non
     """Every key must be a run-config key, and the range ends / choices must be values the config accepts."""
     from harness.config import resolve_run_config
 
-    for key in [*space.params, *_flat(space.config)]:
+    for key in [*space.params, *flatten(space.config)]:
         one: dict[str, Any] = {}
         set_dotted(one, key, None)
         check_keys(one, RunConfig, f"{space.path}: parameter '{key}'")
-    fixed = [f"{k}={_yaml_value(v)}" for k, v in _flat(space.config).items()]
+    fixed = space.fixed_overrides()
     for key, p in space.params.items():
         values = p.choices if p.type == "categorical" else [p.low, p.high]
         for v in values:
@@ -126,16 +130,6 @@ def check_space(space: SearchSpace, task: TaskSpec, overrides: list[str]) -> Non
             except ConfigError as e:
                 raise ConfigError(f"{space.path}: parameter '{key}' value {v!r} is rejected by the config: {e.message}",
                                   "change the range or choices") from None
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _yaml_value(v: Any) -> str:
@@ -293,10 +287,9 @@ def run_trial(trial: Any, task: TaskSpec, space: SearchSpace, overrides: list[st
     if params is None:
         params = suggest(trial, space)
     number = trial.number if trial is not None else int(os.environ.get("HARNESS_TRIAL_NUMBER", "0"))
-    fixed = [f"{k}={_yaml_value(v)}" for k, v in _flat(space.config).items()]
     chosen = [f"{k}={_yaml_value(v)}" for k, v in params.items()]
     trial_overrides = [
-        *fixed, *overrides, *chosen,
+        *space.fixed_overrides(), *overrides, *chosen,
         f"tracking.run_name=trial-{number}",
         f"tracking.output_dir={Path('.harness') / 'tune' / study_name / f'trial-{number}'}",
     ]
@@ -392,7 +385,6 @@ def _progress(study: Any, trial: Any) -> None:
 
 def worker_main(task: TaskSpec, space: SearchSpace, overrides: list[str], study_name: str, storage_url: str,
                 seed: int, pruner: str, trials: int, worker: int) -> None:
-    import optuna
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
@@ -427,7 +419,7 @@ def tune(task: TaskSpec, *, space_path: Optional[Path], study_name: Optional[str
                           "use fewer workers than trials (each worker runs whole trials)")
     space = load_space(space_path or default_space_path(task))
     check_space(space, task, overrides)
-    base = resolve_run_config(task, [*[f"{k}={_yaml_value(v)}" for k, v in _flat(space.config).items()], *overrides])
+    base = resolve_run_config(task, [*space.fixed_overrides(), *overrides])
     configure_runtime(base)
     seed = base.seed if seed is None else seed
     study_name = study_name or f"{task.name}-{Path(space.path or 'space').stem}"
@@ -453,7 +445,7 @@ def tune(task: TaskSpec, *, space_path: Optional[Path], study_name: Optional[str
         status = "FAILED"
         raise
     finally:
-        summary = _summarize(study_name, storage_url, tracking_uri, parent, time.perf_counter() - started)
+        summary = _summarize(study_name, storage, tracking_uri, parent, time.perf_counter() - started)
         from mlflow.tracking import MlflowClient
 
         MlflowClient(tracking_uri).set_terminated(parent, status=status)
@@ -472,9 +464,8 @@ def retrain(task: TaskSpec, space: SearchSpace, overrides: list[str], summary: d
     from harness.config import resolve_run_config
     from harness.runner import run
 
-    fixed = [f"{k}={_yaml_value(v)}" for k, v in _flat(space.config).items()]
     best = [f"{k}={_yaml_value(v)}" for k, v in summary["best_params"].items()]
-    cfg = resolve_run_config(task, [*fixed, *overrides, *best, "data.train_on_validation=true", "log_model=true",
+    cfg = resolve_run_config(task, [*space.fixed_overrides(), *overrides, *best, "data.train_on_validation=true", "log_model=true",
                                     f"tracking.run_name=study-{summary['study']}-best"])
     cfg.tracking.tags = {**cfg.tracking.tags, "mlflow.parentRunId": summary["parent_run_id"],
                          "optuna.study": summary["study"], "optuna.retrain_of_trial": str(summary["best_trial"])}
@@ -516,12 +507,12 @@ def _run_workers(task: TaskSpec, space: SearchSpace, overrides: list[str], study
               "study, and a trial left RUNNING by a dead worker was marked FAIL and retried", flush=True)
 
 
-def _summarize(study_name: str, storage_url: str, tracking_uri: str, parent: str, seconds: float) -> dict[str, Any]:
+def _summarize(study_name: str, storage: Any, tracking_uri: str, parent: str, seconds: float) -> dict[str, Any]:
     import optuna
     from mlflow.tracking import MlflowClient
     from optuna.trial import TrialState
 
-    study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
+    study = optuna.load_study(study_name=study_name, storage=storage)
     all_trials = study.get_trials(deepcopy=False)
     counts = {s.name: sum(1 for t in all_trials if t.state == s) for s in TrialState}
     epochs = sum(float(t.user_attrs.get("epochs", 0)) for t in all_trials)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -73,6 +74,17 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     BertModel(config).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@contextlib.contextmanager
+def in_dir(path: Path):
+    """Run the block with `path` as the working directory (module-scoped fixtures outlive the per-test chdir)."""
+    cwd = os.getcwd()
+    os.chdir(path)
+    try:
+        yield path
+    finally:
+        os.chdir(cwd)
 
 
 def run_cli(args: list[str]) -> int:

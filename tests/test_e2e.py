@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, tiny_args
+from conftest import in_dir, run_cli, tiny_args
 from mlflow.tracking import MlflowClient
 
 METRICS = ("accuracy", "f1_macro", "auroc", "ece")
@@ -15,12 +15,8 @@ METRICS = ("accuracy", "f1_macro", "auroc", "ece")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_dir, tiny_model):
     """One real training run shared by the tests of this module (log_model on, checkpoints kept)."""
-    import os
-
     work = tmp_path_factory.mktemp("e2e")
-    cwd = os.getcwd()
-    os.chdir(work)
-    try:
+    with in_dir(work):
         uri = f"sqlite:///{work / 'mlruns.db'}"
         args = tiny_args(data_dir, tiny_model, uri, log_model="true", **{"tracking.keep_checkpoints": "true"})
         assert run_cli(["run", "imdb", *args]) == 0
@@ -29,8 +25,6 @@ def trained(tmp_path_factory, data_dir, tiny_model):
         runs = client.search_runs([exp.experiment_id])
         assert len(runs) == 1
         yield {"client": client, "run": runs[0], "uri": uri, "work": work, "exp": exp}
-    finally:
-        os.chdir(cwd)
 
 
 def test_run_finished_with_tags_and_params(trained, tiny_model):

@@ -4,11 +4,10 @@ trained run, the first-sentence baseline, and evaluating the logged model again.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, tiny_args
+from conftest import in_dir, run_cli, tiny_args
 from mlflow.tracking import MlflowClient
 
 
@@ -21,9 +20,7 @@ def _qa_args(data_dir: Path, tiny_model: Path, uri: str, **extra: str) -> list[s
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_dir, tiny_model):
     work = tmp_path_factory.mktemp("qa")
-    cwd = os.getcwd()
-    os.chdir(work)
-    try:
+    with in_dir(work):
         uri = f"sqlite:///{work / 'mlruns.db'}"
         assert run_cli(["run", "squad", *_qa_args(data_dir, tiny_model, uri, log_model="true")]) == 0
         assert run_cli(["run", "squad", "model.name=baseline:first-sentence", f"data.data_dir={data_dir}",
@@ -34,8 +31,6 @@ def runs(tmp_path_factory, data_dir, tiny_model):
         found = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
         assert len(found) == 2
         yield {"client": client, "trained": found[0], "baseline": found[1], "uri": uri, "data_dir": data_dir}
-    finally:
-        os.chdir(cwd)
 
 
 def test_trained_run_metrics_and_tags(runs):

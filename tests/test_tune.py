@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import psutil
 import pytest
-from conftest import run_cli
+from conftest import in_dir, run_cli
 from mlflow.tracking import MlflowClient
 
 SPACE = """
@@ -82,13 +82,9 @@ def test_existing_study_with_other_direction(tmp_path, data_dir, tiny_model, cap
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, data_dir, tiny_model):
     work = tmp_path_factory.mktemp("tune")
-    cwd = os.getcwd()
-    os.chdir(work)
-    try:
+    with in_dir(work):
         assert run_cli(["tune", "imdb", "--trials", "4", "--study", "s", *_args(work, data_dir, tiny_model)]) == 0
         yield work
-    finally:
-        os.chdir(cwd)
 
 
 def test_study_and_nested_mlflow_runs(study):

@@ -22,7 +22,7 @@ import pandas as pd
 from harness.config import RunConfig, TaskSpec
 from harness.data.base import HarnessDataModule, PadCollator, TokenizedDataset
 from harness.data.sources import SplitData, TaskData
-from harness.data.squad import locate_answer
+from harness.data.squad import locate_answer, offset_mismatches
 from harness.errors import DataError
 
 MAX_QUESTION_TOKENS = 64  # longer questions are cut (BERT's max_query_length), so a window always holds context
@@ -210,13 +210,4 @@ def gold_texts(split: SplitData) -> list[list[str]]:
 
 def unlocatable_answers(split: SplitData) -> tuple[int, int]:
     """(answers whose answer_start is off but whose text is in the context, answers whose text is not there)."""
-    off = missing = 0
-    for ctx, ans in zip(split.dataset["context"], split.dataset["answers"]):
-        for text, start in zip(ans["text"], ans["answer_start"]):
-            if 0 <= start and ctx[start : start + len(text)] == text:
-                continue
-            if locate_answer(ctx, text, int(start)) >= 0:
-                off += 1
-            else:
-                missing += 1
-    return off, missing
+    return offset_mismatches(split.dataset["context"], split.dataset["answers"])

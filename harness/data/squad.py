@@ -108,31 +108,38 @@ def read_squad_json(path: Path) -> SquadFile:
     return parse_squad(load_json(path, "SQuAD JSON file"), str(path))
 
 
-def check_version(sq: SquadFile, want_v2: bool, task: str, where: str) -> None:
+def check_version(version: Optional[str], unanswerable: int, want_v2: bool, task: str, where: str) -> None:
     """A v1.1 task cannot score unanswerable questions; a v2.0 task given a v1.1 file would silently report
-    HasAns-only numbers as if they were SQuAD 2.0 results. Both are refused."""
-    if want_v2 and not sq.is_v2:
+    HasAns-only numbers as if they were SQuAD 2.0 results. Both are refused. `version` and `unanswerable` are what
+    the reader found (`SquadFile`, or a split's `meta`)."""
+    is_v2 = SquadFile({}, version, unanswerable).is_v2
+    if want_v2 and not is_v2:
         raise DataError(
-            f"{where} is a SQuAD v1.1 file (version {sq.version!r}, no unanswerable questions), but task '{task}' "
+            f"{where} is a SQuAD v1.1 file (version {version!r}, no unanswerable questions), but task '{task}' "
             "is SQuAD v2.0",
             "use the v2.0 file (dev-v2.0.json), or run the v1.1 task `squad`",
         )
-    if not want_v2 and sq.is_v2:
+    if not want_v2 and is_v2:
         raise DataError(
-            f"{where} is a SQuAD v2.0 file (version {sq.version!r}, {sq.unanswerable} unanswerable questions), but "
+            f"{where} is a SQuAD v2.0 file (version {version!r}, {unanswerable} unanswerable questions), but "
             f"task '{task}' is SQuAD v1.1",
             "use the v1.1 file (dev-v1.1.json), or run the v2.0 task `squad_v2`",
         )
 
 
-def answer_start_mismatches(contexts: list[str], answers: list[dict]) -> int:
-    """Gold answers whose `answer_start` does not point at their text in the context."""
-    bad = 0
+def offset_mismatches(contexts: list[str], answers: list[dict]) -> tuple[int, int]:
+    """Gold answers whose `answer_start` does not point at their text: (those whose text is elsewhere in the
+    context, those whose text is not in the context at all)."""
+    off = missing = 0
     for ctx, ans in zip(contexts, answers):
         for text, start in zip(ans["text"], ans["answer_start"]):
-            if start < 0 or ctx[start : start + len(text)] != text:
-                bad += 1
-    return bad
+            if 0 <= start and ctx[start : start + len(text)] == text:
+                continue
+            if locate_answer(ctx, text, int(start)) >= 0:
+                off += 1
+            else:
+                missing += 1
+    return off, missing
 
 
 def locate_answer(context: str, text: str, start: int) -> int:

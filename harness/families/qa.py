@@ -41,7 +41,8 @@ class ExtractiveQAFamily(Family):
         warnings: list[str] = []
         for name, split in data.splits.items():
             if "squad_version" in split.meta:
-                check_version_meta(split, is_v2(task), task.name)
+                check_version(split.meta["squad_version"], int(split.meta.get("unanswerable", 0)), is_v2(task),
+                              task.name, split.source)
                 tags[f"data.{name}.squad_version"] = str(split.meta["squad_version"])
             off, missing = unlocatable_answers(split)
             if off or missing:
@@ -165,13 +166,6 @@ class ExtractiveQAFamily(Family):
                 table["question_type"], f1 * 100, "question type", "F1", title),
         }
         return EvalReport(split.name, n, estimates, scalars, table, figures, task.main_metric)
-
-
-def check_version_meta(split: SplitData, want_v2: bool, task: str) -> None:
-    from harness.data.squad import SquadFile
-
-    sq = SquadFile({}, split.meta.get("squad_version"), int(split.meta.get("unanswerable", 0)))
-    check_version(sq, want_v2, task, split.source)
 
 
 def _best_threshold_arrays(golds: list[squad.Gold], spans: dict[str, str], diffs: dict[str, float]) -> dict:

@@ -118,12 +118,10 @@ def chrf(hyps: Sequence[str], refs: Sequence[str], *, resamples: int = 1000, con
 
 
 def _check_lengths(hyps: Sequence[str], refs: Sequence[str]) -> None:
-    if len(hyps) != len(refs):
-        from harness.errors import DataError
+    from harness.errors import DataError
 
+    if len(hyps) != len(refs):
         raise DataError(f"{len(hyps)} predictions but {len(refs)} references",
                         "give exactly one reference per prediction, in the same order")
     if not hyps:
-        from harness.errors import DataError
-
         raise DataError("no predictions to score", "give at least one prediction and its reference")

@@ -195,14 +195,12 @@ def score_v2(golds: Iterable[Gold], predictions: Mapping[str, str], na_probs: Op
     # a missing prediction scores 0 (see the module docstring); the official script would stop here
     preds = dict(predictions)
     probs = dict(na_probs) if na_probs is not None else {k: 0.0 for k in preds}
-    exact_raw, f1_raw = raw_scores_v2(golds, preds)
+    exact_scored, f1_scored = raw_scores_v2(golds, preds)
+    # every gold question, in file order (the order the official sums run in); missing ones score 0
+    exact_raw = {g.qid: exact_scored.get(g.qid, 0.0) for g in golds}
+    f1_raw = {g.qid: f1_scored.get(g.qid, 0.0) for g in golds}
     for qid in missing:
-        exact_raw[qid] = 0.0
-        f1_raw[qid] = 0.0
         probs.setdefault(qid, float("-inf"))  # never turned into "no answer"
-    order = {g.qid: i for i, g in enumerate(golds)}
-    exact_raw = dict(sorted(exact_raw.items(), key=lambda kv: order[kv[0]]))
-    f1_raw = dict(sorted(f1_raw.items(), key=lambda kv: order[kv[0]]))
     exact_t = apply_no_answer_threshold(exact_raw, probs, has_answer, na_prob_thresh)
     f1_t = apply_no_answer_threshold(f1_raw, probs, has_answer, na_prob_thresh)
     for qid in missing:

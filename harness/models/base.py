@@ -14,6 +14,9 @@ import torch
 from transformers import get_scheduler
 
 
+_DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
+
+
 class HarnessModule(L.LightningModule):
     def __init__(self, optim: dict[str, Any]):
         super().__init__()
@@ -21,6 +24,26 @@ class HarnessModule(L.LightningModule):
         self._eval_buffer: list[dict[str, torch.Tensor]] = []
         self.test_outputs: Optional[dict[str, torch.Tensor]] = None
         self._pending_rng: Optional[dict[str, Any]] = None
+
+    # ---- backbone ------------------------------------------------------------------------------------------------
+    def load_backbone(self, auto_cls: Any, model_path: str, model_ref: Optional[str], model_source: str,
+                      revision: Optional[str], dropout: Optional[float], attn_implementation: Optional[str],
+                      **kwargs: Any) -> None:
+        """`self.model` from `auto_cls.from_pretrained`, with the dropout override and attention implementation;
+        `self.newly_initialized` lists the weights the checkpoint did not have (e.g. a new task head)."""
+        from transformers import AutoConfig
+
+        from harness.models.loading import ResolvedModel, load_pretrained
+
+        resolved = ResolvedModel(model_ref or model_path, model_path, model_source, revision=revision)
+        if dropout is not None:
+            config = load_pretrained(AutoConfig.from_pretrained, resolved)
+            kwargs.update({k: dropout for k in _DROPOUT_KEYS if hasattr(config, k)})
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        self.model, info = load_pretrained(auto_cls.from_pretrained, resolved, output_loading_info=True, **kwargs)
+        self.newly_initialized = sorted(info.get("missing_keys", []))
+        self.model.train()  # from_pretrained returns eval mode; Lightning keeps whatever mode it finds
 
     # ---- optimization --------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

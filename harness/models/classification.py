@@ -10,14 +10,10 @@ from typing import Any, Optional
 
 import torch
 from torchmetrics import MeanMetric
-from transformers import AutoConfig, AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification
 
 from harness.metrics import classification as cls_metrics
 from harness.models.base import HarnessModule
-from harness.models.loading import ResolvedModel, load_pretrained
-
-_DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
-
 
 class SequenceClassifier(HarnessModule):
     def __init__(
@@ -37,25 +33,12 @@ class SequenceClassifier(HarnessModule):
         self.save_hyperparameters()
         self.labels = list(labels)
         n = len(labels)
-        resolved = ResolvedModel(model_ref or model_path, model_path, model_source, revision=revision)
-        extra: dict[str, Any] = {}
-        if dropout is not None:
-            config = load_pretrained(AutoConfig.from_pretrained, resolved)
-            extra = {k: dropout for k in _DROPOUT_KEYS if hasattr(config, k)}
-        kwargs: dict[str, Any] = dict(
-            num_labels=n,
-            id2label=dict(enumerate(self.labels)),
-            label2id={name: i for i, name in enumerate(self.labels)},
-            **extra,
-        )
-        if attn_implementation:
-            kwargs["attn_implementation"] = attn_implementation
-        self.model, info = load_pretrained(
-            AutoModelForSequenceClassification.from_pretrained, resolved, output_loading_info=True, **kwargs
-        )
         # weights the checkpoint did not have (a new classification head): evaluating without training is then noise
-        self.newly_initialized = sorted(info.get("missing_keys", []))
-        self.model.train()  # from_pretrained returns eval mode; Lightning keeps whatever mode it finds
+        self.load_backbone(
+            AutoModelForSequenceClassification, model_path, model_ref, model_source, revision, dropout,
+            attn_implementation, num_labels=n, id2label=dict(enumerate(self.labels)),
+            label2id={name: i for i, name in enumerate(self.labels)},
+        )
         self.val_metrics = cls_metrics.collection(n, ece_bins, metrics).clone(prefix="val_")
         self.val_loss = MeanMetric()
 

@@ -12,13 +12,9 @@ from typing import Any, Optional
 
 import torch
 from torchmetrics import MeanMetric
-from transformers import AutoConfig, AutoModelForQuestionAnswering
+from transformers import AutoModelForQuestionAnswering
 
 from harness.models.base import HarnessModule
-from harness.models.loading import ResolvedModel, load_pretrained
-
-_DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
-
 
 def best_spans(start_logits: torch.Tensor, end_logits: torch.Tensor, context: torch.Tensor, n_best: int,
                max_answer_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -57,18 +53,8 @@ class QuestionAnswerer(HarnessModule):
         self.n_best = n_best
         self.max_answer_length = max_answer_length
         self.null_threshold = null_threshold
-        resolved = ResolvedModel(model_ref or model_path, model_path, model_source, revision=revision)
-        kwargs: dict[str, Any] = {}
-        if dropout is not None:
-            config = load_pretrained(AutoConfig.from_pretrained, resolved)
-            kwargs.update({k: dropout for k in _DROPOUT_KEYS if hasattr(config, k)})
-        if attn_implementation:
-            kwargs["attn_implementation"] = attn_implementation
-        self.model, info = load_pretrained(
-            AutoModelForQuestionAnswering.from_pretrained, resolved, output_loading_info=True, **kwargs
-        )
-        self.newly_initialized = sorted(info.get("missing_keys", []))
-        self.model.train()
+        self.load_backbone(AutoModelForQuestionAnswering, model_path, model_ref, model_source, revision, dropout,
+                           attn_implementation)
         self.val_loss = MeanMetric()
         self._val_buffer: list[dict[str, torch.Tensor]] = []
 

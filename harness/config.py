@@ -81,6 +81,8 @@ class DatasetSpec(Strict):
     # a split to carve out of another one when its own source is not available (e.g. offline, no training file);
     # runs that use a fallback are tagged as not on the official split
     fallback: dict[str, DeriveSpec] = {}
+    # roles whose column is named differently in the hub copy (e.g. `en` there, `translation.en` in the local files)
+    hub_columns: dict[str, str] = {}
 
     @model_validator(mode="after")
     def _check(self) -> "DatasetSpec":
@@ -207,6 +209,34 @@ class EvalConfig(Strict):
     null_threshold: float = 0.0  # SQuAD 2.0: answer "" when null score - best span score > this
 
 
+class GenerationConfig(Strict):
+    """Generation families (summarization, translation): how inputs are built and how text is generated."""
+
+    # decoder-only models: the prompt before the target; {source} is replaced by the (truncated) source text
+    prompt: str = "{source}\n"
+    system: Optional[str] = None  # chat models: the system message (None: the chat template's default)
+    chat_template: Literal["auto", "never"] = "auto"  # auto: wrap the prompt in the tokenizer's chat template
+    source_prefix: str = ""  # encoder-decoder models: text put before the source (e.g. "summarize: " for T5)
+    max_source_length: int = Field(default=512, ge=8)  # source tokens kept (truncated from the end)
+    max_target_length: int = Field(default=128, ge=1)  # training target tokens kept
+    max_new_tokens: int = Field(default=128, ge=1)
+    min_new_tokens: int = Field(default=0, ge=0)
+    num_beams: int = Field(default=1, ge=1)
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = Field(default=0, ge=0)
+    repetition_penalty: float = Field(default=1.0, gt=0)
+    early_stopping: bool = True
+    batch_size: Optional[int] = Field(default=None, gt=0)  # generation batch; None: data.eval_batch_size
+
+    @model_validator(mode="after")
+    def _check(self) -> "GenerationConfig":
+        if "{source}" not in self.prompt:
+            raise ValueError("generation.prompt must contain {source}")
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError("generation.min_new_tokens is larger than generation.max_new_tokens")
+        return self
+
+
 class TrackingConfig(Strict):
     tracking_uri: Optional[str] = None  # MLFLOW_TRACKING_URI if unset, else sqlite:///mlruns.db
     experiment: Optional[str] = None  # default: the task name
@@ -229,6 +259,7 @@ class RunConfig(Strict):
     trainer: TrainerConfig = TrainerConfig()
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
+    generation: GenerationConfig = GenerationConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("profile")

@@ -66,6 +66,7 @@ def configure_runtime(cfg: RunConfig) -> None:
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*The number of training batches.*")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*introduces a better way to train encoder-decoder.*")
     warnings.filterwarnings("ignore", message=r".*all_gather is deprecated.*")
     warnings.filterwarnings("ignore", message=r".*dataloader.*shuffle.*")
     warnings.filterwarnings("ignore", message=r".*Total length of .* across ranks is zero.*")  # no validation split
@@ -311,9 +312,13 @@ def run(
             outputs = family.baseline_outputs(model.path, cfg, task, data["test"])
             report = family.score(cfg, task, outputs, data["test"]) if zero else None
             if tracker is not None:
-                _log_report(tracker, report, step=0)
+                _log_report(tracker, report, step=0, say=say)
                 close()
             return result(report)
+
+        model_tags = family.bind_model(cfg, task, model)
+        if tracker is not None and model_tags:
+            tracker.set_tags(model_tags)
 
         from transformers import AutoTokenizer
 
@@ -348,7 +353,7 @@ def run(
         if zero and tracker is not None:
             outputs = family.postprocess(cfg, task, module.test_outputs, data["test"])
             report = family.score(cfg, task, outputs, data["test"])
-            _log_report(tracker, report, step=trainer.global_step)
+            _log_report(tracker, report, step=trainer.global_step, say=say)
             if cfg.log_model:
                 _log_model(family, module, tokenizer, tracker, cfg, task)
             close(logger, remove_checkpoints=not cfg.tracking.keep_checkpoints)
@@ -363,7 +368,14 @@ def run(
         raise
 
 
-def _log_report(tracker: Any, report: Any, step: int) -> None:
+def _log_report(tracker: Any, report: Any, step: int, say: Any = None) -> None:
+    for w in report.warnings:
+        if say is not None:
+            say(f"[yellow]warning:[/] {w}")
+    if report.warnings:
+        tracker.set_tags({"eval.warnings": " | ".join(report.warnings)[:4900]})
+    if report.tags:
+        tracker.set_tags(report.tags)
     tracker.log_metrics(report.metrics("test_"), step=step)
     if report.table is not None:
         tracker.log_table(report.table, f"predictions/{report.split}.json")

@@ -158,8 +158,12 @@ class HarnessDataModule(L.LightningDataModule):
             persistent_workers=d.num_workers > 0,
         )
 
+    def split_set(self, split: str) -> TokenizedDataset:
+        """The tokenized rows the train/validation/test loaders serve for `split` (a family may serve a view)."""
+        return self.encoded[split]
+
     def train_dataloader(self) -> DataLoader:
-        ds = self.encoded["train"]
+        ds = self.split_set("train")
         d = self.cfg.data
         sampler = BucketBatchSampler(
             ds.lengths, d.batch_size, shuffle=True, seed=self.cfg.seed, bucketing=d.bucketing,
@@ -174,7 +178,7 @@ class HarnessDataModule(L.LightningDataModule):
         return self._loader(ds, sampler)
 
     def eval_dataloader(self, split: str) -> DataLoader:
-        ds = self.encoded[split]
+        ds = self.split_set(split)
         d = self.cfg.data
         return self._loader(ds, BucketBatchSampler(ds.lengths, d.eval_batch_size, shuffle=False, bucketing=d.bucketing))
 

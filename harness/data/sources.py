@@ -169,15 +169,21 @@ def _load_hub(task: TaskSpec, split_name: str, hub_split: str) -> Any:
     return datasets.load_dataset(ds.hub_id, ds.hub_config, split=hub_split, revision=ds.hub_revision)
 
 
-def check_rows(ds: Any, task: TaskSpec, where: str, row_offset: int = 1) -> Any:
+def check_rows(ds: Any, task: TaskSpec, where: str, row_offset: int = 1,
+               columns: Optional[dict[str, str]] = None) -> Any:
     """Check the task's columns exist and hold values, map label names to ids, and rename columns to roles.
 
     `where` names the file (or hub split) in errors; rows are numbered from `row_offset` (1 = line numbers).
     """
     import pyarrow.compute as pc
 
+    columns = {**task.columns, **(columns or {})}
     cols = ds.column_names
-    for role, col in task.columns.items():
+    if any("." in c and c not in cols for c in columns.values()):
+        # a nested field (e.g. `translation.en` in the WMT schema): struct columns become dotted columns
+        ds = ds.flatten()
+        cols = ds.column_names
+    for role, col in columns.items():
         if col not in cols:
             raise DataError(
                 f"{where}: no column '{col}' (the task's `{role}` column); columns there: {', '.join(cols)}",
@@ -190,11 +196,11 @@ def check_rows(ds: Any, task: TaskSpec, where: str, row_offset: int = 1) -> Any:
                 f"{where}: row {i + row_offset} has no value for field '{col}'",
                 "fill in or remove that row",
             )
-    if task.labels is not None and "label" in task.columns:
+    if task.labels is not None and "label" in columns:
         ds = _map_labels(ds, task, where, row_offset)
-    rename = {col: role for role, col in task.columns.items() if col != role}
+    rename = {col: role for role, col in columns.items() if col != role}
     carves = [*task.dataset.derive.values(), *task.dataset.fallback.values()]
-    keep = set(task.columns.values()) | {d.group_by for d in carves if d.group_by}
+    keep = set(columns.values()) | {d.group_by for d in carves if d.group_by}
     ds = ds.remove_columns([c for c in cols if c not in keep and c != "_row"])
     if rename:
         # two roles may not map onto each other's names; go through temporary names
@@ -326,7 +332,7 @@ def _load_source_split(task: TaskSpec, cfg: RunConfig, split: str) -> SplitData:
                 looked.append(f"{ref} ({e.__class__.__name__}: {str(e).splitlines()[0][:160]})")
             else:
                 ds = ds.add_column("_row", list(range(len(ds))))
-                ds = check_rows(ds, task, f"{ref} row", row_offset=0)
+                ds = check_rows(ds, task, f"{ref} row", row_offset=0, columns=task.dataset.hub_columns)
                 return SplitData(split, ds, ref, "hub", None, len(ds))
     raise DataError(
         f"task '{task.name}': split '{split}' not found; looked in: " + "; ".join(looked),

@@ -45,6 +45,26 @@ FAMILIES: dict[str, FamilyInfo] = {
         options=(("version", ("1.1", "2.0")),),
         baselines=("first-sentence",),
     ),
+    "summarization": FamilyInfo(
+        name="summarization",
+        description="abstractive summarization (encoder-decoder or decoder-only generation), ROUGE-1/2/L/Lsum",
+        required_columns=("source", "target"),
+        optional_columns=("id",),
+        metrics=("rouge1", "rouge2", "rougeL", "rougeLsum"),
+        needs_labels=False,
+        impl="harness.families.generation:SummarizationFamily",
+        baselines=("lead-3",),
+    ),
+    "translation": FamilyInfo(
+        name="translation",
+        description="machine translation (encoder-decoder or decoder-only generation), sacreBLEU BLEU and chrF",
+        required_columns=("source", "target"),
+        optional_columns=("id",),
+        metrics=("bleu", "chrf"),
+        needs_labels=False,
+        impl="harness.families.generation:TranslationFamily",
+        baselines=("copy-source",),
+    ),
 }
 
 

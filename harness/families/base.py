@@ -27,6 +27,8 @@ class EvalReport:
     table: Any = None  # pandas DataFrame, one row per example
     figures: dict[str, Any] = field(default_factory=dict)  # artifact path -> matplotlib figure
     main_metric: str = ""
+    tags: dict[str, str] = field(default_factory=dict)  # set on the run (e.g. metric signatures)
+    warnings: list[str] = field(default_factory=list)  # printed and tagged (e.g. empty outputs, budget too small)
 
     def metrics(self, prefix: str) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -44,6 +46,11 @@ class Family(ABC):
         """Family-specific checks of loaded data: (tags for the run, warnings for the console). Raise DataError for
         data the family cannot use."""
         return {}, []
+
+    def bind_model(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> dict[str, str]:
+        """Called once the model is resolved, before data is tokenized: check the model fits this family (raise
+        ModelError naming what fits) and return tags describing it."""
+        return {}
 
     @abstractmethod
     def build_datamodule(self, cfg: RunConfig, task: TaskSpec, data: TaskData, tokenizer: Any) -> Any: ...

@@ -18,15 +18,37 @@ import numpy as np
 
 from harness.metrics.bootstrap import Estimate, bc_interval
 
-_SENT_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
+# a sentence ends at '.', '!' or '?' (optionally followed by one closing quote or bracket, which stays with it)
+_SENT_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+_TOKENIZED_END = re.compile(r"(?<= [.!?]) ")  # PTB-tokenized text (CNN/DailyMail as See et al. release it)
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of a text: its lines if it has line breaks; else, for tokenized text (punctuation separated by
+    spaces, " . "), a break after every space-separated '.', '!' or '?'; else a break after '.', '!' or '?' (and
+    closing quotes) followed by space and a capital letter or digit. Offline; no models."""
+    text = text.strip()
+    if "\n" in text:
+        parts = text.split("\n")
+    elif " . " in text or text.endswith(" ."):
+        parts = _TOKENIZED_END.split(text)
+    else:
+        parts = _SENT_END.split(text)
+    return [p.strip() for p in parts if p.strip()]
 
 
 def split_sentences(text: str) -> str:
-    """One sentence per line, for ROUGE-Lsum, when a text has no line breaks of its own: a break after '.', '!'
-    or '?' (and closing quotes) followed by space and a capital letter or digit. Offline; no models."""
+    """One sentence per line (see `sentences`), for ROUGE-Lsum; a text with line breaks is kept as it is."""
     if "\n" in text:
         return text
-    return "\n".join(s.strip() for s in _SENT_END.split(text.strip()) if s.strip())
+    return "\n".join(sentences(text))
+
+
+def lead(text: str, k: int = 3) -> str:
+    """The first `k` sentences, one per line: the Lead-k summarization baseline."""
+    return "\n".join(sentences(text)[:k])
 
 
 @dataclass

@@ -88,3 +88,44 @@ def grouped_bar_figure(groups: Any, values: np.ndarray, xlabel: str, ylabel: str
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def length_histogram_figure(hyp_lengths: np.ndarray, ref_lengths: np.ndarray, unit: str, title: str,
+                            budget: Optional[int] = None) -> plt.Figure:
+    """How long the outputs are next to the references; a dashed line marks the generation budget."""
+    hyp = np.asarray(hyp_lengths, dtype=float)
+    ref = np.asarray(ref_lengths, dtype=float)
+    top = max(float(np.max(hyp, initial=1)), float(np.max(ref, initial=1)), float(budget or 0))
+    bins = np.linspace(0, top + 1, 31)
+    fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=120)
+    ax.hist(ref, bins=bins, alpha=0.5, label=f"reference (mean {ref.mean():.1f})", color="#55A868")
+    ax.hist(hyp, bins=bins, alpha=0.6, label=f"generated (mean {hyp.mean():.1f})", color="#4C72B0")
+    if budget:
+        ax.axvline(budget, color="#C44E52", linestyle="--", linewidth=1, label=f"budget ({budget} tokens)")
+    ax.set_xlabel(f"length ({unit})")
+    ax.set_ylabel("examples")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def score_vs_length_figure(lengths: np.ndarray, scores: np.ndarray, xlabel: str, ylabel: str, title: str,
+                           bins: int = 8) -> plt.Figure:
+    """Per-example score against source length, with the mean per length bin (equal-count bins)."""
+    x = np.asarray(lengths, dtype=float)
+    y = np.asarray(scores, dtype=float)
+    fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=120)
+    ax.scatter(x, y, s=6, alpha=0.35, color="#4C72B0", label="example")
+    if len(x) >= 2 * bins:
+        edges = np.unique(np.quantile(x, np.linspace(0, 1, bins + 1)))
+        which = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, len(edges) - 2)
+        centers = [x[which == b].mean() for b in range(len(edges) - 1) if (which == b).any()]
+        means = [y[which == b].mean() for b in range(len(edges) - 1) if (which == b).any()]
+        ax.plot(centers, means, color="#C44E52", marker="o", linewidth=1.5, label="bin mean")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,253 @@
+"""Generation families: summarization (ROUGE) and translation (sacreBLEU BLEU and chrF).
+
+One implementation for both; they differ in the metrics, the baseline, and the per-example score in the
+predictions table. The model kind follows from the model itself: encoder-decoder configs (T5, BART, Marian,
+`bert2bert:<encoder>`) train and generate as seq2seq, decoder-only causal LMs (SmolLM2, GPT-2, Llama) with a prompt.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from harness.config import RunConfig, TaskSpec
+from harness.data.generation import GenerationDataModule
+from harness.data.sources import SplitData, TaskData
+from harness.errors import ModelError
+from harness.families.base import EvalReport, Family
+from harness.metrics import generation as gen_metrics
+from harness.models.generation import TextGenerator
+from harness.models.loading import ResolvedModel
+
+# model types that are encoders only: they fit a generation task only as both halves of `bert2bert:<model>`
+ENCODER_ONLY = {
+    "bert", "roberta", "xlm-roberta", "xlm-roberta-xl", "electra", "camembert", "distilbert", "deberta", "deberta-v2",
+    "albert", "mpnet", "ernie", "megatron-bert", "rembert", "roformer", "data2vec-text", "xmod", "modernbert",
+    "nomic_bert", "flaubert", "xlm", "squeezebert", "mobilebert", "convbert", "funnel", "layoutlm", "canine",
+}
+
+FITS = ("encoder-decoder models (T5, BART, Marian, mBART, or bert2bert:<encoder> to warm-start one from an encoder "
+        "such as bert2bert:sentence-transformers/all-MiniLM-L6-v2) and decoder-only causal LMs "
+        "(HuggingFaceTB/SmolLM2-135M-Instruct, GPT-2, Llama)")
+
+
+def model_kind(model: ResolvedModel, family: str) -> str:
+    """'seq2seq' or 'causal' for a resolved model, or a ModelError naming what fits the family."""
+    if model.warm_start == "bert2bert":
+        return "seq2seq"
+    if model.checkpoint:
+        import torch
+
+        ckpt = torch.load(model.checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        kind = ckpt.get("hyper_parameters", {}).get("kind")
+        if kind not in ("seq2seq", "causal"):
+            raise ModelError(f"checkpoint {model.checkpoint} was not written by a {family} run",
+                             f"pass a checkpoint of a summarization or translation run; {family} fits {FITS}")
+        return kind
+    from transformers import AutoConfig
+
+    from harness.models.loading import load_pretrained
+
+    config = load_pretrained(AutoConfig.from_pretrained, model)
+    mtype = getattr(config, "model_type", "?")
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    archs = list(getattr(config, "architectures", None) or [])
+    if mtype not in ENCODER_ONLY or getattr(config, "is_decoder", False):
+        if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+            return "causal"
+        from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+        if mtype not in ENCODER_ONLY and type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
+            return "causal"
+    what = "an encoder-only model" if mtype in ENCODER_ONLY else "a model with no text-generation head"
+    hint = f"; or use it as bert2bert:{model.ref}" if mtype in ENCODER_ONLY else ""
+    raise ModelError(f"model '{model.ref}' ({mtype}, {what}) does not fit the {family} family",
+                     f"{family} fits {FITS}{hint}")
+
+
+class GenerationFamily(Family):
+    unit = "tokens"
+
+    def __init__(self, info: Any):
+        super().__init__(info)
+        self.kind: Optional[str] = None
+        self.warm_start: Optional[str] = None
+        self.tokenizer: Any = None
+        self.decoder_start: Optional[int] = None
+
+    # ---- model and data ------------------------------------------------------------------------------------------
+    def bind_model(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> dict[str, str]:
+        self.kind = model_kind(model, self.info.name)
+        self.warm_start = model.warm_start
+        if model.checkpoint:
+            import torch
+
+            hp = torch.load(model.checkpoint, map_location="cpu", weights_only=True, mmap=True)["hyper_parameters"]
+            self.warm_start = hp.get("warm_start")
+        return {"model.kind": self.kind, **({"model.warm_start": self.warm_start} if self.warm_start else {})}
+
+    def _special_tokens(self, tokenizer: Any) -> tuple[int, Optional[int], Optional[int]]:
+        """(pad, eos, decoder start) for this tokenizer and model kind; gives a causal LM a pad token if it has none."""
+        if self.warm_start == "bert2bert":
+            if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+                raise ModelError("bert2bert needs a tokenizer with [CLS] and [SEP] tokens",
+                                 "warm-start from a BERT-style encoder")
+            return tokenizer.pad_token_id, tokenizer.sep_token_id, tokenizer.cls_token_id
+        if tokenizer.pad_token_id is None:
+            if tokenizer.eos_token_id is None:
+                raise ModelError("the tokenizer has neither a pad nor an end-of-sequence token",
+                                 "use a model whose tokenizer defines eos_token")
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer.pad_token_id, tokenizer.eos_token_id, None
+
+    def build_datamodule(self, cfg: RunConfig, task: TaskSpec, data: TaskData, tokenizer: Any) -> GenerationDataModule:
+        self.tokenizer = tokenizer
+        _, _, self.decoder_start = self._special_tokens(tokenizer)
+        return GenerationDataModule(cfg, task, data, tokenizer, self.kind or "causal", self.decoder_start)
+
+    def build_module(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> TextGenerator:
+        pad, eos, start = self._special_tokens(self.tokenizer)
+        settings = dict(generation=cfg.generation.model_dump(mode="json"), pad_token_id=pad, eos_token_id=eos,
+                        decoder_start_token_id=start)
+        if model.checkpoint:
+            return TextGenerator.load_from_checkpoint(model.checkpoint, map_location="cpu", weights_only=True,
+                                                      optim=cfg.optim.model_dump(mode="json"), **settings)
+        module = TextGenerator(
+            model_path=model.path, optim=cfg.optim.model_dump(mode="json"), kind=self.kind, warm_start=self.warm_start,
+            dropout=cfg.model.dropout, attn_implementation=cfg.model.attn_implementation, revision=model.revision,
+            model_ref=model.ref, model_source=model.source, **settings,
+        )
+        if not cfg.train and module.newly_initialized:
+            raise ModelError(
+                f"model '{model.ref}' has untrained weights ({', '.join(module.newly_initialized[:3])}), and "
+                "train=false evaluates it as is",
+                "evaluate a fine-tuned model (runs:/<run_id>, a saved folder or a .ckpt), or set train=true",
+            )
+        return module
+
+    # ---- outputs -------------------------------------------------------------------------------------------------
+    def postprocess(self, cfg: RunConfig, task: TaskSpec, outputs: dict[str, Any], split: SplitData) -> Any:
+        tokens = np.asarray(outputs["tokens"])
+        texts = [self.tokenizer.decode([int(t) for t in row if t >= 0], skip_special_tokens=True).strip()
+                 for row in tokens]
+        return pd.DataFrame({"row": np.asarray(outputs["index"]), "hypothesis": texts,
+                             "gen_tokens": np.asarray(outputs["length"]), "hit_max": np.asarray(outputs["hit_max"])})
+
+    def baseline_text(self, name: str, source: str) -> str:
+        raise NotImplementedError
+
+    def baseline_outputs(self, name: str, cfg: RunConfig, task: TaskSpec, split: SplitData) -> Any:
+        if name not in self.info.baselines:
+            raise ModelError(f"no baseline '{name}' for {self.info.name}",
+                             f"use {', '.join('baseline:' + b for b in self.info.baselines)}")
+        hyps = [self.baseline_text(name, s) for s in split.dataset["source"]]
+        return pd.DataFrame({"row": split.dataset["_row"], "hypothesis": hyps,
+                             "gen_tokens": [np.nan] * len(hyps), "hit_max": [False] * len(hyps)})
+
+    # ---- scoring -------------------------------------------------------------------------------------------------
+    def metric_results(self, cfg: RunConfig, hyps: list[str], refs: list[str]) -> list[gen_metrics.MetricResult]:
+        raise NotImplementedError
+
+    def example_score(self, results: list[gen_metrics.MetricResult]) -> tuple[str, np.ndarray]:
+        raise NotImplementedError
+
+    def score(self, cfg: RunConfig, task: TaskSpec, outputs: Any, split: SplitData) -> EvalReport:
+        frame: pd.DataFrame = outputs
+        ds = split.dataset
+        rows = list(ds["_row"])
+        by_row = frame.set_index("row")
+        missing = [r for r in rows if r not in by_row.index]
+        if missing:
+            raise ModelError(f"{len(missing)} test examples got no output", "this is a bug; please report it")
+        frame = by_row.loc[rows].reset_index()
+        hyps = [str(h) for h in frame["hypothesis"]]
+        refs = [str(r) for r in ds["target"]]
+        sources = [str(s) for s in ds["source"]]
+        results = self.metric_results(cfg, hyps, refs)
+        estimates: dict[str, Any] = {}
+        tags: dict[str, str] = {}
+        warnings: list[str] = []
+        for res in results:
+            estimates.update(res.estimates)
+            tags[f"metric.{res.name}.signature"] = res.signature
+            warnings.extend(res.notes)
+        n = len(hyps)
+        scalars: dict[str, float] = {"examples": float(n),
+                                     "empty_predictions": float(sum(1 for h in hyps if not h.strip())),
+                                     "empty_references": float(sum(1 for r in refs if not r.strip()))}
+        gen_tokens = np.asarray(frame["gen_tokens"], dtype=float)
+        hit = np.asarray(frame["hit_max"], dtype=bool)
+        budget = cfg.generation.max_new_tokens
+        if not np.isnan(gen_tokens).all():
+            scalars["generated_tokens_mean"] = float(np.nanmean(gen_tokens))
+            scalars["hit_max_new_tokens"] = float(hit.sum())
+            if hit.all():
+                warnings.append(f"every generation ({n} of {n}) stopped at generation.max_new_tokens={budget} without "
+                                "an end-of-sequence token: the budget is too small (raise generation.max_new_tokens)")
+            elif hit.mean() > 0.25:
+                warnings.append(f"{int(hit.sum())} of {n} generations stopped at generation.max_new_tokens={budget}; "
+                                "consider a larger budget")
+        score_name, per_example = self.example_score(results)
+        chars = cfg.eval.prediction_text_chars
+        src_words = np.array([len(s.split()) for s in sources])
+        table = pd.DataFrame({
+            "row": rows,
+            "source": [s[:chars] + ("…" if len(s) > chars else "") for s in sources],
+            "reference": refs,
+            "hypothesis": hyps,
+            score_name: per_example,
+            "source_words": src_words,
+            "generated_tokens": gen_tokens,
+            "hit_max_new_tokens": hit,
+        })
+        if "id" in ds.column_names:
+            table.insert(1, "id", list(ds["id"]))
+        title = f"{task.name} / {split.name} ({n} examples)"
+        from harness.tracking import plots
+
+        if np.isnan(gen_tokens).all():  # a baseline: lengths in words, no budget
+            hyp_len, ref_len, unit, line = (np.array([len(h.split()) for h in hyps]),
+                                            np.array([len(r.split()) for r in refs]), "words", None)
+        else:
+            ref_len = np.array([len(x) for x in self.tokenizer(refs, add_special_tokens=False)["input_ids"]])
+            hyp_len, unit, line = gen_tokens, "tokens", budget
+        figures = {
+            "plots/generation_length.png": plots.length_histogram_figure(hyp_len, ref_len, unit, title, line),
+            "plots/score_vs_source_length.png": plots.score_vs_length_figure(
+                src_words, per_example, "source length (words)", score_name, title),
+        }
+        return EvalReport(split.name, n, estimates, scalars, table, figures, task.main_metric, tags, warnings)
+
+
+class SummarizationFamily(GenerationFamily):
+    def baseline_text(self, name: str, source: str) -> str:
+        return gen_metrics.lead(source, 3)
+
+    def metric_results(self, cfg: RunConfig, hyps: list[str], refs: list[str]) -> list[gen_metrics.MetricResult]:
+        res = gen_metrics.rouge(hyps, refs, resamples=cfg.eval.bootstrap_resamples, confidence=cfg.eval.confidence,
+                                seed=cfg.seed)
+        # runs report ROUGE x100, as papers do (harness score rouge --json keeps rouge-score's 0-1)
+        res.estimates = {k: type(v)(100 * v.value, 100 * v.low, 100 * v.high) for k, v in res.estimates.items()}
+        res.signature += "|scale:x100"
+        return [res]
+
+    def example_score(self, results: list[gen_metrics.MetricResult]) -> tuple[str, np.ndarray]:
+        return "rougeL", 100 * results[0].per_example["rougeL"]
+
+
+class TranslationFamily(GenerationFamily):
+    def baseline_text(self, name: str, source: str) -> str:
+        return source
+
+    def metric_results(self, cfg: RunConfig, hyps: list[str], refs: list[str]) -> list[gen_metrics.MetricResult]:
+        kw = dict(resamples=cfg.eval.bootstrap_resamples, confidence=cfg.eval.confidence, seed=cfg.seed)
+        b = gen_metrics.bleu(hyps, refs, **kw)
+        c = gen_metrics.chrf(hyps, refs, **kw)
+        c.notes = []  # the same counts as BLEU's
+        return [b, c]
+
+    def example_score(self, results: list[gen_metrics.MetricResult]) -> tuple[str, np.ndarray]:
+        return "sentence_chrf", results[1].per_example["sentence_chrf"]

@@ -21,12 +21,17 @@ endif
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns.db
 export OPTUNA_STORAGE ?= sqlite:///optuna.db
 
-.PHONY: help setup eval tune test test-all ui dashboard bench clean
+PROBE  ?= all
+MODEL  ?=
+RUN    ?=
+
+.PHONY: help setup eval tune probe test test-all ui dashboard bench clean
 
 help:
 	@echo "make setup                  create $(VENV) and install harness with its dependencies"
 	@echo "make eval TASK=imdb         fine-tune + evaluate a task, one MLflow run (ARGS=\"key=value ...\")"
 	@echo "make tune TASK=imdb TRIALS=20 WORKERS=1   Optuna search; trials are nested MLflow runs"
+	@echo "make probe PROBE=crows_pairs MODEL=HuggingFaceTB/SmolLM2-135M-Instruct   bias probes (or RUN=<mlflow run id>)"
 	@echo "make test                   the test suite (fast tests; make test-all adds the slow ones)"
 	@echo "make ui                     MLflow UI on http://127.0.0.1:$(PORT) over $(MLFLOW_TRACKING_URI)"
 	@echo "make dashboard              optuna-dashboard on http://127.0.0.1:$(DASHBOARD_PORT) over $(OPTUNA_STORAGE)"
@@ -46,6 +51,9 @@ eval:
 
 tune:
 	$(BIN)/harness tune $(TASK) --trials $(TRIALS) --workers $(WORKERS) $(ARGS)
+
+probe:
+	$(BIN)/harness probe $(PROBE) $(if $(RUN),--run $(RUN),--model $(or $(MODEL),HuggingFaceTB/SmolLM2-135M-Instruct)) $(ARGS)
 
 dashboard:
 	$(BIN)/optuna-dashboard $(OPTUNA_STORAGE) --host 127.0.0.1 --port $(DASHBOARD_PORT)

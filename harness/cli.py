@@ -216,6 +216,17 @@ def print_report(console: Any, cfg: Any, task: Any, result: Any) -> None:
                       f"{uri} --host 127.0.0.1 --port 5000), then http://127.0.0.1:5000", highlight=False)
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from harness.probe import probe
+    from harness.probes.base import Settings
+
+    probe(args.probe, args.model or None, args.run or None, data_dir=args.data_dir, data=args.data,
+          tracking_uri=args.tracking_uri,
+          settings=Settings(batch_size=args.batch_size, resamples=args.resamples, seed=args.seed, limit=args.limit),
+          console=_console())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description="Fine-tune and evaluate transformer models, tracked in MLflow.")
     sub = p.add_subparsers(dest="command", required=True, metavar="command")
@@ -259,6 +270,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every trial")
     t.set_defaults(func=cmd_tune)
+
+    pr = sub.add_parser("probe", help="bias probes (CrowS-Pairs, WinoBias, BBQ, ...) as MLflow runs")
+    pr.add_argument("probe", help="a probe name (tasks/<name>/probe.yaml) or all (every probe that fits the model)")
+    pr.add_argument("--model", help="hub id, model folder or runs:/<run id>")
+    pr.add_argument("--run", help="MLflow run id of a trained model: probe it and nest the probe runs under it")
+    pr.add_argument("--data", help="the probe's data file or folder (default: under HARNESS_DATA_DIR)")
+    pr.add_argument("--data-dir", help="the data directory (default: $HARNESS_DATA_DIR)")
+    pr.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
+    pr.add_argument("--batch-size", type=int, default=32)
+    pr.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--limit", type=int, help="score a subset: the first N examples (BBQ: N per category, random)")
+    pr.set_defaults(func=cmd_probe)
 
     ls = sub.add_parser("ls", help="list tasks")
     ls.add_argument("-v", "--verbose", action="store_true", help="also print each task's description")

@@ -6,7 +6,8 @@
   the config would reject.
 - Each trial is a normal harness run in objective mode (train + validate, the test split is never loaded) and a
   nested MLflow run under one parent run per study. The objective is the task's main metric on the validation
-  split, in the task's direction.
+  split, in the task's direction (generation families: the validation loss, minimised, since generating for
+  every validation example would dominate a trial).
 - Pruning: the validation metric is reported to Optuna at every validation; the decision is taken on rank 0 and
   broadcast, so it works under DDP. Median pruner by default, Hyperband or none selectable.
 - Storage: a sqlite file (`optuna.db`) by default, or any SQLAlchemy URL. The same command resumes the same study.
@@ -30,6 +31,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from harness.config import RunConfig, Strict, TaskSpec, check_keys, flatten, load_yaml, redact_uri, set_dotted
 from harness.errors import ConfigError
+from harness.families import search_objective
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 HEARTBEAT_S = int(os.environ.get("HARNESS_TUNE_HEARTBEAT_S", "10"))
@@ -297,7 +299,7 @@ def run_trial(trial: Any, task: TaskSpec, space: SearchSpace, overrides: list[st
     # nested under the study's parent run in the MLflow UI
     cfg.tracking.tags = {**cfg.tracking.tags, "mlflow.parentRunId": parent_run_id, "optuna.study": study_name,
                          "optuna.trial": str(number)}
-    monitor = f"val_{task.main_metric}"
+    monitor = f"val_{search_objective(task)[0]}"
     callback = make_pruning_callback(trial, monitor)
     # DDP: Lightning starts the other ranks by re-running this command; they replay this trial from the environment
     os.environ["HARNESS_TRIAL_PARAMS"] = json.dumps(params)
@@ -389,7 +391,7 @@ def worker_main(task: TaskSpec, space: SearchSpace, overrides: list[str], study_
     from optuna.trial import TrialState
 
     storage = open_storage(storage_url)
-    study = open_study(study_name, storage, task.direction, seed, pruner, worker)
+    study = open_study(study_name, storage, search_objective(task)[1], seed, pruner, worker)
     parent = study.user_attrs["mlflow_parent_run_id"]
 
     def objective(trial: Any) -> float:
@@ -427,9 +429,10 @@ def tune(task: TaskSpec, *, space_path: Optional[Path], study_name: Optional[str
     tracking_uri = base.tracking.tracking_uri or "sqlite:///mlruns.db"
 
     storage = open_storage(storage_url)
-    study = open_study(study_name, storage, task.direction, seed, pruner)
+    metric, direction = search_objective(task)
+    study = open_study(study_name, storage, direction, seed, pruner)
     parent = _parent_run(study, task, tracking_uri, space, storage_url, seed, pruner, trials, workers)
-    print(f"study '{study_name}' in {redact_uri(storage_url)} · {task.direction} val_{task.main_metric} · "
+    print(f"study '{study_name}' in {redact_uri(storage_url)} · {direction} val_{metric} · "
           f"{trials} trial(s), {workers} worker(s), pruner {pruner} · MLflow parent run {parent}", flush=True)
     started = time.perf_counter()
     status = "FINISHED"

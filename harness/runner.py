@@ -332,6 +332,16 @@ def run(
 
         logger = MlflowStepLogger(tracker.client, run_id) if tracker is not None else None
         trainer = build_trainer(cfg, logger, state, list(extra_callbacks or []), quiet_mode())
+        if cfg.train and not objective and not resumed and getattr(family, "evaluate_before_training", False):
+            # the same test documents scored before training: what training changed, in one run
+            say("evaluating before training")
+            _interruptible(trainer, lambda: trainer.test(module, dataloaders=dm.test_dataloader(), verbose=False))
+            if zero and tracker is not None:
+                before = family.score(cfg, task, family.postprocess(cfg, task, module.test_outputs, data["test"]),
+                                      data["test"])
+                tracker.log_metrics(before.metrics("test_before_"), step=0)
+                if before.table is not None:
+                    tracker.log_table(before.table, f"predictions/{before.split}_before_training.json")
         if cfg.train:
             ckpt = str(state.checkpoint) if resumed else None
             if ckpt:

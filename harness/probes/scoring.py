@@ -55,15 +55,22 @@ def causal_logprob(model: Any, tokenizer: Any, contexts: Sequence[str], continua
             seq = pairs[i][0]
             ids[r, : len(seq)] = torch.tensor(seq)
             mask[r, : len(seq)] = 1
-        logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        target = ids[:, 1:].to(dev)
-        tok_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1).cpu()
+        logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
+        # the token at position t is predicted at t-1; only the continuation's positions are normalised over the
+        # vocabulary (the context's are not needed, and that is most of the work for long contexts)
+        want = torch.zeros((len(idx), longest - 1), dtype=torch.bool)
         for r, i in enumerate(idx):
             seq, n_ctx = pairs[i]
-            # the token at position t is predicted at t-1; the continuation is positions n_ctx..len-1
-            scores[i] = float(tok_lp[r, n_ctx - 1 : len(seq) - 1].double().sum())
+            want[r, n_ctx - 1 : len(seq) - 1] = True
             counts[i] = len(seq) - n_ctx
+        want = want.to(dev)
+        picked = torch.log_softmax(logits[:, :-1][want].float(), dim=-1)
+        target = ids[:, 1:].to(dev)[want]
+        tok_lp = picked.gather(-1, target.unsqueeze(-1)).squeeze(-1).double().cpu()
+        row_of = torch.nonzero(want)[:, 0].cpu()
+        sums = torch.zeros(len(idx), dtype=torch.float64).index_add_(0, row_of, tok_lp)
+        for r, i in enumerate(idx):
+            scores[i] = float(sums[r])
     return (scores, counts) if return_counts else scores
 
 

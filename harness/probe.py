@@ -168,8 +168,9 @@ def _print(say: Any, spec: ProbeSpec, res: Any, run_id: str) -> None:
         for m in metrics:
             r = cat[(cat["category"] == name) & (cat["metric"] == m)]
             cells.append(f"{r.value.iloc[0]:8.3g} [{r.ci_low.iloc[0]:6.3g}, {r.ci_high.iloc[0]:6.3g}]" if len(r) else "")
-        n = cat[cat["category"] == name]["n"].iloc[0]
-        say(f"  {name:28}" + "".join(f"{c:>26}" for c in cells) + f"{n:>7}")
+        row = cat[cat["category"] == name].iloc[0]
+        extra = f"   Wilcoxon p={row['wilcoxon_p']:.2g}" if "wilcoxon_p" in cat.columns else ""
+        say(f"  {name:28}" + "".join(f"{c:>26}" for c in cells) + f"{row['n']:>7}" + extra)
     for ref in spec.references:
         say(f"  published: {ref.metric} {ref.value:g} — {ref.model} ({ref.source})")
     say(f"MLflow run {run_id}")

@@ -46,6 +46,7 @@ def configure_runtime(cfg: RunConfig) -> None:
     """Quiet the libraries' console chatter and set threads; done once per process before heavy imports run."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import logging
 
     import lightning  # noqa: F401  (sets up its loggers on import; quiet them after)

@@ -55,7 +55,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     profiles = sorted(p.stem for p in profiles_dir().glob("*.yaml"))
     for p in profiles:
         load_profile(p)
-    print(f"ok: {len(tasks)} task(s) ({', '.join(sorted(tasks))}), {len(profiles)} profile(s) ({', '.join(profiles)})")
+    from harness.probes.base import all_specs
+
+    probes = all_specs()  # each probe.yaml checked (fields, model kinds, main metric)
+    print(f"ok: {len(tasks)} task(s) ({', '.join(sorted(tasks))}), {len(profiles)} profile(s) ({', '.join(profiles)}), "
+          f"{len(probes)} probe(s) ({', '.join(sorted(probes))})")
     return 0
 
 

@@ -349,3 +349,18 @@ def test_probe_errors(tiny_llama, tracking_uri, capsys):
     assert "not found" in err()
     assert run_cli(["probe", "crows_pears", "--model", str(tiny_llama), "--tracking-uri", tracking_uri]) == 2
     assert "unknown probe 'crows_pears'" in err()
+
+
+def test_broken_probe_file_is_named(tmp_path):
+    from harness.errors import ConfigError
+    from harness.probes.base import load_spec
+
+    bad = tmp_path / "p" / "probe.yaml"
+    bad.parent.mkdir()
+    bad.write_text("module: crows_pairs\ndescription: x\nfits: [causal, rnn]\nmetrics: [m]\nmain_metric: m\n")
+    with pytest.raises(ConfigError) as e:
+        load_spec(bad)
+    assert str(bad) in str(e.value) and "rnn" in str(e.value)
+    bad.write_text("module: crows_pairs\ndescription: x\nfits: [causal]\nmetrics: [m]\nmain_metric: other\n")
+    with pytest.raises(ConfigError, match="main_metric 'other'"):
+        load_spec(bad)

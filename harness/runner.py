@@ -342,6 +342,9 @@ def run(
                 before = family.score(cfg, task, family.postprocess(cfg, task, module.test_outputs, data["test"]),
                                       data["test"])
                 tracker.log_metrics(before.metrics("test_before_"), step=0)
+                main = before.estimates.get(task.main_metric)
+                if main is not None:
+                    say(f"before training: {task.main_metric} {main.value:.4g} [{main.low:.4g}, {main.high:.4g}]")
                 if before.table is not None:
                     tracker.log_table(before.table, f"predictions/{before.split}_before_training.json")
         if cfg.train:

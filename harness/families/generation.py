@@ -37,15 +37,6 @@ def model_kind(model: ResolvedModel, family: str) -> str:
     """'seq2seq' or 'causal' for a resolved model, or a ModelError naming what fits the family."""
     if model.warm_start == "bert2bert":
         return "seq2seq"
-    if model.checkpoint:
-        import torch
-
-        ckpt = torch.load(model.checkpoint, map_location="cpu", weights_only=True, mmap=True)
-        kind = ckpt.get("hyper_parameters", {}).get("kind")
-        if kind not in ("seq2seq", "causal"):
-            raise ModelError(f"checkpoint {model.checkpoint} was not written by a {family} run",
-                             f"pass a checkpoint of a summarization or translation run; {family} fits {FITS}")
-        return kind
     from transformers import AutoConfig
 
     from harness.models.loading import load_pretrained
@@ -80,13 +71,18 @@ class GenerationFamily(Family):
 
     # ---- model and data ------------------------------------------------------------------------------------------
     def bind_model(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> dict[str, str]:
-        self.kind = model_kind(model, self.info.name)
-        self.warm_start = model.warm_start
-        if model.checkpoint:
+        if model.checkpoint:  # a harness checkpoint says what it is in its hyperparameters
             import torch
 
-            hp = torch.load(model.checkpoint, map_location="cpu", weights_only=True, mmap=True)["hyper_parameters"]
-            self.warm_start = hp.get("warm_start")
+            hp = torch.load(model.checkpoint, map_location="cpu", weights_only=True, mmap=True).get(
+                "hyper_parameters", {})
+            if hp.get("kind") not in ("seq2seq", "causal"):
+                raise ModelError(f"checkpoint {model.checkpoint} was not written by a {self.info.name} run",
+                                 f"pass a checkpoint of a summarization or translation run; {self.info.name} fits "
+                                 f"{FITS}")
+            self.kind, self.warm_start = hp["kind"], hp.get("warm_start")
+        else:
+            self.kind, self.warm_start = model_kind(model, self.info.name), model.warm_start
         return {"model.kind": self.kind, **({"model.warm_start": self.warm_start} if self.warm_start else {})}
 
     def _special_tokens(self, tokenizer: Any) -> tuple[int, Optional[int], Optional[int]]:

@@ -17,6 +17,11 @@ from transformers import get_scheduler
 _DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
 
 
+def target_tokens(labels: torch.Tensor, causal: bool) -> torch.Tensor:
+    """How many label positions a language-model loss averages over (causal models shift labels by one)."""
+    return (labels[:, 1:] != -100).sum() if causal else (labels != -100).sum()
+
+
 class HarnessModule(L.LightningModule):
     def __init__(self, optim: dict[str, Any]):
         super().__init__()

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import torch
 from torchmetrics import MeanMetric, SumMetric
 
-from harness.models.base import HarnessModule
+from harness.models.base import HarnessModule, target_tokens
 
 KINDS = ("seq2seq", "causal")
 
@@ -93,7 +93,7 @@ class TextGenerator(HarnessModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self(batch)
         # the model's loss is the mean over this batch's target tokens; weight it by their number
-        n = (batch["labels"][:, 1:] != -100).sum() if self.kind == "causal" else (batch["labels"] != -100).sum()
+        n = target_tokens(batch["labels"], self.kind == "causal")
         self.val_loss.update(out.loss.float(), weight=n)
         self.val_tokens.update(n)
 

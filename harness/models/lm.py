@@ -14,7 +14,7 @@ from typing import Any, Optional
 import torch
 from torchmetrics import MeanMetric
 
-from harness.models.base import HarnessModule
+from harness.models.base import HarnessModule, target_tokens
 
 
 class LanguageModel(HarnessModule):
@@ -52,9 +52,6 @@ class LanguageModel(HarnessModule):
     def forward(self, batch: dict[str, torch.Tensor]) -> Any:
         return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
 
-    def _scored(self, labels: torch.Tensor) -> torch.Tensor:
-        return (labels[:, 1:] != -100).sum() if self.kind == "causal" else (labels != -100).sum()
-
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self(batch)
         self.log("train_loss", out.loss, on_step=True, on_epoch=False, prog_bar=True,
@@ -63,7 +60,7 @@ class LanguageModel(HarnessModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self(batch)
-        self.val_loss.update(out.loss.float(), weight=self._scored(batch["labels"]))
+        self.val_loss.update(out.loss.float(), weight=target_tokens(batch["labels"], self.kind == "causal"))
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()

@@ -1,47 +1,8 @@
-"""harness chrf as an `evaluate` module (offline): sacreBLEU corpus-level chrf on detokenized text (default settings), with its signature and a bootstrap 95% interval from summed sentence statistics, on sacreBLEU's 0-100 scale."""
+"""harness chrf as an `evaluate` module, offline: `evaluate.load(harness.evaluate_modules.path("chrf"))`.
+The metric itself is harness/evaluate_modules/base.py over harness/metrics/generation.py."""
 
-import datasets
-import evaluate
-
-from harness.metrics import generation
-
-_DESCRIPTION = """sacreBLEU corpus-level chrf on detokenized text (default settings), with its signature and a bootstrap 95% interval from summed sentence statistics, on sacreBLEU's 0-100 scale."""
-
-_KWARGS = """
-Args:
-    predictions: list of generated texts.
-    references: list of reference texts, one per prediction (a list of one string per prediction is accepted too).
-    resamples: bootstrap resamples for the interval (default 1000).
-    confidence: interval coverage (default 0.95).
-    seed: bootstrap seed (default 0).
-Returns:
-    a dict of scores, each with "<name>_ci_low" / "<name>_ci_high", and "signature".
-"""
+from harness.evaluate_modules import base
 
 
-class HarnessChrf(evaluate.Metric):
-    def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS,
-            features=[
-                datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-                datasets.Features({"predictions": datasets.Value("string"),
-                                   "references": datasets.Sequence(datasets.Value("string"))}),
-            ],
-        )
-
-    def _compute(self, predictions, references, resamples=1000, confidence=0.95, seed=0):
-        refs = [r[0] if isinstance(r, (list, tuple)) else r for r in references]
-        if any(isinstance(r, (list, tuple)) and len(r) != 1 for r in references):
-            raise ValueError("harness chrf takes exactly one reference per prediction")
-        res = generation.chrf(list(predictions), refs, resamples=resamples, confidence=confidence, seed=seed)
-        out = {}
-        for name, est in res.estimates.items():
-            out[name] = float(est.value)
-            out[name + "_ci_low"] = float(est.low)
-            out[name + "_ci_high"] = float(est.high)
-        out["signature"] = res.signature
-        out["n"] = len(refs)
-        return out
+class HarnessChrf(base.HarnessMetric):
+    metric = "chrf"

@@ -37,7 +37,8 @@ def main() -> int:
     from harness.families import get_family
     from harness.models.loading import resolve_model
     from harness.registry import get_task
-    from harness.runner import RunState, build_trainer, configure_runtime, resolve_precision
+    from harness.runner import RunState, build_trainer
+    from harness.runtime import configure_runtime, resolve_precision
 
     task = get_task(args.task)
     cfg = resolve_run_config(task, ["profile=quick", *args.overrides])

@@ -130,7 +130,8 @@ def run_harness(model_dir: Path, args: argparse.Namespace, device: str) -> dict[
     from harness.families import get_family
     from harness.models.loading import resolve_model
     from harness.registry import get_task
-    from harness.runner import RunState, build_trainer, configure_runtime, resolve_precision
+    from harness.runner import RunState, build_trainer
+    from harness.runtime import configure_runtime, resolve_precision
 
     task = get_task("imdb")
     profile = "full" if device == "cuda" else "quick"
@@ -224,6 +225,8 @@ def run_trainer(model_dir: Path, args: argparse.Namespace, device: str) -> dict[
 
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    from harness.config import default_tracking_uri
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["bert-base", "small"], choices=["bert-base", "small"])
     ap.add_argument("--model-path", help="the small model's folder (default: the MiniLM pip package)")
@@ -234,7 +237,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     ap.add_argument("--workers", type=int, default=4, help="loader workers on the harness side (GPU)")
     ap.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     ap.add_argument("--data-dir", default=os.environ.get("HARNESS_DATA_DIR"))
-    ap.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlruns.db"))
+    ap.add_argument("--tracking-uri", default=default_tracking_uri())
     args = ap.parse_args(argv)
     import torch
 

@@ -6,6 +6,7 @@
                                                        score a predictions file (official SQuAD EM/F1)
     harness tune <task> [--trials N] [--workers W] [--space S] [--study NAME] [--storage URL] [k=v ...]
                                                        Optuna search, trials as nested MLflow runs
+    harness check <task> [key=value ...]               load the task's data as a run would, report it, train nothing
     harness ls                                         tasks with family, dataset and metrics
     harness validate                                   check every task file and profile
     harness config <task> [key=value ...]              print the resolved config
@@ -28,9 +29,20 @@ def _console(stderr: bool = False) -> Any:
     return Console(stderr=stderr, highlight=False, soft_wrap=True, force_terminal=False if quiet else None)
 
 
+def _print_task_dirs() -> None:
+    from harness.paths import TASKS_PATH_ENV, task_dirs
+
+    dirs = task_dirs()
+    print(f"task folders ({len(dirs)}; add yours with {TASKS_PATH_ENV}=dir1:dir2):")
+    for d in dirs:
+        print(f"  {d}" + ("" if d.is_dir() else "  (missing)"))
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     from harness.registry import registry
 
+    _print_task_dirs()
+    print()
     rows = [("task", "family", "dataset (hub / local)", "metrics (main first)")]
     for name, t in sorted(registry().items()):
         ds = " / ".join(x for x in (t.dataset.hub_id, t.dataset.local_dir) if x)
@@ -51,6 +63,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from harness.paths import profiles_dir
     from harness.registry import scan
 
+    _print_task_dirs()
     tasks = scan()
     profiles = sorted(p.stem for p in profiles_dir().glob("*.yaml"))
     for p in profiles:
@@ -64,14 +77,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from harness.config import dump_yaml, redact_uri, resolve_run_config
+    from harness.config import dump_yaml, resolve_run_config
     from harness.registry import get_task
 
     task = get_task(args.task)
     cfg = resolve_run_config(task, args.overrides)
-    data = cfg.model_dump(mode="json")
-    data["tracking"]["tracking_uri"] = redact_uri(data["tracking"]["tracking_uri"])
-    print(dump_yaml(data), end="")
+    # settings of other families are left out (they are still validated)
+    print(dump_yaml(cfg.resolved(task.family)), end="")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from harness.check import check, print_report
+    from harness.config import resolve_run_config
+    from harness.registry import get_task
+
+    task = get_task(args.task)
+    print_report(check(task, resolve_run_config(task, args.overrides)))
     return 0
 
 
@@ -142,35 +164,27 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     from harness.registry import get_task
-    from harness import tune
+    from harness.tuning import study as tuning
 
-    task = get_task(args.task)
-    space_path = Path(args.space) if args.space else None
-    follower = os.environ.get("HARNESS_TRIAL_PARAMS") and int(os.environ.get("LOCAL_RANK", "0") or 0) > 0
-    if follower:  # a DDP rank Lightning started by re-running this command: replay rank 0's trial
-        space = tune.load_space(space_path or tune.default_space_path(task))
-        tune.run_trial(None, task, space, list(args.overrides), args.study or "", os.environ["HARNESS_PARENT_RUN_ID"],
-                       params=json.loads(os.environ["HARNESS_TRIAL_PARAMS"]))
-        return 0
-    if args.worker_index is not None:  # one of several worker processes of `--workers N`
-        space = tune.load_space(space_path or tune.default_space_path(task))
-        tune.worker_main(task, space, list(args.overrides), args.study, args.storage, args.seed, args.pruner,
-                         args.trials, args.worker_index)
-        return 0
-    overrides = []
+    overrides, retrain_best = [], args.retrain_best
     for item in args.overrides:  # `retrain_best=true` is accepted as a key=value too (make tune ARGS=...)
         if item.split("=", 1)[0] == "retrain_best":
-            args.retrain_best = item.split("=", 1)[1].strip().lower() in ("1", "true", "yes")
+            retrain_best = item.split("=", 1)[1].strip().lower() in ("1", "true", "yes")
         else:
             overrides.append(item)
-    args.overrides = overrides
-    tune.tune(task, space_path=space_path, study_name=args.study, storage_url=args.storage, trials=args.trials,
-              workers=args.workers, pruner=args.pruner, seed=args.seed, overrides=list(args.overrides),
-              retrain_best=args.retrain_best)
+    study = tuning.make_study(get_task(args.task), space_path=Path(args.space) if args.space else None,
+                              study_name=args.study, storage_url=args.storage, trials=args.trials,
+                              workers=args.workers if args.worker_index is None else 1, pruner=args.pruner,
+                              seed=args.seed, overrides=overrides)
+    if tuning.is_ddp_follower():  # a DDP rank Lightning started by re-running this command: replay rank 0's trial
+        tuning.replay_trial(study)
+    elif args.worker_index is not None:  # one of several worker processes of `--workers N`
+        tuning.worker_main(study, args.worker_index)
+    else:
+        tuning.tune(study, retrain_best=retrain_best)
     return 0
 
 
@@ -232,6 +246,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from harness.config import DEFAULT_TRACKING_URI
+
     p = argparse.ArgumentParser(prog="harness", description="Fine-tune and evaluate transformer models, tracked in MLflow.")
     sub = p.add_subparsers(dest="command", required=True, metavar="command")
 
@@ -267,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--space", help="search space YAML (default: configs/hpo/<family>.yaml)")
     t.add_argument("--study", help="study name (default: <task>-<space file name>); the same name resumes it")
     t.add_argument("--storage", help="Optuna storage URL (default: $OPTUNA_STORAGE or sqlite:///optuna.db)")
-    t.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
+    t.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"],
+                   help="stop unpromising trials early (default: median)")
     t.add_argument("--seed", type=int, help="sampler seed (default: the run config's seed)")
     t.add_argument("--retrain-best", action="store_true",
                    help="then train the best parameters on train+validation, test once, register <task>-best")
@@ -281,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--run", help="MLflow run id of a trained model: probe it and nest the probe runs under it")
     pr.add_argument("--data", help="the probe's data file or folder (default: under HARNESS_DATA_DIR)")
     pr.add_argument("--data-dir", help="the data directory (default: $HARNESS_DATA_DIR)")
-    pr.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
+    pr.add_argument("--tracking-uri", help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI})")
     pr.add_argument("--batch-size", type=int, default=32)
     pr.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     pr.add_argument("--seed", type=int, default=0)
@@ -293,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=cmd_ls)
     v = sub.add_parser("validate", help="check every task file and profile")
     v.set_defaults(func=cmd_validate)
+    ch = sub.add_parser("check", help="load a task's data as a run would, and report it (no training, no MLflow)")
+    ch.add_argument("task")
+    ch.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. profile=full")
+    ch.set_defaults(func=cmd_check)
     c = sub.add_parser("config", help="print the resolved config of a task")
     c.add_argument("task")
     c.add_argument("overrides", nargs="*", metavar="key=value")

@@ -24,6 +24,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness.errors import ConfigError
 
 
+LM_FAMILIES = ("causal_lm", "masked_lm")
+GENERATION_FAMILIES = ("summarization", "translation")
+
+
+def only_for(*families: str, **field: Any) -> Any:
+    """A config field that applies to some families only: still validated everywhere, but listed (by `harness
+    config`, in the run's params and resolved config) only for tasks of those families."""
+    return Field(json_schema_extra={"families": list(families)}, **field)
+
+
+def applies(field: Any, family: Optional[str]) -> bool:
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    return family is None or "families" not in extra or family in extra["families"]
+
+
 class Strict(BaseModel):
     # numbers given where text is expected (run_name=2024) are taken as text
     model_config = ConfigDict(
@@ -114,15 +129,18 @@ class Reference(Strict):
 
 
 class TaskSpec(Strict):
+    """A task file. Metrics, main metric, direction and the columns of the family's roles default to the family's
+    (harness/families/__init__.py), so a task file states only what is its own; the registry fills them in."""
+
     name: str
     family: str
     description: str
     dataset: DatasetSpec
-    columns: dict[str, str]  # role (e.g. text, label) -> column name in the data
+    columns: dict[str, str] = {}  # role (e.g. text, label) -> column name in the data; default: the role's name
     labels: Optional[list[str]] = None
-    metrics: list[str]
-    main_metric: str
-    direction: Literal["maximize", "minimize"] = "maximize"
+    metrics: Optional[list[str]] = None  # default: the family's metrics
+    main_metric: Optional[str] = None  # default: the family's main metric
+    direction: Optional[Literal["maximize", "minimize"]] = None  # default: the main metric's own direction
     references: list[Reference] = []
     options: dict[str, Any] = {}  # family-specific settings of the task (e.g. the SQuAD version)
     config: dict[str, Any] = {}  # run-config overrides for every profile
@@ -131,8 +149,6 @@ class TaskSpec(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "TaskSpec":
-        if self.main_metric not in self.metrics:
-            raise ValueError(f"main_metric '{self.main_metric}' is not one of metrics {self.metrics}")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")
         return self
@@ -150,15 +166,19 @@ class ModelConfig(Strict):
     revision: Optional[str] = None
     dropout: Optional[float] = Field(default=None, ge=0, lt=1)  # overrides the backbone's hidden dropout
     attn_implementation: Optional[str] = "sdpa"
-    from_scratch: bool = False  # random weights with the model's (or config_overrides') architecture
-    config_overrides: dict[str, Any] = {}  # with from_scratch: e.g. {num_hidden_layers: 4, hidden_size: 256}
+    # random weights with the model's (or config_overrides') architecture
+    from_scratch: bool = only_for(*LM_FAMILIES, default=False)
+    # with from_scratch: e.g. {num_hidden_layers: 4, hidden_size: 256}
+    config_overrides: dict[str, Any] = only_for(*LM_FAMILIES, default={})
 
 
 class DataConfig(Strict):
     data_dir: Optional[str] = None  # folder holding the canonical files; HARNESS_DATA_DIR if unset
-    max_length: int = Field(default=128, ge=8)
-    truncation: Literal["head", "tail", "head_tail"] = "head"
-    head_tokens: Optional[int] = Field(default=None, ge=0)  # head_tail only; default: a quarter of the budget
+    # tokens per example (generation families use generation.max_source_length / max_target_length instead)
+    max_length: int = only_for("classification", "extractive_qa", *LM_FAMILIES, default=128, ge=8)
+    truncation: Literal["head", "tail", "head_tail"] = only_for("classification", default="head")
+    # head_tail only; default: a quarter of the budget
+    head_tokens: Optional[int] = only_for("classification", default=None, ge=0)
     train_size: Optional[int] = Field(default=None, gt=0)  # stratified subset; None = the whole split
     validation_size: Optional[int] = Field(default=None, gt=0)
     test_size: Optional[int] = Field(default=None, gt=0)
@@ -172,11 +192,14 @@ class DataConfig(Strict):
     pin_memory: bool = False
     # train on train + validation (no validation split): the final fit after a hyperparameter search
     train_on_validation: bool = False
-    doc_stride: int = Field(default=128, ge=0)  # extractive QA: tokens shared by consecutive context windows
-    # language modelling (causal_lm, masked_lm)
-    packing: bool = True  # training text concatenated (eos between documents) and cut into max_length blocks
-    mlm_probability: float = Field(default=0.15, gt=0, lt=1)  # masked LM: share of tokens selected (80/10/10)
-    whole_word_masking: bool = False  # masked LM: select whole words, not single sub-word tokens
+    # extractive QA: tokens shared by consecutive context windows
+    doc_stride: int = only_for("extractive_qa", default=128, ge=0)
+    # language modelling: training text concatenated (eos between documents) and cut into max_length blocks
+    packing: bool = only_for(*LM_FAMILIES, default=True)
+    # masked LM: share of tokens selected (80/10/10)
+    mlm_probability: float = only_for("masked_lm", default=0.15, gt=0, lt=1)
+    # masked LM: select whole words, not single sub-word tokens
+    whole_word_masking: bool = only_for("masked_lm", default=False)
 
 
 class OptimConfig(Strict):
@@ -207,12 +230,13 @@ class TrainerConfig(Strict):
 class EvalConfig(Strict):
     bootstrap_resamples: int = Field(default=1000, ge=100)
     confidence: float = Field(default=0.95, gt=0, lt=1)
-    ece_bins: int = Field(default=15, gt=1)
+    ece_bins: int = only_for("classification", default=15, gt=1)
     prediction_text_chars: int = Field(default=200, ge=0)  # text prefix kept in the predictions table
-    # extractive QA post-processing
-    n_best: int = Field(default=20, gt=0)  # candidate spans kept per context window
-    max_answer_length: int = Field(default=30, gt=0)  # in tokens
-    null_threshold: float = 0.0  # SQuAD 2.0: answer "" when null score - best span score > this
+    # extractive QA post-processing: candidate spans kept per context window, longest answer (tokens), and for
+    # SQuAD 2.0 the margin: answer "" when null score - best span score > null_threshold
+    n_best: int = only_for("extractive_qa", default=20, gt=0)
+    max_answer_length: int = only_for("extractive_qa", default=30, gt=0)
+    null_threshold: float = only_for("extractive_qa", default=0.0)
 
 
 class GenerationConfig(Strict):
@@ -243,8 +267,16 @@ class GenerationConfig(Strict):
         return self
 
 
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"  # zero-setup: a sqlite file in the working directory
+
+
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else the zero-setup sqlite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
 class TrackingConfig(Strict):
-    tracking_uri: Optional[str] = None  # MLFLOW_TRACKING_URI if unset, else sqlite:///mlruns.db
+    tracking_uri: Optional[str] = None  # MLFLOW_TRACKING_URI if unset, else DEFAULT_TRACKING_URI
     experiment: Optional[str] = None  # default: the task name
     run_name: Optional[str] = None
     tags: dict[str, str] = {}
@@ -252,6 +284,10 @@ class TrackingConfig(Strict):
     system_metrics_interval: float = Field(default=10.0, gt=0)
     output_dir: str = ".harness"  # checkpoints and resume state
     keep_checkpoints: bool = False  # delete checkpoints once a run has finished
+
+    @property
+    def uri(self) -> str:
+        return self.tracking_uri or DEFAULT_TRACKING_URI
 
 
 class RunConfig(Strict):
@@ -265,7 +301,7 @@ class RunConfig(Strict):
     trainer: TrainerConfig = TrainerConfig()
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
-    generation: GenerationConfig = GenerationConfig()
+    generation: GenerationConfig = only_for(*GENERATION_FAMILIES, default=GenerationConfig())
     tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("profile")
@@ -274,6 +310,15 @@ class RunConfig(Strict):
         if not v.replace("_", "").replace("-", "").isalnum():
             raise ValueError("a profile name is letters, digits, '-' and '_'")
         return v
+
+    def resolved(self, family: Optional[str] = None) -> dict[str, Any]:
+        """The config as plain data, without the fields that do not apply to `family` and with the tracking URI's
+        password masked: what `harness config` prints and a run logs."""
+        data = self.model_dump(mode="json")
+        if family is not None:
+            _prune(data, type(self), family)
+        data["tracking"]["tracking_uri"] = redact_uri(self.tracking.uri)
+        return data
 
     def identity_hash(self) -> str:
         """Hash of everything that determines the result; the same command gives the same hash (used to resume)."""
@@ -366,6 +411,18 @@ def _section_model(model: type[BaseModel], key: str) -> Optional[type[BaseModel]
     return None
 
 
+def _prune(d: dict[str, Any], model: type[BaseModel], family: str) -> None:
+    for name, field in model.model_fields.items():
+        if name not in d:
+            continue
+        if not applies(field, family):
+            del d[name]
+            continue
+        sub = _section_model(model, name)
+        if sub is not None and isinstance(d[name], dict):
+            _prune(d[name], sub, family)
+
+
 def check_keys(d: dict[str, Any], model: type[BaseModel], source: str, prefix: str = "") -> None:
     """Reject keys the schema does not know, naming the source and listing the keys that are allowed."""
     for key, value in d.items():
@@ -390,9 +447,17 @@ def check_keys(d: dict[str, Any], model: type[BaseModel], source: str, prefix: s
             check_keys(value, sub, source, prefix=f"{dotted}.")
 
 
+def error_text(err: Any) -> str:
+    """A pydantic error's message in our words: without pydantic's "Value error, " / "Assertion failed, " prefix."""
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    return msg
+
+
 def _describe_error(err: dict[str, Any]) -> tuple[str, str]:
     loc = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"]
+    msg = error_text(err)
     if "input" in err and err["type"] not in ("missing",):
         return loc, f"bad value {err['input']!r} for '{loc}': {msg}"
     return loc, f"'{loc}': {msg}"
@@ -473,7 +538,7 @@ def resolve_run_config(task: TaskSpec, overrides: list[str] | None = None) -> Ru
     except ValidationError as e:
         raise validation_to_error(e, origins, "config") from None
     if cfg.tracking.tracking_uri is None:
-        cfg.tracking.tracking_uri = "sqlite:///mlruns.db"
+        cfg.tracking.tracking_uri = DEFAULT_TRACKING_URI
     return cfg
 
 

@@ -1,8 +1,10 @@
 """Where the project's own files live: task definitions and config profiles.
 
-The repo checkout is found from the package location (editable installs); `HARNESS_HOME` points elsewhere, e.g. a
-copy of `tasks/` and `configs/` next to a non-editable install. `HARNESS_TASKS_PATH` adds further task folders
-(colon-separated), searched after the built-in ones.
+- A checkout (an editable install): `tasks/` and `configs/` at the top of the repository.
+- An installed wheel: the copies packaged inside it (`harness/_project/`; pyproject.toml maps them there).
+- `HARNESS_HOME=<folder>` replaces both with a folder holding `tasks/` and `configs/`.
+- `HARNESS_TASKS_PATH=<dir>[:<dir>...]` adds task folders of the user's own, read after the built-in ones; a task
+  defined twice is an error that names both files.
 """
 
 from __future__ import annotations
@@ -11,24 +13,39 @@ import os
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+BUNDLED = PACKAGE_DIR / "_project"  # tasks/ and configs/ as an installed wheel carries them
+TASKS_PATH_ENV = "HARNESS_TASKS_PATH"
+
+
+def _is_project(folder: Path) -> bool:
+    return (folder / "tasks").is_dir() and (folder / "configs" / "profiles").is_dir()
 
 
 def project_root() -> Path:
     env = os.environ.get("HARNESS_HOME")
     if env:
-        return Path(env).resolve()
-    repo = PACKAGE_DIR.parent
-    if (repo / "tasks").is_dir():
-        return repo
+        return Path(env).expanduser().resolve()
+    for candidate in (PACKAGE_DIR.parent, BUNDLED):
+        if _is_project(candidate):
+            return candidate
     return Path.cwd()
 
 
 def task_dirs() -> list[Path]:
+    """The folders scanned for `task.yaml` and `probe.yaml` files, built-in first."""
     dirs = [project_root() / "tasks"]
-    extra = os.environ.get("HARNESS_TASKS_PATH", "")
-    dirs += [Path(p).resolve() for p in extra.split(os.pathsep) if p]
+    extra = os.environ.get(TASKS_PATH_ENV, "")
+    for p in extra.split(os.pathsep):
+        if p.strip():
+            d = Path(p.strip()).expanduser().resolve()
+            if d not in dirs:
+                dirs.append(d)
     return dirs
 
 
 def profiles_dir() -> Path:
     return project_root() / "configs" / "profiles"
+
+
+def hpo_dir() -> Path:
+    return project_root() / "configs" / "hpo"

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from harness.config import default_tracking_uri
 from harness.errors import ConfigError, DataError, HarnessError, ModelError
 from harness.probes.base import LM, ProbeSpec, Settings, all_specs, bar_figure, load_lm, probe_module
 
@@ -47,11 +48,11 @@ def probe(name: str, model: Optional[str], run_id: Optional[str], *, data_dir: O
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from harness.runner import configure_runtime
+    from harness.runtime import configure_runtime
     from harness.tracking.env import package_versions
 
     s = settings or Settings()
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlruns.db"
+    uri = tracking_uri or default_tracking_uri()
     client = MlflowClient(uri)
     mlflow.set_tracking_uri(uri)
     say = (lambda t: console.print(t, highlight=False)) if console is not None else (lambda t: None)

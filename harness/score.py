@@ -44,14 +44,14 @@ def _load_mapping(path: Path, what: str, value_type: tuple[type, ...], value_des
 def _gold(task: Any, gold: Optional[Path], data_dir: Optional[str]) -> tuple[list, str, dict[str, Any]]:
     """[(id, answers, context, answer_starts)] in file order, where they came from, and the reader's metadata."""
     from harness.config import resolve_run_config
-    from harness.data.sources import _load_source_split, load_test_file
+    from harness.data.sources import load_source_split, load_test_file
 
     if gold is not None:
         split = load_test_file(task, gold)
     else:
         overrides = [f"data.data_dir={data_dir}"] if data_dir else []
         cfg = resolve_run_config(task, overrides)
-        split = _load_source_split(task, cfg, "test")  # the whole official evaluation file: no fallback, no subset
+        split = load_source_split(task, cfg, "test")  # the whole official evaluation file: no fallback, no subset
     ds = split.dataset
     rows = list(zip(ds["id"], ds["answers"], ds["context"]))
     return rows, split.source, split.meta

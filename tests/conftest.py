@@ -56,62 +56,59 @@ def tracking_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlruns.db'}"
 
 
+def build_tiny(out: Path, kind: str) -> Path:
+    """A 2-layer model with hidden size 32 (random weights, seeded) and the MiniLM tokenizer, saved like any model.
+
+    kind: `encoder` (BertModel: new heads on top, as for fine-tuning), `masked` (BertForMaskedLM), `classifier`
+    (BertForSequenceClassification with negative/positive labels) or `causal` (LlamaForCausalLM, [SEP] as end of
+    sequence).
+    """
+    import torch
+    from transformers import (AutoTokenizer, BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel,
+                              LlamaConfig, LlamaForCausalLM)
+
+    from harness.models.loading import packaged_path
+
+    tok = AutoTokenizer.from_pretrained(str(packaged_path("sentence-transformers/all-MiniLM-L6-v2")))
+    torch.manual_seed(0)
+    shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                 max_position_embeddings=512)
+    if kind == "causal":
+        tok.eos_token = "[SEP]"
+        config = LlamaConfig(vocab_size=len(tok), num_key_value_heads=1, pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.sep_token_id, bos_token_id=tok.cls_token_id, tie_word_embeddings=True,
+                             **shape)
+        model = LlamaForCausalLM(config)
+    else:
+        labels = {"num_labels": 2, "id2label": {0: "negative", 1: "positive"},
+                  "label2id": {"negative": 0, "positive": 1}} if kind == "classifier" else {}
+        cls = {"encoder": BertModel, "masked": BertForMaskedLM, "classifier": BertForSequenceClassification}[kind]
+        archs = {"architectures": [cls.__name__]} if kind != "encoder" else {}
+        model = cls(BertConfig(vocab_size=tok.vocab_size, **shape, **labels, **archs))
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer BERT with hidden size 32 (random weights, seeded) and the MiniLM tokenizer, saved like any model."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from harness.models.loading import packaged_path
-
-    out = tmp_path_factory.mktemp("tiny-bert")
-    tok = AutoTokenizer.from_pretrained(str(packaged_path("sentence-transformers/all-MiniLM-L6-v2")))
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=512,
-    )
-    BertModel(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    """A tiny BERT encoder without task heads."""
+    return build_tiny(tmp_path_factory.mktemp("tiny-bert"), "encoder")
 
 
 @pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory) -> Path:
-    """A 2-layer Llama (hidden 32, random weights, seeded) with the MiniLM tokenizer, [SEP] as end of sequence."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from harness.models.loading import packaged_path
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tok = AutoTokenizer.from_pretrained(str(packaged_path("sentence-transformers/all-MiniLM-L6-v2")))
-    tok.eos_token = "[SEP]"
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id, bos_token_id=tok.cls_token_id,
-                         tie_word_embeddings=True)
-    LlamaForCausalLM(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny(tmp_path_factory.mktemp("tiny-llama"), "causal")
 
 
 @pytest.fixture(scope="session")
-def tiny_mlm(tmp_path_factory) -> Path:
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+def tiny_mlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny(tmp_path_factory.mktemp("tiny-mlm"), "masked")
 
-    from harness.models.loading import packaged_path
 
-    out = tmp_path_factory.mktemp("tiny-mlm")
-    tok = AutoTokenizer.from_pretrained(str(packaged_path("sentence-transformers/all-MiniLM-L6-v2")))
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, architectures=["BertForMaskedLM"])
-    BertForMaskedLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny(tmp_path_factory.mktemp("tiny-cls"), "classifier")
 
 
 @contextlib.contextmanager

@@ -135,7 +135,7 @@ def test_model_kind_and_unsupported_models(tiny_model, tiny_llama, tmp_path):
     from transformers import T5Config
 
     from harness.errors import ModelError
-    from harness.families.generation import model_kind
+    from harness.models.loading import model_kind
     from harness.models.loading import resolve_model
 
     assert model_kind(resolve_model(str(tiny_llama)), "translation") == "causal"
@@ -157,7 +157,7 @@ def test_batched_left_padded_generation_equals_one_by_one(tiny_llama):
     from harness.models.generation import TextGenerator
 
     gen = GenerationConfig(max_new_tokens=6).model_dump(mode="json")
-    m = TextGenerator(str(tiny_llama), {}, "causal", gen, pad_token_id=0, eos_token_id=102).eval()
+    m = TextGenerator({}, "causal", gen, pad_token_id=0, eos_token_id=102, model_path=str(tiny_llama)).eval()
     prompts = [np.array([101, 2023, 2003, 1037]), np.array([101, 7592]), np.array([101, 1037, 2117, 6251, 2182, 2000])]
     collate = SequenceCollator(0, 8, "left")
     batch = collate([{"input_ids": p} for p in prompts])
@@ -177,7 +177,7 @@ def test_generation_length_and_budget_flags(tiny_llama):
     from harness.models.generation import TextGenerator
 
     gen = GenerationConfig(max_new_tokens=5).model_dump(mode="json")
-    m = TextGenerator(str(tiny_llama), {}, "causal", gen, pad_token_id=0, eos_token_id=102).eval()
+    m = TextGenerator({}, "causal", gen, pad_token_id=0, eos_token_id=102, model_path=str(tiny_llama)).eval()
 
     def fixed(input_ids, attention_mask, generation_config):  # rows ending after 2 tokens, after 0, and never
         new = torch.tensor([[7, 8, 102, 0, 0], [102, 0, 0, 0, 0], [5, 5, 5, 5, 5]])

@@ -134,7 +134,8 @@ def test_same_command_resumes_the_study(study, data_dir, tiny_model, capsys):
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_seeded_sampler_repeats_first_trials(tmp_path):
-    from harness.tune import SearchSpace, open_storage, open_study, suggest
+    from harness.tuning.space import SearchSpace, suggest
+    from harness.tuning.study import open_storage, open_study
     import yaml
 
     space = SearchSpace.model_validate(yaml.safe_load(SPACE))
@@ -200,7 +201,7 @@ def _running_child_runs(tmp_path: Path) -> int:
 def test_parallel_workers_survive_a_killed_worker(tmp_path, data_dir, tiny_model):
     """Two workers on sqlite; one is killed with SIGKILL mid-trial: its trial is marked FAIL (no heartbeat) and
     retried, the study still finishes its trials, and no worker hits 'database is locked'."""
-    space = SPACE.replace("max_epochs: 2", "max_epochs: 3")
+    space = SPACE.replace("max_epochs: 2", "max_epochs: 4")  # trials long enough to be killed inside one
     env = {**os.environ, "HARNESS_TUNE_GRACE_S": "4", "HARNESS_TUNE_HEARTBEAT_S": "1", "CI": "1"}
     cmd = [sys.executable, "-m", "harness.cli", "tune", "imdb", "--trials", "5", "--workers", "2", "--study", "s",
            "--pruner", "none", *_args(tmp_path, data_dir, tiny_model, space=space)]
@@ -219,9 +220,12 @@ def test_parallel_workers_survive_a_killed_worker(tmp_path, data_dir, tiny_model
         except Exception:
             continue
         if workers and len(running) == 2 and _running_child_runs(tmp_path) == 2:
-            time.sleep(2)  # inside the trial: both workers' MLflow runs exist
-            victim = int(workers[0])
-            os.kill(victim, signal.SIGKILL)
+            time.sleep(1)  # inside the trial: both workers' MLflow runs exist
+            still = optuna.load_study(study_name="s", storage=storage).get_trials(
+                states=(optuna.trial.TrialState.RUNNING,))
+            if len(still) == 2 and _running_child_runs(tmp_path) == 2:  # neither trial ended meanwhile
+                victim = int(workers[0])
+                os.kill(victim, signal.SIGKILL)
     assert victim is not None, "no worker to kill"
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]

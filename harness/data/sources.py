@@ -10,13 +10,13 @@ as lineage: source, file hash, row count, and a digest of the chosen row indices
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
+from harness import hub
 from harness.config import DeriveSpec, RunConfig, TaskSpec
 from harness.errors import ConfigError, DataError
 
@@ -64,32 +64,6 @@ class SplitData:
             "selection": "; ".join(self.selection) or "all rows",
             "official": self.official,
         }
-
-
-def _is_offline() -> bool:
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
-_HUB_REACHABLE: Optional[bool] = None
-
-
-def _hub_reachable() -> bool:
-    """One quick request to the hub endpoint per process, so an unreachable hub costs seconds, not the datasets
-    library's half-minute of retries per split."""
-    global _HUB_REACHABLE
-    if _HUB_REACHABLE is None:
-        import urllib.error
-        import urllib.request
-
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-        try:
-            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=5)
-            _HUB_REACHABLE = True
-        except urllib.error.HTTPError:
-            _HUB_REACHABLE = True  # it answered
-        except (urllib.error.URLError, OSError, ValueError):
-            _HUB_REACHABLE = False
-    return _HUB_REACHABLE
 
 
 def file_sha256(path: Path) -> str:
@@ -301,7 +275,7 @@ def _data_dir(cfg: RunConfig) -> Optional[Path]:
     return Path(cfg.data.data_dir).expanduser() if cfg.data.data_dir else None
 
 
-def _load_source_split(task: TaskSpec, cfg: RunConfig, split: str) -> SplitData:
+def load_source_split(task: TaskSpec, cfg: RunConfig, split: str) -> SplitData:
     spec = task.dataset.splits[split]
     looked: list[str] = []
     data_dir = _data_dir(cfg)
@@ -321,9 +295,9 @@ def _load_source_split(task: TaskSpec, cfg: RunConfig, split: str) -> SplitData:
     if spec.hub and task.dataset.hub_id:
         ref = f"hf://datasets/{task.dataset.hub_id}" + (f"/{task.dataset.hub_config}" if task.dataset.hub_config else "")
         ref += f"@{task.dataset.hub_revision or 'main'}:{spec.hub}"
-        if _is_offline():
+        if hub.offline():
             looked.append(f"{ref} (skipped: HF_HUB_OFFLINE is set)")
-        elif not _hub_reachable():
+        elif not hub.reachable():
             looked.append(f"{ref} (the hub is unreachable from here)")
         else:
             try:
@@ -354,6 +328,72 @@ def _subset(split: SplitData, n: Optional[int], stratify: bool) -> SplitData:
     return replace(split.part(split.name, idx, f"{how} subset of {n} (seed {SUBSET_SEED})"), subset=True)
 
 
+class _SplitPlan:
+    """The bookkeeping behind `load_task_data`: each source read once, each split's rows before its own derived
+    splits are taken out, and the rows of a split not yet given to a derived split or a fallback."""
+
+    def __init__(self, task: TaskSpec, cfg: RunConfig):
+        self.task, self.cfg, self.spec = task, cfg, task.dataset
+        self.loaded: dict[str, Any] = {}  # name -> SplitData, or the DataError saying why it is not available
+        self.whole: dict[str, SplitData] = {}
+        self.remaining: dict[str, np.ndarray] = {}
+        self.reduced_by_fallback: set[str] = set()
+        self.notes: list[str] = []
+
+    def source(self, name: str) -> Any:
+        if name not in self.loaded:
+            try:
+                self.loaded[name] = load_source_split(self.task, self.cfg, name)
+            except DataError as e:
+                self.loaded[name] = e
+        return self.loaded[name]
+
+    def carve(self, name: str, d: DeriveSpec, kind: str) -> SplitData:
+        base = self.get_whole(d.from_)
+        left = self.remaining.get(d.from_, np.arange(base.rows))
+        keep, taken = derive_indices(base.dataset.select(left), d, name, seed=0)
+        how = "stratified by label" if d.stratify else (f"grouped by {d.group_by}" if d.group_by else "random")
+        part = base.part(name, left[taken], f"{kind} '{d.from_}': {len(taken)} rows ({how}, seed 0)")
+        self.remaining[d.from_] = left[keep]
+        return part
+
+    def get_whole(self, name: str) -> SplitData:
+        if name in self.whole:
+            return self.whole[name]
+        if name in self.spec.derive:
+            self.whole[name] = self.carve(name, self.spec.derive[name], "derived from")
+            return self.whole[name]
+        got = self.source(name)
+        fb = self.spec.fallback.get(name)
+        if not isinstance(got, DataError):
+            self.whole[name] = got
+        elif fb is None:
+            raise got
+        else:
+            part = self.carve(name, fb, "not available, so carved out of")
+            self.whole[name] = replace(part, official=False)
+            self.reduced_by_fallback.add(fb.from_)
+            how = f"whole {fb.group_by} groups" if fb.group_by else "rows"
+            self.notes.append(f"'{name}' data is not available here (no local file; hub offline or unreachable), "
+                              f"so {part.rows:,} rows of '{fb.from_}' ({how}, seed 0) became '{name}'")
+        return self.whole[name]
+
+    def final(self, name: str, size: Optional[int], stratify: bool) -> SplitData:
+        """Split `name` as a run gets it: without the rows given away, marked, subset."""
+        s = self.get_whole(name)
+        if name in self.remaining:
+            rest = [n for n, d in [*self.spec.derive.items(), *self.spec.fallback.items()]
+                    if d.from_ == name and n in self.whole]
+            s = s.part(name, self.remaining[name], f"without the rows of {', '.join(rest)}")
+        if name in self.reduced_by_fallback:
+            s = replace(s, official=False)
+        s = _subset(s, size, stratify)
+        if s.rows == 0:
+            raise DataError(f"task '{self.task.name}': split '{name}' is empty (source: {s.source})",
+                            "use a split with rows")
+        return s
+
+
 def load_task_data(task: TaskSpec, cfg: RunConfig, need: tuple[str, ...]) -> TaskData:
     """Load the splits in `need` (from 'train', 'validation', 'test'), applying fallbacks, derives, test_file and
     subsets.
@@ -363,59 +403,7 @@ def load_task_data(task: TaskSpec, cfg: RunConfig, need: tuple[str, ...]) -> Tas
     then derived splits in file order, then the splits themselves without the rows given away. A split that gives
     rows to a fallback, and every split made from a fallback, is marked `official=False`.
     """
-    stratify = "label" in task.columns and task.labels is not None
     spec = task.dataset
-    loaded: dict[str, Any] = {}  # name -> SplitData, or the DataError saying why it is not available
-    whole: dict[str, SplitData] = {}  # name -> the split before its own derived splits are taken out
-    remaining: dict[str, np.ndarray] = {}  # rows of whole[name] not yet given to a derived split
-    reduced_by_fallback: set[str] = set()
-    notes: list[str] = []
-
-    def source(name: str) -> Any:
-        if name not in loaded:
-            try:
-                loaded[name] = _load_source_split(task, cfg, name)
-            except DataError as e:
-                loaded[name] = e
-        return loaded[name]
-
-    def carve(name: str, d: DeriveSpec, kind: str) -> SplitData:
-        base = get_whole(d.from_)
-        left = remaining.get(d.from_, np.arange(base.rows))
-        keep, taken = derive_indices(base.dataset.select(left), d, name, seed=0)
-        how = "stratified by label" if d.stratify else (f"grouped by {d.group_by}" if d.group_by else "random")
-        part = base.part(name, left[taken], f"{kind} '{d.from_}': {len(taken)} rows ({how}, seed 0)")
-        remaining[d.from_] = left[keep]
-        return part
-
-    def get_whole(name: str) -> SplitData:
-        if name not in whole:
-            if name in spec.derive:
-                whole[name] = carve(name, spec.derive[name], "derived from")
-            else:
-                got = source(name)
-                if isinstance(got, DataError):
-                    fb = spec.fallback.get(name)
-                    if fb is None:
-                        raise got
-                    part = carve(name, fb, "not available, so carved out of")
-                    whole[name] = replace(part, official=False)
-                    reduced_by_fallback.add(fb.from_)
-                    how = f"whole {fb.group_by} groups" if fb.group_by else "rows"
-                    notes.append(f"'{name}' data is not available here (no local file; hub offline or unreachable), "
-                                 f"so {part.rows:,} rows of '{fb.from_}' ({how}, seed 0) became '{name}'")
-                else:
-                    whole[name] = got
-        return whole[name]
-
-    def wanted(name: str) -> bool:
-        if name == "test" and cfg.data.test_file:
-            return False  # the user's file replaces the test split; its source is not read
-        return name in need or any(d.from_ == name and wanted(n) for n, d in spec.derive.items())
-
-    for name, fb in spec.fallback.items():
-        if wanted(name) or wanted(fb.from_):
-            get_whole(name)
     if cfg.data.train_on_validation:
         if "validation" in spec.splits:
             raise ConfigError(
@@ -423,35 +411,33 @@ def load_task_data(task: TaskSpec, cfg: RunConfig, need: tuple[str, ...]) -> Tas
                 "only a validation split derived from train (dataset.derive.validation) can be folded back into train",
             )
         need = tuple(n for n in need if n != "validation")
-    for name, d in spec.derive.items():
-        if name == "test" and cfg.data.test_file:
-            continue
-        if cfg.data.train_on_validation and name == "validation":
-            continue  # not carved out: its rows stay in train
-        if wanted(name) or wanted(d.from_):
-            get_whole(name)
+    replaced_test = bool(cfg.data.test_file)  # the user's file replaces the test split; its source is not read
 
+    def wanted(name: str) -> bool:
+        if name == "test" and replaced_test:
+            return False
+        return name in need or any(d.from_ == name and wanted(n) for n, d in spec.derive.items())
+
+    plan = _SplitPlan(task, cfg)
+    for name, fb in spec.fallback.items():
+        if wanted(name) or wanted(fb.from_):
+            plan.get_whole(name)
+    for name, d in spec.derive.items():
+        skip = (name == "test" and replaced_test) or (cfg.data.train_on_validation and name == "validation")
+        if not skip and (wanted(name) or wanted(d.from_)):  # a validation folded back into train is not carved
+            plan.get_whole(name)
+
+    stratify = "label" in task.columns and task.labels is not None
     sizes = {"train": cfg.data.train_size, "validation": cfg.data.validation_size, "test": cfg.data.test_size}
     out: dict[str, SplitData] = {}
     for name in need:
-        if name == "test" and cfg.data.test_file:
+        if name == "test" and replaced_test:
             out[name] = load_test_file(task, Path(cfg.data.test_file))
-            continue
-        if name not in spec.splits and name not in spec.derive:
-            if name == "validation":
-                continue  # a task may have no validation split; training then skips validation
+        elif name in spec.splits or name in spec.derive:
+            out[name] = plan.final(name, sizes.get(name), stratify)
+        elif name != "validation":  # a task may have no validation split; training then skips validation
             raise DataError(f"task '{task.name}' has no '{name}' split", "add it to dataset.splits in the task file")
-        s = get_whole(name)
-        if name in remaining:
-            rest = [n for n, d in [*spec.derive.items(), *spec.fallback.items()] if d.from_ == name and n in whole]
-            s = s.part(name, remaining[name], f"without the rows of {', '.join(rest)}")
-        if name in reduced_by_fallback:
-            s = replace(s, official=False)
-        s = _subset(s, sizes.get(name), stratify)
-        if s.rows == 0:
-            raise DataError(f"task '{task.name}': split '{name}' is empty (source: {s.source})", "use a split with rows")
-        out[name] = s
-    return TaskData(out, notes)
+    return TaskData(out, plan.notes)
 
 
 def load_test_file(task: TaskSpec, path: Path) -> SplitData:

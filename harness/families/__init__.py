@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 
+# metrics where lower is better; every other metric is maximised
+LOWER_IS_BETTER = frozenset({"ece", "perplexity", "loss"})
+
+
 @dataclass(frozen=True)
 class FamilyInfo:
     name: str
@@ -18,6 +22,7 @@ class FamilyInfo:
     required_columns: tuple[str, ...]  # roles every task of this family maps to a data column
     optional_columns: tuple[str, ...]
     metrics: tuple[str, ...]  # metric names the family can compute
+    main_metric: str  # a task's main metric unless its file names another
     needs_labels: bool
     impl: str  # "module:attribute" of the Family implementation
     options: tuple[tuple[str, tuple[str, ...]], ...] = ()  # task `options` keys and their allowed values
@@ -25,6 +30,20 @@ class FamilyInfo:
     # what a search optimises when validation does not compute the task's main metric (e.g. generation would be
     # too slow there): (validation metric, direction)
     search_objective: Optional[tuple[str, str]] = None
+    default_metrics: tuple[str, ...] = ()  # a task's metrics unless its file lists them (empty: all of `metrics`)
+    # option value -> default metrics, for families whose metrics depend on a task option (SQuAD v1.1 / v2.0)
+    option_metrics: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+
+    def metrics_for(self, options: dict) -> tuple[str, ...]:
+        """The metrics a task of this family reports unless its file says otherwise."""
+        for key, value, metrics in self.option_metrics:
+            if str(options.get(key, "")) == value:
+                return metrics
+        return self.default_metrics or self.metrics
+
+
+def direction_of(metric: str) -> str:
+    return "minimize" if metric in LOWER_IS_BETTER else "maximize"
 
 
 FAMILIES: dict[str, FamilyInfo] = {
@@ -34,6 +53,7 @@ FAMILIES: dict[str, FamilyInfo] = {
         required_columns=("text", "label"),
         optional_columns=("text_pair",),
         metrics=("accuracy", "f1_macro", "auroc", "ece"),
+        main_metric="accuracy",
         needs_labels=True,
         impl="harness.families.classification:ClassificationFamily",
     ),
@@ -44,10 +64,14 @@ FAMILIES: dict[str, FamilyInfo] = {
         optional_columns=("title",),
         metrics=("exact_match", "f1", "exact", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1",
                  "best_exact", "best_f1"),
+        main_metric="f1",
         needs_labels=False,
         impl="harness.families.qa:ExtractiveQAFamily",
         options=(("version", ("1.1", "2.0")),),
         baselines=("first-sentence",),
+        default_metrics=("exact_match", "f1"),
+        option_metrics=(("version", "2.0", ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1",
+                                            "best_exact", "best_f1")),),
     ),
     "summarization": FamilyInfo(
         name="summarization",
@@ -55,6 +79,7 @@ FAMILIES: dict[str, FamilyInfo] = {
         required_columns=("source", "target"),
         optional_columns=("id",),
         metrics=("rouge1", "rouge2", "rougeL", "rougeLsum"),
+        main_metric="rougeLsum",
         needs_labels=False,
         impl="harness.families.generation:SummarizationFamily",
         baselines=("lead-3",),
@@ -66,6 +91,7 @@ FAMILIES: dict[str, FamilyInfo] = {
         required_columns=("source", "target"),
         optional_columns=("id",),
         metrics=("bleu", "chrf"),
+        main_metric="bleu",
         needs_labels=False,
         impl="harness.families.generation:TranslationFamily",
         baselines=("copy-source",),
@@ -77,6 +103,7 @@ FAMILIES: dict[str, FamilyInfo] = {
         required_columns=("text",),
         optional_columns=(),
         metrics=("perplexity", "loss"),
+        main_metric="perplexity",
         needs_labels=False,
         impl="harness.families.lm:CausalLMFamily",
         search_objective=("loss", "minimize"),
@@ -87,6 +114,7 @@ FAMILIES: dict[str, FamilyInfo] = {
         required_columns=("text",),
         optional_columns=(),
         metrics=("perplexity", "loss"),
+        main_metric="perplexity",
         needs_labels=False,
         impl="harness.families.lm:MaskedLMFamily",
         search_objective=("loss", "minimize"),

@@ -13,6 +13,7 @@ from typing import Any
 
 from harness.config import RunConfig, TaskSpec
 from harness.data.sources import SplitData, TaskData
+from harness.errors import ModelError
 from harness.families import FamilyInfo
 from harness.metrics.bootstrap import Estimate
 from harness.models.loading import ResolvedModel
@@ -38,51 +39,113 @@ class EvalReport:
         return out
 
 
+def untrained_error(model: ResolvedModel, module: Any) -> ModelError:
+    """Evaluating weights nobody trained (a new task head, cross-attention, from-scratch weights) measures noise."""
+    return ModelError(
+        f"model '{model.ref}' has untrained weights ({', '.join(module.newly_initialized[:3])}), and train=false "
+        "evaluates it as is",
+        "evaluate a fine-tuned model (runs:/<run_id>, a saved folder or a .ckpt), or set train=true",
+    )
+
+
 class Family(ABC):
+    """A model family. The runner calls the hooks in this order: `check_data`, `bind_model`, `tokenizer_path`,
+    `build_datamodule`, `build_module`, then after testing `postprocess` and `score` (or `baseline_outputs` and
+    `score` for a baseline), and `export` for a logged model."""
+
+    module_class: Any = None  # the family's LightningModule (a HarnessModule)
+    # score the test split before training as well, so one run shows what training changed (pretraining families)
+    evaluate_before_training: bool = False
+
     def __init__(self, info: FamilyInfo):
         self.info = info
 
+    # ---- data ----------------------------------------------------------------------------------------------------
     def check_data(self, cfg: RunConfig, task: TaskSpec, data: TaskData) -> tuple[dict[str, str], list[str]]:
         """Family-specific checks of loaded data: (tags for the run, warnings for the console). Raise DataError for
         data the family cannot use."""
         return {}, []
+
+    @abstractmethod
+    def build_datamodule(self, cfg: RunConfig, task: TaskSpec, data: TaskData, tokenizer: Any) -> Any: ...
+
+    def length_budgets(self, cfg: RunConfig, task: TaskSpec) -> list[tuple[str, int, str]]:
+        """(role, token budget, what happens beyond it) for each text role, for `harness check`."""
+        return [("text", cfg.data.max_length, "truncated")]
+
+    # ---- model ---------------------------------------------------------------------------------------------------
+    def check_baseline(self, name: str) -> None:
+        """A `baseline:<name>` model must be one of this family's baselines."""
+        if name not in self.info.baselines:
+            known = ", ".join(f"baseline:{b}" for b in self.info.baselines) or "none"
+            raise ModelError(f"family '{self.info.name}' has no baseline '{name}'", f"baselines of this family: {known}")
 
     def bind_model(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> dict[str, str]:
         """Called once the model is resolved, before data is tokenized: check the model fits this family (raise
         ModelError naming what fits) and return tags describing it."""
         return {}
 
-    @abstractmethod
-    def build_datamodule(self, cfg: RunConfig, task: TaskSpec, data: TaskData, tokenizer: Any) -> Any: ...
+    def tokenizer_path(self, model: ResolvedModel) -> str:
+        """Where the tokenizer lives; for a Lightning checkpoint, the backbone it was trained from."""
+        if model.checkpoint:
+            return checkpoint_hyperparameters(model.checkpoint)["model_path"]
+        return model.path
 
-    @abstractmethod
-    def build_module(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> Any: ...
+    def module_settings(self, cfg: RunConfig, task: TaskSpec) -> dict[str, Any]:
+        """Module arguments taken from this run's config, also when a checkpoint is loaded (they replace the saved
+        ones): evaluation settings, the task's metrics."""
+        return {}
 
+    def module_args(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> dict[str, Any]:
+        """Module arguments of a new module only (a checkpoint has its own): labels, model kind."""
+        return {}
+
+    def check_module(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel, module: Any) -> None:
+        """Checks once the module exists (e.g. its labels against the task's)."""
+
+    def build_module(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> Any:
+        """The family's LightningModule: loaded from a harness checkpoint, or built on the model's weights."""
+        optim = cfg.optim.model_dump(mode="json")
+        settings = self.module_settings(cfg, task)
+        if model.checkpoint:
+            module = self.module_class.load_from_checkpoint(
+                model.checkpoint, map_location="cpu", weights_only=True, optim=optim, **settings)
+        else:
+            module = self.module_class(optim=optim, **settings, **self.module_args(cfg, task, model),
+                                       **backbone_args(cfg, model))
+            if not cfg.train and module.newly_initialized:
+                raise untrained_error(model, module)
+        self.check_module(cfg, task, model, module)
+        return module
+
+    # ---- outputs -------------------------------------------------------------------------------------------------
     def postprocess(self, cfg: RunConfig, task: TaskSpec, outputs: dict[str, Any], split: SplitData) -> Any:
         """Model test outputs -> what `score` takes (e.g. spans over windows -> one answer per question)."""
         return outputs
 
     def baseline_outputs(self, name: str, cfg: RunConfig, task: TaskSpec, split: SplitData) -> Any:
         """What `score` takes, from a baseline that needs no model (`model.name=baseline:<name>`)."""
-        from harness.errors import ModelError
-
-        raise ModelError(f"family '{self.info.name}' has no baseline '{name}'", "use a trained model")
+        self.check_baseline(name)
+        raise NotImplementedError(f"family '{self.info.name}' lists baseline '{name}' but does not implement it")
 
     @abstractmethod
     def score(self, cfg: RunConfig, task: TaskSpec, outputs: dict[str, Any], split: SplitData) -> EvalReport: ...
-
-    def tokenizer_path(self, model: ResolvedModel) -> str:
-        """Where the tokenizer lives; for a Lightning checkpoint, the backbone it was trained from."""
-        if model.checkpoint:
-            import torch
-
-            # mmap: only the hyperparameters are read here, not the weights and optimizer state
-            ckpt = torch.load(model.checkpoint, map_location="cpu", weights_only=True, mmap=True)
-            return ckpt["hyper_parameters"]["model_path"]
-        return model.path
 
     def export(self, module: Any, tokenizer: Any, out_dir: Path) -> None:
         """Write the trained model as a self-contained folder (safetensors + tokenizer), loadable by harness and
         by transformers' from_pretrained."""
         module.model.save_pretrained(out_dir, safe_serialization=True)
         tokenizer.save_pretrained(out_dir)
+
+
+def backbone_args(cfg: RunConfig, model: ResolvedModel) -> dict[str, Any]:
+    """What a module needs to load its backbone (saved flat in its hyperparameters)."""
+    return dict(model_path=model.path, model_ref=model.ref, model_source=model.source, revision=model.revision,
+                dropout=cfg.model.dropout, attn_implementation=cfg.model.attn_implementation)
+
+
+def checkpoint_hyperparameters(path: str) -> dict[str, Any]:
+    """A harness checkpoint's hyperparameters, read through mmap (the weights and optimizer state stay on disk)."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})

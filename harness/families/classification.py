@@ -24,38 +24,28 @@ class ClassificationFamily(Family):
     def build_datamodule(self, cfg: RunConfig, task: TaskSpec, data: TaskData, tokenizer: Any):
         return ClassificationDataModule(cfg, task, data, tokenizer)
 
-    def build_module(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> SequenceClassifier:
+    module_class = SequenceClassifier
+
+    def length_budgets(self, cfg: RunConfig, task: TaskSpec) -> list[tuple[str, int, str]]:
+        how = {"head": "cut at the end", "tail": "cut at the start", "head_tail": "cut in the middle"}
+        if "text_pair" in task.columns:
+            return [("text+text_pair", cfg.data.max_length, "the longer text is cut first")]
+        return [("text", cfg.data.max_length, how[cfg.data.truncation])]
+
+    def module_settings(self, cfg: RunConfig, task: TaskSpec) -> dict[str, Any]:
+        return {"metrics": list(task.metrics or []), "ece_bins": cfg.eval.ece_bins}
+
+    def module_args(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> dict[str, Any]:
+        return {"labels": list(task.labels or [])}
+
+    def check_module(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel, module: SequenceClassifier) -> None:
         labels = list(task.labels or [])
         if model.checkpoint:
-            module = SequenceClassifier.load_from_checkpoint(
-                model.checkpoint, map_location="cpu", weights_only=True, optim=cfg.optim.model_dump(mode="json"),
-                metrics=list(task.metrics), ece_bins=cfg.eval.ece_bins,
-            )
             _check_labels(module.labels, labels, model.ref)
-            return module
-        module = SequenceClassifier(
-            model_path=model.path,
-            labels=labels,
-            optim=cfg.optim.model_dump(mode="json"),
-            metrics=list(task.metrics),
-            ece_bins=cfg.eval.ece_bins,
-            dropout=cfg.model.dropout,
-            attn_implementation=cfg.model.attn_implementation,
-            revision=model.revision,
-            model_ref=model.ref,
-            model_source=model.source,
-        )
+            return
         trained = getattr(module.model.config, "id2label", None)
-        if not cfg.train:
-            if module.newly_initialized:
-                raise ModelError(
-                    f"model '{model.ref}' has untrained weights ({', '.join(module.newly_initialized[:3])}), and "
-                    "train=false evaluates it as is",
-                    "evaluate a fine-tuned model (runs:/<run_id>, a saved folder or a .ckpt), or set train=true",
-                )
-            if trained:
-                _check_labels([trained[i] for i in sorted(trained)], labels, model.ref)
-        return module
+        if not cfg.train and trained:
+            _check_labels([trained[i] for i in sorted(trained)], labels, model.ref)
 
     def score(self, cfg: RunConfig, task: TaskSpec, outputs: dict[str, Any], split: SplitData) -> EvalReport:
         probs = outputs["probs"].float()

@@ -16,51 +16,13 @@ from harness.config import RunConfig, TaskSpec
 from harness.data.generation import GenerationDataModule
 from harness.data.sources import SplitData, TaskData
 from harness.errors import ModelError
-from harness.families.base import EvalReport, Family
+from harness.families.base import EvalReport, Family, checkpoint_hyperparameters
 from harness.metrics import generation as gen_metrics
 from harness.models.generation import TextGenerator
-from harness.models.loading import ResolvedModel
-
-# model types that are encoders only: they fit a generation task only as both halves of `bert2bert:<model>`
-ENCODER_ONLY = {
-    "bert", "roberta", "xlm-roberta", "xlm-roberta-xl", "electra", "camembert", "distilbert", "deberta", "deberta-v2",
-    "albert", "mpnet", "ernie", "megatron-bert", "rembert", "roformer", "data2vec-text", "xmod", "modernbert",
-    "nomic_bert", "flaubert", "xlm", "squeezebert", "mobilebert", "convbert", "funnel", "layoutlm", "canine",
-}
-
-FITS = ("encoder-decoder models (T5, BART, Marian, mBART, or bert2bert:<encoder> to warm-start one from an encoder "
-        "such as bert2bert:sentence-transformers/all-MiniLM-L6-v2) and decoder-only causal LMs "
-        "(HuggingFaceTB/SmolLM2-135M-Instruct, GPT-2, Llama)")
-
-
-def model_kind(model: ResolvedModel, family: str) -> str:
-    """'seq2seq' or 'causal' for a resolved model, or a ModelError naming what fits the family."""
-    if model.warm_start == "bert2bert":
-        return "seq2seq"
-    from transformers import AutoConfig
-
-    from harness.models.loading import load_pretrained
-
-    config = load_pretrained(AutoConfig.from_pretrained, model)
-    mtype = getattr(config, "model_type", "?")
-    if getattr(config, "is_encoder_decoder", False):
-        return "seq2seq"
-    archs = list(getattr(config, "architectures", None) or [])
-    if mtype not in ENCODER_ONLY or getattr(config, "is_decoder", False):
-        if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
-            return "causal"
-        from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
-
-        if mtype not in ENCODER_ONLY and type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
-            return "causal"
-    what = "an encoder-only model" if mtype in ENCODER_ONLY else "a model with no text-generation head"
-    hint = f"; or use it as bert2bert:{model.ref}" if mtype in ENCODER_ONLY else ""
-    raise ModelError(f"model '{model.ref}' ({mtype}, {what}) does not fit the {family} family",
-                     f"{family} fits {FITS}{hint}")
-
+from harness.models.loading import GENERATION_FITS, ResolvedModel, model_kind
 
 class GenerationFamily(Family):
-    unit = "tokens"
+    module_class = TextGenerator
 
     def __init__(self, info: Any):
         super().__init__(info)
@@ -72,14 +34,11 @@ class GenerationFamily(Family):
     # ---- model and data ------------------------------------------------------------------------------------------
     def bind_model(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> dict[str, str]:
         if model.checkpoint:  # a harness checkpoint says what it is in its hyperparameters
-            import torch
-
-            hp = torch.load(model.checkpoint, map_location="cpu", weights_only=True, mmap=True).get(
-                "hyper_parameters", {})
+            hp = checkpoint_hyperparameters(model.checkpoint)
             if hp.get("kind") not in ("seq2seq", "causal"):
                 raise ModelError(f"checkpoint {model.checkpoint} was not written by a {self.info.name} run",
                                  f"pass a checkpoint of a summarization or translation run; {self.info.name} fits "
-                                 f"{FITS}")
+                                 f"{GENERATION_FITS}")
             self.kind, self.warm_start = hp["kind"], hp.get("warm_start")
         else:
             self.kind, self.warm_start = model_kind(model, self.info.name), model.warm_start
@@ -104,25 +63,18 @@ class GenerationFamily(Family):
         _, _, self.decoder_start = self._special_tokens(tokenizer)
         return GenerationDataModule(cfg, task, data, tokenizer, self.kind or "causal", self.decoder_start)
 
-    def build_module(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> TextGenerator:
+    def length_budgets(self, cfg: RunConfig, task: TaskSpec) -> list[tuple[str, int, str]]:
+        g = cfg.generation
+        return [("source", g.max_source_length, "cut at the end"),
+                ("target", g.max_target_length, "cut at the end for training, scored in full")]
+
+    def module_settings(self, cfg: RunConfig, task: TaskSpec) -> dict[str, Any]:
         pad, eos, start = self._special_tokens(self.tokenizer)
-        settings = dict(generation=cfg.generation.model_dump(mode="json"), pad_token_id=pad, eos_token_id=eos,
-                        decoder_start_token_id=start)
-        if model.checkpoint:
-            return TextGenerator.load_from_checkpoint(model.checkpoint, map_location="cpu", weights_only=True,
-                                                      optim=cfg.optim.model_dump(mode="json"), **settings)
-        module = TextGenerator(
-            model_path=model.path, optim=cfg.optim.model_dump(mode="json"), kind=self.kind, warm_start=self.warm_start,
-            dropout=cfg.model.dropout, attn_implementation=cfg.model.attn_implementation, revision=model.revision,
-            model_ref=model.ref, model_source=model.source, **settings,
-        )
-        if not cfg.train and module.newly_initialized:
-            raise ModelError(
-                f"model '{model.ref}' has untrained weights ({', '.join(module.newly_initialized[:3])}), and "
-                "train=false evaluates it as is",
-                "evaluate a fine-tuned model (runs:/<run_id>, a saved folder or a .ckpt), or set train=true",
-            )
-        return module
+        return dict(generation=cfg.generation.model_dump(mode="json"), pad_token_id=pad, eos_token_id=eos,
+                    decoder_start_token_id=start)
+
+    def module_args(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> dict[str, Any]:
+        return dict(kind=self.kind, warm_start=self.warm_start)
 
     # ---- outputs -------------------------------------------------------------------------------------------------
     def postprocess(self, cfg: RunConfig, task: TaskSpec, outputs: dict[str, Any], split: SplitData) -> Any:
@@ -136,9 +88,7 @@ class GenerationFamily(Family):
         raise NotImplementedError
 
     def baseline_outputs(self, name: str, cfg: RunConfig, task: TaskSpec, split: SplitData) -> Any:
-        if name not in self.info.baselines:
-            raise ModelError(f"no baseline '{name}' for {self.info.name}",
-                             f"use {', '.join('baseline:' + b for b in self.info.baselines)}")
+        self.check_baseline(name)
         hyps = [self.baseline_text(name, s) for s in split.dataset["source"]]
         return pd.DataFrame({"row": split.dataset["_row"], "hypothesis": hyps,
                              "gen_tokens": [np.nan] * len(hyps), "hit_max": [False] * len(hyps)})

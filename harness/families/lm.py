@@ -20,10 +20,11 @@ from harness.errors import ModelError
 from harness.families.base import EvalReport, Family
 from harness.metrics.bootstrap import Estimate, bc_interval
 from harness.models.lm import LanguageModel
-from harness.models.loading import ResolvedModel
+from harness.models.loading import ResolvedModel, load_pretrained, model_kind
 
 
 class LanguageModelFamily(Family):
+    module_class = LanguageModel
     kind = "causal"
     evaluate_before_training = True
 
@@ -34,13 +35,9 @@ class LanguageModelFamily(Family):
             return {"model.kind": self.kind}
         from transformers import AutoConfig
 
-        from harness.models.loading import load_pretrained
-
         config = load_pretrained(AutoConfig.from_pretrained, model)
         mtype = getattr(config, "model_type", "?")
         if self.kind == "causal":
-            from harness.families.generation import model_kind
-
             try:
                 kind = model_kind(model, self.info.name)
             except ModelError:
@@ -63,17 +60,15 @@ class LanguageModelFamily(Family):
             tokenizer.pad_token = tokenizer.eos_token
         return LMDataModule(cfg, task, data, tokenizer, self.kind)
 
-    def build_module(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> LanguageModel:
-        if model.checkpoint:
-            return LanguageModel.load_from_checkpoint(model.checkpoint, map_location="cpu", weights_only=True,
-                                                      optim=cfg.optim.model_dump(mode="json"))
+    def length_budgets(self, cfg: RunConfig, task: TaskSpec) -> list[tuple[str, int, str]]:
+        how = "packed: training text is cut into blocks of this size" if cfg.data.packing else "truncated"
+        return [("text", cfg.data.max_length, how + "; evaluation documents are truncated")]
+
+    def module_args(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> dict[str, Any]:
         if cfg.model.from_scratch and not cfg.train:
             raise ModelError("model.from_scratch=true with train=false evaluates random weights",
                              "set train=true, or drop model.from_scratch")
-        return LanguageModel(model.path, cfg.optim.model_dump(mode="json"), self.kind,
-                             from_scratch=cfg.model.from_scratch, config_overrides=cfg.model.config_overrides,
-                             dropout=cfg.model.dropout, attn_implementation=cfg.model.attn_implementation,
-                             revision=model.revision, model_ref=model.ref, model_source=model.source)
+        return dict(kind=self.kind, from_scratch=cfg.model.from_scratch, config_overrides=cfg.model.config_overrides)
 
     def score(self, cfg: RunConfig, task: TaskSpec, outputs: Any, split: SplitData) -> EvalReport:
         ds = split.dataset

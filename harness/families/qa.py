@@ -11,11 +11,9 @@ from harness.config import RunConfig, TaskSpec
 from harness.data.qa import QADataModule, first_sentence, gold_texts, postprocess, unlocatable_answers
 from harness.data.sources import SplitData, TaskData
 from harness.data.squad import check_version
-from harness.errors import ModelError
 from harness.families.base import EvalReport, Family
 from harness.metrics import squad
 from harness.metrics.bootstrap import Estimate, bootstrap
-from harness.models.loading import ResolvedModel
 from harness.models.qa import QuestionAnswerer
 
 
@@ -23,18 +21,9 @@ def is_v2(task: TaskSpec) -> bool:
     return str(task.options.get("version", "1.1")) == "2.0"
 
 
-def quick_scores(outputs: dict[str, Any], split: SplitData, version_2: bool, null_threshold: float) -> dict[str, float]:
-    """EM and F1 (0-100) of model outputs on a split, for validation during training."""
-    preds = postprocess(outputs, split, version_2, null_threshold).frame
-    golds = [squad.Gold(q, a) for q, a in zip(split.dataset["id"], gold_texts(split))]
-    pmap = dict(zip(preds["id"], preds["prediction"]))
-    if version_2:
-        t = squad.score_v2(golds, pmap).totals
-        return {"exact": t["exact"], "f1": t["f1"]}
-    return squad.score_v1(golds, pmap).totals
-
-
 class ExtractiveQAFamily(Family):
+    module_class = QuestionAnswerer
+
     def check_data(self, cfg: RunConfig, task: TaskSpec, data: TaskData) -> tuple[dict[str, str], list[str]]:
         """Tags for the run and warnings for the console: file version against the task, gold offsets."""
         tags: dict[str, str] = {}
@@ -58,27 +47,14 @@ class ExtractiveQAFamily(Family):
     def build_datamodule(self, cfg: RunConfig, task: TaskSpec, data: TaskData, tokenizer: Any) -> QADataModule:
         return QADataModule(cfg, task, data, tokenizer)
 
-    def build_module(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> QuestionAnswerer:
+    def length_budgets(self, cfg: RunConfig, task: TaskSpec) -> list[tuple[str, int, str]]:
+        return [("question+context", cfg.data.max_length,
+                 f"split into overlapping windows (stride {cfg.data.doc_stride} tokens)")]
+
+    def module_settings(self, cfg: RunConfig, task: TaskSpec) -> dict[str, Any]:
         e = cfg.eval
-        settings = dict(version_2=is_v2(task), n_best=e.n_best, max_answer_length=e.max_answer_length,
-                        null_threshold=e.null_threshold)
-        if model.checkpoint:
-            return QuestionAnswerer.load_from_checkpoint(
-                model.checkpoint, map_location="cpu", weights_only=True, optim=cfg.optim.model_dump(mode="json"),
-                **settings,
-            )
-        module = QuestionAnswerer(
-            model_path=model.path, optim=cfg.optim.model_dump(mode="json"), dropout=cfg.model.dropout,
-            attn_implementation=cfg.model.attn_implementation, revision=model.revision, model_ref=model.ref,
-            model_source=model.source, **settings,
-        )
-        if not cfg.train and module.newly_initialized:
-            raise ModelError(
-                f"model '{model.ref}' has untrained weights ({', '.join(module.newly_initialized[:3])}), and "
-                "train=false evaluates it as is",
-                "evaluate a fine-tuned QA model (runs:/<run_id>, a saved folder or a .ckpt), or set train=true",
-            )
-        return module
+        return dict(version_2=is_v2(task), n_best=e.n_best, max_answer_length=e.max_answer_length,
+                    null_threshold=e.null_threshold)
 
     def postprocess(self, cfg: RunConfig, task: TaskSpec, outputs: dict[str, Any], split: SplitData) -> Any:
         frame = postprocess(outputs, split, is_v2(task), cfg.eval.null_threshold).frame
@@ -88,11 +64,10 @@ class ExtractiveQAFamily(Family):
         return frame
 
     def baseline_outputs(self, name: str, cfg: RunConfig, task: TaskSpec, split: SplitData) -> Any:
-        if name == "first-sentence":
-            spans = [first_sentence(c) for c in split.dataset["context"]]
-            return pd.DataFrame({"row": split.dataset["_row"], "id": split.dataset["id"], "prediction": spans,
-                                 "best_span": spans})
-        raise ModelError(f"no baseline '{name}' for extractive QA", "use baseline:first-sentence")
+        self.check_baseline(name)  # first-sentence: the context's first sentence as the answer
+        spans = [first_sentence(c) for c in split.dataset["context"]]
+        return pd.DataFrame({"row": split.dataset["_row"], "id": split.dataset["id"], "prediction": spans,
+                             "best_span": spans})
 
     def score(self, cfg: RunConfig, task: TaskSpec, outputs: Any, split: SplitData) -> EvalReport:
         frame: pd.DataFrame = outputs

@@ -1,8 +1,14 @@
-"""What every family's LightningModule shares: the optimizer and schedule, exact resume, evaluation outputs.
+"""What every family's LightningModule shares: the backbone, the forward pass and training step, the optimizer and
+schedule, exact resume, evaluation outputs.
 
-A family module implements `forward`/`training_step`, `validation_step` (updating its metrics) and `eval_outputs`
-(per-example tensors for a test batch, always with the example's `index`). The base class collects those outputs
-across batches and DDP ranks, so scoring code sees one array per field, in dataset order.
+A family module names the batch fields its model reads (`inputs`, `targets`), and implements `validation_step`
+(updating its metrics) and `eval_outputs` (per-example tensors for a test batch, always with the example's `index`).
+The base class collects those outputs across batches and DDP ranks, so scoring code sees one array per field, in
+dataset order.
+
+Backbone arguments (`model_path`, `model_ref`, `model_source`, `revision`, `dropout`, `attn_implementation`) reach a
+module as keyword arguments and are saved flat in its hyperparameters, so checkpoints written before and after this
+layout load alike.
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
-from transformers import get_scheduler
+from transformers import AutoConfig, get_scheduler
+
+from harness.models.loading import ResolvedModel, load_pretrained
 
 
 _DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
@@ -23,6 +31,9 @@ def target_tokens(labels: torch.Tensor, causal: bool) -> torch.Tensor:
 
 
 class HarnessModule(L.LightningModule):
+    inputs: tuple[str, ...] = ("input_ids", "attention_mask")  # batch fields the model reads
+    targets: dict[str, str] = {"labels": "labels"}  # the model's target argument -> the batch field holding it
+
     def __init__(self, optim: dict[str, Any]):
         super().__init__()
         self.optim = optim
@@ -31,15 +42,11 @@ class HarnessModule(L.LightningModule):
         self._pending_rng: Optional[dict[str, Any]] = None
 
     # ---- backbone ------------------------------------------------------------------------------------------------
-    def load_backbone(self, auto_cls: Any, model_path: str, model_ref: Optional[str], model_source: str,
-                      revision: Optional[str], dropout: Optional[float], attn_implementation: Optional[str],
-                      **kwargs: Any) -> None:
+    def load_backbone(self, auto_cls: Any, model_path: str, model_ref: Optional[str] = None,
+                      model_source: str = "local", revision: Optional[str] = None, dropout: Optional[float] = None,
+                      attn_implementation: Optional[str] = "sdpa", **kwargs: Any) -> None:
         """`self.model` from `auto_cls.from_pretrained`, with the dropout override and attention implementation;
         `self.newly_initialized` lists the weights the checkpoint did not have (e.g. a new task head)."""
-        from transformers import AutoConfig
-
-        from harness.models.loading import ResolvedModel, load_pretrained
-
         resolved = ResolvedModel(model_ref or model_path, model_path, model_source, revision=revision)
         if dropout is not None:
             config = load_pretrained(AutoConfig.from_pretrained, resolved)
@@ -49,6 +56,17 @@ class HarnessModule(L.LightningModule):
         self.model, info = load_pretrained(auto_cls.from_pretrained, resolved, output_loading_info=True, **kwargs)
         self.newly_initialized = sorted(info.get("missing_keys", []))
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps whatever mode it finds
+
+    # ---- training ------------------------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
+        inputs = {k: batch[k] for k in self.inputs if k in batch}
+        return self.model(**inputs, **{arg: batch.get(key) for arg, key in self.targets.items()})
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self(batch)
+        self.log("train_loss", out.loss, on_step=True, on_epoch=False, prog_bar=True,
+                 batch_size=len(batch["input_ids"]))
+        return out.loss
 
     # ---- optimization --------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

@@ -6,7 +6,7 @@ come from torchmetrics, test outputs are per-example probabilities for scoring w
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Sequence
 
 import torch
 from torchmetrics import MeanMetric
@@ -15,41 +15,24 @@ from transformers import AutoModelForSequenceClassification
 from harness.metrics import classification as cls_metrics
 from harness.models.base import HarnessModule
 
+
 class SequenceClassifier(HarnessModule):
-    def __init__(
-        self,
-        model_path: str,
-        labels: list[str],
-        optim: dict[str, Any],
-        metrics: list[str] = list(cls_metrics.METRICS),
-        ece_bins: int = 15,
-        dropout: Optional[float] = None,
-        attn_implementation: Optional[str] = "sdpa",
-        revision: Optional[str] = None,
-        model_ref: Optional[str] = None,
-        model_source: str = "local",
-    ):
+    inputs = ("input_ids", "attention_mask", "token_type_ids")
+    targets = {"labels": "label"}
+
+    def __init__(self, labels: list[str], optim: dict[str, Any], metrics: Sequence[str] = cls_metrics.METRICS,
+                 ece_bins: int = 15, **backbone: Any):
         super().__init__(optim)
         self.save_hyperparameters()
         self.labels = list(labels)
         n = len(labels)
         # weights the checkpoint did not have (a new classification head): evaluating without training is then noise
         self.load_backbone(
-            AutoModelForSequenceClassification, model_path, model_ref, model_source, revision, dropout,
-            attn_implementation, num_labels=n, id2label=dict(enumerate(self.labels)),
+            AutoModelForSequenceClassification, **backbone, num_labels=n, id2label=dict(enumerate(self.labels)),
             label2id={name: i for i, name in enumerate(self.labels)},
         )
-        self.val_metrics = cls_metrics.collection(n, ece_bins, metrics).clone(prefix="val_")
+        self.val_metrics = cls_metrics.collection(n, ece_bins, list(metrics)).clone(prefix="val_")
         self.val_loss = MeanMetric()
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-        return self.model(**inputs, labels=batch.get("label"))
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self(batch)
-        self.log("train_loss", out.loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["label"]))
-        return out.loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self(batch)

@@ -13,8 +13,10 @@ from typing import Any, Optional
 
 import torch
 from torchmetrics import MeanMetric, SumMetric
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, EncoderDecoderModel
 
 from harness.models.base import HarnessModule, target_tokens
+from harness.models.loading import ResolvedModel, load_pretrained
 
 KINDS = ("seq2seq", "causal")
 
@@ -22,7 +24,6 @@ KINDS = ("seq2seq", "causal")
 class TextGenerator(HarnessModule):
     def __init__(
         self,
-        model_path: str,
         optim: dict[str, Any],
         kind: str,
         generation: dict[str, Any],
@@ -30,11 +31,7 @@ class TextGenerator(HarnessModule):
         eos_token_id: Optional[int],
         decoder_start_token_id: Optional[int] = None,
         warm_start: Optional[str] = None,
-        dropout: Optional[float] = None,
-        attn_implementation: Optional[str] = "sdpa",
-        revision: Optional[str] = None,
-        model_ref: Optional[str] = None,
-        model_source: str = "local",
+        **backbone: Any,
     ):
         super().__init__(optim)
         self.save_hyperparameters()
@@ -46,26 +43,20 @@ class TextGenerator(HarnessModule):
         self.eos_token_id = eos_token_id
         self.decoder_start_token_id = decoder_start_token_id
         if warm_start == "bert2bert":
-            self._load_bert2bert(model_path, model_ref, model_source, revision, dropout)
+            self._load_bert2bert(**backbone)
         else:
-            from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
-
             auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
-            self.load_backbone(auto, model_path, model_ref, model_source, revision, dropout, attn_implementation)
+            self.load_backbone(auto, **backbone)
         if getattr(self.model.config, "pad_token_id", None) is None:
             self.model.config.pad_token_id = pad_token_id
         self.val_loss = MeanMetric()
         self.val_tokens = SumMetric()
 
-    def _load_bert2bert(self, path: str, ref: Optional[str], source: str, revision: Optional[str],
-                        dropout: Optional[float]) -> None:
+    def _load_bert2bert(self, model_path: str, model_ref: Optional[str] = None, model_source: str = "local",
+                        revision: Optional[str] = None, dropout: Optional[float] = None, **_: Any) -> None:
         """Encoder and decoder both start from the encoder's weights (Rothe et al. 2020); the decoder gets causal
         self-attention and new cross-attention layers (listed in `newly_initialized`)."""
-        from transformers import EncoderDecoderModel
-
-        from harness.models.loading import ResolvedModel, load_pretrained
-
-        resolved = ResolvedModel(ref or path, path, source, revision=revision)
+        resolved = ResolvedModel(model_ref or model_path, model_path, model_source, revision=revision)
         kwargs: dict[str, Any] = {}
         if dropout is not None:
             kwargs.update(encoder_hidden_dropout_prob=dropout, decoder_hidden_dropout_prob=dropout)
@@ -80,16 +71,6 @@ class TextGenerator(HarnessModule):
         self.model.train()
 
     # ---- training ------------------------------------------------------------------------------------------------
-    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          labels=batch.get("labels"))
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self(batch)
-        self.log("train_loss", out.loss, on_step=True, on_epoch=False, prog_bar=True,
-                 batch_size=len(batch["input_ids"]))
-        return out.loss
-
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self(batch)
         # the model's loss is the mean over this batch's target tokens; weight it by their number

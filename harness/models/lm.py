@@ -13,50 +13,43 @@ from typing import Any, Optional
 
 import torch
 from torchmetrics import MeanMetric
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
+from harness.errors import ConfigError
 from harness.models.base import HarnessModule, target_tokens
+from harness.models.loading import ResolvedModel, load_pretrained
+
+
+def _scratch_config(overrides: dict[str, Any], model_path: str, model_ref: Optional[str] = None,
+                    model_source: str = "local", revision: Optional[str] = None,
+                    attn_implementation: Optional[str] = "sdpa", **_: Any) -> Any:
+    """The model's config with `model.config_overrides` applied, for random initial weights."""
+    config = load_pretrained(AutoConfig.from_pretrained,
+                             ResolvedModel(model_ref or model_path, model_path, model_source, revision=revision))
+    for k, v in overrides.items():
+        if not hasattr(config, k):
+            raise ConfigError(f"model.config_overrides: the {config.model_type} config has no '{k}'",
+                              "use a field of the model's config.json")
+        setattr(config, k, v)
+    if attn_implementation:
+        config._attn_implementation = attn_implementation
+    return config
 
 
 class LanguageModel(HarnessModule):
-    def __init__(self, model_path: str, optim: dict[str, Any], kind: str, from_scratch: bool = False,
-                 config_overrides: Optional[dict[str, Any]] = None, dropout: Optional[float] = None,
-                 attn_implementation: Optional[str] = "sdpa", revision: Optional[str] = None,
-                 model_ref: Optional[str] = None, model_source: str = "local"):
+    def __init__(self, optim: dict[str, Any], kind: str, from_scratch: bool = False,
+                 config_overrides: Optional[dict[str, Any]] = None, **backbone: Any):
         super().__init__(optim)
         self.save_hyperparameters()
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
-
-        from harness.models.loading import ResolvedModel, load_pretrained
-
         self.kind = kind
         auto = AutoModelForCausalLM if kind == "causal" else AutoModelForMaskedLM
         if from_scratch:
-            resolved = ResolvedModel(model_ref or model_path, model_path, model_source, revision=revision)
-            config = load_pretrained(AutoConfig.from_pretrained, resolved)
-            for k, v in (config_overrides or {}).items():
-                if not hasattr(config, k):
-                    from harness.errors import ConfigError
-
-                    raise ConfigError(f"model.config_overrides: the {config.model_type} config has no '{k}'",
-                                      "use a field of the model's config.json")
-                setattr(config, k, v)
-            if attn_implementation:
-                config._attn_implementation = attn_implementation
-            self.model = auto.from_config(config)
+            self.model = auto.from_config(_scratch_config(config_overrides or {}, **backbone))
             self.newly_initialized = ["(all weights: from scratch)"]
             self.model.train()
         else:
-            self.load_backbone(auto, model_path, model_ref, model_source, revision, dropout, attn_implementation)
+            self.load_backbone(auto, **backbone)
         self.val_loss = MeanMetric()
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self(batch)
-        self.log("train_loss", out.loss, on_step=True, on_epoch=False, prog_bar=True,
-                 batch_size=len(batch["input_ids"]))
-        return out.loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self(batch)

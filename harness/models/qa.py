@@ -8,13 +8,17 @@ Only those candidates leave the device. Validation reports EM/F1 (the official S
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torchmetrics import MeanMetric
 from transformers import AutoModelForQuestionAnswering
 
+from harness.data.qa import gold_texts, postprocess
+from harness.data.sources import SplitData
+from harness.metrics import squad
 from harness.models.base import HarnessModule
+
 
 def best_spans(start_logits: torch.Tensor, end_logits: torch.Tensor, context: torch.Tensor, n_best: int,
                max_answer_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -32,41 +36,32 @@ def best_spans(start_logits: torch.Tensor, end_logits: torch.Tensor, context: to
     return top, start, start + idx % k
 
 
+def quick_scores(outputs: dict[str, Any], split: SplitData, version_2: bool, null_threshold: float) -> dict[str, float]:
+    """EM and F1 (0-100) of model outputs on a split, for validation during training."""
+    preds = postprocess(outputs, split, version_2, null_threshold).frame
+    golds = [squad.Gold(q, a) for q, a in zip(split.dataset["id"], gold_texts(split))]
+    pmap = dict(zip(preds["id"], preds["prediction"]))
+    if version_2:
+        t = squad.score_v2(golds, pmap).totals
+        return {"exact": t["exact"], "f1": t["f1"]}
+    return squad.score_v1(golds, pmap).totals
+
+
 class QuestionAnswerer(HarnessModule):
-    def __init__(
-        self,
-        model_path: str,
-        optim: dict[str, Any],
-        version_2: bool = False,
-        n_best: int = 20,
-        max_answer_length: int = 30,
-        null_threshold: float = 0.0,
-        dropout: Optional[float] = None,
-        attn_implementation: Optional[str] = "sdpa",
-        revision: Optional[str] = None,
-        model_ref: Optional[str] = None,
-        model_source: str = "local",
-    ):
+    inputs = ("input_ids", "attention_mask", "token_type_ids")
+    targets = {"start_positions": "start_positions", "end_positions": "end_positions"}
+
+    def __init__(self, optim: dict[str, Any], version_2: bool = False, n_best: int = 20, max_answer_length: int = 30,
+                 null_threshold: float = 0.0, **backbone: Any):
         super().__init__(optim)
         self.save_hyperparameters()
         self.version_2 = version_2
         self.n_best = n_best
         self.max_answer_length = max_answer_length
         self.null_threshold = null_threshold
-        self.load_backbone(AutoModelForQuestionAnswering, model_path, model_ref, model_source, revision, dropout,
-                           attn_implementation)
+        self.load_backbone(AutoModelForQuestionAnswering, **backbone)
         self.val_loss = MeanMetric()
         self._val_buffer: list[dict[str, torch.Tensor]] = []
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-        return self.model(**inputs, start_positions=batch.get("start_positions"),
-                          end_positions=batch.get("end_positions"))
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self(batch)
-        self.log("train_loss", out.loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["_row"]))
-        return out.loss
 
     def candidates(self, batch: dict[str, torch.Tensor], out: Any) -> dict[str, torch.Tensor]:
         context = batch["offset_start"] >= 0
@@ -104,8 +99,6 @@ class QuestionAnswerer(HarnessModule):
         self._val_buffer = []
         dm = getattr(self.trainer, "datamodule", None)
         if outputs and dm is not None and "validation" in dm.data.splits:
-            from harness.families.qa import quick_scores
-
             values.update({f"val_{k}": v for k, v in quick_scores(outputs, dm.data["validation"], self.version_2,
                                                                   self.null_threshold).items()})
         self.log_dict(values, prog_bar=False, sync_dist=True)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
-from harness.config import Reference, Strict, load_yaml
+from harness.config import Reference, Strict, error_text, load_yaml
 from harness.errors import ConfigError, DataError, ModelError
 from harness.metrics.bootstrap import Estimate
 
@@ -75,17 +75,18 @@ class LM:
     run_id: Optional[str] = None
 
 
-def probes_root() -> Path:
-    from harness.paths import project_root
-
-    return project_root() / "tasks"
-
-
 def all_specs() -> dict[str, ProbeSpec]:
-    specs = {}
-    for path in sorted(probes_root().rglob("probe.yaml")):
-        spec = load_spec(path)
-        specs[spec.name] = spec
+    """Every `probe.yaml` in the task folders (harness.paths.task_dirs), by name."""
+    from harness.paths import task_dirs
+
+    specs: dict[str, ProbeSpec] = {}
+    for root in task_dirs():
+        for path in sorted(root.rglob("probe.yaml")) if root.is_dir() else []:
+            spec = load_spec(path)
+            if spec.name in specs:
+                raise ConfigError(f"{path}: probe name '{spec.name}' is also defined in {specs[spec.name].path}",
+                                  "rename one of the folders")
+            specs[spec.name] = spec
     return specs
 
 
@@ -96,13 +97,14 @@ def load_spec(path: Path) -> ProbeSpec:
         spec = ProbeSpec.model_validate({**data, "path": str(path)})
     except ValidationError as e:
         err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: field '{loc}': {err['msg']}", "fix the probe file") from None
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise ConfigError(f"{path}: field '{loc}': {error_text(err)}", "fix the probe file") from None
     bad = [k for k in spec.fits if k not in KINDS]
     if bad:
         raise ConfigError(f"{path}: field 'fits': unknown model kind(s) {bad}", f"use some of {', '.join(KINDS)}")
     if spec.main_metric not in spec.metrics:
-        raise ConfigError(f"{path}: main_metric '{spec.main_metric}' is not one of {spec.metrics}")
+        raise ConfigError(f"{path}: field 'main_metric': '{spec.main_metric}' is not one of the probe's metrics "
+                          f"({', '.join(spec.metrics)})", "name one of them")
     return spec
 
 
@@ -116,7 +118,7 @@ def load_lm(name: str, revision: Optional[str] = None, cache: Optional[Path] = N
     from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM,
                               AutoModelForSequenceClassification, AutoTokenizer)
 
-    from harness.models.loading import load_pretrained, resolve_model
+    from harness.models.loading import load_pretrained, model_kind, resolve_model
 
     resolved = resolve_model(name, revision, cache)
     if resolved.source == "baseline" or resolved.warm_start or resolved.checkpoint:
@@ -129,8 +131,6 @@ def load_lm(name: str, revision: Optional[str] = None, cache: Optional[Path] = N
     elif any(a.endswith("ForMaskedLM") for a in archs):
         kind, auto = "masked", AutoModelForMaskedLM
     else:
-        from harness.families.generation import model_kind
-
         try:
             kind = model_kind(resolved, "probe")
         except ModelError:

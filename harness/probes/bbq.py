@@ -103,24 +103,16 @@ def subset(rows: list[dict], limit: int, seed: int = 0) -> list[dict]:
 
 
 def answer_scores(lm: LM, rows: list[dict], batch_size: int) -> np.ndarray:
-    from harness.probes.scoring import causal_logprob, pseudo_loglik
+    from harness.probes.scoring import causal_logprob, masked_continuation
 
     prompts = [f"{r['context']} {r['question']}\nAnswer:" for r in rows]
     answers = [" " + str(r[f"ans{k}"]) for r in rows for k in range(3)]
     contexts = [p for p in prompts for _ in range(3)]
     if lm.kind == "causal":
         total, counts = causal_logprob(lm.model, lm.tokenizer, contexts, answers, batch_size, return_counts=True)
-        return (total / np.maximum(counts, 1)).reshape(len(rows), 3)
-    tok = lm.tokenizer
-    ids, positions = [], []
-    for ctx, ans in zip(contexts, answers):
-        c = tok(ctx)["input_ids"][:-1]  # without the trailing [SEP]
-        a = tok(ans, add_special_tokens=False)["input_ids"]
-        full = c + a + tok(ctx)["input_ids"][-1:]
-        ids.append(full)
-        positions.append(list(range(len(c), len(c) + len(a))))
-    pll = pseudo_loglik(lm.model, tok, ids, positions, batch_size)
-    return (pll / np.maximum([len(p) for p in positions], 1)).reshape(len(rows), 3)
+    else:
+        total, counts = masked_continuation(lm.model, lm.tokenizer, contexts, answers, batch_size)
+    return (total / np.maximum(counts, 1)).reshape(len(rows), 3)
 
 
 def evaluate(lm: LM, rows: list[dict], spec: ProbeSpec, s: Settings) -> ProbeResult:

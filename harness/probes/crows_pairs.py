@@ -14,11 +14,10 @@ Sentence scores:
 
 from __future__ import annotations
 
-import ast
 import csv
 import difflib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -55,9 +54,9 @@ def load(spec: ProbeSpec, data_dir: Optional[Path], override: Optional[Path] = N
 
 
 def _from_hub(spec: ProbeSpec) -> tuple[list[dict], list[str]]:
-    from harness.data.sources import _hub_reachable, _is_offline
+    from harness import hub
 
-    if not spec.data.hub_id or _is_offline() or not _hub_reachable():
+    if not spec.data.hub_id or not hub.usable():
         raise DataError(f"probe '{spec.name}': no local {spec.data.local_dir}/{spec.data.files[0]} and the hub is not "
                         "reachable", "set HARNESS_DATA_DIR (or --data) to a folder with the CrowS-Pairs CSV, or go online")
     import datasets

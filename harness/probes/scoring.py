@@ -7,7 +7,10 @@
   Scoring"): mask one token at a time and sum the log-probability of the original token at the masked position.
   Every (sentence, position) copy is one row of a batch, so a batch scores many positions at once.
 
-Both return float64 numpy arrays and run in inference mode under the model's own dtype.
+- `masked_continuation`: for masked LMs what `causal_logprob` is for causal ones: the pseudo-log-likelihood of a
+  continuation's tokens read after its context (only the continuation's tokens are masked, one at a time).
+
+All return float64 numpy arrays and run in inference mode under the model's own dtype.
 """
 
 from __future__ import annotations
@@ -109,3 +112,17 @@ def pseudo_loglik(model: Any, tokenizer: Any, token_ids: Sequence[Sequence[int]]
         for (s, _), v in zip(chunk, got):
             scores[s] += v
     return scores
+
+
+def masked_continuation(model: Any, tokenizer: Any, contexts: Sequence[str], continuations: Sequence[str],
+                        batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(PLL of each continuation's tokens, their number), each pair read as `[CLS] context continuation [SEP]`."""
+    ids, positions = [], []
+    for ctx, cont in zip(contexts, continuations):
+        framed = tokenizer(ctx)["input_ids"]
+        head, end = framed[:-1], framed[-1:]  # the context with its leading special tokens; the trailing [SEP]
+        tail = tokenizer(cont, add_special_tokens=False)["input_ids"]
+        ids.append(head + tail + end)
+        positions.append(list(range(len(head), len(head) + len(tail))))
+    scores = pseudo_loglik(model, tokenizer, ids, positions, batch_size)
+    return scores, np.array([len(p) for p in positions], dtype=np.int64)

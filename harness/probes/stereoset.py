@@ -59,9 +59,9 @@ def load(spec: ProbeSpec, data_dir: Optional[Path], override: Optional[Path] = N
         except ValueError as e:
             raise DataError(f"{paths[0]}: not valid JSON ({e})", "use the official StereoSet dev.json") from None
         return parse_official(obj, str(paths[0]))
-    from harness.data.sources import _hub_reachable, _is_offline
+    from harness import hub
 
-    if _is_offline() or not _hub_reachable():
+    if not hub.usable():
         raise DataError(f"probe '{spec.name}': StereoSet is not in the offline data and the hub is not reachable",
                         "pass the official dev.json with --data, put it at bias/stereoset/dev.json under the data "
                         "directory, or go online (McGill-NLP/stereoset)")

@@ -116,14 +116,7 @@ def evaluate(lm: LM, rows: list[dict], spec: ProbeSpec, s: Settings) -> ProbeRes
     if lm.kind == "causal":
         scores = scoring.causal_logprob(lm.model, lm.tokenizer, contexts, conts, s.batch_size)
     else:
-        tok = lm.tokenizer
-        ids, positions = [], []
-        for c, x in zip(contexts, conts):
-            head = tok(c)["input_ids"][:-1]  # without the trailing [SEP]
-            tail = tok(x, add_special_tokens=False)["input_ids"]
-            ids.append(head + tail + [tok.sep_token_id])
-            positions.append(list(range(len(head), len(head) + len(tail))))
-        scores = scoring.pseudo_loglik(lm.model, tok, ids, positions, s.batch_size)
+        scores, _ = scoring.masked_continuation(lm.model, lm.tokenizer, contexts, conts, s.batch_size)
     sc = scores.reshape(len(rows), 2, 2)  # [pair, pro/anti, gold/other]
     correct = (sc[:, :, 0] > sc[:, :, 1]).astype(float)  # [pair, pro/anti]
     types = np.array([r["type"] for r in rows])

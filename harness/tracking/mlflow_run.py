@@ -11,13 +11,13 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-from harness.config import RunConfig, TaskSpec, dump_yaml, flatten, redact_uri
+from harness.config import RunConfig, TaskSpec, dump_yaml, flatten
 from harness.data.sources import SplitData, TaskData
 from harness.tracking import env
 
@@ -29,7 +29,7 @@ class Tracker:
     def __init__(self, cfg: RunConfig, task: TaskSpec):
         self.cfg = cfg
         self.task = task
-        uri = cfg.tracking.tracking_uri or "sqlite:///mlruns.db"
+        uri = cfg.tracking.uri
         mlflow.set_tracking_uri(uri)
         self.client = MlflowClient(uri)
         self.experiment = cfg.tracking.experiment or task.name
@@ -103,8 +103,9 @@ class Tracker:
 
     # ---- content -------------------------------------------------------------------------------------------------
     def log_config(self) -> None:
-        run_cfg = self.cfg.model_dump(mode="json")
-        run_cfg["tracking"]["tracking_uri"] = redact_uri(run_cfg["tracking"]["tracking_uri"] or "")
+        """The resolved config (the settings of other families left out) and the task definition, as params and as
+        `config/resolved.yaml`."""
+        run_cfg = self.cfg.resolved(self.task.family)
         task_cfg = self.task.model_dump(mode="json", by_alias=True)
         params = {f"{k}": v for k, v in flatten(run_cfg).items() if k != "task"}
         params.update({f"task.{k}": v for k, v in flatten(task_cfg).items() if not k.startswith(("references",))})
@@ -154,6 +155,26 @@ class Tracker:
         items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
         for i in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[i : i + 500])
+
+    def log_report(self, report: Any, step: int) -> None:
+        """A family's EvalReport: warnings and tags, `test_<metric>` with its interval, the predictions table, plots."""
+        if report.warnings:
+            self.set_tags({"eval.warnings": " | ".join(report.warnings)[:4900]})
+        if report.tags:
+            self.set_tags(report.tags)
+        self.log_metrics(report.metrics("test_"), step=step)
+        if report.table is not None:
+            self.log_table(report.table, f"predictions/{report.split}.json")
+        for path, fig in report.figures.items():
+            self.log_figure(fig, path)
+
+    def log_model(self, export: Callable[[Path], None], meta: dict[str, Any]) -> None:
+        """The trained model as the `model/` artifact: what `export(folder)` writes, plus `harness.json` (`meta`)."""
+        with temp_dir() as tmp:
+            out = Path(tmp) / "model"
+            export(out)
+            (out / "harness.json").write_text(json.dumps(meta, indent=2))
+            self.log_dir(out, "model")
 
     def log_table(self, df: Any, path: str) -> None:
         mlflow.log_table(df, artifact_file=path)

@@ -1,0 +1,64 @@
+"""Process setup for a run: quiet libraries, thread count, float precision."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+from harness.config import RunConfig
+
+# messages the libraries print for situations harness handles itself
+_QUIET_WARNINGS = (
+    r".*does not have many workers.*",
+    r".*The number of training batches.*",
+    r".*LeafSpec.*",
+    r".*introduces a better way to train encoder-decoder.*",
+    r".*no `val_dataloader`.*",
+    r".*all_gather is deprecated.*",
+    r".*dataloader.*shuffle.*",
+    r".*Total length of .* across ranks is zero.*",  # no validation split
+    # our DataModule restores the sampler position itself (state_dict/load_state_dict), which Lightning cannot see
+    r".*your dataloader is not resumable.*",
+)
+
+
+def configure_runtime(cfg: RunConfig) -> None:
+    """Quiet the libraries' console chatter and set threads; done once per process before a run starts."""
+    import datasets
+    import lightning  # noqa: F401  (sets up its loggers on import; quiet them after)
+    import mlflow  # noqa: F401  (configures its loggers on import; quiet them after)
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "mlflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    for pattern in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """`auto`: bf16 mixed precision where the hardware does bf16 math natively, else full float32.
+
+    On CPUs with AVX-512 BF16 / AMX, bf16 autocast trains ~1.5x and infers ~1.7x faster than float32 (MiniLM,
+    length 128, measured on the 2-core CI machine); without native support it is slower, so float32 is kept.
+    """
+    if precision != "auto":
+        return precision
+    import torch
+
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    return "bf16-mixed" if native else "32-true"

@@ -1,0 +1,377 @@
+"""A search: the `Study` (what is searched, where it is stored), its workers and trials, the summary at the end."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from harness.config import RunConfig, TaskSpec, redact_uri, resolve_run_config
+from harness.errors import ConfigError
+from harness.families import search_objective
+from harness.models.loading import BASELINE_PREFIX
+from harness.tracking.study import StudyTracker
+from harness.tuning.pruning import OptunaPruning
+from harness.tuning.space import SearchSpace, as_overrides, check_space, default_space_path, load_space, suggest
+
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+HEARTBEAT_S = int(os.environ.get("HARNESS_TUNE_HEARTBEAT_S", "10"))
+GRACE_S = int(os.environ.get("HARNESS_TUNE_GRACE_S", "30"))  # a trial without heartbeat this long is FAIL
+PRUNERS = ("median", "hyperband", "none")
+
+# how a DDP rank started by Lightning's launcher (which re-runs the command) learns the trial it takes part in
+TRIAL_PARAMS_ENV, TRIAL_NUMBER_ENV, PARENT_RUN_ENV = "HARNESS_TRIAL_PARAMS", "HARNESS_TRIAL_NUMBER", "HARNESS_PARENT_RUN_ID"
+
+
+@dataclass
+class Study:
+    """One search: every worker process, trial and DDP rank works from the same one."""
+
+    task: TaskSpec
+    space: SearchSpace
+    name: str
+    storage_url: str
+    seed: int
+    pruner: str = "median"
+    trials: int = 20
+    workers: int = 1
+    overrides: list[str] = field(default_factory=list)  # key=value for every trial, after the space's `config:`
+    tracking_uri: str = ""
+    _storage: Any = field(default=None, repr=False)
+
+    @property
+    def metric(self) -> str:
+        return search_objective(self.task)[0]
+
+    @property
+    def direction(self) -> str:
+        return search_objective(self.task)[1]
+
+    @property
+    def monitor(self) -> str:
+        return f"val_{self.metric}"
+
+    @property
+    def storage(self) -> Any:
+        if self._storage is None:
+            self._storage = open_storage(self.storage_url)
+        return self._storage
+
+    def open(self, worker: int = 0) -> Any:
+        """The Optuna study (created on first use); each worker samples with its own seed."""
+        return open_study(self.name, self.storage, self.direction, self.seed, self.pruner, worker)
+
+    def trial_config(self, number: int, params: dict[str, Any], parent_run_id: str) -> RunConfig:
+        cfg = resolve_run_config(self.task, [
+            *self.space.fixed_overrides(), *self.overrides, *as_overrides(params),
+            f"tracking.run_name=trial-{number}",
+            f"tracking.output_dir={Path('.harness') / 'tune' / self.name / f'trial-{number}'}",
+        ])
+        # nested under the study's parent run in the MLflow UI
+        cfg.tracking.tags = {**cfg.tracking.tags, "mlflow.parentRunId": parent_run_id, "optuna.study": self.name,
+                             "optuna.trial": str(number)}
+        return cfg
+
+    def worker_command(self, index: int, threads: int) -> list[str]:
+        """The command line of worker process `index` (`--workers N`): the same study, its own sampler seed."""
+        return [sys.executable, "-m", "harness.cli", "tune", self.task.name, "--space", self.space.path or "",
+                "--study", self.name, "--storage", self.storage_url, "--trials", str(self.trials), "--pruner",
+                self.pruner, "--seed", str(self.seed), "--worker-index", str(index), *self.overrides,
+                f"trainer.num_threads={threads}"]
+
+
+def make_study(task: TaskSpec, *, space_path: Optional[Path], study_name: Optional[str], storage_url: Optional[str],
+               trials: int, workers: int, pruner: str, seed: Optional[int], overrides: list[str]) -> Study:
+    """A Study from the command line's values, checked before anything is created or trained."""
+    if trials < 1:
+        raise ConfigError(f"--trials {trials}: need at least one trial", "pass --trials N with N >= 1")
+    if workers < 1 or workers > trials:
+        raise ConfigError(f"--workers {workers} with --trials {trials}: need 1 <= workers <= trials",
+                          "use fewer workers than trials (each worker runs whole trials)")
+    if pruner not in PRUNERS:
+        raise ConfigError(f"unknown pruner '{pruner}'", f"use {', '.join(PRUNERS)}")
+    space = load_space(space_path or default_space_path(task))
+    check_space(space, task, overrides)
+    base = resolve_run_config(task, [*space.fixed_overrides(), *overrides])
+    check_trial_config(base)
+    return Study(task, space, name=study_name or f"{task.name}-{Path(space.path or 'space').stem}",
+                 storage_url=storage_url or os.environ.get("OPTUNA_STORAGE") or DEFAULT_STORAGE,
+                 seed=base.seed if seed is None else seed, pruner=pruner, trials=trials, workers=workers,
+                 overrides=list(overrides), tracking_uri=base.tracking.uri)
+
+
+def check_trial_config(cfg: RunConfig) -> None:
+    """What a trial cannot be: untrained (nothing to search), or without a validation split to be judged on."""
+    if not cfg.train or cfg.model.name.startswith(BASELINE_PREFIX):
+        raise ConfigError("a search trial needs training", "tune a trainable model with train=true")
+    if cfg.data.train_on_validation:
+        raise ConfigError("data.train_on_validation=true leaves a search trial nothing to validate on",
+                          "use it only for the final fit (harness tune --retrain-best does)")
+
+
+# ---- storage ---------------------------------------------------------------------------------------------------------
+
+
+def open_storage(url: str) -> Any:
+    import optuna
+    from optuna.storages import RDBStorage
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    try:  # Optuna >= 4.9 renamed the retry-a-dead-worker's-trial callback
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        retry = {"heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=1)}
+    except ImportError:  # pragma: no cover - older Optuna
+        from optuna.storages import RetryFailedTrialCallback
+
+        retry = {"failed_trial_callback": RetryFailedTrialCallback(max_retry=1)}
+    if url.startswith("sqlite"):
+        # parallel workers: wait for the write lock instead of failing with "database is locked"
+        engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 120}}
+        path = url.split(":///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    try:
+        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                          **retry)
+    except Exception as e:  # sqlalchemy: bad URL, unreachable host, missing driver...
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else e.__class__.__name__
+        raise ConfigError(f"cannot open the study storage {redact_uri(url)} ({e.__class__.__name__}: {first})",
+                          "check the URL, that the database is reachable, and its driver is installed") from None
+    finally:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def make_pruner(name: str) -> Any:
+    import optuna
+
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ConfigError(f"unknown pruner '{name}'", f"use {', '.join(PRUNERS)}")
+
+
+def open_study(name: str, storage: Any, direction: str, seed: int, pruner: str, worker: int = 0) -> Any:
+    import optuna
+
+    sampler = optuna.samplers.TPESampler(seed=seed + worker, n_startup_trials=5)
+    try:
+        existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    except Exception as e:
+        raise ConfigError(f"cannot read studies from the storage ({e.__class__.__name__}: "
+                          f"{str(e).splitlines()[0][:200]})",
+                          "check the storage URL and that the database is reachable") from None
+    if name in existing:
+        have = existing[name].direction.name.lower()
+        if have != direction:
+            raise ConfigError(
+                f"study '{name}' exists with direction '{have}', but this task's metric is to '{direction}'",
+                "use another --study name, or the task the study was made for",
+            )
+    return optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
+                               pruner=make_pruner(pruner), load_if_exists=True)
+
+
+# ---- trials ----------------------------------------------------------------------------------------------------------
+
+
+def run_trial(study: Study, trial: Any, parent_run_id: str, params: Optional[dict[str, Any]] = None) -> float:
+    """One trial as a nested MLflow run. `params` given: a DDP follower rank replaying rank 0's trial."""
+    import optuna
+
+    from harness.runner import run
+
+    if params is None:
+        params = suggest(trial, study.space)
+    number = trial.number if trial is not None else int(os.environ.get(TRIAL_NUMBER_ENV, "0"))
+    cfg = study.trial_config(number, params, parent_run_id)
+    callback = OptunaPruning(trial, study.monitor)
+    # DDP: Lightning starts the other ranks by re-running this command; they replay this trial from the environment
+    os.environ[TRIAL_PARAMS_ENV] = json.dumps(params)
+    os.environ[TRIAL_NUMBER_ENV] = str(number)
+    os.environ[PARENT_RUN_ENV] = parent_run_id
+    os.environ.pop("HARNESS_RUN_ID", None)
+    result = run(cfg, study.task, extra_callbacks=[callback], objective=True)
+    value = (result.validation or {}).get(study.monitor)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        raise ConfigError(f"trial {number} produced no '{study.monitor}' (task '{study.task.name}' has no validation "
+                          "split?)", "tune tasks with a validation split (dataset.splits or dataset.derive)")
+    if trial is not None and result.run_id:
+        StudyTracker(cfg.tracking.uri).record_trial(result.run_id, "PRUNED" if callback.pruned else "COMPLETE",
+                                                    value)
+        trial.set_user_attr("mlflow_run_id", result.run_id)
+        trial.set_user_attr("validations", callback.reports)
+        trial.set_user_attr("epochs", _epochs_run(cfg, callback.reports))
+    if callback.pruned:
+        raise optuna.TrialPruned(f"pruned after {callback.reports} validation(s)")
+    return value
+
+
+def replay_trial(study: Study) -> None:
+    """A DDP rank other than 0: take part in the trial rank 0 is running (its parameters come by environment)."""
+    run_trial(study, None, os.environ[PARENT_RUN_ENV], params=json.loads(os.environ[TRIAL_PARAMS_ENV]))
+
+
+def is_ddp_follower() -> bool:
+    return bool(os.environ.get(TRIAL_PARAMS_ENV)) and int(os.environ.get("LOCAL_RANK", "0") or 0) > 0
+
+
+def _epochs_run(cfg: RunConfig, reports: int) -> float:
+    """Training epochs a trial ran, from its validation count (validations per epoch from val_check_interval)."""
+    v = cfg.trainer.val_check_interval
+    per_epoch = round(1 / v) if isinstance(v, float) and v < 1 else 1
+    return reports / max(per_epoch, 1)
+
+
+def _progress(study: Any, trial: Any) -> None:
+    import optuna
+
+    state = trial.state.name
+    reports = trial.intermediate_values
+    if state == "PRUNED" and reports:
+        value = f"{reports[max(reports)]:.4f} at validation {len(reports)}"
+    else:
+        value = f"{trial.value:.4f}" if trial.value is not None else "-"
+    try:
+        best = study.best_trial
+        best_s = f"best {best.value:.4f} (trial {best.number})"
+    except ValueError:
+        best_s = "best -"
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = len(study.get_trials(deepcopy=False, states=finished))
+    print(f"trial {trial.number:>3} {state:<8} value {value} · {best_s} · {done} finished", flush=True)
+
+
+# ---- workers ---------------------------------------------------------------------------------------------------------
+
+
+def worker_main(study: Study, worker: int = 0) -> None:
+    """Run trials until the study has `study.trials` finished ones (shared with any other workers)."""
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    optuna_study = study.open(worker)
+    parent = optuna_study.user_attrs["mlflow_parent_run_id"]
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    done = len(optuna_study.get_trials(deepcopy=False, states=finished))
+    if done >= study.trials:
+        print(f"study '{study.name}' already has {done} finished trial(s) (asked for {study.trials}); raise --trials "
+              "to continue it", flush=True)
+        return
+    # a HarnessError (bad config, data) would fail every trial alike: it stops the search with its one-line message
+    optuna_study.optimize(lambda trial: run_trial(study, trial, parent), n_trials=study.trials - done,
+                          callbacks=[MaxTrialsCallback(study.trials, states=finished), _progress], gc_after_trial=True)
+
+
+def _run_workers(study: Study) -> None:
+    threads = max(1, (os.cpu_count() or 1) // study.workers)
+    procs = [subprocess.Popen(study.worker_command(w, threads)) for w in range(study.workers)]
+    codes = [p.wait() for p in procs]
+    if all(c != 0 for c in codes):
+        raise ConfigError(f"all {study.workers} workers failed (exit codes {codes})", "see the messages above")
+    lost = [i for i, c in enumerate(codes) if c != 0]
+    if lost:
+        print(f"worker(s) {lost} stopped early (exit codes {[codes[i] for i in lost]}); the others finished the "
+              "study, and a trial left RUNNING by a dead worker was marked FAIL and retried", flush=True)
+
+
+# ---- the search ------------------------------------------------------------------------------------------------------
+
+
+def tune(study: Study, retrain_best: bool = False) -> dict[str, Any]:
+    from harness.runtime import configure_runtime
+
+    configure_runtime(resolve_run_config(study.task, [*study.space.fixed_overrides(), *study.overrides]))
+    optuna_study = study.open()
+    tracker = StudyTracker(study.tracking_uri)
+    parent = tracker.open_parent(
+        optuna_study, study.task.name,
+        tags={"task": study.task.name, "family": study.task.family, "mode": "tune", "optuna.study": study.name,
+              "optuna.storage": redact_uri(study.storage_url), "optuna.sampler": type(optuna_study.sampler).__name__,
+              "optuna.pruner": study.pruner, "optuna.direction": study.direction},
+        params={"tune.seed": study.seed, "tune.trials": study.trials, "tune.workers": study.workers,
+                "tune.space": study.space.path or ""},
+        space=study.space.model_dump(mode="json"))
+    print(f"study '{study.name}' in {redact_uri(study.storage_url)} · {study.direction} {study.monitor} · "
+          f"{study.trials} trial(s), {study.workers} worker(s), pruner {study.pruner} · MLflow parent run {parent}",
+          flush=True)
+    started = time.perf_counter()
+    status = "FINISHED"
+    try:
+        if study.workers == 1:
+            worker_main(study)
+        else:
+            _run_workers(study)
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        summary = summarize(study, tracker, parent, time.perf_counter() - started)
+        tracker.close_parent(parent, status)
+    if retrain_best and summary.get("best_params"):
+        summary["retrain"] = retrain(study, summary, tracker)
+    return summary
+
+
+def summarize(study: Study, tracker: StudyTracker, parent: str, seconds: float) -> dict[str, Any]:
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna_study = optuna.load_study(study_name=study.name, storage=study.storage)
+    all_trials = optuna_study.get_trials(deepcopy=False)
+    counts = {s.name: sum(1 for t in all_trials if t.state == s) for s in TrialState}
+    epochs = sum(float(t.user_attrs.get("epochs", 0)) for t in all_trials)
+    tracker.close_failed_trials(parent, {str(t.number) for t in all_trials if t.state == TrialState.FAIL})
+    metrics = {f"trials_{k.lower()}": float(v) for k, v in counts.items() if v}
+    metrics.update(trial_epochs=epochs, wall_seconds=seconds)
+    summary: dict[str, Any] = {"study": study.name, "counts": counts, "trial_epochs": epochs, "parent_run_id": parent}
+    try:
+        best = optuna_study.best_trial
+    except ValueError:
+        best = None
+    if best is not None:
+        metrics["best_value"] = float(best.value)
+        summary.update(best_value=best.value, best_params=best.params, best_trial=best.number)
+    tracker.log_summary(parent, metrics, best)
+    tracker.log_plots(parent, optuna_study)
+    print(f"study '{study.name}': " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v)
+          + (f" · best val {best.value:.4f} (trial {best.number}): {best.params}" if best else "")
+          + f" · {epochs:g} trial-epochs", flush=True)
+    return summary
+
+
+def retrain(study: Study, summary: dict[str, Any], tracker: StudyTracker) -> dict[str, Any]:
+    """The best parameters, trained on train + validation, evaluated once on test, logged and registered as
+    `<task>-best` in the MLflow model registry."""
+    from harness.runner import run
+
+    task = study.task
+    cfg = resolve_run_config(task, [*study.space.fixed_overrides(), *study.overrides,
+                                    *as_overrides(summary["best_params"]), "data.train_on_validation=true",
+                                    "log_model=true", f"tracking.run_name=study-{summary['study']}-best"])
+    cfg.tracking.tags = {**cfg.tracking.tags, "mlflow.parentRunId": summary["parent_run_id"],
+                         "optuna.study": summary["study"], "optuna.retrain_of_trial": str(summary["best_trial"])}
+    print(f"retraining trial {summary['best_trial']}'s parameters on train + validation, then test", flush=True)
+    result = run(cfg, task)
+    value = result.report.estimates[task.main_metric].value if result.report is not None else float("nan")
+    name = f"{task.name}-best"
+    version = tracker.register_best(name, result.run_id, summary["study"], summary["parent_run_id"],
+                                    f"test_{task.main_metric}", value)
+    print(f"best parameters on test: {task.main_metric} {value:.4f} · run {result.run_id} · registered as "
+          f"'{name}' version {version}", flush=True)
+    return {"run_id": result.run_id, "test": value, "model": name, "version": version}

@@ -31,7 +31,7 @@ WHEELS ?= .wheels$(subst .,,$(PY))
 HAVE   ?= torch lightning pytorch-lightning transformers torchmetrics sacrebleu numpy
 EXCLUDE ?=
 
-.PHONY: help setup setup-offline wheels eval tune probe test test-all ui dashboard bench bench-train clean
+.PHONY: help setup setup-offline wheels eval tune probe check test test-all lint format ui dashboard bench bench-train clean
 
 help:
 	@echo "make setup                  create $(VENV) and install harness with its dependencies"
@@ -40,7 +40,9 @@ help:
 	@echo "make eval TASK=imdb         fine-tune + evaluate a task, one MLflow run (ARGS=\"key=value ...\")"
 	@echo "make tune TASK=imdb TRIALS=20 WORKERS=1   Optuna search; trials are nested MLflow runs"
 	@echo "make probe PROBE=crows_pairs MODEL=HuggingFaceTB/SmolLM2-135M-Instruct   bias probes (or RUN=<mlflow run id>)"
+	@echo "make check TASK=imdb        load a task's data as a run would and report it (no training, no MLflow run)"
 	@echo "make test                   the test suite (fast tests; make test-all adds the slow ones)"
+	@echo "make lint                   ruff check + ruff format --check (CI runs it before the tests); make format fixes"
 	@echo "make ui                     MLflow UI on http://127.0.0.1:$(PORT) over $(MLFLOW_TRACKING_URI)"
 	@echo "make dashboard              optuna-dashboard on http://127.0.0.1:$(DASHBOARD_PORT) over $(OPTUNA_STORAGE)"
 	@echo "make bench                  benchmarks, each against a baseline measured in the same run"
@@ -77,8 +79,19 @@ probe:
 dashboard:
 	$(BIN)/optuna-dashboard $(OPTUNA_STORAGE) --host 127.0.0.1 --port $(DASHBOARD_PORT)
 
+check:
+	$(BIN)/harness check $(TASK) $(ARGS)
+
 test:
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format:
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 test-all:
 	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)

@@ -6,7 +6,8 @@ Both sides train the quick profile's model (MiniLM) from the same initial weight
 length-bucketed batches of the task's quick-profile training subset, with the same precision, optimizer and
 schedule. The plain loop is the floor: forward, backward, clip, AdamW step, scheduler step. The harness side is
 `Trainer.fit` with everything a real run has (Lightning loop, step metrics, line progress, and one checkpoint
-inside the timed steps, as a real run writes one every 50 steps), minus MLflow. Prints samples/s for both and the ratio. Timing starts after warm-up steps on each side.
+inside the timed steps, as a real run writes one every 50 steps), minus MLflow. Prints samples/s for both and the
+ratio. Timing starts after warm-up steps on each side.
 """
 
 from __future__ import annotations
@@ -65,8 +66,11 @@ def main() -> int:
             break
         batches.append(b)
     bf16 = cfg.trainer.precision.startswith("bf16")
-    print(f"{task.name}: {total} steps of batch {cfg.data.batch_size}, max length {cfg.data.max_length}, "
-          f"precision {cfg.trainer.precision}, {torch.get_num_threads()} threads", flush=True)
+    print(
+        f"{task.name}: {total} steps of batch {cfg.data.batch_size}, max length {cfg.data.max_length}, "
+        f"precision {cfg.trainer.precision}, {torch.get_num_threads()} threads",
+        flush=True,
+    )
 
     # ---- plain PyTorch loop ----------------------------------------------------------------------------------------
     net = module.model

@@ -102,8 +102,12 @@ class Meter:
         _sync(self.device)
         dt = time.perf_counter() - self.t0
         tokens = float(self.tokens)
-        return {"seconds": dt, "samples_per_sec": self.samples / dt, "tokens_per_sec": tokens / dt,
-                "padding_share": 1 - tokens / max(self.slots, 1)}
+        return {
+            "seconds": dt,
+            "samples_per_sec": self.samples / dt,
+            "tokens_per_sec": tokens / dt,
+            "padding_share": 1 - tokens / max(self.slots, 1),
+        }
 
 
 def counting(collate: Any, meter: Meter, steps: dict[str, int]) -> Any:
@@ -136,12 +140,21 @@ def run_harness(model_dir: Path, args: argparse.Namespace, device: str) -> dict[
     task = get_task("imdb")
     profile = "full" if device == "cuda" else "quick"
     steps_total = args.warmup + args.steps
-    overrides = [f"profile={profile}", f"model.name={model_dir}", f"data.max_length={args.max_length}",
-                 f"data.batch_size={args.batch_size}", f"data.train_size={steps_total * args.batch_size}",
-                 "data.validation_size=100", f"trainer.max_steps={steps_total}", "trainer.max_epochs=100",
-                 f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", "trainer.devices=1",
-                 "trainer.log_every_n_steps=50", "trainer.checkpoint_every_n_steps=100000",
-                 f"data.num_workers={args.workers if device == 'cuda' else 0}"]
+    overrides = [
+        f"profile={profile}",
+        f"model.name={model_dir}",
+        f"data.max_length={args.max_length}",
+        f"data.batch_size={args.batch_size}",
+        f"data.train_size={steps_total * args.batch_size}",
+        "data.validation_size=100",
+        f"trainer.max_steps={steps_total}",
+        "trainer.max_epochs=100",
+        f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
+        "trainer.devices=1",
+        "trainer.log_every_n_steps=50",
+        "trainer.checkpoint_every_n_steps=100000",
+        f"data.num_workers={args.workers if device == 'cuda' else 0}",
+    ]
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
     if device != "cuda":
@@ -179,8 +192,14 @@ def run_harness(model_dir: Path, args: argparse.Namespace, device: str) -> dict[
 
 def run_trainer(model_dir: Path, args: argparse.Namespace, device: str) -> dict[str, float]:
     import torch
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainerCallback, TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     from harness.config import resolve_run_config
     from harness.data.sources import load_task_data
@@ -194,8 +213,11 @@ def run_trainer(model_dir: Path, args: argparse.Namespace, device: str) -> dict[
     cfg = resolve_run_config(task, overrides)
     data = load_task_data(task, cfg, ("train",))
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    ds = data["train"].dataset.map(lambda b: tok(b["text"], truncation=True, max_length=args.max_length),
-                                   batched=True, remove_columns=["text", "_row"])
+    ds = data["train"].dataset.map(
+        lambda b: tok(b["text"], truncation=True, max_length=args.max_length),
+        batched=True,
+        remove_columns=["text", "_row"],
+    )
     torch.manual_seed(cfg.seed)
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=2)
     meter = Meter(args.warmup, device)
@@ -208,15 +230,29 @@ def run_trainer(model_dir: Path, args: argparse.Namespace, device: str) -> dict[
                 meter.start()
 
     targs = TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="trainer-bench-"), per_device_train_batch_size=args.batch_size,
-        max_steps=steps_total, learning_rate=cfg.optim.lr, warmup_steps=int(cfg.optim.warmup_ratio * steps_total),
-        weight_decay=cfg.optim.weight_decay, bf16=device == "cuda", use_cpu=device != "cuda", save_strategy="no",
-        logging_steps=50, report_to=[], seed=cfg.seed, disable_tqdm=True,
+        output_dir=tempfile.mkdtemp(prefix="trainer-bench-"),
+        per_device_train_batch_size=args.batch_size,
+        max_steps=steps_total,
+        learning_rate=cfg.optim.lr,
+        warmup_steps=int(cfg.optim.warmup_ratio * steps_total),
+        weight_decay=cfg.optim.weight_decay,
+        bf16=device == "cuda",
+        use_cpu=device != "cuda",
+        save_strategy="no",
+        logging_steps=50,
+        report_to=[],
+        seed=cfg.seed,
+        disable_tqdm=True,
     )
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    Trainer(model=model, args=targs, train_dataset=ds.rename_column("label", "labels"), data_collator=collator,
-            callbacks=[Clock()]).train()
+    Trainer(
+        model=model,
+        args=targs,
+        train_dataset=ds.rename_column("label", "labels"),
+        data_collator=collator,
+        callbacks=[Clock()],
+    ).train()
     res = meter.result()
     res["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
     res["parameters"] = float(sum(p.numel() for p in model.parameters()))
@@ -241,14 +277,20 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     import torch
 
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
-        "cpu" if args.device == "auto" else args.device)
+    device = (
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     args.steps = args.steps or (60 if device == "cuda" else 3)
     args.warmup = args.warmup if args.warmup is not None else (10 if device == "cuda" else 1)
     peak, how = peak_flops(device)
     name = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device {name} · peak {peak / 1e12:.1f} TFLOP/s ({how}) · batch {args.batch_size} · max length "
-          f"{args.max_length} · {args.steps} measured steps after {args.warmup} warm-up", flush=True)
+    print(
+        f"device {name} · peak {peak / 1e12:.1f} TFLOP/s ({how}) · batch {args.batch_size} · max length "
+        f"{args.max_length} · {args.steps} measured steps after {args.warmup} warm-up",
+        flush=True,
+    )
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.models:
@@ -257,14 +299,17 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                 r = fn(model_dir, args, device)
                 r["mfu"] = 6 * r["parameters"] * r["tokens_per_sec"] / peak
                 results[f"{kind}/{side}"] = r
-            results[f"{kind}/ratio"] = results[f"{kind}/harness"]["samples_per_sec"] / results[f"{kind}/trainer"][
-                "samples_per_sec"]
+            results[f"{kind}/ratio"] = (
+                results[f"{kind}/harness"]["samples_per_sec"] / results[f"{kind}/trainer"]["samples_per_sec"]
+            )
     print(f"{'model / side':22} {'samples/s':>10} {'tokens/s':>10} {'padding':>8} {'MFU':>7} {'peak GiB':>9}")
     for kind in args.models:
         for side in ("trainer", "harness"):
             r = results[f"{kind}/{side}"]
-            print(f"{kind + ' / ' + side:22} {r['samples_per_sec']:10.1f} {r['tokens_per_sec']:10.0f} "
-                  f"{100 * r['padding_share']:7.1f}% {100 * r['mfu']:6.2f}% {r['peak_memory_gib']:9.2f}")
+            print(
+                f"{kind + ' / ' + side:22} {r['samples_per_sec']:10.1f} {r['tokens_per_sec']:10.0f} "
+                f"{100 * r['padding_share']:7.1f}% {100 * r['mfu']:6.2f}% {r['peak_memory_gib']:9.2f}"
+            )
         print(f"{kind + ' ratio harness/Trainer':34} {results[f'{kind}/ratio']:.2f}x samples/s")
     _log(results, args, device, name, peak, how)
     return results
@@ -276,9 +321,17 @@ def _log(results: dict[str, Any], args: argparse.Namespace, device: str, name: s
     mlflow.set_tracking_uri(args.tracking_uri)
     mlflow.set_experiment("bench-train")
     with mlflow.start_run(run_name=f"bench-train-{device}"):
-        mlflow.log_params({"device": name, "batch_size": args.batch_size, "max_length": args.max_length,
-                           "steps": args.steps, "warmup": args.warmup, "models": ",".join(args.models),
-                           "peak_flops_method": how})
+        mlflow.log_params(
+            {
+                "device": name,
+                "batch_size": args.batch_size,
+                "max_length": args.max_length,
+                "steps": args.steps,
+                "warmup": args.warmup,
+                "models": ",".join(args.models),
+                "peak_flops_method": how,
+            }
+        )
         mlflow.log_metric("peak_tflops", peak / 1e12)
         for key, r in results.items():
             if isinstance(r, float):

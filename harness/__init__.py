@@ -4,6 +4,9 @@ import os as _os
 
 # Process-wide defaults for the libraries harness drives, set before any of them is imported (a value the user set
 # wins): no tokenizer thread pools forked into DataLoader workers, no MLflow info chatter or artifact progress bars.
-for _key, _value in (("TOKENIZERS_PARALLELISM", "false"), ("MLFLOW_LOGGING_LEVEL", "WARNING"),
-                     ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")):
+for _key, _value in (
+    ("TOKENIZERS_PARALLELISM", "false"),
+    ("MLFLOW_LOGGING_LEVEL", "WARNING"),
+    ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
+):
     _os.environ.setdefault(_key, _value)

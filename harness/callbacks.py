@@ -30,8 +30,9 @@ class StepMonitor(Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._reset()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         mask = batch["attention_mask"]
         self._samples += mask.shape[0]
         self._slots += mask.numel()
@@ -71,11 +72,14 @@ class LineProgress(Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t0 = time.perf_counter()
-        self._print(f"training: {trainer.num_training_batches} batches/epoch, {trainer.max_epochs} epoch(s), "
-                    f"{trainer.estimated_stepping_batches} optimizer steps")
+        self._print(
+            f"training: {trainer.num_training_batches} batches/epoch, {trainer.max_epochs} epoch(s), "
+            f"{trainer.estimated_stepping_batches} optimizer steps"
+        )
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step = trainer.global_step
         total = trainer.estimated_stepping_batches
         if step % self.every and step != total:
@@ -105,8 +109,15 @@ class LineProgress(Callback):
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._print(f"evaluating: {sum(trainer.num_test_batches)} batches")
 
-    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         total = sum(trainer.num_test_batches)
         if (batch_idx + 1) % max(self.every, 1) == 0 or batch_idx + 1 == total:
             self._print(f"  eval batch {batch_idx + 1}/{total}")
@@ -116,4 +127,3 @@ def quiet_mode() -> bool:
     import os
 
     return bool(os.environ.get("CI")) or not sys.stdout.isatty()
-

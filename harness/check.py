@@ -9,9 +9,10 @@ its budget, with the share of examples that the budget cuts. This is what to run
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -127,8 +128,10 @@ def print_report(report: CheckReport, out: Callable[[str], None] = print) -> Non
         out(f"\ntokens: {n:,} {report.sample_split} examples (seed {SAMPLE_SEED}), tokenizer {report.tokenizer}")
         for r in report.lengths:
             q = np.percentile(r.lengths, [50, 90, 99]) if len(r.lengths) else [0, 0, 0]
-            out(f"  {r.role}: min {r.lengths.min() if n else 0} · median {q[0]:.0f} · p90 {q[1]:.0f} · p99 {q[2]:.0f} "
-                f"· max {r.lengths.max() if n else 0} · budget {r.budget} · {r.cut_share:.1%} longer, {r.beyond}")
+            out(
+                f"  {r.role}: min {r.lengths.min() if n else 0} · median {q[0]:.0f} · p90 {q[1]:.0f} · p99 {q[2]:.0f} "
+                f"· max {r.lengths.max() if n else 0} · budget {r.budget} · {r.cut_share:.1%} longer, {r.beyond}"
+            )
     for w in report.warnings:
         out(f"warning: {w}")
     out("\nok: the data loads as a run would load it (nothing was trained, no MLflow run was made)")

@@ -1,15 +1,15 @@
 """`harness` command line: thin parsing, then the runner.
 
-    harness run <task> [key=value ...]                 fine-tune and evaluate (one MLflow run)
-    harness eval <task> --model M [--data F] [k=v ...] evaluate a trained model without training (its own run)
-    harness score <task> --predictions F [--gold G] [--na-probs N] [--json]
-                                                       score a predictions file (official SQuAD EM/F1)
-    harness tune <task> [--trials N] [--workers W] [--space S] [--study NAME] [--storage URL] [k=v ...]
-                                                       Optuna search, trials as nested MLflow runs
-    harness check <task> [key=value ...]               load the task's data as a run would, report it, train nothing
-    harness ls                                         tasks with family, dataset and metrics
-    harness validate                                   check every task file and profile
-    harness config <task> [key=value ...]              print the resolved config
+harness run <task> [key=value ...]                 fine-tune and evaluate (one MLflow run)
+harness eval <task> --model M [--data F] [k=v ...] evaluate a trained model without training (its own run)
+harness score <task> --predictions F [--gold G] [--na-probs N] [--json]
+                                                   score a predictions file (official SQuAD EM/F1)
+harness tune <task> [--trials N] [--workers W] [--space S] [--study NAME] [--storage URL] [k=v ...]
+                                                   Optuna search, trials as nested MLflow runs
+harness check <task> [key=value ...]               load the task's data as a run would, report it, train nothing
+harness ls                                         tasks with family, dataset and metrics
+harness validate                                   check every task file and profile
+harness config <task> [key=value ...]              print the resolved config
 """
 
 from __future__ import annotations
@@ -71,8 +71,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from harness.probes.base import all_specs
 
     probes = all_specs()  # each probe.yaml checked (fields, model kinds, main metric)
-    print(f"ok: {len(tasks)} task(s) ({', '.join(sorted(tasks))}), {len(profiles)} profile(s) ({', '.join(profiles)}), "
-          f"{len(probes)} probe(s) ({', '.join(sorted(probes))})")
+    print(
+        f"ok: {len(tasks)} task(s) ({', '.join(sorted(tasks))}), {len(profiles)} profile(s) ({', '.join(profiles)}), "
+        f"{len(probes)} probe(s) ({', '.join(sorted(probes))})"
+    )
     return 0
 
 
@@ -140,8 +142,11 @@ def cmd_score(args: argparse.Namespace) -> int:
         _print_estimates(res)
         return 0
     out = score(
-        args.task, Path(args.predictions), gold=Path(args.gold) if args.gold else None,
-        na_probs=Path(args.na_probs) if args.na_probs else None, na_prob_thresh=args.na_prob_thresh,
+        args.task,
+        Path(args.predictions),
+        gold=Path(args.gold) if args.gold else None,
+        na_probs=Path(args.na_probs) if args.na_probs else None,
+        na_prob_thresh=args.na_prob_thresh,
     )
     for w in out.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -175,10 +180,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
             retrain_best = item.split("=", 1)[1].strip().lower() in ("1", "true", "yes")
         else:
             overrides.append(item)
-    study = tuning.make_study(get_task(args.task), space_path=Path(args.space) if args.space else None,
-                              study_name=args.study, storage_url=args.storage, trials=args.trials,
-                              workers=args.workers if args.worker_index is None else 1, pruner=args.pruner,
-                              seed=args.seed, overrides=overrides)
+    study = tuning.make_study(
+        get_task(args.task),
+        space_path=Path(args.space) if args.space else None,
+        study_name=args.study,
+        storage_url=args.storage,
+        trials=args.trials,
+        workers=args.workers if args.worker_index is None else 1,
+        pruner=args.pruner,
+        seed=args.seed,
+        overrides=overrides,
+    )
     if tuning.is_ddp_follower():  # a DDP rank Lightning started by re-running this command: replay rank 0's trial
         tuning.replay_trial(study)
     elif args.worker_index is not None:  # one of several worker processes of `--workers N`
@@ -227,55 +239,85 @@ def print_report(console: Any, cfg: Any, task: Any, result: Any) -> None:
     from harness.config import redact_uri
 
     uri = result.tracking_uri
-    console.print(f"MLflow run [bold]{result.run_id}[/] in experiment '{result.experiment}' ({redact_uri(uri)})",
-                  highlight=False)
+    console.print(
+        f"MLflow run [bold]{result.run_id}[/] in experiment '{result.experiment}' ({redact_uri(uri)})", highlight=False
+    )
     if uri.startswith("sqlite:///"):
-        console.print("open it: make ui   (or: mlflow ui --backend-store-uri "
-                      f"{uri} --host 127.0.0.1 --port 5000), then http://127.0.0.1:5000", highlight=False)
+        console.print(
+            "open it: make ui   (or: mlflow ui --backend-store-uri "
+            f"{uri} --host 127.0.0.1 --port 5000), then http://127.0.0.1:5000",
+            highlight=False,
+        )
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from harness.probe import probe
     from harness.probes.base import Settings
 
-    probe(args.probe, args.model or None, args.run or None, data_dir=args.data_dir, data=args.data,
-          tracking_uri=args.tracking_uri,
-          settings=Settings(batch_size=args.batch_size, resamples=args.resamples, seed=args.seed, limit=args.limit),
-          console=_console())
+    probe(
+        args.probe,
+        args.model or None,
+        args.run or None,
+        data_dir=args.data_dir,
+        data=args.data,
+        tracking_uri=args.tracking_uri,
+        settings=Settings(batch_size=args.batch_size, resamples=args.resamples, seed=args.seed, limit=args.limit),
+        console=_console(),
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harness.config import DEFAULT_TRACKING_URI
-
-    p = argparse.ArgumentParser(prog="harness", description="Fine-tune and evaluate transformer models, tracked in MLflow.")
+    p = argparse.ArgumentParser(
+        prog="harness", description="Fine-tune and evaluate transformer models, tracked in MLflow."
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="command")
+    for add in (_add_run_commands, _add_score_command, _add_tune_command, _add_probe_command, _add_task_commands):
+        add(sub)
+    return p
 
+
+def _overrides(parser: argparse.ArgumentParser, help: str = "config overrides, e.g. trainer.max_epochs=2") -> None:
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help=help)
+
+
+def _add_run_commands(sub: Any) -> None:
     r = sub.add_parser("run", help="fine-tune and evaluate a task (one MLflow run)")
     r.add_argument("task")
-    r.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. trainer.max_epochs=2")
+    _overrides(r)
     r.set_defaults(func=cmd_run)
 
     e = sub.add_parser("eval", help="evaluate a trained model without training (its own MLflow run)")
     e.add_argument("task")
     e.add_argument("--model", required=True, help="runs:/<run_id>, a model folder, or a .ckpt file")
     e.add_argument("--data", help="a data file with the task's columns (default: the task's test split)")
-    e.add_argument("overrides", nargs="*", metavar="key=value")
+    _overrides(e)
     e.set_defaults(func=cmd_eval)
 
+
+def _add_score_command(sub: Any) -> None:
     s = sub.add_parser("score", help="score a predictions file against a task's gold data (official metrics)")
     s.add_argument("task", help="a QA task (squad, squad_v2), or a text metric: rouge, bleu, chrf")
-    s.add_argument("--predictions", required=True,
-                   help="QA: JSON object question id -> answer; rouge/bleu/chrf: .txt (one per line) or .jsonl")
+    s.add_argument(
+        "--predictions",
+        required=True,
+        help="QA: JSON object question id -> answer; rouge/bleu/chrf: .txt (one per line) or .jsonl",
+    )
     s.add_argument("--gold", help="QA gold data file (default: the task's official evaluation file)")
     s.add_argument("--references", help="rouge/bleu/chrf: reference file, same format and order as --predictions")
     s.add_argument("--field", default="text", help="rouge/bleu/chrf .jsonl: the field holding the text")
     s.add_argument("--na-probs", help="SQuAD 2.0: JSON object question id -> no-answer probability")
-    s.add_argument("--na-prob-thresh", type=float, default=1.0,
-                   help="SQuAD 2.0: predict no answer above this no-answer probability (default 1.0, as official)")
+    s.add_argument(
+        "--na-prob-thresh",
+        type=float,
+        default=1.0,
+        help="SQuAD 2.0: predict no answer above this no-answer probability (default 1.0, as official)",
+    )
     s.add_argument("--json", action="store_true", help="print only one JSON object with the official keys")
     s.set_defaults(func=cmd_score)
 
+
+def _add_tune_command(sub: Any) -> None:
     t = sub.add_parser("tune", help="hyperparameter search with Optuna (trials as nested MLflow runs)")
     t.add_argument("task")
     t.add_argument("--trials", type=int, default=20, help="trials to finish (complete or pruned) in the study")
@@ -283,14 +325,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--space", help="search space YAML (default: configs/hpo/<family>.yaml)")
     t.add_argument("--study", help="study name (default: <task>-<space file name>); the same name resumes it")
     t.add_argument("--storage", help="Optuna storage URL (default: $OPTUNA_STORAGE or sqlite:///optuna.db)")
-    t.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"],
-                   help="stop unpromising trials early (default: median)")
+    t.add_argument(
+        "--pruner",
+        default="median",
+        choices=["median", "hyperband", "none"],
+        help="stop unpromising trials early (default: median)",
+    )
     t.add_argument("--seed", type=int, help="sampler seed (default: the run config's seed)")
-    t.add_argument("--retrain-best", action="store_true",
-                   help="then train the best parameters on train+validation, test once, register <task>-best")
+    t.add_argument(
+        "--retrain-best",
+        action="store_true",
+        help="then train the best parameters on train+validation, test once, register <task>-best",
+    )
     t.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
-    t.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every trial")
+    _overrides(t, help="config overrides for every trial")
     t.set_defaults(func=cmd_tune)
+
+
+def _add_probe_command(sub: Any) -> None:
+    from harness.config import DEFAULT_TRACKING_URI
 
     pr = sub.add_parser("probe", help="bias probes (CrowS-Pairs, WinoBias, BBQ, ...) as MLflow runs")
     pr.add_argument("probe", help="a probe name (tasks/<name>/probe.yaml) or all (every probe that fits the model)")
@@ -298,13 +351,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--run", help="MLflow run id of a trained model: probe it and nest the probe runs under it")
     pr.add_argument("--data", help="the probe's data file or folder (default: under HARNESS_DATA_DIR)")
     pr.add_argument("--data-dir", help="the data directory (default: $HARNESS_DATA_DIR)")
-    pr.add_argument("--tracking-uri", help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI})")
+    pr.add_argument(
+        "--tracking-uri", help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI})"
+    )
     pr.add_argument("--batch-size", type=int, default=32)
     pr.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--limit", type=int, help="score a subset: the first N examples (BBQ: N per category, random)")
     pr.set_defaults(func=cmd_probe)
 
+
+def _add_task_commands(sub: Any) -> None:
     ls = sub.add_parser("ls", help="list tasks")
     ls.add_argument("-v", "--verbose", action="store_true", help="also print each task's description")
     ls.set_defaults(func=cmd_ls)
@@ -312,13 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_validate)
     ch = sub.add_parser("check", help="load a task's data as a run would, and report it (no training, no MLflow)")
     ch.add_argument("task")
-    ch.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. profile=full")
+    _overrides(ch, help="config overrides, e.g. profile=full")
     ch.set_defaults(func=cmd_check)
     c = sub.add_parser("config", help="print the resolved config of a task")
     c.add_argument("task")
-    c.add_argument("overrides", nargs="*", metavar="key=value")
+    _overrides(c)
     c.set_defaults(func=cmd_config)
-    return p
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -23,7 +23,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness.errors import ConfigError
 
-
 LM_FAMILIES = ("causal_lm", "masked_lm")
 GENERATION_FAMILIES = ("summarization", "translation")
 
@@ -58,7 +57,7 @@ class SplitSpec(Strict):
     hub: Optional[str] = None
 
     @model_validator(mode="after")
-    def _one_source(self) -> "SplitSpec":
+    def _one_source(self) -> SplitSpec:
         if not self.local and not self.hub:
             raise ValueError("a split needs `local` (a file name) or `hub` (a hub split name)")
         return self
@@ -77,7 +76,7 @@ class DeriveSpec(Strict):
     group_by: Optional[str] = None
 
     @model_validator(mode="after")
-    def _check(self) -> "DeriveSpec":
+    def _check(self) -> DeriveSpec:
         if self.size >= 1 and self.size != int(self.size):
             raise ValueError("size must be a fraction below 1 or a whole number of rows")
         if self.stratify and self.group_by:
@@ -100,7 +99,7 @@ class DatasetSpec(Strict):
     hub_columns: dict[str, str] = {}
 
     @model_validator(mode="after")
-    def _check(self) -> "DatasetSpec":
+    def _check(self) -> DatasetSpec:
         if not self.local_dir and not self.hub_id:
             raise ValueError("a dataset needs `local_dir` and/or `hub_id`")
         if "test" not in self.splits and "test" not in self.derive:
@@ -148,7 +147,7 @@ class TaskSpec(Strict):
     path: Optional[str] = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
-    def _check(self) -> "TaskSpec":
+    def _check(self) -> TaskSpec:
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")
         return self
@@ -259,7 +258,7 @@ class GenerationConfig(Strict):
     batch_size: Optional[int] = Field(default=None, gt=0)  # generation batch; None: data.eval_batch_size
 
     @model_validator(mode="after")
-    def _check(self) -> "GenerationConfig":
+    def _check(self) -> GenerationConfig:
         if "{source}" not in self.prompt:
             raise ValueError("generation.prompt must contain {source}")
         if self.min_new_tokens > self.max_new_tokens:

@@ -36,14 +36,24 @@ def resolve_probes(name: str, lm_kind: Optional[str]) -> list[ProbeSpec]:
     spec = specs[name]
     if lm_kind is not None and lm_kind not in spec.fits:
         fit = [n for n, s in specs.items() if lm_kind in s.fits]
-        raise ModelError(f"probe '{name}' does not fit a {lm_kind} model (it scores {' or '.join(spec.fits)} models)",
-                         f"probes that fit a {lm_kind} model: {', '.join(fit) or 'none'}")
+        raise ModelError(
+            f"probe '{name}' does not fit a {lm_kind} model (it scores {' or '.join(spec.fits)} models)",
+            f"probes that fit a {lm_kind} model: {', '.join(fit) or 'none'}",
+        )
     return [spec]
 
 
-def probe(name: str, model: Optional[str], run_id: Optional[str], *, data_dir: Optional[str] = None,
-          data: Optional[str] = None, tracking_uri: Optional[str] = None, settings: Optional[Settings] = None,
-          console: Any = None) -> list[dict[str, Any]]:
+def probe(
+    name: str,
+    model: Optional[str],
+    run_id: Optional[str],
+    *,
+    data_dir: Optional[str] = None,
+    data: Optional[str] = None,
+    tracking_uri: Optional[str] = None,
+    settings: Optional[Settings] = None,
+    console: Any = None,
+) -> list[dict[str, Any]]:
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -63,8 +73,10 @@ def probe(name: str, model: Optional[str], run_id: Optional[str], *, data_dir: O
         try:
             parent = client.get_run(run_id)
         except MlflowException:
-            raise ModelError(f"MLflow run '{run_id}' not found in {uri}",
-                             "check the run id (harness prints it at the end of a run) and MLFLOW_TRACKING_URI") from None
+            raise ModelError(
+                f"MLflow run '{run_id}' not found in {uri}",
+                "check the run id (harness prints it at the end of a run) and MLFLOW_TRACKING_URI",
+            ) from None
         model = f"runs:/{run_id}"
     if data and name == "all":
         raise ConfigError("--data names the files of one probe", "run one probe with --data, or drop --data")
@@ -84,8 +96,20 @@ def probe(name: str, model: Optional[str], run_id: Optional[str], *, data_dir: O
     experiment = parent.info.experiment_id if parent else _experiment(client, "probes")
     results = []
     for spec in specs:
-        results.append(_one(spec, lm, parent, experiment, client, s, _data_dir(data_dir),
-                            Path(data) if data else None, say, package_versions()))
+        results.append(
+            _one(
+                spec,
+                lm,
+                parent,
+                experiment,
+                client,
+                s,
+                _data_dir(data_dir),
+                Path(data) if data else None,
+                say,
+                package_versions(),
+            )
+        )
     return results
 
 
@@ -94,19 +118,21 @@ def _experiment(client: Any, name: str) -> str:
     return exp.experiment_id if exp else client.create_experiment(name)
 
 
-def _one(spec: ProbeSpec, lm: LM, parent: Any, experiment: str, client: Any, s: Settings, data_dir: Optional[Path],
-         override: Optional[Path], say: Any, versions: dict[str, str]) -> dict[str, Any]:
-    from harness.tracking.mlflow_run import temp_dir
-
+def _one(
+    spec: ProbeSpec,
+    lm: LM,
+    parent: Any,
+    experiment: str,
+    client: Any,
+    s: Settings,
+    data_dir: Optional[Path],
+    override: Optional[Path],
+    say: Any,
+    versions: dict[str, str],
+) -> dict[str, Any]:
+    """One probe as one MLflow run: FINISHED with its results, FAILED with the error, KILLED on Ctrl-C."""
     started = time.perf_counter()
-    tags = {"probe": spec.name, "model": lm.ref, "model.kind": lm.kind, "model.source": lm.source, "mode": "probe",
-            **{f"version.{k}": v for k, v in versions.items()}}
-    if parent is not None:
-        tags.update({"mlflow.parentRunId": parent.info.run_id, "harness.model_run_id": parent.info.run_id})
-    elif lm.run_id:
-        tags["harness.model_run_id"] = lm.run_id
-    run = client.create_run(experiment, run_name=f"probe-{spec.name}", tags=tags)
-    rid = run.info.run_id
+    rid = _open_run(client, experiment, spec, lm, parent, versions)
     try:
         mod = probe_module(spec)
         rows, warnings = mod.load(spec, data_dir, override)
@@ -117,35 +143,22 @@ def _one(spec: ProbeSpec, lm: LM, parent: Any, experiment: str, client: Any, s: 
             client.set_tag(rid, "probe.subset", f"limit {s.limit}")
         for w in warnings:
             say(f"[yellow]note:[/] {w}")
-        params = {"probe": spec.name, "model": lm.ref, "examples": len(rows), "batch_size": s.batch_size,
-                  "bootstrap_resamples": s.resamples, "confidence": s.confidence, "seed": s.seed,
-                  "limit": s.limit, **{f"option.{k}": v for k, v in spec.options.items()}}
+        params = {
+            "probe": spec.name,
+            "model": lm.ref,
+            "examples": len(rows),
+            "batch_size": s.batch_size,
+            "bootstrap_resamples": s.resamples,
+            "confidence": s.confidence,
+            "seed": s.seed,
+            "limit": s.limit,
+            **{f"option.{k}": v for k, v in spec.options.items()},
+        }
         for k, v in params.items():
             client.log_param(rid, k, str(v))
         say(f"[bold]{spec.name}[/] · {len(rows):,} examples · {lm.kind} model {lm.ref}")
         res = mod.evaluate(lm, rows, spec, s)
-        notes = warnings + res.notes
-        if notes:
-            client.set_tag(rid, "probe.notes", " | ".join(notes)[:4900])
-        metrics = {}
-        for key, est in res.estimates.items():
-            safe = key.replace(":", "_").replace(" ", "_")
-            metrics.update({k: v for k, v in est.as_dict(safe).items() if v == v})  # NaN (empty group) left out
-        metrics.update(res.scalars)
-        for k, v in metrics.items():
-            client.log_metric(rid, k, float(v))
-        with temp_dir() as tmp:
-            for what, frame in (("examples", res.table), ("categories", res.categories)):
-                p = Path(tmp) / f"{what}.json"
-                frame.to_json(p, orient="split", index=False, force_ascii=False)
-                client.log_artifact(rid, str(p), f"probe/{spec.name}")
-            fig = bar_figure(res.categories, res.main_metric, f"{spec.name} · {lm.ref}", res.ideal)
-            p = Path(tmp) / f"{spec.name}.png"
-            fig.savefig(p)
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)
-            client.log_artifact(rid, str(p), "plots")
+        _log_result(client, rid, spec, lm, res, warnings + res.notes)
         client.set_tag(rid, "wall_seconds", f"{time.perf_counter() - started:.1f}")
         client.set_terminated(rid, "FINISHED")
         _print(say, spec, res, rid)
@@ -160,6 +173,49 @@ def _one(spec: ProbeSpec, lm: LM, parent: Any, experiment: str, client: Any, s: 
         raise
 
 
+def _open_run(client: Any, experiment: str, spec: ProbeSpec, lm: LM, parent: Any, versions: dict[str, str]) -> str:
+    tags = {
+        "probe": spec.name,
+        "model": lm.ref,
+        "model.kind": lm.kind,
+        "model.source": lm.source,
+        "mode": "probe",
+        **{f"version.{k}": v for k, v in versions.items()},
+    }
+    if parent is not None:
+        tags.update({"mlflow.parentRunId": parent.info.run_id, "harness.model_run_id": parent.info.run_id})
+    elif lm.run_id:
+        tags["harness.model_run_id"] = lm.run_id
+    return client.create_run(experiment, run_name=f"probe-{spec.name}", tags=tags).info.run_id
+
+
+def _log_result(client: Any, rid: str, spec: ProbeSpec, lm: LM, res: Any, notes: list[str]) -> None:
+    """Metrics with their intervals (a NaN from an empty group is left out), the tables and the bar chart."""
+    import matplotlib.pyplot as plt
+
+    from harness.tracking.mlflow_run import temp_dir
+
+    if notes:
+        client.set_tag(rid, "probe.notes", " | ".join(notes)[:4900])
+    metrics = {}
+    for key, est in res.estimates.items():
+        safe = key.replace(":", "_").replace(" ", "_")
+        metrics.update({k: v for k, v in est.as_dict(safe).items() if v == v})
+    metrics.update(res.scalars)
+    for k, v in metrics.items():
+        client.log_metric(rid, k, float(v))
+    with temp_dir() as tmp:
+        for what, frame in (("examples", res.table), ("categories", res.categories)):
+            p = Path(tmp) / f"{what}.json"
+            frame.to_json(p, orient="split", index=False, force_ascii=False)
+            client.log_artifact(rid, str(p), f"probe/{spec.name}")
+        fig = bar_figure(res.categories, res.main_metric, f"{spec.name} · {lm.ref}", res.ideal)
+        p = Path(tmp) / f"{spec.name}.png"
+        fig.savefig(p)
+        plt.close(fig)
+        client.log_artifact(rid, str(p), "plots")
+
+
 def _print(say: Any, spec: ProbeSpec, res: Any, run_id: str) -> None:
     cat = res.categories
     metrics = list(cat["metric"].drop_duplicates())
@@ -168,7 +224,9 @@ def _print(say: Any, spec: ProbeSpec, res: Any, run_id: str) -> None:
         cells = []
         for m in metrics:
             r = cat[(cat["category"] == name) & (cat["metric"] == m)]
-            cells.append(f"{r.value.iloc[0]:8.3g} [{r.ci_low.iloc[0]:6.3g}, {r.ci_high.iloc[0]:6.3g}]" if len(r) else "")
+            cells.append(
+                f"{r.value.iloc[0]:8.3g} [{r.ci_low.iloc[0]:6.3g}, {r.ci_high.iloc[0]:6.3g}]" if len(r) else ""
+            )
         row = cat[cat["category"] == name].iloc[0]
         extra = f"   Wilcoxon p={row['wilcoxon_p']:.2g}" if "wilcoxon_p" in cat.columns else ""
         say(f"  {name:28}" + "".join(f"{c:>26}" for c in cells) + f"{row['n']:>7}" + extra)

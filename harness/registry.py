@@ -7,12 +7,11 @@ the columns of the family's roles), and a file may `include` a shared base (e.g.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
-
-from typing import Any
 
 from harness.config import RunConfig, TaskSpec, check_keys, deep_merge, error_text, load_yaml
 from harness.errors import ConfigError
@@ -24,7 +23,9 @@ def _field_error(path: Path, e: ValidationError) -> ConfigError:
     err = e.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
-        return ConfigError(f"{path}: unknown field '{loc}'", "remove it or fix its spelling (see README.md, 'Adding a task')")
+        return ConfigError(
+            f"{path}: unknown field '{loc}'", "remove it or fix its spelling (see README.md, 'Adding a task')"
+        )
     if err["type"] == "missing":
         return ConfigError(f"{path}: missing required field '{loc}'", "add it (see README.md, 'Adding a task')")
     return ConfigError(f"{path}: field '{loc}': {error_text(err)}", "fix that field (see README.md, 'Adding a task')")
@@ -41,11 +42,14 @@ def read_task_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: field 'include' must be a file path", "write e.g. include: ../_base/wmt16.yaml")
     base = (path.parent / ref).resolve()
     if base in (*_seen, path.resolve()):
-        raise ConfigError(f"{path}: field 'include': {base} includes itself (through {len(_seen) + 1} file(s))",
-                          "remove the cycle")
+        raise ConfigError(
+            f"{path}: field 'include': {base} includes itself (through {len(_seen) + 1} file(s))", "remove the cycle"
+        )
     if not base.is_file():
-        raise ConfigError(f"{path}: field 'include': {base} does not exist",
-                          "give the path of a YAML file, relative to this task file")
+        raise ConfigError(
+            f"{path}: field 'include': {base} does not exist",
+            "give the path of a YAML file, relative to this task file",
+        )
     return deep_merge(read_task_yaml(base, (*_seen, path.resolve())), data)
 
 
@@ -84,11 +88,15 @@ def _check_options(task: TaskSpec, info: FamilyInfo, path: Path) -> None:
     for key, value in task.options.items():
         if key not in allowed_options:
             known = ", ".join(allowed_options) or "none"
-            raise ConfigError(f"{path}: field 'options.{key}' is not an option of family '{task.family}'",
-                              f"options of this family: {known}")
+            raise ConfigError(
+                f"{path}: field 'options.{key}' is not an option of family '{task.family}'",
+                f"options of this family: {known}",
+            )
         if str(value) not in allowed_options[key]:
-            raise ConfigError(f"{path}: field 'options.{key}': {value!r} is not one of {list(allowed_options[key])}",
-                              "use one of those values (quote it in YAML, e.g. \"2.0\")")
+            raise ConfigError(
+                f"{path}: field 'options.{key}': {value!r} is not one of {list(allowed_options[key])}",
+                'use one of those values (quote it in YAML, e.g. "2.0")',
+            )
 
 
 def _fill_defaults(task: TaskSpec, info: FamilyInfo, path: Path) -> None:
@@ -98,13 +106,18 @@ def _fill_defaults(task: TaskSpec, info: FamilyInfo, path: Path) -> None:
     if task.metrics is None:
         task.metrics = list(info.metrics_for(task.options))
     elif not task.metrics:
-        raise ConfigError(f"{path}: field 'metrics' is empty",
-                          f"list some of: {', '.join(info.metrics)}, or leave it out for the family's default")
+        raise ConfigError(
+            f"{path}: field 'metrics' is empty",
+            f"list some of: {', '.join(info.metrics)}, or leave it out for the family's default",
+        )
     if task.main_metric is None:
         task.main_metric = info.main_metric if info.main_metric in task.metrics else task.metrics[0]
     if task.main_metric not in task.metrics:
-        raise ConfigError(f"{path}: field 'main_metric': '{task.main_metric}' is not one of the task's metrics "
-                          f"({', '.join(task.metrics)})", "name one of them, or add it to `metrics`")
+        raise ConfigError(
+            f"{path}: field 'main_metric': '{task.main_metric}' is not one of the task's metrics "
+            f"({', '.join(task.metrics)})",
+            "name one of them, or add it to `metrics`",
+        )
     if task.direction is None:
         task.direction = direction_of(task.main_metric)
 
@@ -146,7 +159,7 @@ def scan() -> dict[str, TaskSpec]:
     return tasks
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cached_registry(key: tuple[str, ...]) -> dict[str, TaskSpec]:
     return scan()
 

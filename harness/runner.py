@@ -19,9 +19,10 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -183,13 +184,27 @@ class RunContext:
         return self.data is None or all(s.official for s in self.data.splits.values())
 
     def result(self, report: Optional[EvalReport], validation: Optional[dict[str, float]] = None) -> RunResult:
-        return RunResult(self.run_id, self.cfg.tracking.experiment or self.task.name, report, self.resumed,
-                         time.perf_counter() - self.started, self.device, self.cfg.tracking.uri, self.official,
-                         validation)
+        return RunResult(
+            self.run_id,
+            self.cfg.tracking.experiment or self.task.name,
+            report,
+            self.resumed,
+            time.perf_counter() - self.started,
+            self.device,
+            self.cfg.tracking.uri,
+            self.official,
+            validation,
+        )
 
 
-def run(cfg: RunConfig, task: TaskSpec, *, extra_callbacks: Optional[list] = None, console: Any = None,
-        objective: bool = False) -> RunResult:
+def run(
+    cfg: RunConfig,
+    task: TaskSpec,
+    *,
+    extra_callbacks: Optional[list] = None,
+    console: Any = None,
+    objective: bool = False,
+) -> RunResult:
     """One run. `objective=True` (a hyperparameter-search trial): train and validate only — the test split is not
     even loaded, so it can never leak into selection — and return the last validation metrics."""
     ctx = _context(cfg, task, console, objective, extra_callbacks or [])
@@ -222,8 +237,16 @@ def _context(cfg: RunConfig, task: TaskSpec, console: Any, objective: bool, call
     cfg = cfg.model_copy(deep=True)
     cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     zero = is_global_zero()
-    return RunContext(cfg, task, get_family(task.family), RunState(cfg), Tracker(cfg, task) if zero else None,
-                      _printer(console if zero else None), objective, callbacks)
+    return RunContext(
+        cfg,
+        task,
+        get_family(task.family),
+        RunState(cfg),
+        Tracker(cfg, task) if zero else None,
+        _printer(console if zero else None),
+        objective,
+        callbacks,
+    )
 
 
 def _start(ctx: RunContext) -> None:
@@ -243,8 +266,10 @@ def _start(ctx: RunContext) -> None:
             state.clear_checkpoints()  # older checkpoints of the same command belong to a finished or abandoned run
         state.write(run_id=ctx.run_id, tracking=uri_key(cfg.tracking.uri), status="running", task=ctx.task.name)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    ctx.say(f"[bold]{ctx.task.name}[/] · profile [bold]{cfg.profile}[/] · device [bold]{ctx.device}[/] · model "
-            f"{cfg.model.name} · seed {cfg.seed}" + (f" · [yellow]resuming run {ctx.run_id}[/]" if ctx.resumed else ""))
+    ctx.say(
+        f"[bold]{ctx.task.name}[/] · profile [bold]{cfg.profile}[/] · device [bold]{ctx.device}[/] · model "
+        f"{cfg.model.name} · seed {cfg.seed}" + (f" · [yellow]resuming run {ctx.run_id}[/]" if ctx.resumed else "")
+    )
 
 
 def _resolve_model(ctx: RunContext) -> None:
@@ -254,8 +279,13 @@ def _resolve_model(ctx: RunContext) -> None:
         ctx.family.check_baseline(model.path)
     if tracker is None:
         return
-    tracker.set_tags({"model.source": model.source, "model.path": model.path,
-                      **({"harness.source_run_id": model.run_id} if model.run_id else {})})
+    tracker.set_tags(
+        {
+            "model.source": model.source,
+            "model.path": model.path,
+            **({"harness.source_run_id": model.run_id} if model.run_id else {}),
+        }
+    )
     if not ctx.resumed:
         tracker.log_config()
         tracker.log_environment(ctx.device)
@@ -276,18 +306,28 @@ def _load_data(ctx: RunContext) -> None:
     data_tags, warnings = ctx.family.check_data(ctx.cfg, ctx.task, data)
     unofficial = [n for n, s in data.splits.items() if not s.official]
     if unofficial:
-        which = (f"the {unofficial[0]} split is not the official one" if len(unofficial) == 1 else
-                 f"{', '.join(unofficial[:-1])} and {unofficial[-1]} are not the official splits")
-        warnings.append("; ".join(data.notes or ["a split is not available"])
-                        + f". So {which}: do not compare these numbers with published results")
+        which = (
+            f"the {unofficial[0]} split is not the official one"
+            if len(unofficial) == 1
+            else f"{', '.join(unofficial[:-1])} and {unofficial[-1]} are not the official splits"
+        )
+        warnings.append(
+            "; ".join(data.notes or ["a split is not available"])
+            + f". So {which}: do not compare these numbers with published results"
+        )
     for w in warnings:
         ctx.say(f"[yellow]warning:[/] {w}")
     if ctx.tracker is None or ctx.resumed:
         return
     ctx.tracker.log_datasets(data)
     # subsets are fine for development, but not comparable with full-split numbers: say so on the run
-    ctx.tracker.set_tags({"data.subset": str(any(s.subset for s in data.splits.values())).lower(),
-                          "data.official_split": str(not unofficial).lower(), **data_tags})
+    ctx.tracker.set_tags(
+        {
+            "data.subset": str(any(s.subset for s in data.splits.values())).lower(),
+            "data.official_split": str(not unofficial).lower(),
+            **data_tags,
+        }
+    )
     if warnings:
         ctx.tracker.set_tags({"data.warnings": " | ".join(warnings)[:4900]})
     if ctx.baseline:
@@ -324,8 +364,9 @@ def _build(ctx: RunContext) -> None:
 
 def _test(ctx: RunContext) -> Optional[EvalReport]:
     """Model outputs on the test split (every rank takes part), scored on rank 0."""
-    _interruptible(ctx.trainer, lambda: ctx.trainer.test(ctx.module, dataloaders=ctx.datamodule.test_dataloader(),
-                                                         verbose=False))
+    _interruptible(
+        ctx.trainer, lambda: ctx.trainer.test(ctx.module, dataloaders=ctx.datamodule.test_dataloader(), verbose=False)
+    )
     if ctx.tracker is None:
         return None
     test = ctx.data["test"]
@@ -353,8 +394,12 @@ def _fit(ctx: RunContext) -> None:
         ctx.say(f"resuming from {ckpt}")
         if ctx.tracker is not None:
             ctx.tracker.set_tags({"harness.resumed": "true"})
-    _interruptible(ctx.trainer, lambda: ctx.trainer.fit(ctx.module, datamodule=ctx.datamodule, ckpt_path=ckpt,
-                                                        weights_only=True if ckpt else None))
+    _interruptible(
+        ctx.trainer,
+        lambda: ctx.trainer.fit(
+            ctx.module, datamodule=ctx.datamodule, ckpt_path=ckpt, weights_only=True if ckpt else None
+        ),
+    )
 
 
 def _finish_trial(ctx: RunContext) -> RunResult:
@@ -397,8 +442,15 @@ def _log_report(ctx: RunContext, report: EvalReport, step: int) -> None:
 
 def _log_model(ctx: RunContext) -> None:
     cfg, task = ctx.cfg, ctx.task
-    meta = {"run_id": ctx.run_id, "task": task.name, "family": task.family, "labels": task.labels,
-            "base_model": cfg.model.name, "max_length": cfg.data.max_length, "truncation": cfg.data.truncation}
+    meta = {
+        "run_id": ctx.run_id,
+        "task": task.name,
+        "family": task.family,
+        "labels": task.labels,
+        "base_model": cfg.model.name,
+        "max_length": cfg.data.max_length,
+        "truncation": cfg.data.truncation,
+    }
     ctx.tracker.log_model(lambda out: ctx.family.export(ctx.module, ctx.tokenizer, out), meta)
 
 

@@ -31,13 +31,17 @@ def _load_mapping(path: Path, what: str, value_type: tuple[type, ...], value_des
         raise DataError(f"{what} file {path} does not exist", "pass the path of an existing file")
     obj = load_json(path, f"{what} file (a JSON object: question id -> {value_desc})")
     if not isinstance(obj, dict):
-        raise DataError(f"{path}: the {what} file is a JSON {type(obj).__name__}, not an object",
-                        f"write a JSON object mapping each question id to {value_desc}")
+        raise DataError(
+            f"{path}: the {what} file is a JSON {type(obj).__name__}, not an object",
+            f"write a JSON object mapping each question id to {value_desc}",
+        )
     bad = [(k, v) for k, v in obj.items() if not isinstance(v, value_type) or isinstance(v, bool)]
     if bad:
         k, v = bad[0]
-        raise DataError(f"{path}: {len(bad)} {what} value(s) are not {value_desc} (e.g. id '{k}': {v!r})",
-                        f"map each question id to {value_desc}")
+        raise DataError(
+            f"{path}: {len(bad)} {what} value(s) are not {value_desc} (e.g. id '{k}': {v!r})",
+            f"map each question id to {value_desc}",
+        )
     return obj
 
 
@@ -57,9 +61,17 @@ def _gold(task: Any, gold: Optional[Path], data_dir: Optional[str]) -> tuple[lis
     return rows, split.source, split.meta
 
 
-def score_qa(task: Any, predictions: Path, gold: Optional[Path] = None, na_probs: Optional[Path] = None,
-             na_prob_thresh: float = 1.0, data_dir: Optional[str] = None, resamples: int = 1000,
-             confidence: float = 0.95, seed: int = 0) -> ScoreOutput:
+def score_qa(
+    task: Any,
+    predictions: Path,
+    gold: Optional[Path] = None,
+    na_probs: Optional[Path] = None,
+    na_prob_thresh: float = 1.0,
+    data_dir: Optional[str] = None,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> ScoreOutput:
     import numpy as np
 
     from harness.data.squad import check_version, offset_mismatches
@@ -72,8 +84,10 @@ def score_qa(task: Any, predictions: Path, gold: Optional[Path] = None, na_probs
     probs = None
     if na_probs is not None:
         if not v2:
-            raise ConfigError("--na-probs applies to SQuAD 2.0 only (no-answer probabilities)",
-                              f"drop --na-probs, or score with a v2.0 task (task '{task.name}' is v1.1)")
+            raise ConfigError(
+                "--na-probs applies to SQuAD 2.0 only (no-answer probabilities)",
+                f"drop --na-probs, or score with a v2.0 task (task '{task.name}' is v1.1)",
+            )
         probs = _load_mapping(na_probs, "no-answer probability", (int, float), "a number")
         probs = {k: float(v) for k, v in probs.items()}
     rows, source, meta = _gold(task, gold, data_dir)
@@ -81,32 +95,47 @@ def score_qa(task: Any, predictions: Path, gold: Optional[Path] = None, na_probs
         check_version(meta["squad_version"], int(meta.get("unanswerable", 0)), v2, task.name, source)
     elif not v2 and any(not a["text"] for _, a, _ in rows):
         n = sum(1 for _, a, _ in rows if not a["text"])
-        raise DataError(f"{source}: {n} question(s) have no gold answer, which SQuAD v1.1 cannot score",
-                        "score them with the v2.0 task `squad_v2`")
+        raise DataError(
+            f"{source}: {n} question(s) have no gold answer, which SQuAD v1.1 cannot score",
+            "score them with the v2.0 task `squad_v2`",
+        )
     warnings: list[str] = []
     golds = [squad.Gold(str(q), list(a["text"])) for q, a, _ in rows]
     if probs is not None:
         lacking = [k for k in preds if k not in probs]
         if lacking:
-            raise DataError(f"{na_probs}: no value for {len(lacking)} predicted question(s) (e.g. '{lacking[0]}')",
-                            "give a no-answer probability for every question in the predictions file")
+            raise DataError(
+                f"{na_probs}: no value for {len(lacking)} predicted question(s) (e.g. '{lacking[0]}')",
+                "give a no-answer probability for every question in the predictions file",
+            )
     result = squad.score_v2(golds, preds, probs, na_prob_thresh) if v2 else squad.score_v1(golds, preds)
     if result.missing:
-        warnings.append(f"{len(result.missing)} of {len(golds)} gold questions have no prediction "
-                        f"(e.g. '{result.missing[0]}'); they score 0, as in the official script")
+        warnings.append(
+            f"{len(result.missing)} of {len(golds)} gold questions have no prediction "
+            f"(e.g. '{result.missing[0]}'); they score 0, as in the official script"
+        )
     if result.unknown:
-        warnings.append(f"{len(result.unknown)} predicted id(s) are not in the gold data (e.g. "
-                        f"'{result.unknown[0]}'); they are ignored")
+        warnings.append(
+            f"{len(result.unknown)} predicted id(s) are not in the gold data (e.g. "
+            f"'{result.unknown[0]}'); they are ignored"
+        )
     found_elsewhere, lost = offset_mismatches([c for _, _, c in rows], [a for _, a, _ in rows])
     if found_elsewhere or lost:
-        warnings.append(f"{found_elsewhere + lost} gold answer(s) have an answer_start that does not point at their text"
-                        + (f" ({lost} do not occur in the context)" if lost else "")
-                        + "; scoring uses the answer text only, so the scores are unaffected")
+        warnings.append(
+            f"{found_elsewhere + lost} gold answer(s) have an answer_start that does not point at their text"
+            + (f" ({lost} do not occur in the context)" if lost else "")
+            + "; scoring uses the answer text only, so the scores are unaffected"
+        )
     em = np.asarray(result.exact)
     f1 = np.asarray(result.f1)
     em_key = "exact" if v2 else "exact_match"
-    est = bootstrap(lambda i: {em_key: 100.0 * em[i].mean(), "f1": 100.0 * f1[i].mean()}, len(golds),
-                    resamples=resamples, confidence=confidence, seed=seed)
+    est = bootstrap(
+        lambda i: {em_key: 100.0 * em[i].mean(), "f1": 100.0 * f1[i].mean()},
+        len(golds),
+        resamples=resamples,
+        confidence=confidence,
+        seed=seed,
+    )
     intervals = {k: (e.low, e.high) for k, e in est.items() if not math.isnan(e.low)}
     return ScoreOutput(result.totals, intervals, len(golds), source, warnings)
 
@@ -116,8 +145,10 @@ def score(task_name: str, predictions: Path, **kwargs: Any) -> ScoreOutput:
 
     task = get_task(task_name)
     if task.family != "extractive_qa":
-        raise ConfigError(f"`harness score` does not score family '{task.family}' yet (task '{task_name}')",
-                          "score extractive QA tasks (squad, squad_v2), or use `harness eval` with a model")
+        raise ConfigError(
+            f"`harness score` does not score family '{task.family}' yet (task '{task_name}')",
+            "score extractive QA tasks (squad, squad_v2), or use `harness eval` with a model",
+        )
     return score_qa(task, predictions, **kwargs)
 
 
@@ -143,10 +174,14 @@ def read_texts(path: Path, field: str = "text") -> list[str]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {i} is not valid JSON ({e.msg})", "write one JSON object per line") from None
+                raise DataError(
+                    f"{path}: line {i} is not valid JSON ({e.msg})", "write one JSON object per line"
+                ) from None
             if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
-                raise DataError(f"{path}: line {i} has no text field '{field}'",
-                                f"give each object a '{field}' string, or name the field with --field")
+                raise DataError(
+                    f"{path}: line {i} has no text field '{field}'",
+                    f"give each object a '{field}' string, or name the field with --field",
+                )
             out.append(obj[field])
         return out
     if name.endswith(".txt"):
@@ -157,17 +192,22 @@ def read_texts(path: Path, field: str = "text") -> list[str]:
     raise DataError(f"{path}: unknown file type", "use .txt (one example per line) or .jsonl (optionally .gz)")
 
 
-def score_texts(metric: str, predictions: Path, references: Path, field: str = "text", resamples: int = 1000,
-                seed: int = 0) -> Any:
+def score_texts(
+    metric: str, predictions: Path, references: Path, field: str = "text", resamples: int = 1000, seed: int = 0
+) -> Any:
     from harness.metrics import generation
 
     hyps = read_texts(predictions, field)
     refs = read_texts(references, field)
     if len(refs) < len(hyps):
-        raise DataError(f"{references} has {len(refs)} references but {predictions} has {len(hyps)} predictions",
-                        "give exactly one reference per prediction, in the same order")
+        raise DataError(
+            f"{references} has {len(refs)} references but {predictions} has {len(hyps)} predictions",
+            "give exactly one reference per prediction, in the same order",
+        )
     if len(refs) > len(hyps):
-        raise DataError(f"{predictions} has {len(hyps)} predictions but {references} has {len(refs)} references",
-                        "give exactly one prediction per reference, in the same order")
+        raise DataError(
+            f"{predictions} has {len(hyps)} predictions but {references} has {len(refs)} references",
+            "give exactly one prediction per reference, in the same order",
+        )
     fn = {"rouge": generation.rouge, "bleu": generation.bleu, "chrf": generation.chrf}[metric]
     return fn(hyps, refs, resamples=resamples, seed=seed)

@@ -53,8 +53,21 @@ def target_flags(py: str) -> list[str]:
 def resolve(reqs: list[str], py: str) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
-        cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet", "--report",
-               str(report), "--target", str(Path(tmp) / "t"), *target_flags(py), *reqs]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--report",
+            str(report),
+            "--target",
+            str(Path(tmp) / "t"),
+            *target_flags(py),
+            *reqs,
+        ]
         subprocess.run(cmd, check=True)
         return json.loads(report.read_text())["install"]
 
@@ -82,14 +95,21 @@ def main() -> int:
     ap.add_argument("--dest", default=None)
     ap.add_argument("--have", nargs="*", default=[], help="packages the target host already has (left out)")
     ap.add_argument("--extras", nargs="*", default=["dev"])
-    ap.add_argument("--exclude", nargs="*", default=[], help="dependencies not to bring at all (e.g. large model "
-                                                             "packages the host does not need)")
+    ap.add_argument(
+        "--exclude",
+        nargs="*",
+        default=[],
+        help="dependencies not to bring at all (e.g. large model packages the host does not need)",
+    )
     ap.add_argument("--dry-run", action="store_true", help="resolve and list, download nothing")
     args = ap.parse_args()
     dest = Path(args.dest or f".wheels{args.python_version.replace('.', '')}")
     have = {norm(h) for h in args.have}
-    reqs = [r for r in requirements(args.extras) if norm(re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0])
-            not in {norm(e) for e in args.exclude}]
+    reqs = [
+        r
+        for r in requirements(args.extras)
+        if norm(re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0]) not in {norm(e) for e in args.exclude}
+    ]
     source = [r for r in reqs if norm(re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0]) in SOURCE_ONLY]
     reqs = [r for r in reqs if r not in source]
     for r in source:
@@ -97,17 +117,33 @@ def main() -> int:
     items = resolve(reqs, args.python_version)
     kept = keep_closure(items, reqs, have)
     left_out = sorted({norm(i["metadata"]["name"]) for i in items} - {norm(i["metadata"]["name"]) for i in kept})
-    print(f"{len(kept)} package(s) to bring for Python {args.python_version}; left out (the host has them, or only "
-          f"they need them): {', '.join(left_out) or 'none'}")
+    print(
+        f"{len(kept)} package(s) to bring for Python {args.python_version}; left out (the host has them, or only "
+        f"they need them): {', '.join(left_out) or 'none'}"
+    )
     pins = [f"{i['metadata']['name']}=={i['metadata']['version']}" for i in kept]
     if args.dry_run:
         print("\n".join(pins + [f"{r} (built from source)" for r in source]))
         return 0
     dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(dest),
-                    *target_flags(args.python_version), *pins], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dest), str(ROOT),
-                    *source], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "-d",
+            str(dest),
+            *target_flags(args.python_version),
+            *pins,
+        ],
+        check=True,
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dest), str(ROOT), *source], check=True
+    )
     sizes = sorted(((p.stat().st_size, p.name) for p in dest.glob("*.whl")), reverse=True)
     total = sum(s for s, _ in sizes)
     for s, n in sizes[:15]:

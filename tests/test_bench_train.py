@@ -15,9 +15,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 def test_bench_train_smoke_on_cpu(data_dir, tiny_model, tracking_uri, capsys):
     import train_throughput
 
-    res = train_throughput.main(["--device", "cpu", "--models", "small", "--model-path", str(tiny_model),
-                                 "--steps", "2", "--warmup", "1", "--batch-size", "4", "--max-length", "64",
-                                 "--data-dir", str(data_dir), "--tracking-uri", tracking_uri])
+    res = train_throughput.main(
+        [
+            "--device",
+            "cpu",
+            "--models",
+            "small",
+            "--model-path",
+            str(tiny_model),
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--batch-size",
+            "4",
+            "--max-length",
+            "64",
+            "--data-dir",
+            str(data_dir),
+            "--tracking-uri",
+            tracking_uri,
+        ]
+    )
     for side in ("trainer", "harness"):
         r = res[f"small/{side}"]
         assert r["samples_per_sec"] > 0 and r["tokens_per_sec"] > 0 and 0 < r["mfu"]

@@ -73,8 +73,13 @@ def test_group_derive_keeps_groups_whole():
 
 def test_test_file_with_label_names(data_dir, tmp_path):
     f = tmp_path / "reviews.jsonl"
-    f.write_text("\n".join(json.dumps({"text": t, "label": lab}) for t, lab in
-                           [("great", "positive"), ("awful", "negative"), ("fine", 1)]) + "\n")
+    f.write_text(
+        "\n".join(
+            json.dumps({"text": t, "label": lab})
+            for t, lab in [("great", "positive"), ("awful", "negative"), ("fine", 1)]
+        )
+        + "\n"
+    )
     split = load_test_file(get_task("imdb"), f)
     assert split.dataset["label"] == [1, 0, 1] and split.source_kind == "file"
 
@@ -104,8 +109,13 @@ def test_hub_is_skipped_offline_and_named(tmp_path):
 
 @pytest.mark.parametrize(
     "how, head, expected",
-    [("head", None, [0, 1, 2, 3]), ("tail", None, [6, 7, 8, 9]), ("head_tail", 1, [0, 7, 8, 9]),
-     ("head_tail", None, [0, 7, 8, 9]), ("head_tail", 4, [0, 1, 2, 3])],
+    [
+        ("head", None, [0, 1, 2, 3]),
+        ("tail", None, [6, 7, 8, 9]),
+        ("head_tail", 1, [0, 7, 8, 9]),
+        ("head_tail", None, [0, 7, 8, 9]),
+        ("head_tail", 4, [0, 1, 2, 3]),
+    ],
 )
 def test_split_tokens(how, head, expected):
     assert split_tokens(list(range(10)), 4, how, head) == expected
@@ -153,7 +163,9 @@ def test_tokenization_is_cached(data_dir, monkeypatch):
     monkeypatch.setattr(ClassificationDataModule, "encode", fail)
     second = ClassificationDataModule(cfg, task, load_task_data(task, cfg, ("test",)), tok)
     second.setup()
-    assert np.array_equal(first.encoded["test"].sequences["input_ids"][0], second.encoded["test"].sequences["input_ids"][0])
+    assert np.array_equal(
+        first.encoded["test"].sequences["input_ids"][0], second.encoded["test"].sequences["input_ids"][0]
+    )
     other = _cfg(task, data_dir, "data.test_size=300", "data.max_length=96")
     with pytest.raises(AssertionError, match="tokenized again"):  # other settings: a different cache entry
         ClassificationDataModule(other, task, load_task_data(task, other, ("test",)), tok).setup()

@@ -11,12 +11,25 @@ from mlflow.tracking import MlflowClient
 
 
 def test_ddp_two_cpu_processes(data_dir, tiny_model, tracking_uri, tmp_path):
-    args = tiny_args(data_dir, tiny_model, tracking_uri, **{
-        "trainer.strategy": "ddp", "trainer.devices": "2", "trainer.accelerator": "cpu",
-        "data.eval_batch_size": "32", "trainer.num_threads": "1",
-    })
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", "imdb", *args], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
+    args = tiny_args(
+        data_dir,
+        tiny_model,
+        tracking_uri,
+        **{
+            "trainer.strategy": "ddp",
+            "trainer.devices": "2",
+            "trainer.accelerator": "cpu",
+            "data.eval_batch_size": "32",
+            "trainer.num_threads": "1",
+        },
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", "imdb", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("MLflow run ") == 1  # the report is printed by rank 0 only
     client = MlflowClient(tracking_uri)

@@ -67,7 +67,9 @@ def test_artifacts(trained):
     paths = {a.path for a in client.list_artifacts(run_id)}
     assert {"config", "environment.json", "predictions", "plots", "data", "model"} <= paths
     assert {a.path for a in client.list_artifacts(run_id, "plots")} == {
-        "plots/confusion_matrix.png", "plots/reliability_diagram.png"}
+        "plots/confusion_matrix.png",
+        "plots/reliability_diagram.png",
+    }
     local = Path(client.download_artifacts(run_id, "predictions/test.json"))
     table = json.loads(local.read_text())
     cols = table["columns"]
@@ -111,7 +113,9 @@ def test_eval_from_mlflow_run_reproduces_test_metrics(trained):
     assert ev.data.tags["harness.source_run_id"] == run.info.run_id and ev.data.tags["mode"] == "eval"
     assert ev.data.metrics["test_accuracy"] == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-9)
     assert ev.data.metrics["test_auroc"] == pytest.approx(run.data.metrics["test_auroc"], abs=1e-6)
-    assert {"context": "test"} == {"context": {t.key: t.value for t in ev.inputs.dataset_inputs[0].tags}["mlflow.data.context"]}
+    assert {"context": "test"} == {
+        "context": {t.key: t.value for t in ev.inputs.dataset_inputs[0].tags}["mlflow.data.context"]
+    }
 
 
 def test_eval_on_a_user_file_with_label_names(trained, data_dir, tmp_path):
@@ -120,8 +124,9 @@ def test_eval_on_a_user_file_with_label_names(trained, data_dir, tmp_path):
 
     rows = [json.loads(line) for line in gzip.open(data_dir / "sentiment/sst2/validation.jsonl.gz", "rt")][:40]
     f = tmp_path / "mine.jsonl"
-    f.write_text("".join(json.dumps({"text": r["sentence"], "label": ["negative", "positive"][r["label"]]}) + "\n"
-                         for r in rows))
+    f.write_text(
+        "".join(json.dumps({"text": r["sentence"], "label": ["negative", "positive"][r["label"]]}) + "\n" for r in rows)
+    )
     run = trained["run"]
     args = [a for a in tiny_args(data_dir, Path("."), trained["uri"]) if not a.startswith("model.")]
     rc = run_cli(["eval", "imdb", "--model", f"runs:/{run.info.run_id}", "--data", str(f), *args])
@@ -138,8 +143,11 @@ def test_eval_from_checkpoint_matches(trained):
     ckpts = list((work / ".harness" / "runs" / "imdb").glob("*/checkpoints/last.ckpt"))
     assert len(ckpts) == 1
     run = trained["run"]
-    args = [a for a in tiny_args(Path(run.data.params["data.data_dir"]), Path("."), trained["uri"])
-            if not a.startswith("model.")]
+    args = [
+        a
+        for a in tiny_args(Path(run.data.params["data.data_dir"]), Path("."), trained["uri"])
+        if not a.startswith("model.")
+    ]
     assert run_cli(["eval", "imdb", "--model", str(ckpts[0]), *args]) == 0
     ev = trained["client"].search_runs([trained["exp"].experiment_id], order_by=["attributes.start_time DESC"])[0]
     assert ev.data.metrics["test_accuracy"] == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-9)
@@ -160,8 +168,14 @@ def test_make_ui_serves_the_run_and_its_artifacts(trained):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, MLFLOW_TRACKING_URI=trained["uri"], PORT=str(port))
-    proc = subprocess.Popen(["make", "-s", "-C", str(project_root()), "ui"], env=env, cwd=trained["work"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        ["make", "-s", "-C", str(project_root()), "ui"],
+        env=env,
+        cwd=trained["work"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     run_id = trained["run"].info.run_id
     try:
@@ -173,7 +187,7 @@ def test_make_ui_serves_the_run_and_its_artifacts(trained):
                         break
             except OSError:
                 if time.time() > deadline or proc.poll() is not None:
-                    raise AssertionError("MLflow UI did not come up")
+                    raise AssertionError("MLflow UI did not come up") from None
                 time.sleep(1)
         with urllib.request.urlopen(f"{base}/api/2.0/mlflow/runs/get?run_id={run_id}", timeout=10) as r:
             run = json.loads(r.read())["run"]

@@ -68,8 +68,16 @@ def test_bad_value_type(capsys):
 
 def test_missing_data_dir_says_where_it_looked_and_fails_the_run(tracking_uri, tiny_model, capsys, tmp_path):
     missing = tmp_path / "nowhere"
-    rc = run_cli(["run", "imdb", f"data.data_dir={missing}", f"model.name={tiny_model}",
-                  f"tracking.tracking_uri={tracking_uri}", "profile=quick"])
+    rc = run_cli(
+        [
+            "run",
+            "imdb",
+            f"data.data_dir={missing}",
+            f"model.name={tiny_model}",
+            f"tracking.tracking_uri={tracking_uri}",
+            "profile=quick",
+        ]
+    )
     assert rc == 2
     line = _error_line(capsys)
     assert "split 'train' not found" in line and str(missing / "sentiment/imdb/train.jsonl.gz") in line
@@ -142,8 +150,13 @@ def test_eval_data_file_missing(capsys, tmp_path):
 
 def test_console_entry_point_prints_one_line_without_traceback(tmp_path):
     """The installed command itself (not just main()): exit 2, one line on stderr."""
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", "imdb", "data.max_len=3"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", "imdb", "data.max_len=3"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "data.max_len" in lines[0]

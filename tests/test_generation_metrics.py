@@ -40,16 +40,17 @@ def test_bleu_and_chrf_are_sacrebleu_with_intervals(multi30k) -> None:
 def test_rouge_means_and_empty_inputs() -> None:
     hyps = ["the cat sat on the mat", "", "dogs bark loudly. cats do not."]
     refs = ["a cat sat on a mat", "something", "Dogs bark. Cats meow."]
-    r = generation.rouge(hyps, refs, resamples=200, processes=1)
-    per = score_pairs([generation.split_sentences(x) for x in refs], [generation.split_sentences(x) for x in hyps],
-                      processes=1)
+    r = generation.rouge(hyps, refs, resamples=200)
+    per = score_pairs([generation.split_sentences(x) for x in refs], [generation.split_sentences(x) for x in hyps])
     assert r.estimates["rouge1"].value == pytest.approx(sum(x[2] for x in per["rouge1"]) / 3)
     assert r.notes == ["1 of 3 predictions are empty (scored as they are)"]
 
 
 def test_split_sentences() -> None:
-    assert generation.split_sentences("It rained. Then it stopped! Why? 3 left.") == \
-        "It rained.\nThen it stopped!\nWhy?\n3 left."
+    assert (
+        generation.split_sentences("It rained. Then it stopped! Why? 3 left.")
+        == "It rained.\nThen it stopped!\nWhy?\n3 left."
+    )
     assert generation.split_sentences("Keep\nlines as given. Here") == "Keep\nlines as given. Here"
     assert generation.split_sentences("e.g. this stays one") == "e.g. this stays one"
 

@@ -28,11 +28,22 @@ class Losses(Callback):
 
 def test_golden_losses(data_dir, tiny_model):
     task = get_task("imdb")
-    cfg = resolve_run_config(task, [
-        "profile=quick", f"data.data_dir={data_dir}", f"model.name={tiny_model}", "data.train_size=128",
-        "data.validation_size=32", "data.test_size=32", "data.max_length=64", "data.batch_size=16",
-        "optim.lr=1e-3", "trainer.precision=32-true", "seed=1234",
-    ])
+    cfg = resolve_run_config(
+        task,
+        [
+            "profile=quick",
+            f"data.data_dir={data_dir}",
+            f"model.name={tiny_model}",
+            "data.train_size=128",
+            "data.validation_size=32",
+            "data.test_size=32",
+            "data.max_length=64",
+            "data.batch_size=16",
+            "optim.lr=1e-3",
+            "trainer.precision=32-true",
+            "seed=1234",
+        ],
+    )
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     family = get_family(task.family)
     data = load_task_data(task, cfg, ("train", "validation", "test"))
@@ -41,10 +52,20 @@ def test_golden_losses(data_dir, tiny_model):
     dm.setup()
     module = family.build_module(cfg, task, resolve_model(str(tiny_model)))
     losses = Losses()
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, precision="32-true", logger=False,
-                        callbacks=[losses], enable_progress_bar=False, enable_checkpointing=False,
-                        enable_model_summary=False, use_distributed_sampler=False, limit_val_batches=0,
-                        gradient_clip_val=1.0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        precision="32-true",
+        logger=False,
+        callbacks=[losses],
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        limit_val_batches=0,
+        gradient_clip_val=1.0,
+    )
     trainer.fit(module, datamodule=dm)
     print("losses:", [round(v, 6) for v in losses.values])
     assert losses.values == pytest.approx(GOLDEN, abs=2e-5)

@@ -62,11 +62,25 @@ def test_whole_word_masking_masks_every_piece_of_a_word(tiny_mlm):
 
 
 def _args(data_dir, model, uri, **extra):
-    base = {"model.name": str(model), "data.data_dir": str(data_dir), "profile": "quick", "data.max_length": "64",
-            "data.train_size": "40", "data.validation_size": "8", "data.test_size": "24", "data.batch_size": "8",
-            "data.eval_batch_size": "8", "optim.lr": "3e-3", "trainer.precision": "32-true",
-            "trainer.max_epochs": "2", "trainer.log_every_n_steps": "5", "trainer.checkpoint_every_n_steps": "20",
-            "tracking.tracking_uri": uri, "tracking.system_metrics_interval": "1", "eval.bootstrap_resamples": "200"}
+    base = {
+        "model.name": str(model),
+        "data.data_dir": str(data_dir),
+        "profile": "quick",
+        "data.max_length": "64",
+        "data.train_size": "40",
+        "data.validation_size": "8",
+        "data.test_size": "24",
+        "data.batch_size": "8",
+        "data.eval_batch_size": "8",
+        "optim.lr": "3e-3",
+        "trainer.precision": "32-true",
+        "trainer.max_epochs": "2",
+        "trainer.log_every_n_steps": "5",
+        "trainer.checkpoint_every_n_steps": "20",
+        "tracking.tracking_uri": uri,
+        "tracking.system_metrics_interval": "1",
+        "eval.bootstrap_resamples": "200",
+    }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
 
@@ -91,8 +105,12 @@ def test_pretraining_lowers_held_out_perplexity(task, model_fixture, request, da
 
 
 def test_from_scratch_with_a_smaller_config(data_dir, tiny_mlm, tracking_uri):
-    args = _args(data_dir, tiny_mlm, tracking_uri, **{"model.from_scratch": "true", "trainer.max_epochs": "1",
-                                                      "model.config_overrides.num_hidden_layers": "1"})
+    args = _args(
+        data_dir,
+        tiny_mlm,
+        tracking_uri,
+        **{"model.from_scratch": "true", "trainer.max_epochs": "1", "model.config_overrides.num_hidden_layers": "1"},
+    )
     assert run_cli(["run", "mlm_imdb", *args]) == 0
     client = MlflowClient(tracking_uri)
     run = client.search_runs([client.get_experiment_by_name("mlm_imdb").experiment_id])[0]

@@ -68,7 +68,7 @@ def test_bootstrap_coverage():
     trials = 300
     for t in range(trials):
         x = (rng.random(200) < 0.7).astype(float)
-        est = bootstrap(lambda i: {"m": x[i].mean()}, 200, resamples=400, seed=t)["m"]
+        est = bootstrap(lambda i, x=x: {"m": x[i].mean()}, 200, resamples=400, seed=t)["m"]
         hits += est.low <= 0.7 <= est.high
     assert 0.90 <= hits / trials <= 0.98
 
@@ -80,4 +80,6 @@ def test_bias_corrected_interval_follows_a_biased_statistic():
     assert lo == pytest.approx(0.02) and hi < 0.0205
     sym = np.random.default_rng(0).normal(0.5, 0.01, 5000)
     lo, hi = bc_interval(sym, 0.5, 0.95)
-    assert lo == pytest.approx(np.quantile(sym, 0.025), abs=1e-3) and hi == pytest.approx(np.quantile(sym, 0.975), abs=1e-3)
+    assert lo == pytest.approx(np.quantile(sym, 0.025), abs=1e-3) and hi == pytest.approx(
+        np.quantile(sym, 0.975), abs=1e-3
+    )

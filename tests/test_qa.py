@@ -90,8 +90,7 @@ def tokenizer():
 
 
 def test_windows_hold_the_answer_span(data_dir: Path, tokenizer) -> None:
-    task, cfg = _cfg(data_dir, "data.max_length=96", "data.doc_stride=24", "data.train_size=300",
-                     "data.test_size=50")
+    task, cfg = _cfg(data_dir, "data.max_length=96", "data.doc_stride=24", "data.train_size=300", "data.test_size=50")
     data = load_task_data(task, cfg, ("train", "test"))
     dm = QADataModule(cfg, task, data, tokenizer)
     dm.setup()
@@ -130,8 +129,12 @@ def test_best_spans_matches_brute_force() -> None:
     top, start, end = best_spans(s, e, context, n_best=5, max_answer_length=3)
     for b in range(3):
         cands = sorted(
-            ((float(s[b, i] + e[b, j]), i, j) for i in range(12) for j in range(i, min(i + 3, 12))
-             if context[b, i] and context[b, j]),
+            (
+                (float(s[b, i] + e[b, j]), i, j)
+                for i in range(12)
+                for j in range(i, min(i + 3, 12))
+                if context[b, i] and context[b, j]
+            ),
             reverse=True,
         )[:5]
         assert [(i, j) for _, i, j in cands] == list(zip(start[b].tolist(), end[b].tolist()))
@@ -297,7 +300,21 @@ def test_squad_reader_errors(data_dir: Path, tmp_path: Path) -> None:
     bad = _write(tmp_path / "x.json", {"data": [{"title": "t", "paragraphs": [{"qas": []}]}]})
     with pytest.raises(DataError, match="paragraph 0 has no context"):
         read_squad_json(bad)
-    dup = {"data": [{"title": "t", "paragraphs": [{"context": "c", "qas": [
-        {"id": "1", "question": "q", "answers": []}, {"id": "1", "question": "q", "answers": []}]}]}]}
+    dup = {
+        "data": [
+            {
+                "title": "t",
+                "paragraphs": [
+                    {
+                        "context": "c",
+                        "qas": [
+                            {"id": "1", "question": "q", "answers": []},
+                            {"id": "1", "question": "q", "answers": []},
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
     with pytest.raises(DataError, match="appears twice"):
         read_squad_json(_write(tmp_path / "d.json", dup))

@@ -12,9 +12,20 @@ from mlflow.tracking import MlflowClient
 
 
 def _qa_args(data_dir: Path, tiny_model: Path, uri: str, **extra: str) -> list[str]:
-    return tiny_args(data_dir, tiny_model, uri, **{
-        "data.train_size": "120", "data.validation_size": "40", "data.test_size": "80", "data.max_length": "96",
-        "data.doc_stride": "24", "optim.lr": "3e-3", **extra})
+    return tiny_args(
+        data_dir,
+        tiny_model,
+        uri,
+        **{
+            "data.train_size": "120",
+            "data.validation_size": "40",
+            "data.test_size": "80",
+            "data.max_length": "96",
+            "data.doc_stride": "24",
+            "optim.lr": "3e-3",
+            **extra,
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +34,21 @@ def runs(tmp_path_factory, data_dir, tiny_model):
     with in_dir(work):
         uri = f"sqlite:///{work / 'mlruns.db'}"
         assert run_cli(["run", "squad", *_qa_args(data_dir, tiny_model, uri, log_model="true")]) == 0
-        assert run_cli(["run", "squad", "model.name=baseline:first-sentence", f"data.data_dir={data_dir}",
-                        "data.test_size=80", "profile=quick", f"tracking.tracking_uri={uri}",
-                        "eval.bootstrap_resamples=200"]) == 0
+        assert (
+            run_cli(
+                [
+                    "run",
+                    "squad",
+                    "model.name=baseline:first-sentence",
+                    f"data.data_dir={data_dir}",
+                    "data.test_size=80",
+                    "profile=quick",
+                    f"tracking.tracking_uri={uri}",
+                    "eval.bootstrap_resamples=200",
+                ]
+            )
+            == 0
+        )
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name("squad")
         found = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
@@ -79,9 +102,16 @@ def test_baseline_run_is_in_the_same_experiment(runs):
 
 def test_logged_model_evaluates_to_the_same_numbers(runs, tmp_path):
     uri, trained = runs["uri"], runs["trained"]
-    args = [f"data.data_dir={runs['data_dir']}", "data.test_size=80", "data.max_length=96", "data.doc_stride=24",
-            "profile=quick", f"tracking.tracking_uri={uri}", "eval.bootstrap_resamples=200",
-            "trainer.precision=32-true"]
+    args = [
+        f"data.data_dir={runs['data_dir']}",
+        "data.test_size=80",
+        "data.max_length=96",
+        "data.doc_stride=24",
+        "profile=quick",
+        f"tracking.tracking_uri={uri}",
+        "eval.bootstrap_resamples=200",
+        "trainer.precision=32-true",
+    ]
     assert run_cli(["eval", "squad", "--model", f"runs:/{trained.info.run_id}", *args]) == 0
     client = runs["client"]
     exp = client.get_experiment_by_name("squad")
@@ -91,15 +121,31 @@ def test_logged_model_evaluates_to_the_same_numbers(runs, tmp_path):
 
 
 def test_untrained_qa_head_is_refused_for_eval(data_dir, tiny_model, tracking_uri, capsys):
-    rc = run_cli(["eval", "squad", "--model", str(tiny_model), f"data.data_dir={data_dir}", "data.test_size=10",
-                  f"tracking.tracking_uri={tracking_uri}"])
+    rc = run_cli(
+        [
+            "eval",
+            "squad",
+            "--model",
+            str(tiny_model),
+            f"data.data_dir={data_dir}",
+            "data.test_size=10",
+            f"tracking.tracking_uri={tracking_uri}",
+        ]
+    )
     assert rc == 2
     assert "untrained weights" in capsys.readouterr().err
 
 
 def test_unknown_baseline(data_dir, tracking_uri, capsys):
-    rc = run_cli(["run", "squad", "model.name=baseline:lead-3", f"data.data_dir={data_dir}",
-                  f"tracking.tracking_uri={tracking_uri}"])
+    rc = run_cli(
+        [
+            "run",
+            "squad",
+            "model.name=baseline:lead-3",
+            f"data.data_dir={data_dir}",
+            f"tracking.tracking_uri={tracking_uri}",
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "no baseline 'lead-3'" in err and "baseline:first-sentence" in err
@@ -111,8 +157,15 @@ def test_v2_scoring_of_a_model_on_a_v2_file(runs, tmp_path):
 
     gold, has, no = _v2_gold(tmp_path, runs["data_dir"])
     uri, trained = runs["uri"], runs["trained"]
-    args = [f"data.data_dir={runs['data_dir']}", "data.max_length=96", "data.doc_stride=24", "profile=quick",
-            f"tracking.tracking_uri={uri}", "eval.bootstrap_resamples=200", "trainer.precision=32-true"]
+    args = [
+        f"data.data_dir={runs['data_dir']}",
+        "data.max_length=96",
+        "data.doc_stride=24",
+        "profile=quick",
+        f"tracking.tracking_uri={uri}",
+        "eval.bootstrap_resamples=200",
+        "trainer.precision=32-true",
+    ]
     assert run_cli(["eval", "squad_v2", "--model", f"runs:/{trained.info.run_id}", "--data", str(gold), *args]) == 0
     client = runs["client"]
     exp = client.get_experiment_by_name("squad_v2")
@@ -126,8 +179,9 @@ def test_v2_scoring_of_a_model_on_a_v2_file(runs, tmp_path):
     n = len(has) + len(no)
     assert m["test_exact"] == pytest.approx((m["test_HasAns_exact"] * len(has) + m["test_NoAns_exact"] * len(no)) / n)
     table = json.loads(Path(client.download_artifacts(run.info.run_id, "predictions/test.json")).read_text())
-    assert "score_diff" in table["columns"] and "no answer" in {r[table["columns"].index("answer_length")]
-                                                              for r in table["data"]}
+    assert "score_diff" in table["columns"] and "no answer" in {
+        r[table["columns"].index("answer_length")] for r in table["data"]
+    }
 
 
 def test_v2_task_refuses_a_v1_file(data_dir, tracking_uri, tmp_path, capsys):

@@ -24,8 +24,13 @@ def test_killed_run_resumes_in_same_mlflow_run(data_dir, tiny_model, tracking_ur
     ref = client.search_runs([client.get_experiment_by_name("reference").experiment_id])[0]
 
     # killed at step 14 (epoch 2, two steps after the checkpoint at step 12): a hard kill, no cleanup
-    proc = subprocess.run([sys.executable, str(HERE / "kill_driver.py"), "KILL", "14", "run", "imdb", *args],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "kill_driver.py"), "KILL", "14", "run", "imdb", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == -9, proc.stderr[-2000:]
     exp = client.get_experiment_by_name("imdb")
     (killed,) = client.search_runs([exp.experiment_id])
@@ -48,8 +53,13 @@ def test_killed_run_resumes_in_same_mlflow_run(data_dir, tiny_model, tracking_ur
 
 def test_ctrl_c_marks_the_run_killed_and_it_resumes(data_dir, tiny_model, tracking_uri, tmp_path):
     args = tiny_args(data_dir, tiny_model, tracking_uri)
-    proc = subprocess.run([sys.executable, str(HERE / "kill_driver.py"), "INT", "6", "run", "imdb", *args],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "kill_driver.py"), "INT", "6", "run", "imdb", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 130, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert "interrupted: run the same command again to resume" in proc.stderr
@@ -64,8 +74,13 @@ def test_ctrl_c_marks_the_run_killed_and_it_resumes(data_dir, tiny_model, tracki
 
 def test_kill_during_evaluation_resumes_without_training_again(data_dir, tiny_model, tracking_uri, tmp_path):
     args = tiny_args(data_dir, tiny_model, tracking_uri)
-    proc = subprocess.run([sys.executable, str(HERE / "kill_driver.py"), "KILL", "test", "run", "imdb", *args],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "kill_driver.py"), "KILL", "test", "run", "imdb", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == -9, proc.stderr[-2000:]
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name("imdb")

@@ -1,4 +1,5 @@
-"""Fast ROUGE: identical to Google's rouge-score, pair by pair, on real CNN/DailyMail data and edge cases."""
+"""ROUGE through rouge-score-rs: identical to Google's rouge-score, pair by pair, on real CNN/DailyMail data and edge
+cases."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from rouge_score import rouge_scorer
 
-from harness.metrics.rouge import ROUGE_TYPES, RougeScorer, lcs_length, score_pairs
+from harness.metrics.rouge import ROUGE_TYPES, score_pairs
 
 REFERENCE = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
 
@@ -32,14 +33,17 @@ def test_identical_on_real_cnn_dailymail_pairs(data_dir: Path) -> None:
     for r in rows:  # lead-3, and a shuffled mix of article sentences (more LCS ties and repeats)
         sents = [s.strip() for s in r["article"].split(" . ") if s.strip()]
         preds.append("\n".join(sents[:3]) if rng.random() < 0.5 else "\n".join(rng.sample(sents, min(4, len(sents)))))
-    _same(refs, preds, processes=1)
-    _same(refs[:100], preds[:100], processes=2)  # the multi-process path gives the same, in order
+    _same(refs, preds)
+    _same(refs[:100][::-1], preds[:100][::-1])  # batch order is kept
 
 
 @pytest.mark.parametrize(
     "target, prediction",
     [
-        ("", ""), ("", "something"), ("something", ""), ("!!!", "..."),
+        ("", ""),
+        ("", "something"),
+        ("something", ""),
+        ("!!!", "..."),
         ("The cat sat.\nIt was happy.", "the cats sat\n\nit was HAPPY!!"),  # stems, case, blank lines
         ("running runners ran", "run runner running"),
         ("café naïve résumé", "cafe naive resume"),  # non-ASCII letters are separators
@@ -50,23 +54,11 @@ def test_identical_on_real_cnn_dailymail_pairs(data_dir: Path) -> None:
     ],
 )
 def test_identical_on_edge_cases(target: str, prediction: str) -> None:
-    _same([target], [prediction], processes=1)
-
-
-def test_lcs_length_matches_dynamic_programming() -> None:
-    rng = random.Random(1)
-    for _ in range(300):
-        a = [rng.choice("abcd") for _ in range(rng.randint(0, 70))]
-        b = [rng.choice("abcd") for _ in range(rng.randint(0, 70))]
-        t = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
-        for i in range(1, len(a) + 1):
-            for j in range(1, len(b) + 1):
-                t[i][j] = t[i - 1][j - 1] + 1 if a[i - 1] == b[j - 1] else max(t[i - 1][j], t[i][j - 1])
-        assert lcs_length(a, b) == t[-1][-1]
+    _same([target], [prediction])
 
 
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="2 predictions but 1 references"):
         score_pairs(["a"], ["a", "b"])
-    with pytest.raises(ValueError, match="unknown ROUGE type"):
-        RougeScorer(["rougeX"])
+    with pytest.raises(ValueError, match="rougeX"):
+        score_pairs(["a"], ["a"], ["rougeX"])

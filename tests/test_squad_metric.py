@@ -80,11 +80,19 @@ def test_v2_totals_by_hand() -> None:
     r = squad.score_v2(golds, preds)
     # q1 (1, 1); q2: "red dog" vs "big red dog": EM 0, P 1, R 2/3 -> F1 0.8; q3 no answer, "" -> (1, 1);
     # q4 no answer, "London" -> (0, 0)
-    assert r.totals == pytest.approx({
-        "exact": 50.0, "f1": 70.0, "total": 4,
-        "HasAns_exact": 50.0, "HasAns_f1": 90.0, "HasAns_total": 2,
-        "NoAns_exact": 50.0, "NoAns_f1": 50.0, "NoAns_total": 2,
-    })
+    assert r.totals == pytest.approx(
+        {
+            "exact": 50.0,
+            "f1": 70.0,
+            "total": 4,
+            "HasAns_exact": 50.0,
+            "HasAns_f1": 90.0,
+            "HasAns_total": 2,
+            "NoAns_exact": 50.0,
+            "NoAns_f1": 50.0,
+            "NoAns_total": 2,
+        }
+    )
     assert list(r.totals)[:3] == ["exact", "f1", "total"]
     assert r.has_answer == [True, True, False, False]
 
@@ -117,15 +125,32 @@ def test_official_keys_match_the_v2_script() -> None:
     golds, preds = _v2_case()
     r = squad.score_v2(golds, preds, {k: 0.0 for k in preds})
     assert list(r.totals) == [
-        "exact", "f1", "total", "HasAns_exact", "HasAns_f1", "HasAns_total", "NoAns_exact", "NoAns_f1",
-        "NoAns_total", "best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh",
+        "exact",
+        "f1",
+        "total",
+        "HasAns_exact",
+        "HasAns_f1",
+        "HasAns_total",
+        "NoAns_exact",
+        "NoAns_f1",
+        "NoAns_total",
+        "best_exact",
+        "best_exact_thresh",
+        "best_f1",
+        "best_f1_thresh",
     ]
 
 
 @pytest.mark.parametrize(
     "question, kind",
-    [("What is the capital?", "what"), ("In which year did it end?", "which"), ("Whose idea was it?", "who"),
-     ("How many people live there?", "how many"), ("How did it start?", "how"), ("Name the river.", "other")],
+    [
+        ("What is the capital?", "what"),
+        ("In which year did it end?", "which"),
+        ("Whose idea was it?", "who"),
+        ("How many people live there?", "how many"),
+        ("How did it start?", "how"),
+        ("Name the river.", "other"),
+    ],
 )
 def test_question_type(question: str, kind: str) -> None:
     assert squad.question_type(question) == kind

@@ -31,9 +31,17 @@ config:
 def _args(tmp_path: Path, data_dir: Path, tiny_model: Path, *extra: str, space: str = SPACE) -> list[str]:
     path = tmp_path / "space.yaml"
     path.write_text(space)
-    return ["--space", str(path), "--storage", f"sqlite:///{tmp_path / 'optuna.db'}", f"model.name={tiny_model}",
-            f"data.data_dir={data_dir}", f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlruns.db'}",
-            "tracking.system_metrics=false", *extra]
+    return [
+        "--space",
+        str(path),
+        "--storage",
+        f"sqlite:///{tmp_path / 'optuna.db'}",
+        f"model.name={tiny_model}",
+        f"data.data_dir={data_dir}",
+        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlruns.db'}",
+        "tracking.system_metrics=false",
+        *extra,
+    ]
 
 
 def _error(capsys) -> str:
@@ -49,9 +57,14 @@ def _error(capsys) -> str:
         ("params:\n  optim.lr: {type: float, low: 1.0e-3, high: 1.0e-5}\n", "empty or inverted range"),
         ("params:\n  optim.lr: {type: float, low: 0, high: 1.0e-3, log: true}\n", "log scale needs low > 0"),
         ("params:\n  optim.scheduler: {type: categorical, choices: []}\n", "non-empty `choices`"),
-        ("params:\n  data.batch_size: {type: int, low: 0, high: 8}\n", "parameter 'data.batch_size' value 0 is rejected"),
-        ("params:\n  model.dropout: {type: float, low: 0, high: 0.2, when: {optim.sched: cosine}}\n",
-         "refers to 'optim.sched'"),
+        (
+            "params:\n  data.batch_size: {type: int, low: 0, high: 8}\n",
+            "parameter 'data.batch_size' value 0 is rejected",
+        ),
+        (
+            "params:\n  model.dropout: {type: float, low: 0, high: 0.2, when: {optim.sched: cosine}}\n",
+            "refers to 'optim.sched'",
+        ),
         ("params: {}\n", "params"),
     ],
 )
@@ -115,8 +128,12 @@ def test_study_and_nested_mlflow_runs(study):
     assert parent.data.tags["optuna.best_trial"] == str(best.number)
     assert parent.data.metrics["trials_complete"] + parent.data.metrics.get("trials_pruned", 0) == 4
     arts = {a.path for a in client.list_artifacts(parent.info.run_id, "tune")}
-    assert {"tune/optimization_history.html", "tune/optimization_history.png", "tune/best.json",
-            "tune/space.json"} <= arts
+    assert {
+        "tune/optimization_history.html",
+        "tune/optimization_history.png",
+        "tune/best.json",
+        "tune/space.json",
+    } <= arts
 
 
 def test_same_command_resumes_the_study(study, data_dir, tiny_model, capsys):
@@ -134,9 +151,10 @@ def test_same_command_resumes_the_study(study, data_dir, tiny_model, capsys):
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_seeded_sampler_repeats_first_trials(tmp_path):
+    import yaml
+
     from harness.tuning.space import SearchSpace, suggest
     from harness.tuning.study import open_storage, open_study
-    import yaml
 
     space = SearchSpace.model_validate(yaml.safe_load(SPACE))
     firsts = []
@@ -150,12 +168,18 @@ def test_seeded_sampler_repeats_first_trials(tmp_path):
 def _seed_study(path: Path, name: str = "s") -> None:
     """Three finished trials that validated at 1.0: any real trial of the tiny model is below their median."""
     st = optuna.create_study(study_name=name, storage=f"sqlite:///{path}", direction="maximize")
-    for i in range(3):
-        st.add_trial(optuna.trial.create_trial(
-            params={"optim.lr": 1e-3, "optim.scheduler": "linear"},
-            distributions={"optim.lr": optuna.distributions.FloatDistribution(1e-4, 3e-3, log=True),
-                           "optim.scheduler": optuna.distributions.CategoricalDistribution(["linear", "cosine"])},
-            value=1.0, intermediate_values={0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0}))
+    for _ in range(3):
+        st.add_trial(
+            optuna.trial.create_trial(
+                params={"optim.lr": 1e-3, "optim.scheduler": "linear"},
+                distributions={
+                    "optim.lr": optuna.distributions.FloatDistribution(1e-4, 3e-3, log=True),
+                    "optim.scheduler": optuna.distributions.CategoricalDistribution(["linear", "cosine"]),
+                },
+                value=1.0,
+                intermediate_values={0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0},
+            )
+        )
 
 
 def _check_pruned(tmp_path: Path) -> None:
@@ -179,9 +203,26 @@ def test_pruning_stops_a_bad_trial(tmp_path, data_dir, tiny_model):
 def test_pruning_under_ddp_two_cpu_processes(tmp_path, data_dir, tiny_model):
     """Rank 0 decides and broadcasts; both ranks stop at the same validation and exit cleanly."""
     _seed_study(tmp_path / "optuna.db")
-    cmd = [sys.executable, "-m", "harness.cli", "tune", "imdb", "--trials", "4", "--study", "s",
-           *_args(tmp_path, data_dir, tiny_model, "trainer.strategy=ddp", "trainer.devices=2",
-                  "trainer.accelerator=cpu", "trainer.num_threads=1")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness.cli",
+        "tune",
+        "imdb",
+        "--trials",
+        "4",
+        "--study",
+        "s",
+        *_args(
+            tmp_path,
+            data_dir,
+            tiny_model,
+            "trainer.strategy=ddp",
+            "trainer.devices=2",
+            "trainer.accelerator=cpu",
+            "trainer.num_threads=1",
+        ),
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "PRUNED" in proc.stdout
@@ -203,26 +244,45 @@ def test_parallel_workers_survive_a_killed_worker(tmp_path, data_dir, tiny_model
     retried, the study still finishes its trials, and no worker hits 'database is locked'."""
     space = SPACE.replace("max_epochs: 2", "max_epochs: 4")  # trials long enough to be killed inside one
     env = {**os.environ, "HARNESS_TUNE_GRACE_S": "4", "HARNESS_TUNE_HEARTBEAT_S": "1", "CI": "1"}
-    cmd = [sys.executable, "-m", "harness.cli", "tune", "imdb", "--trials", "5", "--workers", "2", "--study", "s",
-           "--pruner", "none", *_args(tmp_path, data_dir, tiny_model, space=space)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness.cli",
+        "tune",
+        "imdb",
+        "--trials",
+        "5",
+        "--workers",
+        "2",
+        "--study",
+        "s",
+        "--pruner",
+        "none",
+        *_args(tmp_path, data_dir, tiny_model, space=space),
+    ]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     victim = None
     deadline = time.time() + 120
     while time.time() < deadline and victim is None:
         time.sleep(1)
-        workers = [q.pid for q in psutil.process_iter(["cmdline"])
-                   if "--worker-index" in (q.info["cmdline"] or [])
-                   and q.info["cmdline"][q.info["cmdline"].index("--worker-index") + 1] == "1"]
+        workers = [
+            q.pid
+            for q in psutil.process_iter(["cmdline"])
+            if "--worker-index" in (q.info["cmdline"] or [])
+            and q.info["cmdline"][q.info["cmdline"].index("--worker-index") + 1] == "1"
+        ]
         try:
             running = optuna.load_study(study_name="s", storage=storage).get_trials(
-                states=(optuna.trial.TrialState.RUNNING,))
+                states=(optuna.trial.TrialState.RUNNING,)
+            )
         except Exception:
             continue
         if workers and len(running) == 2 and _running_child_runs(tmp_path) == 2:
             time.sleep(1)  # inside the trial: both workers' MLflow runs exist
             still = optuna.load_study(study_name="s", storage=storage).get_trials(
-                states=(optuna.trial.TrialState.RUNNING,))
+                states=(optuna.trial.TrialState.RUNNING,)
+            )
             if len(still) == 2 and _running_child_runs(tmp_path) == 2:  # neither trial ended meanwhile
                 victim = int(workers[0])
                 os.kill(victim, signal.SIGKILL)
@@ -237,8 +297,9 @@ def test_parallel_workers_survive_a_killed_worker(tmp_path, data_dir, tiny_model
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == failed.number]
     assert retried and retried[0].params == failed.params
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("imdb").experiment_id],
-                              filter_string=f"tags.`optuna.trial` = '{failed.number}'")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("imdb").experiment_id], filter_string=f"tags.`optuna.trial` = '{failed.number}'"
+    )
     assert [(r.info.status, r.data.tags["optuna.state"]) for r in runs] == [("FAILED", "FAIL")]
 
 
@@ -253,8 +314,9 @@ def _free_port() -> int:
 def _serve(cmd: list[str], env: dict, cwd: Path, url: str) -> subprocess.Popen:
     import urllib.request
 
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 90
     while True:
         try:
@@ -263,7 +325,7 @@ def _serve(cmd: list[str], env: dict, cwd: Path, url: str) -> subprocess.Popen:
         except OSError:
             if time.time() > deadline or proc.poll() is not None:
                 os.killpg(proc.pid, signal.SIGTERM)
-                raise AssertionError(f"{cmd[0]} did not come up at {url}")
+                raise AssertionError(f"{cmd[0]} did not come up at {url}") from None
             time.sleep(1)
 
 
@@ -278,9 +340,21 @@ def _browser_dom(url: str, tmp: Path) -> str:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if chromium is None:
         pytest.skip("no Chromium on this machine")
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp / 'chrome'}", "--virtual-time-budget=15000", "--dump-dom", url]
+    cmd = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-quic",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp / 'chrome'}",
+        "--virtual-time-budget=15000",
+        "--dump-dom",
+        url,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
 
 
@@ -293,7 +367,8 @@ def test_make_dashboard_shows_the_study_in_a_browser(study, tmp_path):
     proc = _serve(["make", "-s", "-C", str(project_root()), "dashboard"], env, study, f"http://127.0.0.1:{port}/")
     try:
         parent = optuna.load_study(study_name="s", storage=f"sqlite:///{study / 'optuna.db'}").user_attrs[
-            "mlflow_parent_run_id"]
+            "mlflow_parent_run_id"
+        ]
         text = _text(_browser_dom(f"http://127.0.0.1:{port}/dashboard", tmp_path))
         assert re.search(r"\bs Direction: MAXIMIZE", text), text[-2000:]  # the study in the study list
         text = _text(_browser_dom(f"http://127.0.0.1:{port}/dashboard/studies/1", tmp_path))

@@ -45,7 +45,7 @@ class TokenizedDataset(Dataset):
         return [self[i] for i in idx]
 
     @classmethod
-    def from_arrow(cls, ds: Any, sequence_cols: list[str], scalar_cols: list[str]) -> "TokenizedDataset":
+    def from_arrow(cls, ds: Any, sequence_cols: list[str], scalar_cols: list[str]) -> TokenizedDataset:
         seqs = {}
         for c in sequence_cols:
             col = ds.data.column(c).combine_chunks()
@@ -166,7 +166,11 @@ class HarnessDataModule(L.LightningDataModule):
         ds = self.split_set("train")
         d = self.cfg.data
         sampler = BucketBatchSampler(
-            ds.lengths, d.batch_size, shuffle=True, seed=self.cfg.seed, bucketing=d.bucketing,
+            ds.lengths,
+            d.batch_size,
+            shuffle=True,
+            seed=self.cfg.seed,
+            bucketing=d.bucketing,
             multiplier=d.bucket_multiplier,
         )
         if self._resume:
@@ -206,9 +210,7 @@ class HarnessDataModule(L.LightningDataModule):
             self._resume = {"epoch": int(state_dict["epoch"]), "batches_done": int(state_dict["batches_done"])}
 
 
-def split_tokens(
-    ids: list[int], budget: int, how: str, head_tokens: Optional[int]
-) -> list[int]:
+def split_tokens(ids: list[int], budget: int, how: str, head_tokens: Optional[int]) -> list[int]:
     """Cut a token list to `budget`: keep the head, the tail, or both (head_tail keeps `head_tokens` from the start
     and fills the rest from the end, which Sun et al. 2019 found best for long reviews)."""
     if len(ids) <= budget:
@@ -231,4 +233,3 @@ def special_token_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
         if full[start : start + len(bare)] == bare:
             return full[:start], full[start + len(bare) :]
     return [], []
-

@@ -31,4 +31,6 @@ class ClassificationDataModule(HarnessDataModule):
             return {"input_ids": self.tokenizer(batch["text"], truncation=True, max_length=d.max_length)["input_ids"]}
         raw = self.tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
         budget = d.max_length - len(self.prefix) - len(self.suffix)
-        return {"input_ids": [self.prefix + split_tokens(x, budget, d.truncation, d.head_tokens) + self.suffix for x in raw]}
+        return {
+            "input_ids": [self.prefix + split_tokens(x, budget, d.truncation, d.head_tokens) + self.suffix for x in raw]
+        }

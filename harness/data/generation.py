@@ -40,7 +40,7 @@ class SequenceCollator:
         out = np.full((len(seqs), longest), value, dtype=np.int64)
         for i, s in enumerate(seqs):
             if self.side == "left":
-                out[i, longest - len(s):] = s
+                out[i, longest - len(s) :] = s
             else:
                 out[i, : len(s)] = s
         return torch.from_numpy(out)
@@ -64,8 +64,15 @@ def has_chat_template(tokenizer: Any) -> bool:
 class GenerationDataModule(HarnessDataModule):
     scalar_cols = ["_row"]
 
-    def __init__(self, cfg: RunConfig, task: TaskSpec, data: TaskData, tokenizer: Any, kind: str,
-                 decoder_start_token_id: Optional[int] = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        task: TaskSpec,
+        data: TaskData,
+        tokenizer: Any,
+        kind: str,
+        decoder_start_token_id: Optional[int] = None,
+    ):
         super().__init__(cfg, task, data, tokenizer)
         if kind not in ("seq2seq", "causal"):
             raise ValueError(f"unknown generation model kind {kind!r}")
@@ -77,9 +84,16 @@ class GenerationDataModule(HarnessDataModule):
 
     def encode_settings(self) -> dict[str, Any]:
         g = self.cfg.generation
-        return {"kind": self.kind, "prompt": g.prompt, "system": g.system, "chat": self.chat,
-                "source_prefix": g.source_prefix, "max_source_length": g.max_source_length,
-                "max_target_length": g.max_target_length, "decoder_start": self.decoder_start_token_id}
+        return {
+            "kind": self.kind,
+            "prompt": g.prompt,
+            "system": g.system,
+            "chat": self.chat,
+            "source_prefix": g.source_prefix,
+            "max_source_length": g.max_source_length,
+            "max_target_length": g.max_target_length,
+            "decoder_start": self.decoder_start_token_id,
+        }
 
     # ---- encoding ------------------------------------------------------------------------------------------------
     def render_prompts(self, sources: list[str]) -> list[str]:
@@ -90,7 +104,9 @@ class GenerationDataModule(HarnessDataModule):
             return prompts
         out = []
         for p in prompts:
-            messages = ([{"role": "system", "content": g.system}] if g.system else []) + [{"role": "user", "content": p}]
+            messages = ([{"role": "system", "content": g.system}] if g.system else []) + [
+                {"role": "user", "content": p}
+            ]
             out.append(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
         return out
 
@@ -106,8 +122,9 @@ class GenerationDataModule(HarnessDataModule):
         sources = [str(s) for s in batch["source"]]
         targets = [str(t) for t in batch["target"]]
         if self.kind == "seq2seq":
-            inputs = tok([g.source_prefix + s for s in sources], truncation=True,
-                         max_length=g.max_source_length)["input_ids"]
+            inputs = tok([g.source_prefix + s for s in sources], truncation=True, max_length=g.max_source_length)[
+                "input_ids"
+            ]
             labels = tok(text_target=targets, truncation=True, max_length=g.max_target_length)["input_ids"]
             start = self.decoder_start_token_id
             if start is not None:  # e.g. bert2bert: [CLS] starts the decoder; it is not something to predict
@@ -115,8 +132,9 @@ class GenerationDataModule(HarnessDataModule):
             return {"input_ids": inputs, "labels": labels}
         prompts = self.render_prompts(self.truncate_sources(sources))
         prompt_ids = tok(prompts, add_special_tokens=not self.chat)["input_ids"]
-        target_ids = tok(targets, add_special_tokens=False, truncation=True,
-                         max_length=g.max_target_length)["input_ids"]
+        target_ids = tok(targets, add_special_tokens=False, truncation=True, max_length=g.max_target_length)[
+            "input_ids"
+        ]
         eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
         return {
             "input_ids": [p + t + eos for p, t in zip(prompt_ids, target_ids)],
@@ -131,7 +149,8 @@ class GenerationDataModule(HarnessDataModule):
         self.prompts: dict[str, TokenizedDataset] = {}
         for name, ds in self.encoded.items():
             self.teacher_forced[name] = TokenizedDataset(
-                {"input_ids": ds.sequences["input_ids"], "labels": ds.sequences["labels"]}, ds.scalars)
+                {"input_ids": ds.sequences["input_ids"], "labels": ds.sequences["labels"]}, ds.scalars
+            )
             key = "prompt_ids" if self.kind == "causal" else "input_ids"
             self.prompts[name] = TokenizedDataset({"input_ids": ds.sequences[key]}, ds.scalars)
 
@@ -148,6 +167,11 @@ class GenerationDataModule(HarnessDataModule):
         d = self.cfg.data
         size = self.cfg.generation.batch_size or d.eval_batch_size
         side = "left" if self.kind == "causal" else "right"
-        return DataLoader(ds, batch_sampler=BucketBatchSampler(ds.lengths, size, shuffle=False, bucketing=d.bucketing),
-                          collate_fn=self.collator(side), num_workers=d.num_workers,
-                          pin_memory=d.pin_memory and torch.cuda.is_available(), persistent_workers=d.num_workers > 0)
+        return DataLoader(
+            ds,
+            batch_sampler=BucketBatchSampler(ds.lengths, size, shuffle=False, bucketing=d.bucketing),
+            collate_fn=self.collator(side),
+            num_workers=d.num_workers,
+            pin_memory=d.pin_memory and torch.cuda.is_available(),
+            persistent_workers=d.num_workers > 0,
+        )

@@ -40,8 +40,14 @@ def pack(docs: list[np.ndarray], block: int, sep: Optional[int]) -> list[np.ndar
 class MaskingCollator(SequenceCollator):
     """Pads, then masks: labels hold the original ids at selected positions and -100 elsewhere."""
 
-    def __init__(self, tokenizer: Any, multiple: Optional[int], probability: float, whole_words: bool,
-                 fixed_seed: Optional[int] = None):
+    def __init__(
+        self,
+        tokenizer: Any,
+        multiple: Optional[int],
+        probability: float,
+        whole_words: bool,
+        fixed_seed: Optional[int] = None,
+    ):
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         super().__init__(pad, multiple, "right")
         self.mask_id = tokenizer.mask_token_id
@@ -67,7 +73,9 @@ class MaskingCollator(SequenceCollator):
                 starts = torch.as_tensor(r["word_start"], dtype=torch.bool) & candidate
                 word = torch.cumsum(starts.long(), 0) - 1  # word index of every token
                 n_words = int(starts.sum())
-                chosen_words = torch.rand(n_words, generator=gen) < self.p if n_words else torch.zeros(0, dtype=torch.bool)
+                chosen_words = (
+                    torch.rand(n_words, generator=gen) < self.p if n_words else torch.zeros(0, dtype=torch.bool)
+                )
                 chosen = candidate & (word >= 0) & chosen_words[word.clamp(min=0)] if n_words else candidate & False
             else:
                 chosen = candidate & (torch.rand(len(seq), generator=gen) < self.p)
@@ -143,17 +151,26 @@ class LMDataModule(HarnessDataModule):
     def collator(self, train: bool = True) -> Any:
         d = self.cfg.data
         if self.kind == "masked":
-            return MaskingCollator(self.tokenizer, d.pad_to_multiple_of, d.mlm_probability, self.whole_words,
-                                   fixed_seed=None if train else self.cfg.seed)
+            return MaskingCollator(
+                self.tokenizer,
+                d.pad_to_multiple_of,
+                d.mlm_probability,
+                self.whole_words,
+                fixed_seed=None if train else self.cfg.seed,
+            )
         return _CausalCollator(self.tokenizer, d.pad_to_multiple_of)
 
     def eval_dataloader(self, split: str) -> DataLoader:
         ds = self.split_set(split)
         d = self.cfg.data
-        return DataLoader(ds, batch_sampler=BucketBatchSampler(ds.lengths, d.eval_batch_size, shuffle=False,
-                                                               bucketing=d.bucketing),
-                          collate_fn=self.collator(train=False), num_workers=d.num_workers,
-                          pin_memory=d.pin_memory and torch.cuda.is_available(), persistent_workers=d.num_workers > 0)
+        return DataLoader(
+            ds,
+            batch_sampler=BucketBatchSampler(ds.lengths, d.eval_batch_size, shuffle=False, bucketing=d.bucketing),
+            collate_fn=self.collator(train=False),
+            num_workers=d.num_workers,
+            pin_memory=d.pin_memory and torch.cuda.is_available(),
+            persistent_workers=d.num_workers > 0,
+        )
 
 
 class _CausalCollator(SequenceCollator):

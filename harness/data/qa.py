@@ -38,7 +38,9 @@ class QADataModule(HarnessDataModule):
             )
         probe = tokenizer("a", "b")
         self.has_types = "token_type_ids" in probe
-        self.sequence_cols = ["input_ids", "offset_start", "offset_end"] + (["token_type_ids"] if self.has_types else [])
+        self.sequence_cols = ["input_ids", "offset_start", "offset_end"] + (
+            ["token_type_ids"] if self.has_types else []
+        )
         self.scalar_cols = ["_row", "start_positions", "end_positions"]
         self._drop_unlocatable = False
         d = cfg.data
@@ -51,8 +53,12 @@ class QADataModule(HarnessDataModule):
 
     def encode_settings(self) -> dict[str, Any]:
         d = self.cfg.data
-        return {"max_length": d.max_length, "doc_stride": d.doc_stride, "drop": self._drop_unlocatable,
-                "max_question": MAX_QUESTION_TOKENS}
+        return {
+            "max_length": d.max_length,
+            "doc_stride": d.doc_stride,
+            "drop": self._drop_unlocatable,
+            "max_question": MAX_QUESTION_TOKENS,
+        }
 
     def encode_split(self, split: SplitData) -> TokenizedDataset:
         self._drop_unlocatable = split.name == "train"
@@ -62,8 +68,9 @@ class QADataModule(HarnessDataModule):
 
     def collator(self) -> PadCollator:
         pad = self.tokenizer.pad_token_id
-        return PadCollator(pad if pad is not None else 0, self.cfg.data.pad_to_multiple_of,
-                           {"offset_start": -1, "offset_end": -1})
+        return PadCollator(
+            pad if pad is not None else 0, self.cfg.data.pad_to_multiple_of, {"offset_start": -1, "offset_end": -1}
+        )
 
     def encode(self, batch: dict[str, list]) -> dict[str, list]:
         d = self.cfg.data
@@ -188,10 +195,17 @@ def postprocess(outputs: dict[str, Any], split: SplitData, version_2: bool, null
         preds = ["" if d > null_threshold else s for d, s in zip(diff, spans)]
     else:
         preds = spans
-    frame = pd.DataFrame({
-        "row": rows, "id": ids, "prediction": preds, "best_span": spans, "span_score": best_score,
-        "null_score": null_score, "score_diff": diff,
-    })
+    frame = pd.DataFrame(
+        {
+            "row": rows,
+            "id": ids,
+            "prediction": preds,
+            "best_span": spans,
+            "span_score": best_score,
+            "null_score": null_score,
+            "score_diff": diff,
+        }
+    )
     return QAPredictions(frame)
 
 

@@ -14,7 +14,7 @@ each rank takes every world_size-th example, so no rank is left without a batch.
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch.distributed as dist

@@ -48,7 +48,7 @@ class SplitData:
         h.update(np.asarray(self.dataset["_row"], dtype=np.int64).tobytes())
         return h.hexdigest()[:16]
 
-    def part(self, name: str, indices: np.ndarray, selection: str) -> "SplitData":
+    def part(self, name: str, indices: np.ndarray, selection: str) -> SplitData:
         """The rows at `indices` of this split, as split `name`, with the same source."""
         return replace(self, name=name, dataset=self.dataset.select(indices), selection=[*self.selection, selection])
 
@@ -131,8 +131,10 @@ def read_task_file(path: Path, task: TaskSpec) -> tuple[Any, dict[str, Any]]:
             return datasets.Dataset.from_dict(sq.rows), meta
         if isinstance(obj, list):
             return datasets.Dataset.from_list(obj), {}
-        raise DataError(f"{path}: not in the SQuAD format (no top-level `data` list)",
-                        "use an official SQuAD JSON file, or JSON lines with id, context, question and answers")
+        raise DataError(
+            f"{path}: not in the SQuAD format (no top-level `data` list)",
+            "use an official SQuAD JSON file, or JSON lines with id, context, question and answers",
+        )
     return load_file(path), {}
 
 
@@ -143,8 +145,9 @@ def _load_hub(task: TaskSpec, split_name: str, hub_split: str) -> Any:
     return datasets.load_dataset(ds.hub_id, ds.hub_config, split=hub_split, revision=ds.hub_revision)
 
 
-def check_rows(ds: Any, task: TaskSpec, where: str, row_offset: int = 1,
-               columns: Optional[dict[str, str]] = None) -> Any:
+def check_rows(
+    ds: Any, task: TaskSpec, where: str, row_offset: int = 1, columns: Optional[dict[str, str]] = None
+) -> Any:
     """Check the task's columns exist and hold values, map label names to ids, and rename columns to roles.
 
     `where` names the file (or hub split) in errors; rows are numbered from `row_offset` (1 = line numbers).
@@ -293,7 +296,9 @@ def load_source_split(task: TaskSpec, cfg: RunConfig, split: str) -> SplitData:
                 return SplitData(split, ds, str(path), "local", file_sha256(path), len(ds), meta=meta)
             looked.append(f"{path} (not found)")
     if spec.hub and task.dataset.hub_id:
-        ref = f"hf://datasets/{task.dataset.hub_id}" + (f"/{task.dataset.hub_config}" if task.dataset.hub_config else "")
+        ref = f"hf://datasets/{task.dataset.hub_id}" + (
+            f"/{task.dataset.hub_config}" if task.dataset.hub_config else ""
+        )
         ref += f"@{task.dataset.hub_revision or 'main'}:{spec.hub}"
         if hub.offline():
             looked.append(f"{ref} (skipped: HF_HUB_OFFLINE is set)")
@@ -374,23 +379,29 @@ class _SplitPlan:
             self.whole[name] = replace(part, official=False)
             self.reduced_by_fallback.add(fb.from_)
             how = f"whole {fb.group_by} groups" if fb.group_by else "rows"
-            self.notes.append(f"'{name}' data is not available here (no local file; hub offline or unreachable), "
-                              f"so {part.rows:,} rows of '{fb.from_}' ({how}, seed 0) became '{name}'")
+            self.notes.append(
+                f"'{name}' data is not available here (no local file; hub offline or unreachable), "
+                f"so {part.rows:,} rows of '{fb.from_}' ({how}, seed 0) became '{name}'"
+            )
         return self.whole[name]
 
     def final(self, name: str, size: Optional[int], stratify: bool) -> SplitData:
         """Split `name` as a run gets it: without the rows given away, marked, subset."""
         s = self.get_whole(name)
         if name in self.remaining:
-            rest = [n for n, d in [*self.spec.derive.items(), *self.spec.fallback.items()]
-                    if d.from_ == name and n in self.whole]
+            rest = [
+                n
+                for n, d in [*self.spec.derive.items(), *self.spec.fallback.items()]
+                if d.from_ == name and n in self.whole
+            ]
             s = s.part(name, self.remaining[name], f"without the rows of {', '.join(rest)}")
         if name in self.reduced_by_fallback:
             s = replace(s, official=False)
         s = _subset(s, size, stratify)
         if s.rows == 0:
-            raise DataError(f"task '{self.task.name}': split '{name}' is empty (source: {s.source})",
-                            "use a split with rows")
+            raise DataError(
+                f"task '{self.task.name}': split '{name}' is empty (source: {s.source})", "use a split with rows"
+            )
         return s
 
 
@@ -449,5 +460,4 @@ def load_test_file(task: TaskSpec, path: Path) -> SplitData:
         raise DataError(f"data file {path} is empty", "use a file with rows in the task's schema")
     ds = ds.add_column("_row", list(range(len(ds))))
     ds = check_rows(ds, task, str(path))
-    return SplitData("test", ds, str(path), "file", file_sha256(path), len(ds), ["data.test_file: all rows"],
-                     meta=meta)
+    return SplitData("test", ds, str(path), "file", file_sha256(path), len(ds), ["data.test_file: all rows"], meta=meta)

@@ -51,8 +51,10 @@ def load_json(path: Path, what: str) -> Any:
 
 
 def is_squad_json(obj: Any) -> bool:
-    return isinstance(obj, dict) and isinstance(obj.get("data"), list) and (
-        not obj["data"] or (isinstance(obj["data"][0], dict) and "paragraphs" in obj["data"][0])
+    return (
+        isinstance(obj, dict)
+        and isinstance(obj.get("data"), list)
+        and (not obj["data"] or (isinstance(obj["data"][0], dict) and "paragraphs" in obj["data"][0]))
     )
 
 
@@ -60,7 +62,7 @@ def parse_squad(obj: Any, where: str) -> SquadFile:
     """Flatten a parsed official SQuAD file; structural problems name the article/paragraph/question."""
     if not is_squad_json(obj):
         raise DataError(
-            f"{where}: not in the SQuAD format (expected {{\"data\": [{{\"title\", \"paragraphs\": [...]}}]}})",
+            f'{where}: not in the SQuAD format (expected {{"data": [{{"title", "paragraphs": [...]}}]}})',
             "use an official SQuAD JSON file, or a JSON-lines file with id, context, question and answers",
         )
     rows: dict[str, list] = {"id": [], "title": [], "context": [], "question": [], "answers": []}
@@ -71,8 +73,10 @@ def parse_squad(obj: Any, where: str) -> SquadFile:
         for p, para in enumerate(article.get("paragraphs") or []):
             context = para.get("context")
             if not isinstance(context, str):
-                raise DataError(f"{where}: article {a} ('{title}'), paragraph {p} has no context text",
-                                "every paragraph needs a `context` string")
+                raise DataError(
+                    f"{where}: article {a} ('{title}'), paragraph {p} has no context text",
+                    "every paragraph needs a `context` string",
+                )
             for q, qa in enumerate(para.get("qas") or []):
                 here = f"{where}: article {a} ('{title}'), paragraph {p}, question {q}"
                 qid = qa.get("id")

@@ -7,13 +7,13 @@ import evaluate
 from harness.metrics import generation
 
 DESCRIPTIONS = {
-    "rouge": "ROUGE-1/2/L/Lsum with rouge-score's semantics (Porter stemmer; Lsum over one sentence per line, sentences "
-             "split offline when a text has no line breaks), mean F-measure with precision, recall and bootstrap 95% "
-             "intervals, on rouge-score's 0-1 scale.",
-    "bleu": "sacreBLEU corpus-level bleu on detokenized text (default settings), with its signature and a bootstrap 95% "
-            "interval from summed sentence statistics, on sacreBLEU's 0-100 scale.",
-    "chrf": "sacreBLEU corpus-level chrf on detokenized text (default settings), with its signature and a bootstrap 95% "
-            "interval from summed sentence statistics, on sacreBLEU's 0-100 scale.",
+    "rouge": "ROUGE-1/2/L/Lsum with rouge-score's semantics (Porter stemmer; Lsum over one sentence per line, "
+    "sentences split offline when a text has no line breaks), mean F-measure with precision, recall and bootstrap "
+    "95% intervals, on rouge-score's 0-1 scale.",
+    "bleu": "sacreBLEU corpus-level bleu on detokenized text (default settings), with its signature and a bootstrap "
+    "95% interval from summed sentence statistics, on sacreBLEU's 0-100 scale.",
+    "chrf": "sacreBLEU corpus-level chrf on detokenized text (default settings), with its signature and a bootstrap "
+    "95% interval from summed sentence statistics, on sacreBLEU's 0-100 scale.",
 }
 
 _KWARGS = """
@@ -38,8 +38,9 @@ class HarnessMetric(evaluate.Metric):
             inputs_description=_KWARGS,
             features=[
                 datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
-                datasets.Features({"predictions": datasets.Value("string"),
-                                   "references": datasets.Sequence(datasets.Value("string"))}),
+                datasets.Features(
+                    {"predictions": datasets.Value("string"), "references": datasets.Sequence(datasets.Value("string"))}
+                ),
             ],
         )
 
@@ -47,8 +48,9 @@ class HarnessMetric(evaluate.Metric):
         if any(isinstance(r, (list, tuple)) and len(r) != 1 for r in references):
             raise ValueError(f"harness {self.metric} takes exactly one reference per prediction")
         refs = [r[0] if isinstance(r, (list, tuple)) else r for r in references]
-        res = getattr(generation, self.metric)(list(predictions), refs, resamples=resamples, confidence=confidence,
-                                               seed=seed)
+        res = getattr(generation, self.metric)(
+            list(predictions), refs, resamples=resamples, confidence=confidence, seed=seed
+        )
         out = {}
         for name, est in res.estimates.items():
             out[name] = float(est.value)

@@ -10,7 +10,6 @@ import importlib
 from dataclasses import dataclass
 from typing import Optional
 
-
 # metrics where lower is better; every other metric is maximised
 LOWER_IS_BETTER = frozenset({"ece", "perplexity", "loss"})
 
@@ -62,16 +61,30 @@ FAMILIES: dict[str, FamilyInfo] = {
         description="extractive question answering (AutoModelForQuestionAnswering), SQuAD v1.1/v2.0 EM and F1",
         required_columns=("id", "question", "context", "answers"),
         optional_columns=("title",),
-        metrics=("exact_match", "f1", "exact", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1",
-                 "best_exact", "best_f1"),
+        metrics=(
+            "exact_match",
+            "f1",
+            "exact",
+            "HasAns_exact",
+            "HasAns_f1",
+            "NoAns_exact",
+            "NoAns_f1",
+            "best_exact",
+            "best_f1",
+        ),
         main_metric="f1",
         needs_labels=False,
         impl="harness.families.qa:ExtractiveQAFamily",
         options=(("version", ("1.1", "2.0")),),
         baselines=("first-sentence",),
         default_metrics=("exact_match", "f1"),
-        option_metrics=(("version", "2.0", ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1",
-                                            "best_exact", "best_f1")),),
+        option_metrics=(
+            (
+                "version",
+                "2.0",
+                ("exact", "f1", "HasAns_exact", "HasAns_f1", "NoAns_exact", "NoAns_f1", "best_exact", "best_f1"),
+            ),
+        ),
     ),
     "summarization": FamilyInfo(
         name="summarization",

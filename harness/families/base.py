@@ -78,7 +78,9 @@ class Family(ABC):
         """A `baseline:<name>` model must be one of this family's baselines."""
         if name not in self.info.baselines:
             known = ", ".join(f"baseline:{b}" for b in self.info.baselines) or "none"
-            raise ModelError(f"family '{self.info.name}' has no baseline '{name}'", f"baselines of this family: {known}")
+            raise ModelError(
+                f"family '{self.info.name}' has no baseline '{name}'", f"baselines of this family: {known}"
+            )
 
     def bind_model(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> dict[str, str]:
         """Called once the model is resolved, before data is tokenized: check the model fits this family (raise
@@ -100,8 +102,8 @@ class Family(ABC):
         """Module arguments of a new module only (a checkpoint has its own): labels, model kind."""
         return {}
 
-    def check_module(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel, module: Any) -> None:
-        """Checks once the module exists (e.g. its labels against the task's)."""
+    def check_module(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel, module: Any) -> None:  # noqa: B027
+        """Checks once the module exists (e.g. its labels against the task's); none by default."""
 
     def build_module(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> Any:
         """The family's LightningModule: loaded from a harness checkpoint, or built on the model's weights."""
@@ -109,10 +111,12 @@ class Family(ABC):
         settings = self.module_settings(cfg, task)
         if model.checkpoint:
             module = self.module_class.load_from_checkpoint(
-                model.checkpoint, map_location="cpu", weights_only=True, optim=optim, **settings)
+                model.checkpoint, map_location="cpu", weights_only=True, optim=optim, **settings
+            )
         else:
-            module = self.module_class(optim=optim, **settings, **self.module_args(cfg, task, model),
-                                       **backbone_args(cfg, model))
+            module = self.module_class(
+                optim=optim, **settings, **self.module_args(cfg, task, model), **backbone_args(cfg, model)
+            )
             if not cfg.train and module.newly_initialized:
                 raise untrained_error(model, module)
         self.check_module(cfg, task, model, module)
@@ -140,8 +144,14 @@ class Family(ABC):
 
 def backbone_args(cfg: RunConfig, model: ResolvedModel) -> dict[str, Any]:
     """What a module needs to load its backbone (saved flat in its hyperparameters)."""
-    return dict(model_path=model.path, model_ref=model.ref, model_source=model.source, revision=model.revision,
-                dropout=cfg.model.dropout, attn_implementation=cfg.model.attn_implementation)
+    return dict(
+        model_path=model.path,
+        model_ref=model.ref,
+        model_source=model.source,
+        revision=model.revision,
+        dropout=cfg.model.dropout,
+        attn_implementation=cfg.model.attn_implementation,
+    )
 
 
 def checkpoint_hyperparameters(path: str) -> dict[str, Any]:

@@ -65,8 +65,9 @@ class ClassificationFamily(Family):
         p, y = probs.numpy(), labels.numpy()
         pred = p.argmax(1)
         label_names = list(task.labels or [])
-        table = _predictions_table(split, index, y, pred, p, outputs["loss"].numpy(), label_names,
-                                   cfg.eval.prediction_text_chars)
+        table = _predictions_table(
+            split, index, y, pred, p, outputs["loss"].numpy(), label_names, cfg.eval.prediction_text_chars
+        )
         title = f"{task.name} / {split.name} ({n} examples)"
         figures = {
             "plots/confusion_matrix.png": plots.confusion_matrix_figure(y, pred, label_names, title),
@@ -87,8 +88,16 @@ def _check_labels(model_labels: list[str], task_labels: list[str], ref: str) -> 
         )
 
 
-def _predictions_table(split: SplitData, index: np.ndarray, y: np.ndarray, pred: np.ndarray, p: np.ndarray,
-                       loss: np.ndarray, names: list[str], chars: int) -> pd.DataFrame:
+def _predictions_table(
+    split: SplitData,
+    index: np.ndarray,
+    y: np.ndarray,
+    pred: np.ndarray,
+    p: np.ndarray,
+    loss: np.ndarray,
+    names: list[str],
+    chars: int,
+) -> pd.DataFrame:
     rows = np.asarray(split.dataset["_row"])
     pos = np.empty(rows.max() + 1, dtype=np.int64)
     pos[rows] = np.arange(len(rows))

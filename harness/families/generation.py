@@ -21,6 +21,7 @@ from harness.metrics import generation as gen_metrics
 from harness.models.generation import TextGenerator
 from harness.models.loading import GENERATION_FITS, ResolvedModel, model_kind
 
+
 class GenerationFamily(Family):
     module_class = TextGenerator
 
@@ -36,9 +37,10 @@ class GenerationFamily(Family):
         if model.checkpoint:  # a harness checkpoint says what it is in its hyperparameters
             hp = checkpoint_hyperparameters(model.checkpoint)
             if hp.get("kind") not in ("seq2seq", "causal"):
-                raise ModelError(f"checkpoint {model.checkpoint} was not written by a {self.info.name} run",
-                                 f"pass a checkpoint of a summarization or translation run; {self.info.name} fits "
-                                 f"{GENERATION_FITS}")
+                raise ModelError(
+                    f"checkpoint {model.checkpoint} was not written by a {self.info.name} run",
+                    f"pass a checkpoint of a summarization or translation run; {self.info.name} fits {GENERATION_FITS}",
+                )
             self.kind, self.warm_start = hp["kind"], hp.get("warm_start")
         else:
             self.kind, self.warm_start = model_kind(model, self.info.name), model.warm_start
@@ -48,13 +50,16 @@ class GenerationFamily(Family):
         """(pad, eos, decoder start) for this tokenizer and model kind; gives a causal LM a pad token if it has none."""
         if self.warm_start == "bert2bert":
             if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
-                raise ModelError("bert2bert needs a tokenizer with [CLS] and [SEP] tokens",
-                                 "warm-start from a BERT-style encoder")
+                raise ModelError(
+                    "bert2bert needs a tokenizer with [CLS] and [SEP] tokens", "warm-start from a BERT-style encoder"
+                )
             return tokenizer.pad_token_id, tokenizer.sep_token_id, tokenizer.cls_token_id
         if tokenizer.pad_token_id is None:
             if tokenizer.eos_token_id is None:
-                raise ModelError("the tokenizer has neither a pad nor an end-of-sequence token",
-                                 "use a model whose tokenizer defines eos_token")
+                raise ModelError(
+                    "the tokenizer has neither a pad nor an end-of-sequence token",
+                    "use a model whose tokenizer defines eos_token",
+                )
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer.pad_token_id, tokenizer.eos_token_id, None
 
@@ -65,13 +70,19 @@ class GenerationFamily(Family):
 
     def length_budgets(self, cfg: RunConfig, task: TaskSpec) -> list[tuple[str, int, str]]:
         g = cfg.generation
-        return [("source", g.max_source_length, "cut at the end"),
-                ("target", g.max_target_length, "cut at the end for training, scored in full")]
+        return [
+            ("source", g.max_source_length, "cut at the end"),
+            ("target", g.max_target_length, "cut at the end for training, scored in full"),
+        ]
 
     def module_settings(self, cfg: RunConfig, task: TaskSpec) -> dict[str, Any]:
         pad, eos, start = self._special_tokens(self.tokenizer)
-        return dict(generation=cfg.generation.model_dump(mode="json"), pad_token_id=pad, eos_token_id=eos,
-                    decoder_start_token_id=start)
+        return dict(
+            generation=cfg.generation.model_dump(mode="json"),
+            pad_token_id=pad,
+            eos_token_id=eos,
+            decoder_start_token_id=start,
+        )
 
     def module_args(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> dict[str, Any]:
         return dict(kind=self.kind, warm_start=self.warm_start)
@@ -79,10 +90,17 @@ class GenerationFamily(Family):
     # ---- outputs -------------------------------------------------------------------------------------------------
     def postprocess(self, cfg: RunConfig, task: TaskSpec, outputs: dict[str, Any], split: SplitData) -> Any:
         tokens = np.asarray(outputs["tokens"])
-        texts = [self.tokenizer.decode([int(t) for t in row if t >= 0], skip_special_tokens=True).strip()
-                 for row in tokens]
-        return pd.DataFrame({"row": np.asarray(outputs["index"]), "hypothesis": texts,
-                             "gen_tokens": np.asarray(outputs["length"]), "hit_max": np.asarray(outputs["hit_max"])})
+        texts = [
+            self.tokenizer.decode([int(t) for t in row if t >= 0], skip_special_tokens=True).strip() for row in tokens
+        ]
+        return pd.DataFrame(
+            {
+                "row": np.asarray(outputs["index"]),
+                "hypothesis": texts,
+                "gen_tokens": np.asarray(outputs["length"]),
+                "hit_max": np.asarray(outputs["hit_max"]),
+            }
+        )
 
     def baseline_text(self, name: str, source: str) -> str:
         raise NotImplementedError
@@ -90,8 +108,14 @@ class GenerationFamily(Family):
     def baseline_outputs(self, name: str, cfg: RunConfig, task: TaskSpec, split: SplitData) -> Any:
         self.check_baseline(name)
         hyps = [self.baseline_text(name, s) for s in split.dataset["source"]]
-        return pd.DataFrame({"row": split.dataset["_row"], "hypothesis": hyps,
-                             "gen_tokens": [np.nan] * len(hyps), "hit_max": [False] * len(hyps)})
+        return pd.DataFrame(
+            {
+                "row": split.dataset["_row"],
+                "hypothesis": hyps,
+                "gen_tokens": [np.nan] * len(hyps),
+                "hit_max": [False] * len(hyps),
+            }
+        )
 
     # ---- scoring -------------------------------------------------------------------------------------------------
     def metric_results(self, cfg: RunConfig, hyps: list[str], refs: list[str]) -> list[gen_metrics.MetricResult]:
@@ -121,9 +145,11 @@ class GenerationFamily(Family):
             tags[f"metric.{res.name}.signature"] = res.signature
             warnings.extend(res.notes)
         n = len(hyps)
-        scalars: dict[str, float] = {"examples": float(n),
-                                     "empty_predictions": float(sum(1 for h in hyps if not h.strip())),
-                                     "empty_references": float(sum(1 for r in refs if not r.strip()))}
+        scalars: dict[str, float] = {
+            "examples": float(n),
+            "empty_predictions": float(sum(1 for h in hyps if not h.strip())),
+            "empty_references": float(sum(1 for r in refs if not r.strip())),
+        }
         gen_tokens = np.asarray(frame["gen_tokens"], dtype=float)
         hit = np.asarray(frame["hit_max"], dtype=bool)
         budget = cfg.generation.max_new_tokens
@@ -131,39 +157,50 @@ class GenerationFamily(Family):
             scalars["generated_tokens_mean"] = float(np.nanmean(gen_tokens))
             scalars["hit_max_new_tokens"] = float(hit.sum())
             if hit.all():
-                warnings.append(f"every generation ({n} of {n}) stopped at generation.max_new_tokens={budget} without "
-                                "an end-of-sequence token: the budget is too small (raise generation.max_new_tokens)")
+                warnings.append(
+                    f"every generation ({n} of {n}) stopped at generation.max_new_tokens={budget} without "
+                    "an end-of-sequence token: the budget is too small (raise generation.max_new_tokens)"
+                )
             elif hit.mean() > 0.25:
-                warnings.append(f"{int(hit.sum())} of {n} generations stopped at generation.max_new_tokens={budget}; "
-                                "consider a larger budget")
+                warnings.append(
+                    f"{int(hit.sum())} of {n} generations stopped at generation.max_new_tokens={budget}; "
+                    "consider a larger budget"
+                )
         score_name, per_example = self.example_score(results)
         chars = cfg.eval.prediction_text_chars
         src_words = np.array([len(s.split()) for s in sources])
-        table = pd.DataFrame({
-            "row": rows,
-            "source": [s[:chars] + ("…" if len(s) > chars else "") for s in sources],
-            "reference": refs,
-            "hypothesis": hyps,
-            score_name: per_example,
-            "source_words": src_words,
-            "generated_tokens": gen_tokens,
-            "hit_max_new_tokens": hit,
-        })
+        table = pd.DataFrame(
+            {
+                "row": rows,
+                "source": [s[:chars] + ("…" if len(s) > chars else "") for s in sources],
+                "reference": refs,
+                "hypothesis": hyps,
+                score_name: per_example,
+                "source_words": src_words,
+                "generated_tokens": gen_tokens,
+                "hit_max_new_tokens": hit,
+            }
+        )
         if "id" in ds.column_names:
             table.insert(1, "id", list(ds["id"]))
         title = f"{task.name} / {split.name} ({n} examples)"
         from harness.tracking import plots
 
         if np.isnan(gen_tokens).all():  # a baseline: lengths in words, no budget
-            hyp_len, ref_len, unit, line = (np.array([len(h.split()) for h in hyps]),
-                                            np.array([len(r.split()) for r in refs]), "words", None)
+            hyp_len, ref_len, unit, line = (
+                np.array([len(h.split()) for h in hyps]),
+                np.array([len(r.split()) for r in refs]),
+                "words",
+                None,
+            )
         else:
             ref_len = np.array([len(x) for x in self.tokenizer(refs, add_special_tokens=False)["input_ids"]])
             hyp_len, unit, line = gen_tokens, "tokens", budget
         figures = {
             "plots/generation_length.png": plots.length_histogram_figure(hyp_len, ref_len, unit, title, line),
             "plots/score_vs_source_length.png": plots.score_vs_length_figure(
-                src_words, per_example, "source length (words)", score_name, title),
+                src_words, per_example, "source length (words)", score_name, title
+            ),
         }
         return EvalReport(split.name, n, estimates, scalars, table, figures, task.main_metric, tags, warnings)
 
@@ -173,8 +210,9 @@ class SummarizationFamily(GenerationFamily):
         return gen_metrics.lead(source, 3)
 
     def metric_results(self, cfg: RunConfig, hyps: list[str], refs: list[str]) -> list[gen_metrics.MetricResult]:
-        res = gen_metrics.rouge(hyps, refs, resamples=cfg.eval.bootstrap_resamples, confidence=cfg.eval.confidence,
-                                seed=cfg.seed)
+        res = gen_metrics.rouge(
+            hyps, refs, resamples=cfg.eval.bootstrap_resamples, confidence=cfg.eval.confidence, seed=cfg.seed
+        )
         # runs report ROUGE x100, as papers do (harness score rouge --json keeps rouge-score's 0-1)
         res.estimates = {k: type(v)(100 * v.value, 100 * v.low, 100 * v.high) for k, v in res.estimates.items()}
         res.signature += "|scale:x100"

@@ -43,16 +43,20 @@ class LanguageModelFamily(Family):
             except ModelError:
                 kind = None
             if kind != "causal":
-                raise ModelError(f"model '{model.ref}' ({mtype}) is not a decoder-only causal LM",
-                                 "causal-LM pretraining fits GPT-2, Llama, SmolLM2 and the like; for BERT-style "
-                                 "encoders use a masked-LM task (e.g. mlm_imdb)")
+                raise ModelError(
+                    f"model '{model.ref}' ({mtype}) is not a decoder-only causal LM",
+                    "causal-LM pretraining fits GPT-2, Llama, SmolLM2 and the like; for BERT-style "
+                    "encoders use a masked-LM task (e.g. mlm_imdb)",
+                )
         else:
             from transformers import MODEL_FOR_MASKED_LM_MAPPING
 
             if type(config) not in MODEL_FOR_MASKED_LM_MAPPING:
-                raise ModelError(f"model '{model.ref}' ({mtype}) has no masked-LM architecture",
-                                 "masked-LM pretraining fits BERT, RoBERTa, DistilBERT, MiniLM and the like; for "
-                                 "decoder-only models use a causal-LM task (e.g. clm_imdb)")
+                raise ModelError(
+                    f"model '{model.ref}' ({mtype}) has no masked-LM architecture",
+                    "masked-LM pretraining fits BERT, RoBERTa, DistilBERT, MiniLM and the like; for "
+                    "decoder-only models use a causal-LM task (e.g. clm_imdb)",
+                )
         return {"model.kind": self.kind, **({"model.from_scratch": "true"} if cfg.model.from_scratch else {})}
 
     def build_datamodule(self, cfg: RunConfig, task: TaskSpec, data: TaskData, tokenizer: Any) -> LMDataModule:
@@ -66,8 +70,10 @@ class LanguageModelFamily(Family):
 
     def module_args(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> dict[str, Any]:
         if cfg.model.from_scratch and not cfg.train:
-            raise ModelError("model.from_scratch=true with train=false evaluates random weights",
-                             "set train=true, or drop model.from_scratch")
+            raise ModelError(
+                "model.from_scratch=true with train=false evaluates random weights",
+                "set train=true, or drop model.from_scratch",
+            )
         return dict(kind=self.kind, from_scratch=cfg.model.from_scratch, config_overrides=cfg.model.config_overrides)
 
     def score(self, cfg: RunConfig, task: TaskSpec, outputs: Any, split: SplitData) -> EvalReport:
@@ -87,19 +93,30 @@ class LanguageModelFamily(Family):
         draws = np.exp(nll[idx].sum(1) / np.maximum(tokens[idx].sum(1), 1))
         lo, hi = bc_interval(draws, point, cfg.eval.confidence)
         loss = float(nll[keep].sum() / tokens[keep].sum())
-        estimates = {"perplexity": Estimate(point, lo, hi),
-                     "loss": Estimate(loss, float(np.log(lo)), float(np.log(hi)))}
+        estimates = {
+            "perplexity": Estimate(point, lo, hi),
+            "loss": Estimate(loss, float(np.log(lo)), float(np.log(hi))),
+        }
         chars = cfg.eval.prediction_text_chars
         doc_ppl = np.where(keep, np.exp(nll / np.maximum(tokens, 1)), np.nan)
-        table = pd.DataFrame({"row": ds["_row"], "text": [t[:chars] for t in ds["text"]], "tokens": tokens,
-                              "nll": nll, "perplexity": doc_ppl})
+        table = pd.DataFrame(
+            {
+                "row": ds["_row"],
+                "text": [t[:chars] for t in ds["text"]],
+                "tokens": tokens,
+                "nll": nll,
+                "perplexity": doc_ppl,
+            }
+        )
         from harness.tracking import plots
 
-        fig = plots.histogram_figure(np.log(doc_ppl[keep]), "log perplexity per document",
-                                     f"{task.name} / {split.name} ({n} documents)")
+        fig = plots.histogram_figure(
+            np.log(doc_ppl[keep]), "log perplexity per document", f"{task.name} / {split.name} ({n} documents)"
+        )
         scalars = {"documents": float(n), "tokens": float(tokens.sum())}
-        return EvalReport(split.name, n, estimates, scalars, table, {"plots/document_perplexity.png": fig},
-                          task.main_metric)
+        return EvalReport(
+            split.name, n, estimates, scalars, table, {"plots/document_perplexity.png": fig}, task.main_metric
+        )
 
 
 class CausalLMFamily(LanguageModelFamily):

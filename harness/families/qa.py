@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -30,8 +30,13 @@ class ExtractiveQAFamily(Family):
         warnings: list[str] = []
         for name, split in data.splits.items():
             if "squad_version" in split.meta:
-                check_version(split.meta["squad_version"], int(split.meta.get("unanswerable", 0)), is_v2(task),
-                              task.name, split.source)
+                check_version(
+                    split.meta["squad_version"],
+                    int(split.meta.get("unanswerable", 0)),
+                    is_v2(task),
+                    task.name,
+                    split.source,
+                )
                 tags[f"data.{name}.squad_version"] = str(split.meta["squad_version"])
             off, missing = unlocatable_answers(split)
             if off or missing:
@@ -48,99 +53,110 @@ class ExtractiveQAFamily(Family):
         return QADataModule(cfg, task, data, tokenizer)
 
     def length_budgets(self, cfg: RunConfig, task: TaskSpec) -> list[tuple[str, int, str]]:
-        return [("question+context", cfg.data.max_length,
-                 f"split into overlapping windows (stride {cfg.data.doc_stride} tokens)")]
+        return [
+            (
+                "question+context",
+                cfg.data.max_length,
+                f"split into overlapping windows (stride {cfg.data.doc_stride} tokens)",
+            )
+        ]
 
     def module_settings(self, cfg: RunConfig, task: TaskSpec) -> dict[str, Any]:
         e = cfg.eval
-        return dict(version_2=is_v2(task), n_best=e.n_best, max_answer_length=e.max_answer_length,
-                    null_threshold=e.null_threshold)
+        return dict(
+            version_2=is_v2(task),
+            n_best=e.n_best,
+            max_answer_length=e.max_answer_length,
+            null_threshold=e.null_threshold,
+        )
 
     def postprocess(self, cfg: RunConfig, task: TaskSpec, outputs: dict[str, Any], split: SplitData) -> Any:
         frame = postprocess(outputs, split, is_v2(task), cfg.eval.null_threshold).frame
-        loss = pd.Series(np.asarray(outputs["loss"], dtype=np.float64)).groupby(
-            np.asarray(outputs["example"])).mean()
+        loss = pd.Series(np.asarray(outputs["loss"], dtype=np.float64)).groupby(np.asarray(outputs["example"])).mean()
         frame["loss"] = frame["row"].map(loss).to_numpy()
         return frame
 
     def baseline_outputs(self, name: str, cfg: RunConfig, task: TaskSpec, split: SplitData) -> Any:
         self.check_baseline(name)  # first-sentence: the context's first sentence as the answer
         spans = [first_sentence(c) for c in split.dataset["context"]]
-        return pd.DataFrame({"row": split.dataset["_row"], "id": split.dataset["id"], "prediction": spans,
-                             "best_span": spans})
+        return pd.DataFrame(
+            {"row": split.dataset["_row"], "id": split.dataset["id"], "prediction": spans, "best_span": spans}
+        )
 
     def score(self, cfg: RunConfig, task: TaskSpec, outputs: Any, split: SplitData) -> EvalReport:
         frame: pd.DataFrame = outputs
         v2 = is_v2(task)
-        ids = list(split.dataset["id"])
         answers = gold_texts(split)
-        golds = [squad.Gold(q, a) for q, a in zip(ids, answers)]
+        golds = [squad.Gold(q, a) for q, a in zip(split.dataset["id"], answers)]
         preds = dict(zip(frame["id"], frame["prediction"]))
-        n = len(golds)
-        if v2:
-            result = squad.score_v2(golds, preds)
-        else:
-            result = squad.score_v1(golds, preds)
-        em = np.asarray(result.exact, dtype=np.float64)
-        f1 = np.asarray(result.f1, dtype=np.float64)
-        has = np.asarray(result.has_answer, dtype=bool)
-        em_key = "exact" if v2 else "exact_match"
-
+        result = squad.score_v2(golds, preds) if v2 else squad.score_v1(golds, preds)
         best = None
         if v2 and "score_diff" in frame:
             # thresholds tuned on this data, as the official script does given no-answer scores: the candidate
             # answers are the best non-null spans, the "no-answer probability" is null score - span score
             spans = dict(zip(frame["id"], frame["best_span"]))
             diffs = dict(zip(frame["id"], frame["score_diff"].astype(float)))
-            best = squad.score_v2(golds, spans, na_probs=diffs)
-            best_arrays = _best_threshold_arrays(golds, spans, diffs)
-
-        def stats(i: np.ndarray) -> dict[str, float]:
-            out = {em_key: 100.0 * em[i].mean(), "f1": 100.0 * f1[i].mean()}
-            if v2:
-                h, nh = i[has[i]], i[~has[i]]
-                out.update({
-                    "HasAns_exact": 100.0 * em[h].mean() if len(h) else float("nan"),
-                    "HasAns_f1": 100.0 * f1[h].mean() if len(h) else float("nan"),
-                    "NoAns_exact": 100.0 * em[nh].mean() if len(nh) else float("nan"),
-                    "NoAns_f1": 100.0 * f1[nh].mean() if len(nh) else float("nan"),
-                })
-                if best is not None:
-                    w = np.bincount(i, minlength=n)
-                    out["best_exact"] = _best_score(best_arrays, "exact", w)
-                    out["best_f1"] = _best_score(best_arrays, "f1", w)
-            return out
-
-        estimates = bootstrap(stats, n, resamples=cfg.eval.bootstrap_resamples, confidence=cfg.eval.confidence,
-                              seed=cfg.seed)
-        # point values are the official totals (same numbers, summed in file order)
-        for k, v in result.totals.items():
-            if k in estimates:
-                estimates[k] = Estimate(float(v), estimates[k].low, estimates[k].high)
-        if best is not None:
-            for k in ("best_exact", "best_f1"):
-                estimates[k] = Estimate(float(best.totals[k]), estimates[k].low, estimates[k].high)
-        estimates = {k: v for k, v in estimates.items() if k in task.metrics or not np.isnan(v.value)}
+            best = (squad.score_v2(golds, spans, na_probs=diffs), _best_threshold_arrays(golds, spans, diffs))
+        estimates = _estimates(cfg, task, result, best)
+        em, f1 = np.asarray(result.exact, dtype=np.float64), np.asarray(result.f1, dtype=np.float64)
+        has = np.asarray(result.has_answer, dtype=bool)
+        n = len(golds)
         scalars: dict[str, float] = {"examples": float(n)}
         if v2:
             scalars.update({"HasAns_total": float(has.sum()), "NoAns_total": float((~has).sum())})
             if best is not None:
-                scalars.update({"best_exact_thresh": float(best.totals["best_exact_thresh"]),
-                                "best_f1_thresh": float(best.totals["best_f1_thresh"])})
+                scalars.update({f"{k}_thresh": float(best[0].totals[f"{k}_thresh"]) for k in ("best_exact", "best_f1")})
         if "loss" in frame:
             scalars["loss"] = float(np.nanmean(frame["loss"]))
         table = _table(split, frame, em, f1, answers, cfg.eval.prediction_text_chars)
-        title = f"{task.name} / {split.name} ({n} questions)"
-        from harness.tracking import plots
-
-        figures = {
-            "plots/f1_by_answer_length.png": plots.grouped_bar_figure(
-                table["answer_length"], f1 * 100, "gold answer length (words)", "F1", title,
-                order=["no answer", "1", "2", "3", "4-5", "6-10", "11+"]),
-            "plots/f1_by_question_type.png": plots.grouped_bar_figure(
-                table["question_type"], f1 * 100, "question type", "F1", title),
-        }
+        figures = _figures(table, f1, f"{task.name} / {split.name} ({n} questions)")
         return EvalReport(split.name, n, estimates, scalars, table, figures, task.main_metric)
+
+
+def _estimates(cfg: RunConfig, task: TaskSpec, result: Any, best: Optional[tuple[Any, dict]]) -> dict[str, Estimate]:
+    """EM and F1 (v2.0: also HasAns/NoAns and, given no-answer scores, the best-threshold EM/F1), each the official
+    total with a bootstrap interval over questions."""
+    v2 = is_v2(task)
+    em, f1 = np.asarray(result.exact, dtype=np.float64), np.asarray(result.f1, dtype=np.float64)
+    has = np.asarray(result.has_answer, dtype=bool)
+    n = len(em)
+    em_key = "exact" if v2 else "exact_match"
+
+    def mean(x: np.ndarray, i: np.ndarray) -> float:
+        return 100.0 * x[i].mean() if len(i) else float("nan")
+
+    def stats(i: np.ndarray) -> dict[str, float]:
+        out = {em_key: mean(em, i), "f1": mean(f1, i)}
+        if v2:
+            h, nh = i[has[i]], i[~has[i]]
+            out.update(HasAns_exact=mean(em, h), HasAns_f1=mean(f1, h), NoAns_exact=mean(em, nh), NoAns_f1=mean(f1, nh))
+            if best is not None:
+                w = np.bincount(i, minlength=n)
+                out.update(best_exact=_best_score(best[1], "exact", w), best_f1=_best_score(best[1], "f1", w))
+        return out
+
+    e = cfg.eval
+    estimates = bootstrap(stats, n, resamples=e.bootstrap_resamples, confidence=e.confidence, seed=cfg.seed)
+    # point values are the official totals (same numbers, summed in file order)
+    totals = {**result.totals, **({k: best[0].totals[k] for k in ("best_exact", "best_f1")} if best else {})}
+    for k, v in totals.items():
+        if k in estimates:
+            estimates[k] = Estimate(float(v), estimates[k].low, estimates[k].high)
+    return {k: v for k, v in estimates.items() if k in (task.metrics or []) or not np.isnan(v.value)}
+
+
+def _figures(table: pd.DataFrame, f1: np.ndarray, title: str) -> dict[str, Any]:
+    from harness.tracking import plots
+
+    lengths = ["no answer", "1", "2", "3", "4-5", "6-10", "11+"]
+    return {
+        "plots/f1_by_answer_length.png": plots.grouped_bar_figure(
+            table["answer_length"], f1 * 100, "gold answer length (words)", "F1", title, order=lengths
+        ),
+        "plots/f1_by_question_type.png": plots.grouped_bar_figure(
+            table["question_type"], f1 * 100, "question type", "F1", title
+        ),
+    }
 
 
 def _best_threshold_arrays(golds: list[squad.Gold], spans: dict[str, str], diffs: dict[str, float]) -> dict:
@@ -174,8 +190,9 @@ def _length_bucket(answers: list[str]) -> str:
     return "4-5" if n <= 5 else ("6-10" if n <= 10 else "11+")
 
 
-def _table(split: SplitData, frame: pd.DataFrame, em: np.ndarray, f1: np.ndarray, answers: list[list[str]],
-           chars: int) -> pd.DataFrame:
+def _table(
+    split: SplitData, frame: pd.DataFrame, em: np.ndarray, f1: np.ndarray, answers: list[list[str]], chars: int
+) -> pd.DataFrame:
     ds = split.dataset
     pred = dict(zip(frame["id"], frame["prediction"]))
     questions = ds["question"]
@@ -186,18 +203,20 @@ def _table(split: SplitData, frame: pd.DataFrame, em: np.ndarray, f1: np.ndarray
         lo = max(0, start - chars // 2)
         snippets.append(("…" if lo else "") + ctx[lo : lo + chars] + ("…" if lo + chars < len(ctx) else ""))
     ids = list(ds["id"])
-    table = pd.DataFrame({
-        "row": ds["_row"],
-        "id": ids,
-        "question": questions,
-        "context": snippets,
-        "gold_answers": [" | ".join(dict.fromkeys(a)) for a in answers],
-        "prediction": [pred.get(q, "") for q in ids],
-        "exact": em,
-        "f1": f1,
-        "question_type": [squad.question_type(q) for q in questions],
-        "answer_length": [_length_bucket(a) for a in answers],
-    })
+    table = pd.DataFrame(
+        {
+            "row": ds["_row"],
+            "id": ids,
+            "question": questions,
+            "context": snippets,
+            "gold_answers": [" | ".join(dict.fromkeys(a)) for a in answers],
+            "prediction": [pred.get(q, "") for q in ids],
+            "exact": em,
+            "f1": f1,
+            "question_type": [squad.question_type(q) for q in questions],
+            "answer_length": [_length_bucket(a) for a in answers],
+        }
+    )
     for col in ("span_score", "null_score", "score_diff", "loss"):
         if col in frame:
             table[col] = frame.set_index("id")[col].reindex(ids).to_numpy()

@@ -11,8 +11,8 @@ sacreBLEU 0-100.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -28,7 +28,13 @@ _TOKENIZED_END = re.compile(r"(?<= [.!?]) ")  # PTB-tokenized text (CNN/DailyMai
 def sentences(text: str) -> list[str]:
     """The sentences of a text: its lines if it has line breaks; else, for tokenized text (punctuation separated by
     spaces, " . "), a break after every space-separated '.', '!' or '?'; else a break after '.', '!' or '?' (and
-    closing quotes) followed by space and a capital letter or digit. Offline; no models."""
+    closing quotes) followed by space and a capital letter or digit. Offline; no models.
+
+    >>> sentences('It rained. We stayed in! Did you? "Yes." Fine')
+    ['It rained.', 'We stayed in!', 'Did you?', '"Yes."', 'Fine']
+    >>> sentences("it rained . we stayed in .")  # tokenized text (CNN/DailyMail as See et al. release it)
+    ['it rained .', 'we stayed in .']
+    """
     text = text.strip()
     if "\n" in text:
         parts = text.split("\n")
@@ -47,7 +53,11 @@ def split_sentences(text: str) -> str:
 
 
 def lead(text: str, k: int = 3) -> str:
-    """The first `k` sentences, one per line: the Lead-k summarization baseline."""
+    """The first `k` sentences, one per line: the Lead-k summarization baseline.
+
+    >>> lead("One. Two. Three. Four.", 2)
+    'One.\\nTwo.'
+    """
     return "\n".join(sentences(text)[:k])
 
 
@@ -71,7 +81,9 @@ def _counts(hyps: Sequence[str], refs: Sequence[str]) -> list[str]:
     return notes
 
 
-def _bootstrap_means(values: dict[str, np.ndarray], resamples: int, confidence: float, seed: int) -> dict[str, Estimate]:
+def _bootstrap_means(
+    values: dict[str, np.ndarray], resamples: int, confidence: float, seed: int
+) -> dict[str, Estimate]:
     n = len(next(iter(values.values())))
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(resamples, n))
@@ -83,8 +95,15 @@ def _bootstrap_means(values: dict[str, np.ndarray], resamples: int, confidence: 
     return out
 
 
-def rouge(hyps: Sequence[str], refs: Sequence[str], *, resamples: int = 1000, confidence: float = 0.95,
-          seed: int = 0, split: bool = True, processes: Optional[int] = None) -> MetricResult:
+def rouge(
+    hyps: Sequence[str],
+    refs: Sequence[str],
+    *,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    split: bool = True,
+) -> MetricResult:
     from importlib.metadata import version
 
     from harness.metrics.rouge import ROUGE_TYPES, score_pairs
@@ -93,7 +112,7 @@ def rouge(hyps: Sequence[str], refs: Sequence[str], *, resamples: int = 1000, co
     if split:
         hyps = [split_sentences(h) for h in hyps]
         refs = [split_sentences(r) for r in refs]
-    scores = score_pairs(refs, hyps, ROUGE_TYPES, processes=processes)
+    scores = score_pairs(refs, hyps, ROUGE_TYPES)
     values: dict[str, np.ndarray] = {}
     for k in ROUGE_TYPES:
         arr = np.asarray(scores[k], dtype=np.float64)  # [n, (p, r, f)]
@@ -101,13 +120,18 @@ def rouge(hyps: Sequence[str], refs: Sequence[str], *, resamples: int = 1000, co
         values[f"{k}_precision"] = arr[:, 0]
         values[f"{k}_recall"] = arr[:, 1]
     est = _bootstrap_means(values, resamples, confidence, seed)
-    sig = f"rouge-score:{version('rouge-score')}-compatible|stemmer:porter|lsum:newline|agg:mean-f|harness-fast"
-    return MetricResult("rouge", est, sig, {"rougeL": values["rougeL"], "rougeLsum": values["rougeLsum"]},
-                        _counts(hyps, refs))
+    sig = (
+        f"rouge-score:{version('rouge-score')}-compatible|engine:rouge-score-rs:{version('rouge-score-rs')}"
+        "|stemmer:porter|lsum:newline|agg:mean-f"
+    )
+    return MetricResult(
+        "rouge", est, sig, {"rougeL": values["rougeL"], "rougeLsum": values["rougeLsum"]}, _counts(hyps, refs)
+    )
 
 
-def _sacre(kind: str, hyps: Sequence[str], refs: Sequence[str], resamples: int, confidence: float,
-           seed: int) -> MetricResult:
+def _sacre(
+    kind: str, hyps: Sequence[str], refs: Sequence[str], resamples: int, confidence: float, seed: int
+) -> MetricResult:
     from sacrebleu.metrics import BLEU, CHRF
 
     _check_lengths(hyps, refs)
@@ -125,17 +149,27 @@ def _sacre(kind: str, hyps: Sequence[str], refs: Sequence[str], resamples: int, 
     lo, hi = bc_interval(draws, float(corpus.score), confidence)
     sentence = np.array([metric.sentence_score(h, [r]).score for h, r in zip(hyps, refs)]) if kind == "chrf" else None
     per = {"sentence_chrf": sentence} if sentence is not None else {}
-    return MetricResult(kind, {kind: Estimate(float(corpus.score), lo, hi)}, str(metric.get_signature()), per,
-                        _counts(hyps, refs))
+    return MetricResult(
+        kind, {kind: Estimate(float(corpus.score), lo, hi)}, str(metric.get_signature()), per, _counts(hyps, refs)
+    )
 
 
-def bleu(hyps: Sequence[str], refs: Sequence[str], *, resamples: int = 1000, confidence: float = 0.95,
-         seed: int = 0) -> MetricResult:
+def bleu(
+    hyps: Sequence[str], refs: Sequence[str], *, resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> MetricResult:
+    """Corpus BLEU (sacreBLEU, 13a tokenizer), with a bootstrap interval over sentences.
+
+    >>> r = bleu(["the cat is on the mat", "there is a cat"], ["the cat sat on the mat", "a cat is there"],
+    ...          resamples=200)
+    >>> round(r.estimates["bleu"].value, 2), r.signature.split("|")[3]
+    (31.12, 'tok:13a')
+    """
     return _sacre("bleu", hyps, refs, resamples, confidence, seed)
 
 
-def chrf(hyps: Sequence[str], refs: Sequence[str], *, resamples: int = 1000, confidence: float = 0.95,
-         seed: int = 0) -> MetricResult:
+def chrf(
+    hyps: Sequence[str], refs: Sequence[str], *, resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> MetricResult:
     return _sacre("chrf", hyps, refs, resamples, confidence, seed)
 
 
@@ -143,7 +177,9 @@ def _check_lengths(hyps: Sequence[str], refs: Sequence[str]) -> None:
     from harness.errors import DataError
 
     if len(hyps) != len(refs):
-        raise DataError(f"{len(hyps)} predictions but {len(refs)} references",
-                        "give exactly one reference per prediction, in the same order")
+        raise DataError(
+            f"{len(hyps)} predictions but {len(refs)} references",
+            "give exactly one reference per prediction, in the same order",
+        )
     if not hyps:
         raise DataError("no predictions to score", "give at least one prediction and its reference")

@@ -27,14 +27,20 @@ from __future__ import annotations
 import collections
 import re
 import string
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Optional
+from typing import Optional
 
 _PUNCT = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 
 
 def normalize_answer(s: str) -> str:
+    """Lowercase, drop punctuation and the articles a/an/the, collapse whitespace (the official scripts' rule).
+
+    >>> normalize_answer("The  Cat, sat!")
+    'cat sat'
+    """
     s = s.lower()
     s = "".join(ch for ch in s if ch not in _PUNCT)
     s = _ARTICLES.sub(" ", s)
@@ -50,6 +56,11 @@ def exact_v1(prediction: str, gold: str) -> bool:
 
 
 def f1_v1(prediction: str, gold: str) -> float:
+    """Token-overlap F1 of two normalised answers.
+
+    >>> f1_v1("the cat sat", "a cat sat down")  # 2 shared of 2 predicted and 3 gold tokens
+    0.8
+    """
     pred = normalize_answer(prediction).split()
     ref = normalize_answer(gold).split()
     same = sum((collections.Counter(pred) & collections.Counter(ref)).values())
@@ -98,6 +109,12 @@ class ScoreResult:
 
 
 def score_v1(golds: Iterable[Gold], predictions: Mapping[str, str]) -> ScoreResult:
+    """SQuAD v1.1 EM and F1 (0-100), the best over each question's gold answers, as the official script computes.
+
+    >>> golds = [Gold("q1", ["Denver Broncos", "Broncos"]), Gold("q2", ["1999"])]
+    >>> score_v1(golds, {"q1": "the Broncos", "q2": "in 2000"}).totals
+    {'exact_match': 50.0, 'f1': 50.0}
+    """
     golds = list(golds)
     em_sum = f1_sum = 0.0
     total = 0
@@ -142,8 +159,9 @@ def raw_scores_v2(golds: list[Gold], predictions: Mapping[str, str]) -> tuple[di
     return exact, f1
 
 
-def apply_no_answer_threshold(scores: dict[str, float], na_probs: Mapping[str, float],
-                              has_answer: Mapping[str, bool], threshold: float) -> dict[str, float]:
+def apply_no_answer_threshold(
+    scores: dict[str, float], na_probs: Mapping[str, float], has_answer: Mapping[str, bool], threshold: float
+) -> dict[str, float]:
     out: dict[str, float] = {}
     for qid, s in scores.items():
         if na_probs[qid] > threshold:
@@ -165,8 +183,12 @@ def _eval_dict(exact: dict[str, float], f1: dict[str, float], qids: Optional[lis
     }
 
 
-def best_threshold(predictions: Mapping[str, str], scores: Mapping[str, float], na_probs: Mapping[str, float],
-                   has_answer: Mapping[str, bool]) -> tuple[float, float]:
+def best_threshold(
+    predictions: Mapping[str, str],
+    scores: Mapping[str, float],
+    na_probs: Mapping[str, float],
+    has_answer: Mapping[str, bool],
+) -> tuple[float, float]:
     """The no-answer threshold that maximises the total on this data: start from "answer nothing" (every
     unanswerable question right), then admit predictions in order of increasing no-answer probability."""
     current = sum(1 for k in has_answer if not has_answer[k])
@@ -185,8 +207,12 @@ def best_threshold(predictions: Mapping[str, str], scores: Mapping[str, float], 
     return 100.0 * best / len(scores), best_thresh
 
 
-def score_v2(golds: Iterable[Gold], predictions: Mapping[str, str], na_probs: Optional[Mapping[str, float]] = None,
-             na_prob_thresh: float = 1.0) -> ScoreResult:
+def score_v2(
+    golds: Iterable[Gold],
+    predictions: Mapping[str, str],
+    na_probs: Optional[Mapping[str, float]] = None,
+    na_prob_thresh: float = 1.0,
+) -> ScoreResult:
     golds = list(golds)
     has_answer = {g.qid: bool(g.answers) for g in golds}
     has_ids = [k for k, v in has_answer.items() if v]

@@ -21,7 +21,6 @@ from transformers import AutoConfig, get_scheduler
 
 from harness.models.loading import ResolvedModel, load_pretrained
 
-
 _DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
 
 
@@ -42,9 +41,17 @@ class HarnessModule(L.LightningModule):
         self._pending_rng: Optional[dict[str, Any]] = None
 
     # ---- backbone ------------------------------------------------------------------------------------------------
-    def load_backbone(self, auto_cls: Any, model_path: str, model_ref: Optional[str] = None,
-                      model_source: str = "local", revision: Optional[str] = None, dropout: Optional[float] = None,
-                      attn_implementation: Optional[str] = "sdpa", **kwargs: Any) -> None:
+    def load_backbone(
+        self,
+        auto_cls: Any,
+        model_path: str,
+        model_ref: Optional[str] = None,
+        model_source: str = "local",
+        revision: Optional[str] = None,
+        dropout: Optional[float] = None,
+        attn_implementation: Optional[str] = "sdpa",
+        **kwargs: Any,
+    ) -> None:
         """`self.model` from `auto_cls.from_pretrained`, with the dropout override and attention implementation;
         `self.newly_initialized` lists the weights the checkpoint did not have (e.g. a new task head)."""
         resolved = ResolvedModel(model_ref or model_path, model_path, model_source, revision=revision)
@@ -64,8 +71,9 @@ class HarnessModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self(batch)
-        self.log("train_loss", out.loss, on_step=True, on_epoch=False, prog_bar=True,
-                 batch_size=len(batch["input_ids"]))
+        self.log(
+            "train_loss", out.loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["input_ids"])
+        )
         return out.loss
 
     # ---- optimization --------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ come from torchmetrics, test outputs are per-example probabilities for scoring w
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torchmetrics import MeanMetric
@@ -20,15 +21,24 @@ class SequenceClassifier(HarnessModule):
     inputs = ("input_ids", "attention_mask", "token_type_ids")
     targets = {"labels": "label"}
 
-    def __init__(self, labels: list[str], optim: dict[str, Any], metrics: Sequence[str] = cls_metrics.METRICS,
-                 ece_bins: int = 15, **backbone: Any):
+    def __init__(
+        self,
+        labels: list[str],
+        optim: dict[str, Any],
+        metrics: Sequence[str] = cls_metrics.METRICS,
+        ece_bins: int = 15,
+        **backbone: Any,
+    ):
         super().__init__(optim)
         self.save_hyperparameters()
         self.labels = list(labels)
         n = len(labels)
         # weights the checkpoint did not have (a new classification head): evaluating without training is then noise
         self.load_backbone(
-            AutoModelForSequenceClassification, **backbone, num_labels=n, id2label=dict(enumerate(self.labels)),
+            AutoModelForSequenceClassification,
+            **backbone,
+            num_labels=n,
+            id2label=dict(enumerate(self.labels)),
             label2id={name: i for i, name in enumerate(self.labels)},
         )
         self.val_metrics = cls_metrics.collection(n, ece_bins, list(metrics)).clone(prefix="val_")

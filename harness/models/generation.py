@@ -52,16 +52,24 @@ class TextGenerator(HarnessModule):
         self.val_loss = MeanMetric()
         self.val_tokens = SumMetric()
 
-    def _load_bert2bert(self, model_path: str, model_ref: Optional[str] = None, model_source: str = "local",
-                        revision: Optional[str] = None, dropout: Optional[float] = None, **_: Any) -> None:
+    def _load_bert2bert(
+        self,
+        model_path: str,
+        model_ref: Optional[str] = None,
+        model_source: str = "local",
+        revision: Optional[str] = None,
+        dropout: Optional[float] = None,
+        **_: Any,
+    ) -> None:
         """Encoder and decoder both start from the encoder's weights (Rothe et al. 2020); the decoder gets causal
         self-attention and new cross-attention layers (listed in `newly_initialized`)."""
         resolved = ResolvedModel(model_ref or model_path, model_path, model_source, revision=revision)
         kwargs: dict[str, Any] = {}
         if dropout is not None:
             kwargs.update(encoder_hidden_dropout_prob=dropout, decoder_hidden_dropout_prob=dropout)
-        model = load_pretrained(lambda p, **kw: EncoderDecoderModel.from_encoder_decoder_pretrained(p, p, **kw),
-                                resolved, **kwargs)
+        model = load_pretrained(
+            lambda p, **kw: EncoderDecoderModel.from_encoder_decoder_pretrained(p, p, **kw), resolved, **kwargs
+        )
         model.config.decoder_start_token_id = self.decoder_start_token_id
         model.config.pad_token_id = self.pad_token_id
         model.config.eos_token_id = self.eos_token_id
@@ -80,8 +88,11 @@ class TextGenerator(HarnessModule):
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()
-        self.log_dict({"val_loss": loss, "val_perplexity": torch.exp(loss), "val_target_tokens": self.val_tokens.compute()},
-                      prog_bar=False, sync_dist=True)
+        self.log_dict(
+            {"val_loss": loss, "val_perplexity": torch.exp(loss), "val_target_tokens": self.val_tokens.compute()},
+            prog_bar=False,
+            sync_dist=True,
+        )
         self.val_loss.reset()
         self.val_tokens.reset()
 
@@ -92,9 +103,13 @@ class TextGenerator(HarnessModule):
         g = self.generation
         beams = int(g["num_beams"])
         kwargs: dict[str, Any] = dict(
-            max_new_tokens=int(g["max_new_tokens"]), min_new_tokens=int(g["min_new_tokens"]) or None,
-            num_beams=beams, do_sample=False, no_repeat_ngram_size=int(g["no_repeat_ngram_size"]),
-            repetition_penalty=float(g["repetition_penalty"]), pad_token_id=self.pad_token_id,
+            max_new_tokens=int(g["max_new_tokens"]),
+            min_new_tokens=int(g["min_new_tokens"]) or None,
+            num_beams=beams,
+            do_sample=False,
+            no_repeat_ngram_size=int(g["no_repeat_ngram_size"]),
+            repetition_penalty=float(g["repetition_penalty"]),
+            pad_token_id=self.pad_token_id,
             eos_token_id=self.eos_token_id,
         )
         if beams > 1:
@@ -110,9 +125,10 @@ class TextGenerator(HarnessModule):
     def generate_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """New tokens [B, max_new_tokens] (-1 after the end), their count, and whether the budget ran out."""
         budget = int(self.generation["max_new_tokens"])
-        out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                  generation_config=self.generation_config())
-        new = out[:, input_ids.shape[1]:] if self.kind == "causal" else out[:, 1:]  # drop prompt / decoder start
+        out = self.model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, generation_config=self.generation_config()
+        )
+        new = out[:, input_ids.shape[1] :] if self.kind == "causal" else out[:, 1:]  # drop prompt / decoder start
         new = new[:, :budget]
         width = new.shape[1]
         # a row ends at its first end-of-sequence token (generate pads finished rows after it)

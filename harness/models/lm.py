@@ -20,16 +20,25 @@ from harness.models.base import HarnessModule, target_tokens
 from harness.models.loading import ResolvedModel, load_pretrained
 
 
-def _scratch_config(overrides: dict[str, Any], model_path: str, model_ref: Optional[str] = None,
-                    model_source: str = "local", revision: Optional[str] = None,
-                    attn_implementation: Optional[str] = "sdpa", **_: Any) -> Any:
+def _scratch_config(
+    overrides: dict[str, Any],
+    model_path: str,
+    model_ref: Optional[str] = None,
+    model_source: str = "local",
+    revision: Optional[str] = None,
+    attn_implementation: Optional[str] = "sdpa",
+    **_: Any,
+) -> Any:
     """The model's config with `model.config_overrides` applied, for random initial weights."""
-    config = load_pretrained(AutoConfig.from_pretrained,
-                             ResolvedModel(model_ref or model_path, model_path, model_source, revision=revision))
+    config = load_pretrained(
+        AutoConfig.from_pretrained, ResolvedModel(model_ref or model_path, model_path, model_source, revision=revision)
+    )
     for k, v in overrides.items():
         if not hasattr(config, k):
-            raise ConfigError(f"model.config_overrides: the {config.model_type} config has no '{k}'",
-                              "use a field of the model's config.json")
+            raise ConfigError(
+                f"model.config_overrides: the {config.model_type} config has no '{k}'",
+                "use a field of the model's config.json",
+            )
         setattr(config, k, v)
     if attn_implementation:
         config._attn_implementation = attn_implementation
@@ -37,8 +46,14 @@ def _scratch_config(overrides: dict[str, Any], model_path: str, model_ref: Optio
 
 
 class LanguageModel(HarnessModule):
-    def __init__(self, optim: dict[str, Any], kind: str, from_scratch: bool = False,
-                 config_overrides: Optional[dict[str, Any]] = None, **backbone: Any):
+    def __init__(
+        self,
+        optim: dict[str, Any],
+        kind: str,
+        from_scratch: bool = False,
+        config_overrides: Optional[dict[str, Any]] = None,
+        **backbone: Any,
+    ):
         super().__init__(optim)
         self.save_hyperparameters()
         self.kind = kind

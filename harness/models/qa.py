@@ -20,8 +20,9 @@ from harness.metrics import squad
 from harness.models.base import HarnessModule
 
 
-def best_spans(start_logits: torch.Tensor, end_logits: torch.Tensor, context: torch.Tensor, n_best: int,
-               max_answer_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def best_spans(
+    start_logits: torch.Tensor, end_logits: torch.Tensor, context: torch.Tensor, n_best: int, max_answer_length: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(scores, start token, end token), each [B, n_best], best first, over all valid spans; invalid slots (fewer
     valid spans than n_best) have score -inf."""
     s, e = start_logits.float(), end_logits.float()
@@ -51,8 +52,15 @@ class QuestionAnswerer(HarnessModule):
     inputs = ("input_ids", "attention_mask", "token_type_ids")
     targets = {"start_positions": "start_positions", "end_positions": "end_positions"}
 
-    def __init__(self, optim: dict[str, Any], version_2: bool = False, n_best: int = 20, max_answer_length: int = 30,
-                 null_threshold: float = 0.0, **backbone: Any):
+    def __init__(
+        self,
+        optim: dict[str, Any],
+        version_2: bool = False,
+        n_best: int = 20,
+        max_answer_length: int = 30,
+        null_threshold: float = 0.0,
+        **backbone: Any,
+    ):
         super().__init__(optim)
         self.save_hyperparameters()
         self.version_2 = version_2
@@ -65,22 +73,29 @@ class QuestionAnswerer(HarnessModule):
 
     def candidates(self, batch: dict[str, torch.Tensor], out: Any) -> dict[str, torch.Tensor]:
         context = batch["offset_start"] >= 0
-        score, start, end = best_spans(out.start_logits, out.end_logits, context, self.n_best,
-                                       self.max_answer_length)
+        score, start, end = best_spans(out.start_logits, out.end_logits, context, self.n_best, self.max_answer_length)
         ok = torch.isfinite(score)
         span_start = torch.where(ok, batch["offset_start"].gather(1, start), -1)
         span_end = torch.where(ok, batch["offset_end"].gather(1, end), -1)
         # the "no answer" score of a window: start and end both on the first token ([CLS])
         null = out.start_logits[:, 0].float() + out.end_logits[:, 0].float()
-        return {"index": batch["_feature"], "example": batch["_row"], "span_score": score,
-                "span_start": span_start, "span_end": span_end, "null_score": null}
+        return {
+            "index": batch["_feature"],
+            "example": batch["_row"],
+            "span_score": score,
+            "span_start": span_start,
+            "span_end": span_end,
+            "null_score": null,
+        }
 
     def eval_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = self(batch)
         res = self.candidates(batch, out)
         ce = torch.nn.functional.cross_entropy
-        res["loss"] = (ce(out.start_logits.float(), batch["start_positions"], reduction="none")
-                       + ce(out.end_logits.float(), batch["end_positions"], reduction="none")) / 2
+        res["loss"] = (
+            ce(out.start_logits.float(), batch["start_positions"], reduction="none")
+            + ce(out.end_logits.float(), batch["end_positions"], reduction="none")
+        ) / 2
         return res
 
     # ---- validation: loss and EM/F1 per epoch ----------------------------------------------------------------------
@@ -99,6 +114,12 @@ class QuestionAnswerer(HarnessModule):
         self._val_buffer = []
         dm = getattr(self.trainer, "datamodule", None)
         if outputs and dm is not None and "validation" in dm.data.splits:
-            values.update({f"val_{k}": v for k, v in quick_scores(outputs, dm.data["validation"], self.version_2,
-                                                                  self.null_threshold).items()})
+            values.update(
+                {
+                    f"val_{k}": v
+                    for k, v in quick_scores(
+                        outputs, dm.data["validation"], self.version_2, self.null_threshold
+                    ).items()
+                }
+            )
         self.log_dict(values, prog_bar=False, sync_dist=True)

@@ -56,7 +56,9 @@ class Settings:
 
 @dataclass
 class ProbeResult:
-    estimates: dict[str, Estimate]  # flat: overall and per-category metrics, e.g. metric_score / race-color/metric_score
+    estimates: dict[
+        str, Estimate
+    ]  # flat: overall and per-category metrics, e.g. metric_score / race-color/metric_score
     categories: pd.DataFrame  # one row per (category, metric): value, ci_low, ci_high, n
     table: pd.DataFrame  # one row per example
     scalars: dict[str, float] = field(default_factory=dict)
@@ -84,8 +86,10 @@ def all_specs() -> dict[str, ProbeSpec]:
         for path in sorted(root.rglob("probe.yaml")) if root.is_dir() else []:
             spec = load_spec(path)
             if spec.name in specs:
-                raise ConfigError(f"{path}: probe name '{spec.name}' is also defined in {specs[spec.name].path}",
-                                  "rename one of the folders")
+                raise ConfigError(
+                    f"{path}: probe name '{spec.name}' is also defined in {specs[spec.name].path}",
+                    "rename one of the folders",
+                )
             specs[spec.name] = spec
     return specs
 
@@ -103,8 +107,11 @@ def load_spec(path: Path) -> ProbeSpec:
     if bad:
         raise ConfigError(f"{path}: field 'fits': unknown model kind(s) {bad}", f"use some of {', '.join(KINDS)}")
     if spec.main_metric not in spec.metrics:
-        raise ConfigError(f"{path}: field 'main_metric': '{spec.main_metric}' is not one of the probe's metrics "
-                          f"({', '.join(spec.metrics)})", "name one of them")
+        raise ConfigError(
+            f"{path}: field 'main_metric': '{spec.main_metric}' is not one of the probe's metrics "
+            f"({', '.join(spec.metrics)})",
+            "name one of them",
+        )
     return spec
 
 
@@ -115,8 +122,13 @@ def probe_module(spec: ProbeSpec) -> Any:
 def load_lm(name: str, revision: Optional[str] = None, cache: Optional[Path] = None, device: str = "auto") -> LM:
     """The model under test and what kind it is: a causal LM, a masked LM (with its MLM head), or a classifier."""
     import torch
-    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM,
-                              AutoModelForSequenceClassification, AutoTokenizer)
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     from harness.models.loading import load_pretrained, model_kind, resolve_model
 
@@ -141,8 +153,10 @@ def load_lm(name: str, revision: Optional[str] = None, cache: Optional[Path] = N
                 "(e.g. bert-base-uncased online), or a sentiment classifier (runs:/<run id> of make eval TASK=imdb)",
             ) from None
         if kind != "causal":
-            raise ModelError(f"model '{name}' is an encoder-decoder model; the probes score causal or masked LMs "
-                             "and classifiers", "probe a causal or masked LM, or a classifier")
+            raise ModelError(
+                f"model '{name}' is an encoder-decoder model; the probes score causal or masked LMs and classifiers",
+                "probe a causal or masked LM, or a classifier",
+            )
         auto = AutoModelForCausalLM
     model = load_pretrained(auto.from_pretrained, resolved)
     tok = load_pretrained(AutoTokenizer.from_pretrained, resolved)
@@ -161,15 +175,24 @@ def category_frame(estimates: dict[str, Estimate], counts: dict[str, int], metri
         cat, _, metric = key.rpartition("/")
         if metric in metrics:
             cat = cat or "overall"
-            rows.append({"category": cat, "metric": metric, "value": est.value, "ci_low": est.low,
-                         "ci_high": est.high, "n": counts.get(cat, 0)})
+            rows.append(
+                {
+                    "category": cat,
+                    "metric": metric,
+                    "value": est.value,
+                    "ci_low": est.low,
+                    "ci_high": est.high,
+                    "n": counts.get(cat, 0),
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def bar_figure(categories: pd.DataFrame, metric: str, title: str, ideal: Optional[float] = None) -> Any:
     """One bar per category for `metric`, with its bootstrap interval and the unbiased ideal as a line."""
-    from harness.tracking import plots  # noqa: F401  (selects the Agg backend)
     import matplotlib.pyplot as plt
+
+    from harness.tracking import plots  # noqa: F401  (selects the Agg backend)
 
     d = categories[categories["metric"] == metric].reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(max(4.5, 0.7 * len(d) + 2), 3.8), dpi=120)
@@ -199,8 +222,10 @@ def data_paths(spec: ProbeSpec, data_dir: Optional[Path], override: Optional[Pat
             found = sorted({p for pat in spec.data.files for p in override.glob(pat)})
             if found:
                 return found
-        raise DataError(f"probe '{spec.name}': {override} holds none of {spec.data.files}",
-                        "pass a file or a folder with the probe's files")
+        raise DataError(
+            f"probe '{spec.name}': {override} holds none of {spec.data.files}",
+            "pass a file or a folder with the probe's files",
+        )
     if data_dir is None or spec.data.local_dir is None:
         return []
     folder = data_dir / spec.data.local_dir

@@ -30,15 +30,25 @@ from harness.errors import DataError
 from harness.metrics.bootstrap import bootstrap
 from harness.probes.base import LM, ProbeResult, ProbeSpec, Settings, category_frame, data_paths
 
-FIELDS = ("context", "question", "ans0", "ans1", "ans2", "label", "context_condition", "question_polarity",
-          "category", "answer_info")
+FIELDS = (
+    "context",
+    "question",
+    "ans0",
+    "ans1",
+    "ans2",
+    "label",
+    "context_condition",
+    "question_polarity",
+    "category",
+    "answer_info",
+)
 
 
 def _norm(tag: str) -> str:
     t = str(tag).strip().lower()
     for p in ("m-", "f-"):
         if t.startswith(p):
-            t = t[len(p):]
+            t = t[len(p) :]
     return t
 
 
@@ -62,9 +72,11 @@ def unknown_index(ex: dict) -> Optional[int]:
 def load(spec: ProbeSpec, data_dir: Optional[Path], override: Optional[Path] = None) -> tuple[list[dict], list[str]]:
     paths = data_paths(spec, data_dir, override)
     if not paths:
-        raise DataError(f"probe '{spec.name}': no BBQ files ({', '.join(spec.data.files)}) under "
-                        f"{data_dir / spec.data.local_dir if data_dir and spec.data.local_dir else 'the data directory'}",
-                        "set HARNESS_DATA_DIR (or --data) to a folder with bias/bbq/<Category>.jsonl[.gz] files")
+        raise DataError(
+            f"probe '{spec.name}': no BBQ files ({', '.join(spec.data.files)}) under "
+            f"{data_dir / spec.data.local_dir if data_dir and spec.data.local_dir else 'the data directory'}",
+            "set HARNESS_DATA_DIR (or --data) to a folder with bias/bbq/<Category>.jsonl[.gz] files",
+        )
     rows, warnings = [], []
     for p in paths:
         opener = gzip.open if p.name.endswith(".gz") else open
@@ -86,8 +98,14 @@ def load(spec: ProbeSpec, data_dir: Optional[Path], override: Optional[Path] = N
         if bad:
             warnings.append(f"{p.name}: {bad} malformed example(s) skipped")
     cats = sorted({r["category"] for r in rows})
-    warnings.append(f"categories scored: {', '.join(cats)}" + ("" if len(cats) >= 11 else
-                    f" ({len(cats)} of the 11 in BBQ; put the other <Category>.jsonl files beside them to add them)"))
+    warnings.append(
+        f"categories scored: {', '.join(cats)}"
+        + (
+            ""
+            if len(cats) >= 11
+            else f" ({len(cats)} of the 11 in BBQ; put the other <Category>.jsonl files beside them to add them)"
+        )
+    )
     return rows, warnings
 
 
@@ -147,21 +165,41 @@ def evaluate(lm: LM, rows: list[dict], spec: ProbeSpec, s: Settings) -> ProbeRes
     est = bootstrap(stats, len(rows), resamples=s.resamples, confidence=s.confidence, seed=s.seed)
     counts = {"overall": len(rows), **{c: int((cats == c).sum()) for c in set(cats)}}
     no_target = int((tgt < 0).sum())
-    table = pd.DataFrame({
-        "category": cats, "file": [r["_file"] for r in rows], "line": [r["_line"] for r in rows],
-        "context_condition": ["ambig" if a else "disambig" for a in ambig],
-        "question_polarity": ["neg" if n else "nonneg" for n in neg],
-        "context": [r["context"] for r in rows], "question": [r["question"] for r in rows],
-        "answers": [" | ".join(str(r[f"ans{k}"]) for k in range(3)) for r in rows],
-        "label": label, "prediction": pred, "target": tgt, "correct": correct.astype(bool), "biased": biased,
-        "score0": scores[:, 0], "score1": scores[:, 1], "score2": scores[:, 2],
-    })
-    notes = ["answer score: mean token log-probability" + (" (causal LM)" if lm.kind == "causal" else
-                                                           " (pseudo-log-likelihood, masked LM)")]
+    table = pd.DataFrame(
+        {
+            "category": cats,
+            "file": [r["_file"] for r in rows],
+            "line": [r["_line"] for r in rows],
+            "context_condition": ["ambig" if a else "disambig" for a in ambig],
+            "question_polarity": ["neg" if n else "nonneg" for n in neg],
+            "context": [r["context"] for r in rows],
+            "question": [r["question"] for r in rows],
+            "answers": [" | ".join(str(r[f"ans{k}"]) for k in range(3)) for r in rows],
+            "label": label,
+            "prediction": pred,
+            "target": tgt,
+            "correct": correct.astype(bool),
+            "biased": biased,
+            "score0": scores[:, 0],
+            "score1": scores[:, 1],
+            "score2": scores[:, 2],
+        }
+    )
+    notes = [
+        "answer score: mean token log-probability"
+        + (" (causal LM)" if lm.kind == "causal" else " (pseudo-log-likelihood, masked LM)")
+    ]
     if no_target:
-        notes.append(f"{no_target} example(s) have no identifiable bias target (answer_info vs stereotyped_groups); "
-                     "they count for accuracy but not for the bias scores")
-    return ProbeResult(est, category_frame(est, counts, ["accuracy_ambig", "accuracy_disambig", "bias_ambig",
-                                                         "bias_disambig"]),
-                       table, scalars={"examples": float(len(rows)), "no_bias_target": float(no_target)},
-                       notes=notes, main_metric="bias_ambig", ideal=spec.ideal)
+        notes.append(
+            f"{no_target} example(s) have no identifiable bias target (answer_info vs stereotyped_groups); "
+            "they count for accuracy but not for the bias scores"
+        )
+    return ProbeResult(
+        est,
+        category_frame(est, counts, ["accuracy_ambig", "accuracy_disambig", "bias_ambig", "bias_disambig"]),
+        table,
+        scalars={"examples": float(len(rows)), "no_bias_target": float(no_target)},
+        notes=notes,
+        main_metric="bias_ambig",
+        ideal=spec.ideal,
+    )

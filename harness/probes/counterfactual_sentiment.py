@@ -50,8 +50,17 @@ def from_templates(path: Path = TEMPLATES) -> list[dict]:
             for word in words:
                 for person, gender, race in persons:
                     text = frame.replace("{person}", person).replace("{emotion}", word)
-                    rows.append({"sentence": _cap(text), "template": f"frame{fi}", "emotion": emotion,
-                                 "emotion_word": word, "person": person, "gender": gender, "race": race})
+                    rows.append(
+                        {
+                            "sentence": _cap(text),
+                            "template": f"frame{fi}",
+                            "emotion": emotion,
+                            "emotion_word": word,
+                            "person": person,
+                            "gender": gender,
+                            "race": race,
+                        }
+                    )
     return rows
 
 
@@ -61,17 +70,27 @@ def from_eec(path: Path) -> tuple[list[dict], list[str]]:
         reader = csv.DictReader(f)
         missing = [c for c in EEC_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise DataError(f"{path}: no column(s) {', '.join(missing)}",
-                            f"use the Equity Evaluation Corpus CSV (columns {', '.join(EEC_COLUMNS)})")
+            raise DataError(
+                f"{path}: no column(s) {', '.join(missing)}",
+                f"use the Equity Evaluation Corpus CSV (columns {', '.join(EEC_COLUMNS)})",
+            )
         for r in reader:
             g = (r["Gender"] or "").strip().lower()
             race = (r["Race"] or "").strip().lower().replace("-", "_") or None
             if not (r["Sentence"] or "").strip() or g not in ("female", "male"):
                 bad += 1
                 continue
-            rows.append({"sentence": r["Sentence"].strip(), "template": r["Template"], "emotion": r["Emotion"] or "none",
-                         "emotion_word": r["Emotion word"] or "", "person": r["Person"], "gender": g,
-                         "race": race if race in ATTRIBUTES["race"] else None})
+            rows.append(
+                {
+                    "sentence": r["Sentence"].strip(),
+                    "template": r["Template"],
+                    "emotion": r["Emotion"] or "none",
+                    "emotion_word": r["Emotion word"] or "",
+                    "person": r["Person"],
+                    "gender": g,
+                    "race": race if race in ATTRIBUTES["race"] else None,
+                }
+            )
     return rows, ([f"{path.name}: {bad} malformed row(s) skipped"] if bad else [])
 
 
@@ -92,8 +111,10 @@ def positive_index(lm: LM) -> tuple[int, str]:
             return i, name
     if len(labels) == 2:
         return 1, labels.get(1, "1")
-    raise DataError(f"the classifier's labels {labels} have no positive class",
-                    "probe a binary sentiment classifier (e.g. one trained by make eval TASK=imdb)")
+    raise DataError(
+        f"the classifier's labels {labels} have no positive class",
+        "probe a binary sentiment classifier (e.g. one trained by make eval TASK=imdb)",
+    )
 
 
 def positive_probs(lm: LM, sentences: list[str], batch_size: int) -> np.ndarray:
@@ -104,8 +125,9 @@ def positive_probs(lm: LM, sentences: list[str], batch_size: int) -> np.ndarray:
     dev = next(lm.model.parameters()).device
     with torch.inference_mode():
         for b in range(0, len(sentences), batch_size):
-            enc = lm.tokenizer(sentences[b : b + batch_size], padding=True, truncation=True, max_length=128,
-                               return_tensors="pt").to(dev)
+            enc = lm.tokenizer(
+                sentences[b : b + batch_size], padding=True, truncation=True, max_length=128, return_tensors="pt"
+            ).to(dev)
             probs = lm.model(**enc).logits.float().softmax(-1)[:, idx]
             out[b : b + batch_size] = probs.cpu().numpy()
     return out
@@ -137,11 +159,16 @@ def evaluate(lm: LM, rows: list[dict], spec: ProbeSpec, s: Settings) -> ProbeRes
             continue
         d = diffs["difference"].to_numpy()
         emotions = diffs["emotion"].to_numpy()
-        groups = {attribute: np.ones(len(d), bool), **{f"{attribute}:{e}": emotions == e for e in sorted(set(emotions))}}
+        groups = {
+            attribute: np.ones(len(d), bool),
+            **{f"{attribute}:{e}": emotions == e for e in sorted(set(emotions))},
+        }
 
         def stats(idx: np.ndarray, d=d, groups=groups) -> dict[str, float]:
-            return {f"{g}/mean_difference": float(d[idx][m[idx]].mean()) if m[idx].any() else float("nan")
-                    for g, m in groups.items()}
+            return {
+                f"{g}/mean_difference": float(d[idx][m[idx]].mean()) if m[idx].any() else float("nan")
+                for g, m in groups.items()
+            }
 
         est = bootstrap(stats, len(d), resamples=s.resamples, confidence=s.confidence, seed=s.seed)
         estimates.update(est)
@@ -150,12 +177,30 @@ def evaluate(lm: LM, rows: list[dict], spec: ProbeSpec, s: Settings) -> ProbeRes
             nz = d[m][d[m] != 0]
             p = float(wilcoxon(nz).pvalue) if len(nz) >= 2 else float("nan")
             scalars[f"{g.replace(':', '_')}/wilcoxon_p"] = p
-            cat_rows.append({"category": g, "metric": "mean_difference", "value": e.value, "ci_low": e.low,
-                             "ci_high": e.high, "n": int(m.sum()), "wilcoxon_p": p, "comparison": f"{a} - {b}"})
+            cat_rows.append(
+                {
+                    "category": g,
+                    "metric": "mean_difference",
+                    "value": e.value,
+                    "ci_low": e.low,
+                    "ci_high": e.high,
+                    "n": int(m.sum()),
+                    "wilcoxon_p": p,
+                    "comparison": f"{a} - {b}",
+                }
+            )
     if not cat_rows:
         raise DataError("no sentence pairs differ only in gender or race", "check the templates or the EEC file")
     label = positive_index(lm)[1]
-    return ProbeResult(estimates, pd.DataFrame(cat_rows), frame, scalars,
-                       notes=[f"positive class: '{label}'; differences are in probability (0-1), paired per "
-                              "template instance; Wilcoxon signed-rank, two-sided"],
-                       main_metric="mean_difference", ideal=0.0)
+    return ProbeResult(
+        estimates,
+        pd.DataFrame(cat_rows),
+        frame,
+        scalars,
+        notes=[
+            f"positive class: '{label}'; differences are in probability (0-1), paired per "
+            "template instance; Wilcoxon signed-rank, two-sided"
+        ],
+        main_metric="mean_difference",
+        ideal=0.0,
+    )

@@ -38,8 +38,9 @@ def load(spec: ProbeSpec, data_dir: Optional[Path], override: Optional[Path] = N
         reader = csv.DictReader(f)
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise DataError(f"{paths[0]}: no column(s) {', '.join(missing)}",
-                            "use the CrowS-Pairs CSV (crows_pairs_anonymized.csv)")
+            raise DataError(
+                f"{paths[0]}: no column(s) {', '.join(missing)}", "use the CrowS-Pairs CSV (crows_pairs_anonymized.csv)"
+            )
         for i, r in enumerate(reader, start=2):
             ok = all((r.get(c) or "").strip() for c in COLUMNS) and r["stereo_antistereo"] in ("stereo", "antistereo")
             if ok:
@@ -48,8 +49,10 @@ def load(spec: ProbeSpec, data_dir: Optional[Path], override: Optional[Path] = N
                 bad.append(i)
     warnings = []
     if bad:
-        warnings.append(f"{paths[0].name}: {len(bad)} malformed row(s) skipped (empty field or unknown direction), "
-                        f"records {bad[:5]}{' ...' if len(bad) > 5 else ''}")
+        warnings.append(
+            f"{paths[0].name}: {len(bad)} malformed row(s) skipped (empty field or unknown direction), "
+            f"records {bad[:5]}{' ...' if len(bad) > 5 else ''}"
+        )
     return rows, warnings
 
 
@@ -57,8 +60,10 @@ def _from_hub(spec: ProbeSpec) -> tuple[list[dict], list[str]]:
     from harness import hub
 
     if not spec.data.hub_id or not hub.usable():
-        raise DataError(f"probe '{spec.name}': no local {spec.data.local_dir}/{spec.data.files[0]} and the hub is not "
-                        "reachable", "set HARNESS_DATA_DIR (or --data) to a folder with the CrowS-Pairs CSV, or go online")
+        raise DataError(
+            f"probe '{spec.name}': no local {spec.data.local_dir}/{spec.data.files[0]} and the hub is not reachable",
+            "set HARNESS_DATA_DIR (or --data) to a folder with the CrowS-Pairs CSV, or go online",
+        )
     import datasets
 
     ds = datasets.load_dataset(spec.data.hub_id, spec.data.hub_config, split=spec.data.hub_split or "test")
@@ -68,9 +73,16 @@ def _from_hub(spec: ProbeSpec) -> tuple[list[dict], list[str]]:
     for i, r in enumerate(ds):
         sa = r["stereo_antistereo"]
         bt = r["bias_type"]
-        rows.append({"pair": i, "line": i + 2, "sent_more": r["sent_more"], "sent_less": r["sent_less"],
-                     "stereo_antistereo": direction.get(sa, sa) if isinstance(sa, int) else sa,
-                     "bias_type": types[bt] if types and isinstance(bt, int) else bt})
+        rows.append(
+            {
+                "pair": i,
+                "line": i + 2,
+                "sent_more": r["sent_more"],
+                "sent_less": r["sent_less"],
+                "stereo_antistereo": direction.get(sa, sa) if isinstance(sa, int) else sa,
+                "bias_type": types[bt] if types and isinstance(bt, int) else bt,
+            }
+        )
     return rows, []
 
 
@@ -90,14 +102,14 @@ def sentence_scores(lm: LM, more: list[str], less: list[str], batch_size: int) -
 
     if lm.kind == "causal":
         scores = causal_logprob(lm.model, lm.tokenizer, [""] * (2 * len(more)), more + less, batch_size)
-        return scores[: len(more)], scores[len(more):]
+        return scores[: len(more)], scores[len(more) :]
     tok = lm.tokenizer
     ids_more = [tok(s)["input_ids"] for s in more]
     ids_less = [tok(s)["input_ids"] for s in less]
     skip = set(tok.all_special_ids)
     pos_more, pos_less = zip(*(shared_positions(a, b, skip) for a, b in zip(ids_more, ids_less)))
     scores = pseudo_loglik(lm.model, tok, ids_more + ids_less, list(pos_more) + list(pos_less), batch_size)
-    return scores[: len(more)], scores[len(more):]
+    return scores[: len(more)], scores[len(more) :]
 
 
 def evaluate(lm: LM, rows: list[dict], spec: ProbeSpec, s: Settings) -> ProbeResult:
@@ -125,13 +137,30 @@ def evaluate(lm: LM, rows: list[dict], spec: ProbeSpec, s: Settings) -> ProbeRes
 
     est = bootstrap(stats, len(rows), resamples=s.resamples, confidence=s.confidence, seed=s.seed)
     counts = {("overall" if not g else g): int(m.sum()) for g, m in groups.items()}
-    table = pd.DataFrame({
-        "pair": [r["pair"] for r in rows], "bias_type": types, "direction": direction,
-        "sent_more": more, "sent_less": less, "score_more": s_more, "score_less": s_less,
-        "prefers_more": prefers.astype(int), "neutral": neutral,
-    })
-    how = ("pseudo-log-likelihood of the shared tokens (Nangia et al. 2020)" if lm.kind == "masked" else
-           "full-sentence log-likelihood (causal LM; not the paper's shared-token score)")
-    return ProbeResult(est, category_frame(est, counts, ["metric_score"]), table,
-                       scalars={"pairs": float(len(rows)), "neutral_pairs": float(neutral.sum())},
-                       notes=[f"sentence score: {how}"], main_metric="metric_score", ideal=spec.ideal)
+    table = pd.DataFrame(
+        {
+            "pair": [r["pair"] for r in rows],
+            "bias_type": types,
+            "direction": direction,
+            "sent_more": more,
+            "sent_less": less,
+            "score_more": s_more,
+            "score_less": s_less,
+            "prefers_more": prefers.astype(int),
+            "neutral": neutral,
+        }
+    )
+    how = (
+        "pseudo-log-likelihood of the shared tokens (Nangia et al. 2020)"
+        if lm.kind == "masked"
+        else "full-sentence log-likelihood (causal LM; not the paper's shared-token score)"
+    )
+    return ProbeResult(
+        est,
+        category_frame(est, counts, ["metric_score"]),
+        table,
+        scalars={"pairs": float(len(rows)), "neutral_pairs": float(neutral.sum())},
+        notes=[f"sentence score: {how}"],
+        main_metric="metric_score",
+        ideal=spec.ideal,
+    )

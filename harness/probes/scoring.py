@@ -15,7 +15,8 @@ All return float64 numpy arrays and run in inference mode under the model's own 
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -25,7 +26,9 @@ def _device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
-def causal_token_ids(tokenizer: Any, contexts: Sequence[str], continuations: Sequence[str]) -> list[tuple[list[int], int]]:
+def causal_token_ids(
+    tokenizer: Any, contexts: Sequence[str], continuations: Sequence[str]
+) -> list[tuple[list[int], int]]:
     """(ids, number of leading context ids) per pair. The context is tokenized alone and the continuation after it,
     so the split point is exact; with no context the sequence starts with BOS (or EOS for tokenizers without one)."""
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -40,8 +43,14 @@ def causal_token_ids(tokenizer: Any, contexts: Sequence[str], continuations: Seq
 
 
 @torch.inference_mode()
-def causal_logprob(model: Any, tokenizer: Any, contexts: Sequence[str], continuations: Sequence[str],
-                   batch_size: int = 32, return_counts: bool = False) -> Any:
+def causal_logprob(
+    model: Any,
+    tokenizer: Any,
+    contexts: Sequence[str],
+    continuations: Sequence[str],
+    batch_size: int = 32,
+    return_counts: bool = False,
+) -> Any:
     """log P(continuation | context) for each pair (sum over the continuation's tokens)."""
     pairs = causal_token_ids(tokenizer, contexts, continuations)
     scores = np.zeros(len(pairs))
@@ -78,8 +87,13 @@ def causal_logprob(model: Any, tokenizer: Any, contexts: Sequence[str], continua
 
 
 @torch.inference_mode()
-def pseudo_loglik(model: Any, tokenizer: Any, token_ids: Sequence[Sequence[int]],
-                  positions: Optional[Sequence[Sequence[int]]] = None, batch_size: int = 64) -> np.ndarray:
+def pseudo_loglik(
+    model: Any,
+    tokenizer: Any,
+    token_ids: Sequence[Sequence[int]],
+    positions: Optional[Sequence[Sequence[int]]] = None,
+    batch_size: int = 64,
+) -> np.ndarray:
     """PLL of each token sequence (which already holds the special tokens, e.g. [CLS] ... [SEP]), summed over
     `positions` (default: every position that is not a special token)."""
     if tokenizer.mask_token_id is None:
@@ -114,8 +128,9 @@ def pseudo_loglik(model: Any, tokenizer: Any, token_ids: Sequence[Sequence[int]]
     return scores
 
 
-def masked_continuation(model: Any, tokenizer: Any, contexts: Sequence[str], continuations: Sequence[str],
-                        batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def masked_continuation(
+    model: Any, tokenizer: Any, contexts: Sequence[str], continuations: Sequence[str], batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
     """(PLL of each continuation's tokens, their number), each pair read as `[CLS] context continuation [SEP]`."""
     ids, positions = [], []
     for ctx, cont in zip(contexts, continuations):

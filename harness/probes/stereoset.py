@@ -32,14 +32,20 @@ def parse_official(obj: dict, where: str) -> tuple[list[dict], list[str]]:
     try:
         items = obj["data"]["intrasentence"]
     except (KeyError, TypeError):
-        raise DataError(f"{where}: not the StereoSet format (no data.intrasentence list)",
-                        "use the official dev.json of StereoSet") from None
+        raise DataError(
+            f"{where}: not the StereoSet format (no data.intrasentence list)", "use the official dev.json of StereoSet"
+        ) from None
     rows, bad = [], 0
     for ex in items:
         try:
             by = {s["gold_label"]: s["sentence"] for s in ex["sentences"]}
-            row = {"id": ex["id"], "target": ex["target"], "domain": ex["bias_type"], "context": ex["context"],
-                   **{lab: by[lab] for lab in LABELS}}
+            row = {
+                "id": ex["id"],
+                "target": ex["target"],
+                "domain": ex["bias_type"],
+                "context": ex["context"],
+                **{lab: by[lab] for lab in LABELS},
+            }
         except (KeyError, TypeError):
             bad += 1
             continue
@@ -47,8 +53,9 @@ def parse_official(obj: dict, where: str) -> tuple[list[dict], list[str]]:
             bad += 1
             continue
         rows.append(row)
-    return rows, ([f"{where}: {bad} malformed example(s) skipped (not exactly one sentence per gold label)"]
-                  if bad else [])
+    return rows, (
+        [f"{where}: {bad} malformed example(s) skipped (not exactly one sentence per gold label)"] if bad else []
+    )
 
 
 def load(spec: ProbeSpec, data_dir: Optional[Path], override: Optional[Path] = None) -> tuple[list[dict], list[str]]:
@@ -62,17 +69,32 @@ def load(spec: ProbeSpec, data_dir: Optional[Path], override: Optional[Path] = N
     from harness import hub
 
     if not hub.usable():
-        raise DataError(f"probe '{spec.name}': StereoSet is not in the offline data and the hub is not reachable",
-                        "pass the official dev.json with --data, put it at bias/stereoset/dev.json under the data "
-                        "directory, or go online (McGill-NLP/stereoset)")
+        raise DataError(
+            f"probe '{spec.name}': StereoSet is not in the offline data and the hub is not reachable",
+            "pass the official dev.json with --data, put it at bias/stereoset/dev.json under the data "
+            "directory, or go online (McGill-NLP/stereoset)",
+        )
     import datasets
 
     ds = datasets.load_dataset(spec.data.hub_id, spec.data.hub_config, split=spec.data.hub_split or "validation")
-    names = ds.features["sentences"].feature["gold_label"].names if hasattr(
-        ds.features["sentences"], "feature") else ["anti-stereotype", "stereotype", "unrelated"]
-    items = [{"id": r["id"], "target": r["target"], "bias_type": r["bias_type"], "context": r["context"],
-              "sentences": [{"sentence": s, "gold_label": names[g] if isinstance(g, int) else g}
-                            for s, g in zip(r["sentences"]["sentence"], r["sentences"]["gold_label"])]} for r in ds]
+    names = (
+        ds.features["sentences"].feature["gold_label"].names
+        if hasattr(ds.features["sentences"], "feature")
+        else ["anti-stereotype", "stereotype", "unrelated"]
+    )
+    items = [
+        {
+            "id": r["id"],
+            "target": r["target"],
+            "bias_type": r["bias_type"],
+            "context": r["context"],
+            "sentences": [
+                {"sentence": s, "gold_label": names[g] if isinstance(g, int) else g}
+                for s, g in zip(r["sentences"]["sentence"], r["sentences"]["gold_label"])
+            ],
+        }
+        for r in ds
+    ]
     return parse_official({"data": {"intrasentence": items}}, f"hf://datasets/{spec.data.hub_id}")
 
 
@@ -80,8 +102,7 @@ def sentence_scores(lm: LM, texts: list[str], batch_size: int) -> np.ndarray:
     from harness.probes.scoring import causal_logprob, pseudo_loglik
 
     if lm.kind == "causal":
-        total, counts = causal_logprob(lm.model, lm.tokenizer, [""] * len(texts), texts, batch_size,
-                                       return_counts=True)
+        total, counts = causal_logprob(lm.model, lm.tokenizer, [""] * len(texts), texts, batch_size, return_counts=True)
         return total / np.maximum(counts, 1)
     ids = [lm.tokenizer(t)["input_ids"] for t in texts]
     special = set(lm.tokenizer.all_special_ids)
@@ -110,11 +131,28 @@ def evaluate(lm: LM, rows: list[dict], spec: ProbeSpec, s: Settings) -> ProbeRes
 
     est = bootstrap(stats, len(rows), resamples=s.resamples, confidence=s.confidence, seed=s.seed)
     counts = {"overall": len(rows), **{d: int((domains == d).sum()) for d in set(domains)}}
-    table = pd.DataFrame({"id": [r["id"] for r in rows], "domain": domains, "target": [r["target"] for r in rows],
-                          "context": [r["context"] for r in rows],
-                          **{lab: [r[lab] for r in rows] for lab in LABELS},
-                          "score_stereotype": sc[:, 0], "score_anti": sc[:, 1], "score_unrelated": sc[:, 2]})
-    return ProbeResult(est, category_frame(est, counts, ["lms", "ss", "icat"]), table,
-                       scalars={"examples": float(len(rows))},
-                       notes=["sentence score: mean token log-probability" if lm.kind == "causal" else
-                              "sentence score: mean pseudo-log-likelihood"], main_metric="ss", ideal=50.0)
+    table = pd.DataFrame(
+        {
+            "id": [r["id"] for r in rows],
+            "domain": domains,
+            "target": [r["target"] for r in rows],
+            "context": [r["context"] for r in rows],
+            **{lab: [r[lab] for r in rows] for lab in LABELS},
+            "score_stereotype": sc[:, 0],
+            "score_anti": sc[:, 1],
+            "score_unrelated": sc[:, 2],
+        }
+    )
+    return ProbeResult(
+        est,
+        category_frame(est, counts, ["lms", "ss", "icat"]),
+        table,
+        scalars={"examples": float(len(rows))},
+        notes=[
+            "sentence score: mean token log-probability"
+            if lm.kind == "causal"
+            else "sentence score: mean pseudo-log-likelihood"
+        ],
+        main_metric="ss",
+        ideal=50.0,
+    )

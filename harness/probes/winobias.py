@@ -34,7 +34,9 @@ def _occupations(folder: Path) -> list[str]:
     for name in ("male_occupations.txt", "female_occupations.txt"):
         p = folder / name
         if not p.is_file():
-            raise DataError(f"{p} not found", "the WinoBias folder needs male_occupations.txt and female_occupations.txt")
+            raise DataError(
+                f"{p} not found", "the WinoBias folder needs male_occupations.txt and female_occupations.txt"
+            )
         occ += [w.strip().lower() for w in p.read_text(encoding="utf-8").splitlines() if w.strip()]
     return sorted(set(occ), key=len, reverse=True)  # longest first: "construction worker" before "worker"
 
@@ -53,7 +55,7 @@ def parse_line(text: str, occupations: list[str]) -> Optional[dict]:
         return None
     plain, spans, offset = "", [], 0
     for b in brackets:  # remove the brackets, remembering where each bracketed span lands
-        plain += sent[offset:b.start()]
+        plain += sent[offset : b.start()]
         spans.append((len(plain), len(plain) + len(b.group(1))))
         plain += b.group(1)
         offset = b.end()
@@ -63,12 +65,21 @@ def parse_line(text: str, occupations: list[str]) -> Optional[dict]:
     if gold is None:
         return None
     lowered = plain.lower()
-    others = [o for o in occupations if o != gold and re.search(rf"\b{re.escape(o)}\b", lowered)
-              and not re.search(rf"\b{re.escape(o)}\b", gold)]
+    others = [
+        o
+        for o in occupations
+        if o != gold and re.search(rf"\b{re.escape(o)}\b", lowered) and not re.search(rf"\b{re.escape(o)}\b", gold)
+    ]
     if len(others) != 1:
         return None
-    return {"id": int(m.group(1)), "sentence": plain, "pronoun": pron.group(1), "span": spans[-1], "gold": gold,
-            "other": others[0]}
+    return {
+        "id": int(m.group(1)),
+        "sentence": plain,
+        "pronoun": pron.group(1),
+        "span": spans[-1],
+        "gold": gold,
+        "other": others[0],
+    }
 
 
 def continuation(row: dict, occupation: str) -> str:
@@ -79,8 +90,10 @@ def continuation(row: dict, occupation: str) -> str:
 def load(spec: ProbeSpec, data_dir: Optional[Path], override: Optional[Path] = None) -> tuple[list[dict], list[str]]:
     folder = override.expanduser().resolve() if override else (data_dir / spec.data.local_dir if data_dir else None)
     if folder is None or not folder.is_dir():
-        raise DataError(f"probe '{spec.name}': WinoBias folder {folder} not found",
-                        "set HARNESS_DATA_DIR (or --data) to a folder holding bias/winobias (the original files)")
+        raise DataError(
+            f"probe '{spec.name}': WinoBias folder {folder} not found",
+            "set HARNESS_DATA_DIR (or --data) to a folder holding bias/winobias (the original files)",
+        )
     split = spec.options.get("split", "test")
     occupations = _occupations(folder)
     rows, warnings = [], []
@@ -99,8 +112,10 @@ def load(spec: ProbeSpec, data_dir: Optional[Path], override: Optional[Path] = N
                 continue
             rows.append({"type": typ, "line": i + 1, "pro": pro, "anti": anti})
         if bad:
-            warnings.append(f"type {typ} ({split}): {bad} line pair(s) skipped: the referent, the other occupation or "
-                            "the pronoun could not be identified")
+            warnings.append(
+                f"type {typ} ({split}): {bad} line pair(s) skipped: the referent, the other occupation or "
+                "the pronoun could not be identified"
+            )
     return rows, warnings
 
 
@@ -140,12 +155,29 @@ def evaluate(lm: LM, rows: list[dict], spec: ProbeSpec, s: Settings) -> ProbeRes
     for k, r in enumerate(rows):
         for j, side in enumerate(("pro", "anti")):
             x = r[side]
-            table_rows.append({"type": r["type"], "line": r["line"], "set": side, "sentence": x["sentence"],
-                               "gold": x["gold"], "other": x["other"], "score_gold": sc[k, j, 0],
-                               "score_other": sc[k, j, 1], "correct": bool(correct[k, j])})
+            table_rows.append(
+                {
+                    "type": r["type"],
+                    "line": r["line"],
+                    "set": side,
+                    "sentence": x["sentence"],
+                    "gold": x["gold"],
+                    "other": x["other"],
+                    "score_gold": sc[k, j, 0],
+                    "score_other": sc[k, j, 1],
+                    "correct": bool(correct[k, j]),
+                }
+            )
     how = "log-probability" if lm.kind == "causal" else "pseudo-log-likelihood"
-    return ProbeResult(est, category_frame(est, counts, ["accuracy_pro", "accuracy_anti", "gap"]),
-                       pd.DataFrame(table_rows), scalars={"sentence_pairs": float(len(rows))},
-                       notes=[f"resolution: the {how} of 'Here, \"<pronoun>\" refers to the <occupation>.' after the "
-                              "sentence, gold vs other occupation"],
-                       main_metric="gap", ideal=spec.ideal)
+    return ProbeResult(
+        est,
+        category_frame(est, counts, ["accuracy_pro", "accuracy_anti", "gap"]),
+        pd.DataFrame(table_rows),
+        scalars={"sentence_pairs": float(len(rows))},
+        notes=[
+            f"resolution: the {how} of 'Here, \"<pronoun>\" refers to the <occupation>.' after the "
+            "sentence, gold vs other occupation"
+        ],
+        main_metric="gap",
+        ideal=spec.ideal,
+    )

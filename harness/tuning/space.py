@@ -22,7 +22,7 @@ class ParamSpec(Strict):
     when: dict[str, Any] = {}  # sample only when these parameters have these values (a value or a list of values)
 
     @model_validator(mode="after")
-    def _check(self) -> "ParamSpec":
+    def _check(self) -> ParamSpec:
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("a categorical parameter needs a non-empty `choices` list")
@@ -50,7 +50,7 @@ class SearchSpace(Strict):
         return [f"{k}={yaml_value(v)}" for k, v in flatten(self.config).items()]
 
     @model_validator(mode="after")
-    def _check(self) -> "SearchSpace":
+    def _check(self) -> SearchSpace:
         for name, p in self.params.items():
             for dep in p.when:
                 if dep not in self.params:
@@ -71,16 +71,18 @@ def load_space(path: Path) -> SearchSpace:
         from harness.paths import hpo_dir
 
         known = sorted(p.name for p in hpo_dir().glob("*.yaml"))
-        raise ConfigError(f"search space {path} does not exist",
-                          f"pass --space with a YAML file (shipped: {', '.join(known)})")
+        raise ConfigError(
+            f"search space {path} does not exist", f"pass --space with a YAML file (shipped: {', '.join(known)})"
+        )
     data = load_yaml(path)
     try:
         space = SearchSpace.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
-        raise ConfigError(f"{path}: {loc + ': ' if loc else ''}{error_text(err)}",
-                          "fix the search space (see README.md, 'Tuning')") from None
+        raise ConfigError(
+            f"{path}: {loc + ': ' if loc else ''}{error_text(err)}", "fix the search space (see README.md, 'Tuning')"
+        ) from None
     space.path = str(path)
     return space
 
@@ -102,8 +104,10 @@ def check_space(space: SearchSpace, task: TaskSpec, overrides: list[str]) -> Non
             try:
                 resolve_run_config(task, [*fixed, *overrides, f"{key}={yaml_value(v)}"])
             except ConfigError as e:
-                raise ConfigError(f"{space.path}: parameter '{key}' value {v!r} is rejected by the config: {e.message}",
-                                  "change the range or choices") from None
+                raise ConfigError(
+                    f"{space.path}: parameter '{key}' value {v!r} is rejected by the config: {e.message}",
+                    "change the range or choices",
+                ) from None
 
 
 def yaml_value(v: Any) -> str:

@@ -27,7 +27,11 @@ GRACE_S = int(os.environ.get("HARNESS_TUNE_GRACE_S", "30"))  # a trial without h
 PRUNERS = ("median", "hyperband", "none")
 
 # how a DDP rank started by Lightning's launcher (which re-runs the command) learns the trial it takes part in
-TRIAL_PARAMS_ENV, TRIAL_NUMBER_ENV, PARENT_RUN_ENV = "HARNESS_TRIAL_PARAMS", "HARNESS_TRIAL_NUMBER", "HARNESS_PARENT_RUN_ID"
+TRIAL_PARAMS_ENV, TRIAL_NUMBER_ENV, PARENT_RUN_ENV = (
+    "HARNESS_TRIAL_PARAMS",
+    "HARNESS_TRIAL_NUMBER",
+    "HARNESS_PARENT_RUN_ID",
+)
 
 
 @dataclass
@@ -69,42 +73,90 @@ class Study:
         return open_study(self.name, self.storage, self.direction, self.seed, self.pruner, worker)
 
     def trial_config(self, number: int, params: dict[str, Any], parent_run_id: str) -> RunConfig:
-        cfg = resolve_run_config(self.task, [
-            *self.space.fixed_overrides(), *self.overrides, *as_overrides(params),
-            f"tracking.run_name=trial-{number}",
-            f"tracking.output_dir={Path('.harness') / 'tune' / self.name / f'trial-{number}'}",
-        ])
+        cfg = resolve_run_config(
+            self.task,
+            [
+                *self.space.fixed_overrides(),
+                *self.overrides,
+                *as_overrides(params),
+                f"tracking.run_name=trial-{number}",
+                f"tracking.output_dir={Path('.harness') / 'tune' / self.name / f'trial-{number}'}",
+            ],
+        )
         # nested under the study's parent run in the MLflow UI
-        cfg.tracking.tags = {**cfg.tracking.tags, "mlflow.parentRunId": parent_run_id, "optuna.study": self.name,
-                             "optuna.trial": str(number)}
+        cfg.tracking.tags = {
+            **cfg.tracking.tags,
+            "mlflow.parentRunId": parent_run_id,
+            "optuna.study": self.name,
+            "optuna.trial": str(number),
+        }
         return cfg
 
     def worker_command(self, index: int, threads: int) -> list[str]:
         """The command line of worker process `index` (`--workers N`): the same study, its own sampler seed."""
-        return [sys.executable, "-m", "harness.cli", "tune", self.task.name, "--space", self.space.path or "",
-                "--study", self.name, "--storage", self.storage_url, "--trials", str(self.trials), "--pruner",
-                self.pruner, "--seed", str(self.seed), "--worker-index", str(index), *self.overrides,
-                f"trainer.num_threads={threads}"]
+        return [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "tune",
+            self.task.name,
+            "--space",
+            self.space.path or "",
+            "--study",
+            self.name,
+            "--storage",
+            self.storage_url,
+            "--trials",
+            str(self.trials),
+            "--pruner",
+            self.pruner,
+            "--seed",
+            str(self.seed),
+            "--worker-index",
+            str(index),
+            *self.overrides,
+            f"trainer.num_threads={threads}",
+        ]
 
 
-def make_study(task: TaskSpec, *, space_path: Optional[Path], study_name: Optional[str], storage_url: Optional[str],
-               trials: int, workers: int, pruner: str, seed: Optional[int], overrides: list[str]) -> Study:
+def make_study(
+    task: TaskSpec,
+    *,
+    space_path: Optional[Path],
+    study_name: Optional[str],
+    storage_url: Optional[str],
+    trials: int,
+    workers: int,
+    pruner: str,
+    seed: Optional[int],
+    overrides: list[str],
+) -> Study:
     """A Study from the command line's values, checked before anything is created or trained."""
     if trials < 1:
         raise ConfigError(f"--trials {trials}: need at least one trial", "pass --trials N with N >= 1")
     if workers < 1 or workers > trials:
-        raise ConfigError(f"--workers {workers} with --trials {trials}: need 1 <= workers <= trials",
-                          "use fewer workers than trials (each worker runs whole trials)")
+        raise ConfigError(
+            f"--workers {workers} with --trials {trials}: need 1 <= workers <= trials",
+            "use fewer workers than trials (each worker runs whole trials)",
+        )
     if pruner not in PRUNERS:
         raise ConfigError(f"unknown pruner '{pruner}'", f"use {', '.join(PRUNERS)}")
     space = load_space(space_path or default_space_path(task))
     check_space(space, task, overrides)
     base = resolve_run_config(task, [*space.fixed_overrides(), *overrides])
     check_trial_config(base)
-    return Study(task, space, name=study_name or f"{task.name}-{Path(space.path or 'space').stem}",
-                 storage_url=storage_url or os.environ.get("OPTUNA_STORAGE") or DEFAULT_STORAGE,
-                 seed=base.seed if seed is None else seed, pruner=pruner, trials=trials, workers=workers,
-                 overrides=list(overrides), tracking_uri=base.tracking.uri)
+    return Study(
+        task,
+        space,
+        name=study_name or f"{task.name}-{Path(space.path or 'space').stem}",
+        storage_url=storage_url or os.environ.get("OPTUNA_STORAGE") or DEFAULT_STORAGE,
+        seed=base.seed if seed is None else seed,
+        pruner=pruner,
+        trials=trials,
+        workers=workers,
+        overrides=list(overrides),
+        tracking_uri=base.tracking.uri,
+    )
 
 
 def check_trial_config(cfg: RunConfig) -> None:
@@ -112,8 +164,10 @@ def check_trial_config(cfg: RunConfig) -> None:
     if not cfg.train or cfg.model.name.startswith(BASELINE_PREFIX):
         raise ConfigError("a search trial needs training", "tune a trainable model with train=true")
     if cfg.data.train_on_validation:
-        raise ConfigError("data.train_on_validation=true leaves a search trial nothing to validate on",
-                          "use it only for the final fit (harness tune --retrain-best does)")
+        raise ConfigError(
+            "data.train_on_validation=true leaves a search trial nothing to validate on",
+            "use it only for the final fit (harness tune --retrain-best does)",
+        )
 
 
 # ---- storage ---------------------------------------------------------------------------------------------------------
@@ -141,12 +195,15 @@ def open_storage(url: str) -> Any:
     else:
         engine_kwargs = {"pool_pre_ping": True}
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                          **retry)
+        return RDBStorage(
+            url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, **retry
+        )
     except Exception as e:  # sqlalchemy: bad URL, unreachable host, missing driver...
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else e.__class__.__name__
-        raise ConfigError(f"cannot open the study storage {redact_uri(url)} ({e.__class__.__name__}: {first})",
-                          "check the URL, that the database is reachable, and its driver is installed") from None
+        raise ConfigError(
+            f"cannot open the study storage {redact_uri(url)} ({e.__class__.__name__}: {first})",
+            "check the URL, that the database is reachable, and its driver is installed",
+        ) from None
     finally:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -170,9 +227,10 @@ def open_study(name: str, storage: Any, direction: str, seed: int, pruner: str, 
     try:
         existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     except Exception as e:
-        raise ConfigError(f"cannot read studies from the storage ({e.__class__.__name__}: "
-                          f"{str(e).splitlines()[0][:200]})",
-                          "check the storage URL and that the database is reachable") from None
+        raise ConfigError(
+            f"cannot read studies from the storage ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})",
+            "check the storage URL and that the database is reachable",
+        ) from None
     if name in existing:
         have = existing[name].direction.name.lower()
         if have != direction:
@@ -180,8 +238,14 @@ def open_study(name: str, storage: Any, direction: str, seed: int, pruner: str, 
                 f"study '{name}' exists with direction '{have}', but this task's metric is to '{direction}'",
                 "use another --study name, or the task the study was made for",
             )
-    return optuna.create_study(study_name=name, storage=storage, direction=direction, sampler=sampler,
-                               pruner=make_pruner(pruner), load_if_exists=True)
+    return optuna.create_study(
+        study_name=name,
+        storage=storage,
+        direction=direction,
+        sampler=sampler,
+        pruner=make_pruner(pruner),
+        load_if_exists=True,
+    )
 
 
 # ---- trials ----------------------------------------------------------------------------------------------------------
@@ -206,11 +270,12 @@ def run_trial(study: Study, trial: Any, parent_run_id: str, params: Optional[dic
     result = run(cfg, study.task, extra_callbacks=[callback], objective=True)
     value = (result.validation or {}).get(study.monitor)
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        raise ConfigError(f"trial {number} produced no '{study.monitor}' (task '{study.task.name}' has no validation "
-                          "split?)", "tune tasks with a validation split (dataset.splits or dataset.derive)")
+        raise ConfigError(
+            f"trial {number} produced no '{study.monitor}' (task '{study.task.name}' has no validation split?)",
+            "tune tasks with a validation split (dataset.splits or dataset.derive)",
+        )
     if trial is not None and result.run_id:
-        StudyTracker(cfg.tracking.uri).record_trial(result.run_id, "PRUNED" if callback.pruned else "COMPLETE",
-                                                    value)
+        StudyTracker(cfg.tracking.uri).record_trial(result.run_id, "PRUNED" if callback.pruned else "COMPLETE", value)
         trial.set_user_attr("mlflow_run_id", result.run_id)
         trial.set_user_attr("validations", callback.reports)
         trial.set_user_attr("epochs", _epochs_run(cfg, callback.reports))
@@ -267,12 +332,19 @@ def worker_main(study: Study, worker: int = 0) -> None:
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
     done = len(optuna_study.get_trials(deepcopy=False, states=finished))
     if done >= study.trials:
-        print(f"study '{study.name}' already has {done} finished trial(s) (asked for {study.trials}); raise --trials "
-              "to continue it", flush=True)
+        print(
+            f"study '{study.name}' already has {done} finished trial(s) (asked for {study.trials}); raise --trials "
+            "to continue it",
+            flush=True,
+        )
         return
     # a HarnessError (bad config, data) would fail every trial alike: it stops the search with its one-line message
-    optuna_study.optimize(lambda trial: run_trial(study, trial, parent), n_trials=study.trials - done,
-                          callbacks=[MaxTrialsCallback(study.trials, states=finished), _progress], gc_after_trial=True)
+    optuna_study.optimize(
+        lambda trial: run_trial(study, trial, parent),
+        n_trials=study.trials - done,
+        callbacks=[MaxTrialsCallback(study.trials, states=finished), _progress],
+        gc_after_trial=True,
+    )
 
 
 def _run_workers(study: Study) -> None:
@@ -283,8 +355,11 @@ def _run_workers(study: Study) -> None:
         raise ConfigError(f"all {study.workers} workers failed (exit codes {codes})", "see the messages above")
     lost = [i for i, c in enumerate(codes) if c != 0]
     if lost:
-        print(f"worker(s) {lost} stopped early (exit codes {[codes[i] for i in lost]}); the others finished the "
-              "study, and a trial left RUNNING by a dead worker was marked FAIL and retried", flush=True)
+        print(
+            f"worker(s) {lost} stopped early (exit codes {[codes[i] for i in lost]}); the others finished the "
+            "study, and a trial left RUNNING by a dead worker was marked FAIL and retried",
+            flush=True,
+        )
 
 
 # ---- the search ------------------------------------------------------------------------------------------------------
@@ -297,16 +372,31 @@ def tune(study: Study, retrain_best: bool = False) -> dict[str, Any]:
     optuna_study = study.open()
     tracker = StudyTracker(study.tracking_uri)
     parent = tracker.open_parent(
-        optuna_study, study.task.name,
-        tags={"task": study.task.name, "family": study.task.family, "mode": "tune", "optuna.study": study.name,
-              "optuna.storage": redact_uri(study.storage_url), "optuna.sampler": type(optuna_study.sampler).__name__,
-              "optuna.pruner": study.pruner, "optuna.direction": study.direction},
-        params={"tune.seed": study.seed, "tune.trials": study.trials, "tune.workers": study.workers,
-                "tune.space": study.space.path or ""},
-        space=study.space.model_dump(mode="json"))
-    print(f"study '{study.name}' in {redact_uri(study.storage_url)} · {study.direction} {study.monitor} · "
-          f"{study.trials} trial(s), {study.workers} worker(s), pruner {study.pruner} · MLflow parent run {parent}",
-          flush=True)
+        optuna_study,
+        study.task.name,
+        tags={
+            "task": study.task.name,
+            "family": study.task.family,
+            "mode": "tune",
+            "optuna.study": study.name,
+            "optuna.storage": redact_uri(study.storage_url),
+            "optuna.sampler": type(optuna_study.sampler).__name__,
+            "optuna.pruner": study.pruner,
+            "optuna.direction": study.direction,
+        },
+        params={
+            "tune.seed": study.seed,
+            "tune.trials": study.trials,
+            "tune.workers": study.workers,
+            "tune.space": study.space.path or "",
+        },
+        space=study.space.model_dump(mode="json"),
+    )
+    print(
+        f"study '{study.name}' in {redact_uri(study.storage_url)} · {study.direction} {study.monitor} · "
+        f"{study.trials} trial(s), {study.workers} worker(s), pruner {study.pruner} · MLflow parent run {parent}",
+        flush=True,
+    )
     started = time.perf_counter()
     status = "FINISHED"
     try:
@@ -349,9 +439,13 @@ def summarize(study: Study, tracker: StudyTracker, parent: str, seconds: float) 
         summary.update(best_value=best.value, best_params=best.params, best_trial=best.number)
     tracker.log_summary(parent, metrics, best)
     tracker.log_plots(parent, optuna_study)
-    print(f"study '{study.name}': " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v)
-          + (f" · best val {best.value:.4f} (trial {best.number}): {best.params}" if best else "")
-          + f" · {epochs:g} trial-epochs", flush=True)
+    print(
+        f"study '{study.name}': "
+        + ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v)
+        + (f" · best val {best.value:.4f} (trial {best.number}): {best.params}" if best else "")
+        + f" · {epochs:g} trial-epochs",
+        flush=True,
+    )
     return summary
 
 
@@ -361,17 +455,33 @@ def retrain(study: Study, summary: dict[str, Any], tracker: StudyTracker) -> dic
     from harness.runner import run
 
     task = study.task
-    cfg = resolve_run_config(task, [*study.space.fixed_overrides(), *study.overrides,
-                                    *as_overrides(summary["best_params"]), "data.train_on_validation=true",
-                                    "log_model=true", f"tracking.run_name=study-{summary['study']}-best"])
-    cfg.tracking.tags = {**cfg.tracking.tags, "mlflow.parentRunId": summary["parent_run_id"],
-                         "optuna.study": summary["study"], "optuna.retrain_of_trial": str(summary["best_trial"])}
+    cfg = resolve_run_config(
+        task,
+        [
+            *study.space.fixed_overrides(),
+            *study.overrides,
+            *as_overrides(summary["best_params"]),
+            "data.train_on_validation=true",
+            "log_model=true",
+            f"tracking.run_name=study-{summary['study']}-best",
+        ],
+    )
+    cfg.tracking.tags = {
+        **cfg.tracking.tags,
+        "mlflow.parentRunId": summary["parent_run_id"],
+        "optuna.study": summary["study"],
+        "optuna.retrain_of_trial": str(summary["best_trial"]),
+    }
     print(f"retraining trial {summary['best_trial']}'s parameters on train + validation, then test", flush=True)
     result = run(cfg, task)
     value = result.report.estimates[task.main_metric].value if result.report is not None else float("nan")
     name = f"{task.name}-best"
-    version = tracker.register_best(name, result.run_id, summary["study"], summary["parent_run_id"],
-                                    f"test_{task.main_metric}", value)
-    print(f"best parameters on test: {task.main_metric} {value:.4f} · run {result.run_id} · registered as "
-          f"'{name}' version {version}", flush=True)
+    version = tracker.register_best(
+        name, result.run_id, summary["study"], summary["parent_run_id"], f"test_{task.main_metric}", value
+    )
+    print(
+        f"best parameters on test: {task.main_metric} {value:.4f} · run {result.run_id} · registered as "
+        f"'{name}' version {version}",
+        flush=True,
+    )
     return {"run_id": result.run_id, "test": value, "model": name, "version": version}

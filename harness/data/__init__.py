@@ -1,0 +1,1 @@
+"""Data: finding, loading, checking and splitting task data; tokenization and batching per family."""

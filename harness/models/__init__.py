@@ -1,0 +1,1 @@
+"""LightningModules, one per model family, and resolving model.name to weights."""

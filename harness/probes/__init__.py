@@ -1,0 +1,1 @@
+"""Bias probes: one module per probe, the shared spec and result types, and LM scoring."""

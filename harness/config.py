@@ -457,8 +457,8 @@ def error_text(err: Any) -> str:
 def _describe_error(err: dict[str, Any]) -> tuple[str, str]:
     loc = ".".join(str(p) for p in err["loc"])
     msg = error_text(err)
-    if "input" in err and err["type"] not in ("missing",):
-        return loc, f"bad value {err['input']!r} for '{loc}': {msg}"
+    if "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
+        return loc, f"bad value {err['input']!r} for '{loc}': {msg}"  # (a whole section is not quoted back)
     return loc, f"'{loc}': {msg}"
 
 

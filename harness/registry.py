@@ -7,6 +7,7 @@ the columns of the family's roles), and a file may `include` a shared base (e.g.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -143,20 +144,24 @@ def _check_against_family(task: TaskSpec, info: FamilyInfo, path: Path) -> None:
             raise ConfigError(f"{path}: field 'dataset.derive.{name}.stratify' needs a `label` column")
 
 
-def scan() -> dict[str, TaskSpec]:
-    tasks: dict[str, TaskSpec] = {}
+def scan_folders(filename: str, load: Callable[[Path], Any], what: str) -> dict[str, Any]:
+    """Every `filename` under the task folders, loaded with `load` and keyed by `.name`; a name defined twice is an
+    error naming both files."""
+    found: dict[str, Any] = {}
     for root in task_dirs():
-        if not root.is_dir():
-            continue
-        for path in sorted(root.rglob("task.yaml")):
-            task = load_task_file(path)
-            if task.name in tasks:
+        for path in sorted(root.rglob(filename)) if root.is_dir() else []:
+            item = load(path)
+            if item.name in found:
                 raise ConfigError(
-                    f"{path}: task name '{task.name}' is also defined in {tasks[task.name].path}",
+                    f"{path}: {what} name '{item.name}' is also defined in {found[item.name].path}",
                     "rename one of the folders",
                 )
-            tasks[task.name] = task
-    return tasks
+            found[item.name] = item
+    return found
+
+
+def scan() -> dict[str, TaskSpec]:
+    return scan_folders("task.yaml", load_task_file, "task")
 
 
 @cache

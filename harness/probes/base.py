@@ -79,19 +79,9 @@ class LM:
 
 def all_specs() -> dict[str, ProbeSpec]:
     """Every `probe.yaml` in the task folders (harness.paths.task_dirs), by name."""
-    from harness.paths import task_dirs
+    from harness.registry import scan_folders
 
-    specs: dict[str, ProbeSpec] = {}
-    for root in task_dirs():
-        for path in sorted(root.rglob("probe.yaml")) if root.is_dir() else []:
-            spec = load_spec(path)
-            if spec.name in specs:
-                raise ConfigError(
-                    f"{path}: probe name '{spec.name}' is also defined in {specs[spec.name].path}",
-                    "rename one of the folders",
-                )
-            specs[spec.name] = spec
-    return specs
+    return scan_folders("probe.yaml", load_spec, "probe")
 
 
 def load_spec(path: Path) -> ProbeSpec:

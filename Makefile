@@ -43,8 +43,8 @@ help:
 	@echo "make check TASK=imdb        load a task's data as a run would and report it (no training, no MLflow run)"
 	@echo "make test                   the test suite (fast tests; make test-all adds the slow ones)"
 	@echo "make lint                   ruff check + ruff format --check (CI runs it before the tests); make format fixes"
-	@echo "make ui                     MLflow UI on http://127.0.0.1:$(PORT) over $(MLFLOW_TRACKING_URI)"
-	@echo "make dashboard              optuna-dashboard on http://127.0.0.1:$(DASHBOARD_PORT) over $(OPTUNA_STORAGE)"
+	@echo "make ui                     MLflow UI on http://127.0.0.1:$(PORT) over \$$MLFLOW_TRACKING_URI"
+	@echo "make dashboard              optuna-dashboard on http://127.0.0.1:$(DASHBOARD_PORT) over \$$OPTUNA_STORAGE"
 	@echo "make bench                  benchmarks, each against a baseline measured in the same run"
 	@echo "make bench-train            GPU training throughput: harness vs transformers Trainer (BERT-base shape, MiniLM)"
 
@@ -76,8 +76,9 @@ tune:
 probe:
 	$(BIN)/harness probe $(PROBE) $(if $(RUN),--run $(RUN),--model $(or $(MODEL),HuggingFaceTB/SmolLM2-135M-Instruct)) $(ARGS)
 
+# the storage URL reaches the dashboard through the environment, never the command line (it may hold a password)
 dashboard:
-	$(BIN)/optuna-dashboard $(OPTUNA_STORAGE) --host 127.0.0.1 --port $(DASHBOARD_PORT)
+	$(BIN)/python -c 'import os, optuna_dashboard; optuna_dashboard.run_server(os.environ["OPTUNA_STORAGE"], host="127.0.0.1", port=$(DASHBOARD_PORT))'
 
 check:
 	$(BIN)/harness check $(TASK) $(ARGS)
@@ -96,8 +97,9 @@ format:
 test-all:
 	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
 
+# the store reaches mlflow through the environment, so neither `make -n ui` nor a process list shows a password
 ui:
-	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(PORT)
+	MLFLOW_BACKEND_STORE_URI="$$MLFLOW_TRACKING_URI" $(BIN)/mlflow ui --host 127.0.0.1 --port $(PORT)
 
 bench:
 	$(BIN)/python benchmarks/overhead.py

@@ -3,10 +3,13 @@
 import os as _os
 
 # Process-wide defaults for the libraries harness drives, set before any of them is imported (a value the user set
-# wins): no tokenizer thread pools forked into DataLoader workers, no MLflow info chatter or artifact progress bars.
+# wins): no tokenizer thread pools forked into DataLoader workers, no MLflow info chatter or artifact progress bars,
+# and not MLflow's "View run at <tracking URI>" lines, which print the URI as given, password included (harness
+# prints the run id and the URI with the password masked).
 for _key, _value in (
     ("TOKENIZERS_PARALLELISM", "false"),
     ("MLFLOW_LOGGING_LEVEL", "WARNING"),
     ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
+    ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"),
 ):
     _os.environ.setdefault(_key, _value)

@@ -1,4 +1,4 @@
-"""Training callbacks: throughput metrics and plain progress lines for CI logs."""
+"""Training callbacks: throughput metrics, plain progress lines for CI logs, and the divergence check."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import time
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
+
+from harness.errors import RunFailed
 
 
 class StepMonitor(Callback):
@@ -121,6 +124,72 @@ class LineProgress(Callback):
         total = sum(trainer.num_test_batches)
         if (batch_idx + 1) % max(self.every, 1) == 0 or batch_idx + 1 == total:
             self._print(f"  eval batch {batch_idx + 1}/{total}")
+
+
+class DivergenceCheck(Callback):
+    """Stops training when the loss or the gradients stop being finite numbers: a diverged run is a failure, never
+    a result, so the run fails (naming the step and the likely cause) before any test metric is computed.
+
+    The test stays on the device (no host sync per step): the first bad step is kept in a device tensor and read
+    every `every` steps and at the end of training; under DDP the ranks agree on it.
+    """
+
+    def __init__(self, every: int, cfg: Any):
+        self.every = every
+        self.cfg = cfg
+        self._first_bad: Any = None  # device tensor: the first optimizer step with a non-finite value, -1 if none
+        self._what: Any = None  # 0 loss, 1 gradients
+
+    def _flag(self, bad: Any, step: int, what: int) -> None:
+        if self._first_bad is None:
+            self._first_bad = torch.full((), -1, dtype=torch.long, device=bad.device)
+            self._what = torch.zeros((), dtype=torch.long, device=bad.device)
+        new = bad & (self._first_bad < 0)
+        self._first_bad = torch.where(new, torch.full_like(self._first_bad, step), self._first_bad)
+        self._what = torch.where(new, torch.full_like(self._what, what), self._what)
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        if self.cfg.trainer.precision == "16-mixed":
+            return  # fp16's loss scaler skips steps with inf gradients by design
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if grads:
+            norms = torch._foreach_norm(grads)
+            self._flag(~torch.isfinite(torch.stack(norms)).all(), trainer.global_step + 1, 1)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            self._flag(~torch.isfinite(loss.detach()).all(), max(trainer.global_step, 1), 0)
+        if trainer.global_step % self.every == 0:
+            self.check(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)
+
+    def check(self, trainer: L.Trainer) -> None:
+        if self._first_bad is None:
+            return
+        step = int(trainer.strategy.reduce(self._first_bad.clone(), reduce_op="max"))
+        if step < 0:
+            return
+        what = "the loss" if int(self._what) == 0 else "the gradients"
+        raise RunFailed(f"training diverged: {what} became NaN or infinite at step {step}", _likely_cause(self.cfg))
+
+
+def _likely_cause(cfg: Any) -> str:
+    o, t = cfg.optim, cfg.trainer
+    causes = []
+    if o.lr > 1e-3:
+        causes.append(f"the learning rate is far too high for fine-tuning (optim.lr={o.lr:g}; try 1e-5 to 1e-4)")
+    if t.precision in ("16-mixed", "16-true"):
+        causes.append(f"float16 overflows (trainer.precision={t.precision}; bf16-mixed has float32's range)")
+    if not t.gradient_clip_val:
+        causes.append("gradients are not clipped (set trainer.gradient_clip_val=1.0)")
+    if not causes:
+        causes.append("lower optim.lr, or look for extreme inputs in the training data")
+    return "likely cause: " + "; or ".join(causes) + ". No test metrics were computed from the diverged model"
 
 
 def quiet_mode() -> bool:

@@ -61,7 +61,7 @@ def check(task: TaskSpec, cfg: RunConfig) -> CheckReport:
     need = ("train", "validation", "test") if cfg.train and not baseline else ("test",)
     data = load_task_data(task, cfg, need)
     _, warnings = family.check_data(cfg, task, data)
-    warnings += data.notes
+    warnings += data.notes + data.quality_warnings()
     report = CheckReport(task, cfg, data, warnings)
     if baseline:
         return report
@@ -113,9 +113,10 @@ def print_report(report: CheckReport, out: Callable[[str], None] = print) -> Non
     out(f"{task.name} ({task.family}) · profile {cfg.profile} · task file {task.path}")
     roles = [r for r in task.columns if r != "title"]
     for name, split in report.data.splits.items():
-        lin = split.lineage()
+        lin = report.data.lineage()[name]
         out(f"\n{name}: {split.rows:,} rows of {lin['source_rows']:,} · {split.source_kind} {split.source}")
         out(f"  digest {lin['digest']} · {lin['selection']}" + ("" if split.official else " · NOT the official split"))
+        out(f"  empty texts {lin['empty_texts']:,} · duplicate rows {lin['duplicate_rows']:,}")
         balance = label_balance(split, task.labels)
         if balance:
             out(f"  labels: {balance}")

@@ -15,11 +15,13 @@ harness config <task> [key=value ...]              print the resolved config
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any, Optional
 
-from harness.errors import ConfigError, HarnessError
+from harness.errors import ConfigError, user_error
 
 
 def _console(stderr: bool = False) -> Any:
@@ -118,6 +120,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from harness.config import parse_override
+
+    for item in args.overrides:  # what `harness eval` decides itself cannot be overridden the other way
+        key, value = parse_override(item)
+        if key == "train" and value not in (False, "false"):
+            raise ConfigError(
+                f"`harness eval` evaluates without training, but override '{item}' asks to train",
+                "drop it, or use `harness run <task> model.name=...` to fine-tune and evaluate",
+            )
+        if key == "model.name":
+            raise ConfigError(
+                f"`harness eval` takes the model from --model, but override '{item}' names one too",
+                "give the model once, with --model",
+            )
+        if key == "data.test_file" and args.data:
+            raise ConfigError(
+                f"`harness eval` takes the data file from --data, but override '{item}' names one too",
+                "give the data file once, with --data",
+            )
     overrides = ["train=false", f"model.name={args.model}"] + list(args.overrides)
     if args.data:
         overrides.append(f"data.test_file={os.path.abspath(args.data)}")
@@ -388,14 +409,49 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra
+    with _terminate_as_interrupt():
+        try:
+            return args.func(args)
+        except KeyboardInterrupt:
+            how = "terminated (SIGTERM)" if _TERMINATED else "interrupted"
+            print(
+                f"{how}: every run this command started is closed as KILLED; run the same command again to resume",
+                file=sys.stderr,
+            )
+            return 143 if _TERMINATED else 130
+        except Exception as e:
+            err = user_error(e)
+            if err is None:
+                raise  # a bug: keep the traceback
+            print(f"error: {err.message}", file=sys.stderr)
+            return err.exit_code
+
+
+_TERMINATED = False  # set when SIGTERM stopped the command
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's time limit, `kill`) stops a command the way Ctrl-C does: every run it owns is closed as
+    KILLED and stays resumable by the same command. Only in the main thread of the main process, where signal
+    handlers can be set; DDP workers started by Lightning get theirs from Lightning."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        global _TERMINATED
+        _TERMINATED = True
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        return args.func(args)
-    except HarnessError as e:
-        print(f"error: {e.message}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
-        return 130
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -210,10 +210,28 @@ class OptimConfig(Strict):
     eps: float = Field(default=1e-8, gt=0)
 
 
+# what Lightning accepts for `precision`, plus auto (harness picks one for the hardware)
+PRECISIONS = (
+    "auto",
+    "32-true",
+    "bf16-mixed",
+    "16-mixed",
+    "bf16-true",
+    "16-true",
+    "64-true",
+    "transformer-engine",
+    "transformer-engine-float16",
+    "32",
+    "16",
+    "bf16",
+    "64",
+)
+
+
 class TrainerConfig(Strict):
     max_epochs: int = Field(default=1, gt=0)
     max_steps: int = -1
-    accelerator: str = "auto"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = "auto"
     devices: Union[int, str] = "auto"
     strategy: str = "auto"
     precision: str = "auto"  # auto: bf16-mixed where the hardware supports it natively, else 32-true
@@ -224,6 +242,13 @@ class TrainerConfig(Strict):
     checkpoint_every_n_steps: int = Field(default=50, gt=0)
     deterministic: bool = False
     num_threads: Optional[int] = Field(default=None, gt=0)  # torch intra-op threads on CPU; None = all cores
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v: str) -> str:
+        if v not in PRECISIONS:
+            raise ValueError(f"unknown precision; use one of {', '.join(PRECISIONS[:7])}")
+        return v
 
 
 class EvalConfig(Strict):

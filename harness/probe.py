@@ -62,7 +62,10 @@ def probe(
     from harness.tracking.env import package_versions
 
     s = settings or Settings()
+    from harness.tracking.store import check_store
+
     uri = tracking_uri or default_tracking_uri()
+    check_store(uri)
     client = MlflowClient(uri)
     mlflow.set_tracking_uri(uri)
     say = (lambda t: console.print(t, highlight=False)) if console is not None else (lambda t: None)

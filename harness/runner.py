@@ -25,21 +25,25 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from transformers import AutoTokenizer
 
-from harness.callbacks import LineProgress, StepMonitor, quiet_mode
+from harness.callbacks import DivergenceCheck, LineProgress, StepMonitor, quiet_mode
+from harness.checkpoints import AtomicCheckpointIO, unreadable
 from harness.config import RunConfig, TaskSpec
 from harness.data.sources import TaskData, load_task_data
+from harness.errors import ConfigError, user_error
 from harness.families import get_family
 from harness.families.base import EvalReport, Family
 from harness.models.loading import ResolvedModel, load_pretrained, resolve_model
-from harness.runtime import configure_runtime, resolve_precision
+from harness.runtime import check_devices, configure_runtime, resolve_precision
 from harness.tracking.env import describe_device
 from harness.tracking.logger import MlflowStepLogger
 from harness.tracking.mlflow_run import Tracker, is_global_zero
+from harness.tracking.store import check_store
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
@@ -86,18 +90,33 @@ class RunState:
         return self.dir / CHECKPOINT_DIR / LAST
 
     def resumable_run(self, tracking_uri: str) -> Optional[str]:
-        """The MLflow run id to continue, if this command was interrupted after writing a checkpoint."""
+        """The MLflow run id to continue, if this command was interrupted after writing a checkpoint. A checkpoint
+        that cannot be read is not resumed from: `self.damaged` says why, and the interrupted run is closed."""
+        self.damaged: Optional[str] = None
         state = self.read()
         run_id = state.get("run_id")
         if not run_id or state.get("status") == "finished" or not self.checkpoint.is_file():
             return None
         if state.get("tracking") != uri_key(tracking_uri):
             return None
+        client = MlflowClient(tracking_uri)
         try:
-            run = MlflowClient(tracking_uri).get_run(run_id)
+            run = client.get_run(run_id)
         except MlflowException:
             return None
-        return None if run.info.status == "FINISHED" else run_id
+        if run.info.status == "FINISHED":
+            return None
+        self.damaged = unreadable(self.checkpoint)
+        if self.damaged:
+            client.set_tag(
+                run_id,
+                "error",
+                f"its checkpoint {self.checkpoint.resolve()} cannot be read ({self.damaged}); the "
+                "same command started over in a new run",
+            )
+            client.set_terminated(run_id, "FAILED")
+            return None
+        return run_id
 
     def clear_checkpoints(self) -> None:
         shutil.rmtree(self.dir / CHECKPOINT_DIR, ignore_errors=True)
@@ -122,10 +141,22 @@ def build_trainer(cfg: RunConfig, logger: Any, state: RunState, extra_callbacks:
             save_last=True,
         ),
         StepMonitor(every=t.log_every_n_steps),
+        DivergenceCheck(every=t.log_every_n_steps, cfg=cfg),
         *extra_callbacks,
     ]
     if quiet:
         callbacks.append(LineProgress(every=t.log_every_n_steps))
+    try:
+        return _trainer(cfg, logger, state, callbacks, quiet)
+    except (ValueError, TypeError, MisconfigurationException) as e:  # Lightning refuses a trainer.* combination
+        raise ConfigError(
+            f"Lightning refused the trainer settings: {str(e).splitlines()[0][:300]}",
+            "fix the trainer.* values (harness config <task> lists them)",
+        ) from None
+
+
+def _trainer(cfg: RunConfig, logger: Any, state: RunState, callbacks: list, quiet: bool) -> L.Trainer:
+    t = cfg.trainer
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
@@ -145,6 +176,7 @@ def build_trainer(cfg: RunConfig, logger: Any, state: RunState, extra_callbacks:
         use_distributed_sampler=False,  # the bucketing sampler shards by rank itself
         num_sanity_val_steps=0,
         default_root_dir=str(state.dir),
+        plugins=[AtomicCheckpointIO()],
     )
 
 
@@ -227,16 +259,23 @@ def run(
             ctx.tracker.fail(e, killed=True)
         raise
     except BaseException as e:
+        err = user_error(e) if isinstance(e, Exception) else None  # a library's exception, in the user's words
         if ctx.tracker is not None:
-            ctx.tracker.fail(e)
+            ctx.tracker.fail(err or e)
+        if err is not None and err is not e:
+            raise err from e
         raise
 
 
 def _context(cfg: RunConfig, task: TaskSpec, console: Any, objective: bool, callbacks: list) -> RunContext:
+    """Checks that need no model or data (devices, the tracking store), then the context of a run not yet started."""
     configure_runtime(cfg)
+    check_devices(cfg)
     cfg = cfg.model_copy(deep=True)
     cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     zero = is_global_zero()
+    if zero:
+        check_store(cfg.tracking.uri)
     return RunContext(
         cfg,
         task,
@@ -258,6 +297,11 @@ def _start(ctx: RunContext) -> None:
         ctx.resumed = os.environ.get("HARNESS_RESUMED") == "1"
     else:
         resume_id = state.resumable_run(cfg.tracking.uri)
+        if state.damaged:
+            ctx.say(
+                f"[yellow]warning:[/] the last checkpoint {state.checkpoint.resolve()} cannot be read "
+                f"({state.damaged}); starting over in a new run"
+            )
         ctx.resumed = resume_id is not None
         ctx.run_id = tracker.start(run_id=resume_id)
         os.environ["HARNESS_RUN_ID"] = ctx.run_id
@@ -304,6 +348,7 @@ def _load_data(ctx: RunContext) -> None:
     ctx.data = data = load_task_data(ctx.task, ctx.cfg, _needed_splits(ctx))
     ctx.say("data: " + ", ".join(f"{n} {s.rows:,} rows ({s.source_kind})" for n, s in data.splits.items()))
     data_tags, warnings = ctx.family.check_data(ctx.cfg, ctx.task, data)
+    warnings += data.quality_warnings()
     unofficial = [n for n, s in data.splits.items() if not s.official]
     if unofficial:
         which = (
@@ -352,6 +397,7 @@ def _build(ctx: RunContext) -> None:
     model_tags = family.bind_model(cfg, ctx.task, model)
     if ctx.tracker is not None and model_tags:
         ctx.tracker.set_tags(model_tags)
+    family.check_position_limit(cfg, ctx.task, model)
     tok_ref = ResolvedModel(model.ref, family.tokenizer_path(model), model.source, revision=model.revision)
     ctx.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, tok_ref)
     ctx.datamodule = family.build_datamodule(cfg, ctx.task, ctx.data, ctx.tokenizer)

@@ -6,6 +6,7 @@ import logging
 import warnings
 
 from harness.config import RunConfig
+from harness.errors import ConfigError
 
 # messages the libraries print for situations harness handles itself
 _QUIET_WARNINGS = (
@@ -43,6 +44,30 @@ def configure_runtime(cfg: RunConfig) -> None:
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def check_devices(cfg: RunConfig) -> None:
+    """The accelerator and device count asked for exist here (Lightning's own errors say less, and say it later)."""
+    import torch
+
+    t = cfg.trainer
+    if t.accelerator in ("gpu", "cuda"):
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not visible:
+            raise ConfigError(
+                f"trainer.accelerator={t.accelerator}, but torch sees no CUDA device on this machine",
+                "use trainer.accelerator=auto (a GPU where there is one, else the CPU) or cpu",
+            )
+        if isinstance(t.devices, int) and t.devices > visible:
+            raise ConfigError(
+                f"trainer.devices={t.devices}, but {visible} CUDA device(s) are visible",
+                f"use trainer.devices={visible} or fewer (or auto)",
+            )
+    if t.accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            "trainer.accelerator=mps, but this machine has no Apple GPU that torch can use",
+            "use trainer.accelerator=auto or cpu",
+        )
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:

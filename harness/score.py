@@ -141,9 +141,16 @@ def score_qa(
 
 
 def score(task_name: str, predictions: Path, **kwargs: Any) -> ScoreOutput:
-    from harness.registry import get_task
+    from harness.registry import registry
 
-    task = get_task(task_name)
+    tasks = registry()
+    qa = sorted(n for n, t in tasks.items() if t.family == "extractive_qa")
+    if task_name not in tasks:
+        raise ConfigError(
+            f"`harness score` knows no metric or task '{task_name}'",
+            f"score with a metric ({', '.join(TEXT_METRICS)}) or a QA task ({', '.join(qa)})",
+        )
+    task = tasks[task_name]
     if task.family != "extractive_qa":
         raise ConfigError(
             f"`harness score` does not score family '{task.family}' yet (task '{task_name}')",
@@ -156,8 +163,9 @@ TEXT_METRICS = ("rouge", "bleu", "chrf")
 
 
 def read_texts(path: Path, field: str = "text") -> list[str]:
-    """Examples of a `.txt` file (one per line) or `.jsonl` file (the `field` of each object), optionally gzipped.
-    In `.jsonl`, a newline inside a value separates sentences (for ROUGE-Lsum)."""
+    """Examples of a `.jsonl` file (the `field` of each object; a newline inside a value separates sentences, for
+    ROUGE-Lsum), or of any other file read as plain text, one example per line (as sacreBLEU reads system outputs
+    such as `newstest2016.en-ro.output`); optionally gzipped."""
     import json
 
     from harness.data.squad import open_text
@@ -166,30 +174,31 @@ def read_texts(path: Path, field: str = "text") -> list[str]:
         raise DataError(f"file {path} does not exist", "pass the path of an existing file")
     text = open_text(path)
     name = path.name.lower().removesuffix(".gz")
-    if name.endswith(".jsonl"):
-        out = []
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(
-                    f"{path}: line {i} is not valid JSON ({e.msg})", "write one JSON object per line"
-                ) from None
-            if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
-                raise DataError(
-                    f"{path}: line {i} has no text field '{field}'",
-                    f"give each object a '{field}' string, or name the field with --field",
-                )
-            out.append(obj[field])
-        return out
-    if name.endswith(".txt"):
+    if name.endswith(".json"):
+        raise DataError(
+            f"{path}: a .json file holds one JSON value, not one example per line",
+            "write JSON lines (.jsonl, one object per line) or plain text (one example per line)",
+        )
+    if not name.endswith(".jsonl"):
         lines = text.split("\n")
         if lines and lines[-1] == "":
             lines = lines[:-1]  # the final newline ends the last line; it is not an empty example
         return [x.rstrip("\r") for x in lines]
-    raise DataError(f"{path}: unknown file type", "use .txt (one example per line) or .jsonl (optionally .gz)")
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {i} is not valid JSON ({e.msg})", "write one JSON object per line") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
+            raise DataError(
+                f"{path}: line {i} has no text field '{field}'",
+                f"give each object a '{field}' string, or name the field with --field",
+            )
+        out.append(obj[field])
+    return out
 
 
 def score_texts(

@@ -51,25 +51,44 @@ def test_killed_run_resumes_in_same_mlflow_run(data_dir, tiny_model, tracking_ur
     assert not list(Path(".harness/runs/imdb").glob("*/checkpoints/last.ckpt"))
 
 
-def test_ctrl_c_marks_the_run_killed_and_it_resumes(data_dir, tiny_model, tracking_uri, tmp_path):
+@pytest.mark.parametrize(
+    "signal_name, code, line",
+    [
+        (
+            "INT",
+            130,
+            "interrupted: every run this command started is closed as KILLED; run the same command again to resume",
+        ),
+        (
+            "TERM",
+            143,
+            "terminated (SIGTERM): every run this command started is closed as KILLED; run the same command "
+            "again to resume",
+        ),
+    ],
+)
+def test_ctrl_c_or_sigterm_marks_the_run_killed_and_it_resumes(
+    signal_name, code, line, data_dir, tiny_model, tracking_uri, tmp_path
+):
     args = tiny_args(data_dir, tiny_model, tracking_uri)
     proc = subprocess.run(
-        [sys.executable, str(HERE / "kill_driver.py"), "INT", "6", "run", "imdb", *args],
+        [sys.executable, str(HERE / "kill_driver.py"), signal_name, "6", "run", "imdb", *args],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert proc.returncode == code, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
-    assert "interrupted: run the same command again to resume" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == line
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name("imdb")
     (killed,) = client.search_runs([exp.experiment_id])
-    assert killed.info.status == "KILLED"
+    assert killed.info.status == "KILLED" and killed.data.tags["error_type"] == "KeyboardInterrupt"
     assert run_cli(["run", "imdb", *args]) == 0
     (done,) = client.search_runs([exp.experiment_id])
     assert done.info.run_id == killed.info.run_id and done.info.status == "FINISHED"
+    assert "error" not in done.data.tags and "error_type" not in done.data.tags  # the interruption is history
 
 
 def test_kill_during_evaluation_resumes_without_training_again(data_dir, tiny_model, tracking_uri, tmp_path):

@@ -18,6 +18,7 @@ import numpy as np
 
 from harness import hub
 from harness.config import DeriveSpec, RunConfig, TaskSpec
+from harness.data.files import diagnose_file
 from harness.errors import ConfigError, DataError
 
 SUBSET_SEED = 0  # profile subsets (train_size/test_size) do not move with the run seed: same rows for every seed
@@ -37,6 +38,7 @@ class SplitData:
     subset: bool = False  # a profile subset of the split, not all of it
     official: bool = True  # false when a fallback changed the split (carved out of, or reduced by, another one)
     meta: dict[str, Any] = field(default_factory=dict)  # what the reader found (e.g. the SQuAD file version)
+    text_roles: tuple[str, ...] = ()  # the columns that hold text (counted when empty)
 
     @property
     def rows(self) -> int:
@@ -52,8 +54,25 @@ class SplitData:
         """The rows at `indices` of this split, as split `name`, with the same source."""
         return replace(self, name=name, dataset=self.dataset.select(indices), selection=[*self.selection, selection])
 
+    def quality(self) -> dict[str, int]:
+        """Rows whose text is empty (or only spaces) in some text field, and rows that repeat an earlier row in
+        every task column: counted and reported, used as they are."""
+        cols = [c for c in self.dataset.column_names if c != "_row"]
+        if not cols or not self.rows:
+            return {"empty_texts": 0, "duplicate_rows": 0}
+        df = self.dataset.select_columns(cols).to_pandas()
+        for c in df.columns:
+            if df[c].dtype == object:  # nested values (SQuAD answers) compared by their text
+                df[c] = df[c].map(lambda v: v if isinstance(v, str) else repr(v))
+        empty = np.zeros(len(df), dtype=bool)
+        for r in self.text_roles:
+            if r in df.columns:
+                empty |= df[r].fillna("").astype(str).str.strip().eq("").to_numpy()
+        return {"empty_texts": int(empty.sum()), "duplicate_rows": int(df.duplicated().sum())}
+
     def lineage(self) -> dict[str, Any]:
         return {
+            **self.quality(),
             "split": self.name,
             "source": self.source,
             "source_kind": self.source_kind,
@@ -90,30 +109,27 @@ def _builder_for(path: Path) -> tuple[str, dict[str, Any]]:
     raise DataError(f"{path}: unknown file type", "use .jsonl, .json, .csv, .tsv or .parquet (optionally .gz)")
 
 
-def _is_empty(path: Path) -> bool:
-    import gzip
-
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            return not f.read(4096).strip()
-    except OSError:
-        return False
-
-
 def load_file(path: Path) -> Any:
+    import logging
+
     import datasets
 
     builder, kwargs = _builder_for(path)
+    quiet = logging.getLogger("datasets")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # its "Failed to load JSON" log line: the error below says it, once
     try:
         return datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **kwargs)
     except Exception as e:  # datasets raises many types (even StopIteration) for unreadable files
-        if _is_empty(path):
-            raise DataError(f"{path}: the file is empty", "use a file with rows in the task's schema") from None
+        specific = diagnose_file(path)
+        if specific is not None:
+            raise specific from None
         raise DataError(
             f"{path}: could not be read as {builder} ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})",
             "check the file's format (one JSON object per line for .jsonl)",
         ) from None
+    finally:
+        quiet.setLevel(level)
 
 
 def read_task_file(path: Path, task: TaskSpec) -> tuple[Any, dict[str, Any]]:
@@ -173,6 +189,9 @@ def check_rows(
                 f"{where}: row {i + row_offset} has no value for field '{col}'",
                 "fill in or remove that row",
             )
+    for role in text_roles(task):
+        if role in columns:
+            _check_text(ds, columns[role], role, where, row_offset)
     if task.labels is not None and "label" in columns:
         ds = _map_labels(ds, task, where, row_offset)
     rename = {col: role for role, col in columns.items() if col != role}
@@ -185,6 +204,43 @@ def check_rows(
         ds = ds.rename_columns(tmp)
         ds = ds.rename_columns({f"__{role}": role for role in rename.values()})
     return ds
+
+
+def text_roles(task: TaskSpec) -> tuple[str, ...]:
+    from harness.families import FAMILIES
+
+    info = FAMILIES.get(task.family)
+    return tuple(r for r in (info.text_roles if info else ()) if r in task.columns)
+
+
+def _check_text(ds: Any, col: str, role: str, where: str, row_offset: int) -> None:
+    """A text role's column holds strings, and valid UTF-8 ones."""
+    import pyarrow as pa
+
+    arr = ds.data.column(col)
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        values = ds[col]
+        i, v = next(((i, v) for i, v in enumerate(values) if not isinstance(v, str)), (0, values[0]))
+        raise DataError(
+            f"{where}: row {i + row_offset}: field '{col}' holds {v!r} ({type(v).__name__}), but the task's "
+            f"`{role}` must be text",
+            "put text there (in JSON, a string in quotes)",
+        )
+    try:
+        arr.validate(full=True)
+    except pa.ArrowInvalid:
+        i = 0
+        for chunk in arr.chunks:
+            for j in range(len(chunk)):
+                try:
+                    chunk[j].as_py()
+                except UnicodeDecodeError:
+                    raise DataError(
+                        f"{where}: row {i + j + row_offset}: field '{col}' is not valid UTF-8 text",
+                        "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 old > new)",
+                    ) from None
+            i += len(chunk)
+        raise
 
 
 def _map_labels(ds: Any, task: TaskSpec, where: str, row_offset: int) -> Any:
@@ -269,9 +325,31 @@ def derive_indices(ds: Any, spec: DeriveSpec, split_name: str, seed: int) -> tup
 class TaskData:
     splits: dict[str, SplitData]
     notes: list[str] = field(default_factory=list)  # fallbacks that were used, in words
+    _lineage: Optional[dict[str, dict[str, Any]]] = field(default=None, repr=False)
 
     def __getitem__(self, name: str) -> SplitData:
         return self.splits[name]
+
+    def lineage(self) -> dict[str, dict[str, Any]]:
+        """Each split's lineage (computed once: it hashes and counts every row)."""
+        if self._lineage is None:
+            self._lineage = {name: split.lineage() for name, split in self.splits.items()}
+        return self._lineage
+
+    def quality_warnings(self) -> list[str]:
+        out = []
+        for name, lin in self.lineage().items():
+            parts = [
+                f"{lin[k]:,} {what}"
+                for k, what in (
+                    ("empty_texts", "row(s) with an empty text field"),
+                    ("duplicate_rows", "duplicate row(s)"),
+                )
+                if lin[k]
+            ]
+            if parts:
+                out.append(f"{name}: {' and '.join(parts)}, used as they are (counted in the run's lineage)")
+        return out
 
 
 def _data_dir(cfg: RunConfig) -> Optional[Path]:
@@ -293,7 +371,9 @@ def load_source_split(task: TaskSpec, cfg: RunConfig, split: str) -> SplitData:
                 ds, meta = read_task_file(path, task)
                 ds = ds.add_column("_row", list(range(len(ds))))
                 ds = check_rows(ds, task, str(path))
-                return SplitData(split, ds, str(path), "local", file_sha256(path), len(ds), meta=meta)
+                return SplitData(
+                    split, ds, str(path), "local", file_sha256(path), len(ds), meta=meta, text_roles=text_roles(task)
+                )
             looked.append(f"{path} (not found)")
     if spec.hub and task.dataset.hub_id:
         ref = f"hf://datasets/{task.dataset.hub_id}" + (
@@ -312,7 +392,7 @@ def load_source_split(task: TaskSpec, cfg: RunConfig, split: str) -> SplitData:
             else:
                 ds = ds.add_column("_row", list(range(len(ds))))
                 ds = check_rows(ds, task, f"{ref} row", row_offset=0, columns=task.dataset.hub_columns)
-                return SplitData(split, ds, ref, "hub", None, len(ds))
+                return SplitData(split, ds, ref, "hub", None, len(ds), text_roles=text_roles(task))
     raise DataError(
         f"task '{task.name}': split '{split}' not found; looked in: " + "; ".join(looked),
         "point data.data_dir (or HARNESS_DATA_DIR) at a folder holding "
@@ -460,4 +540,14 @@ def load_test_file(task: TaskSpec, path: Path) -> SplitData:
         raise DataError(f"data file {path} is empty", "use a file with rows in the task's schema")
     ds = ds.add_column("_row", list(range(len(ds))))
     ds = check_rows(ds, task, str(path))
-    return SplitData("test", ds, str(path), "file", file_sha256(path), len(ds), ["data.test_file: all rows"], meta=meta)
+    return SplitData(
+        "test",
+        ds,
+        str(path),
+        "file",
+        file_sha256(path),
+        len(ds),
+        ["data.test_file: all rows"],
+        meta=meta,
+        text_roles=text_roles(task),
+    )

@@ -7,12 +7,12 @@ v2.0 questions (`is_impossible`) have empty answer lists; `plausible_answers` ar
 
 from __future__ import annotations
 
-import gzip
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from harness.data.files import read_text
 from harness.errors import DataError
 
 
@@ -29,12 +29,7 @@ class SquadFile:
 
 
 def open_text(path: Path) -> str:
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            return f.read()
-    except (OSError, UnicodeDecodeError, EOFError) as e:
-        raise DataError(f"{path}: could not be read ({e.__class__.__name__}: {e})", "check the file") from None
+    return read_text(path)
 
 
 def load_json(path: Path, what: str) -> Any:

@@ -29,6 +29,7 @@ class FamilyInfo:
     # what a search optimises when validation does not compute the task's main metric (e.g. generation would be
     # too slow there): (validation metric, direction)
     search_objective: Optional[tuple[str, str]] = None
+    text_roles: tuple[str, ...] = ()  # roles that hold text: checked to be strings, counted when empty
     default_metrics: tuple[str, ...] = ()  # a task's metrics unless its file lists them (empty: all of `metrics`)
     # option value -> default metrics, for families whose metrics depend on a task option (SQuAD v1.1 / v2.0)
     option_metrics: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
@@ -55,6 +56,7 @@ FAMILIES: dict[str, FamilyInfo] = {
         main_metric="accuracy",
         needs_labels=True,
         impl="harness.families.classification:ClassificationFamily",
+        text_roles=("text", "text_pair"),
     ),
     "extractive_qa": FamilyInfo(
         name="extractive_qa",
@@ -75,6 +77,7 @@ FAMILIES: dict[str, FamilyInfo] = {
         main_metric="f1",
         needs_labels=False,
         impl="harness.families.qa:ExtractiveQAFamily",
+        text_roles=("question", "context"),
         options=(("version", ("1.1", "2.0")),),
         baselines=("first-sentence",),
         default_metrics=("exact_match", "f1"),
@@ -95,6 +98,7 @@ FAMILIES: dict[str, FamilyInfo] = {
         main_metric="rougeLsum",
         needs_labels=False,
         impl="harness.families.generation:SummarizationFamily",
+        text_roles=("source", "target"),
         baselines=("lead-3",),
         search_objective=("loss", "minimize"),
     ),
@@ -107,6 +111,7 @@ FAMILIES: dict[str, FamilyInfo] = {
         main_metric="bleu",
         needs_labels=False,
         impl="harness.families.generation:TranslationFamily",
+        text_roles=("source", "target"),
         baselines=("copy-source",),
         search_objective=("loss", "minimize"),
     ),
@@ -119,6 +124,7 @@ FAMILIES: dict[str, FamilyInfo] = {
         main_metric="perplexity",
         needs_labels=False,
         impl="harness.families.lm:CausalLMFamily",
+        text_roles=("text",),
         search_objective=("loss", "minimize"),
     ),
     "masked_lm": FamilyInfo(
@@ -130,6 +136,7 @@ FAMILIES: dict[str, FamilyInfo] = {
         main_metric="perplexity",
         needs_labels=False,
         impl="harness.families.lm:MaskedLMFamily",
+        text_roles=("text",),
         search_objective=("loss", "minimize"),
     ),
 }

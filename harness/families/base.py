@@ -9,14 +9,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from harness.config import RunConfig, TaskSpec
 from harness.data.sources import SplitData, TaskData
-from harness.errors import ModelError
+from harness.errors import ConfigError, ModelError
 from harness.families import FamilyInfo
 from harness.metrics.bootstrap import Estimate
-from harness.models.loading import ResolvedModel
+from harness.models.loading import ResolvedModel, load_checkpoint, load_pretrained
 
 
 @dataclass
@@ -87,6 +87,29 @@ class Family(ABC):
         ModelError naming what fits) and return tags describing it."""
         return {}
 
+    def longest_inputs(self, cfg: RunConfig) -> list[tuple[str, int]]:
+        """(setting, tokens) for the longest sequences the model will read; checked against its position limit."""
+        return [("data.max_length", cfg.data.max_length)]
+
+    def check_position_limit(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> None:
+        """Refuse, before any tokenizing or training, lengths the model has no position embeddings for (they fail
+        mid-training with a tensor-size error otherwise)."""
+        from transformers import AutoConfig
+
+        backbone = ResolvedModel(model.ref, self.tokenizer_path(model), model.source, revision=model.revision)
+        config = load_pretrained(AutoConfig.from_pretrained, backbone)
+        if cfg.model.from_scratch:
+            for k, v in cfg.model.config_overrides.items():
+                setattr(config, k, v)
+        limit = position_limit(config)
+        for setting, need in self.longest_inputs(cfg):
+            if limit is not None and need > limit:
+                raise ConfigError(
+                    f"{setting}={need} is longer than model '{model.ref}' can read: {limit} positions "
+                    f"({config.model_type}, max_position_embeddings)",
+                    f"set {setting} to {limit} or less",
+                )
+
     def tokenizer_path(self, model: ResolvedModel) -> str:
         """Where the tokenizer lives; for a Lightning checkpoint, the backbone it was trained from."""
         if model.checkpoint:
@@ -110,6 +133,7 @@ class Family(ABC):
         optim = cfg.optim.model_dump(mode="json")
         settings = self.module_settings(cfg, task)
         if model.checkpoint:
+            checkpoint_hyperparameters(model.checkpoint)  # refuses an unsafe or unreadable file in the user's words
             module = self.module_class.load_from_checkpoint(
                 model.checkpoint, map_location="cpu", weights_only=True, optim=optim, **settings
             )
@@ -156,6 +180,14 @@ def backbone_args(cfg: RunConfig, model: ResolvedModel) -> dict[str, Any]:
 
 def checkpoint_hyperparameters(path: str) -> dict[str, Any]:
     """A harness checkpoint's hyperparameters, read through mmap (the weights and optimizer state stay on disk)."""
-    import torch
+    return load_checkpoint(path, mmap=True).get("hyper_parameters", {})
 
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+
+def position_limit(config: Any) -> Optional[int]:
+    """How many token positions a model has embeddings for; None for relative positions (T5) or no limit known."""
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not isinstance(limit, int):
+        return None
+    if config.model_type in ("roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "xmod"):
+        limit -= (getattr(config, "pad_token_id", 1) or 1) + 1  # positions start after the padding index
+    return limit

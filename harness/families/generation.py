@@ -68,6 +68,16 @@ class GenerationFamily(Family):
         _, _, self.decoder_start = self._special_tokens(tokenizer)
         return GenerationDataModule(cfg, task, data, tokenizer, self.kind or "causal", self.decoder_start)
 
+    def longest_inputs(self, cfg: RunConfig) -> list[tuple[str, int]]:
+        g = cfg.generation
+        out = max(g.max_target_length, g.max_new_tokens)
+        if self.kind == "seq2seq":  # the encoder reads the source, the decoder writes the target
+            return [
+                ("generation.max_source_length", g.max_source_length),
+                ("generation.max_target_length" if out == g.max_target_length else "generation.max_new_tokens", out),
+            ]
+        return [("generation.max_source_length + max(max_target_length, max_new_tokens)", g.max_source_length + out)]
+
     def length_budgets(self, cfg: RunConfig, task: TaskSpec) -> list[tuple[str, int, str]]:
         g = cfg.generation
         return [

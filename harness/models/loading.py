@@ -21,13 +21,14 @@ import hashlib
 import importlib
 import json
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from harness import hub
-from harness.errors import ModelError
+from harness.errors import ModelError, unsafe_weights_error
 
 # hub id -> (python package, sub-folder, pip name): weights that ship inside a pip package
 PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
@@ -234,7 +235,15 @@ def load_pretrained(loader: Callable[..., Any], resolved: ResolvedModel, **kwarg
         kwargs.setdefault("revision", resolved.revision)
     try:
         return loader(resolved.path, **kwargs)
+    except pickle.UnpicklingError as e:  # torch.load(weights_only=True) refused a pickle that would run code
+        raise unsafe_weights_error(resolved.path, str(e)) from None
     except (OSError, ValueError) as e:
+        if "custom code" in str(e) or "trust_remote_code" in str(e):
+            raise ModelError(
+                f"model '{resolved.ref}' needs Python code of its own to load (a custom architecture), and harness "
+                "never runs code that comes with a model",
+                "use a model whose architecture transformers ships (its config.json names a known model_type)",
+            ) from None
         if resolved.source != "hub":
             raise ModelError(f"could not load model from {resolved.path}: {str(e).splitlines()[0][:300]}") from None
         reason = (
@@ -310,3 +319,18 @@ def model_kind(model: ResolvedModel, family: str) -> str:
         f"model '{model.ref}' ({mtype}, {what}) does not fit the {family} family",
         f"{family} fits {GENERATION_FITS}{hint}",
     )
+
+
+def load_checkpoint(path: str, **kwargs: Any) -> dict[str, Any]:
+    """A harness (Lightning) checkpoint, loaded the safe way (tensors and plain values, never pickled code)."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
+    except pickle.UnpicklingError as e:
+        raise unsafe_weights_error(path, str(e)) from None
+    except (RuntimeError, EOFError, OSError) as e:  # a truncated or overwritten file
+        raise ModelError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+            "pass a complete .ckpt file a harness run wrote",
+        ) from None

@@ -56,6 +56,10 @@ class Tracker:
         self.run_id = run.info.run_id
         if run_id is None:
             self.set_tags(self.base_tags())
+        else:  # resumed after Ctrl-C or a kill: the interruption is history, not this run's error
+            for key in ("error", "error_type"):
+                if key in run.data.tags:
+                    self.client.delete_tag(self.run_id, key)
         return self.run_id
 
     def run_name(self) -> str:
@@ -133,7 +137,7 @@ class Tracker:
     def log_datasets(self, data: TaskData) -> None:
         from mlflow.data.meta_dataset import MetaDataset
 
-        lineages = {name: split.lineage() for name, split in data.splits.items()}
+        lineages = data.lineage()
         for name, split in data.splits.items():
             lin = lineages[name]
             src = _dataset_source(split)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -104,8 +105,6 @@ class Study:
             self.space.path or "",
             "--study",
             self.name,
-            "--storage",
-            self.storage_url,
             "--trials",
             str(self.trials),
             "--pruner",
@@ -324,6 +323,7 @@ def _progress(study: Any, trial: Any) -> None:
 
 def worker_main(study: Study, worker: int = 0) -> None:
     """Run trials until the study has `study.trials` finished ones (shared with any other workers)."""
+    import optuna
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
@@ -338,7 +338,9 @@ def worker_main(study: Study, worker: int = 0) -> None:
             flush=True,
         )
         return
-    # a HarnessError (bad config, data) would fail every trial alike: it stops the search with its one-line message
+    # a HarnessError (bad config, data) would fail every trial alike: it stops the search with its one-line message.
+    # Optuna's own "trial failed" warning (with a traceback, also for Ctrl-C) is not shown: the error is, once.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     optuna_study.optimize(
         lambda trial: run_trial(study, trial, parent),
         n_trials=study.trials - done,
@@ -349,8 +351,20 @@ def worker_main(study: Study, worker: int = 0) -> None:
 
 def _run_workers(study: Study) -> None:
     threads = max(1, (os.cpu_count() or 1) // study.workers)
-    procs = [subprocess.Popen(study.worker_command(w, threads)) for w in range(study.workers)]
-    codes = [p.wait() for p in procs]
+    env = {**os.environ, "OPTUNA_STORAGE": study.storage_url}  # not on the command line: it may hold a password
+    procs = [subprocess.Popen(study.worker_command(w, threads), env=env) for w in range(study.workers)]
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the workers close their trials' runs as KILLED, then we stop
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        raise
     if all(c != 0 for c in codes):
         raise ConfigError(f"all {study.workers} workers failed (exit codes {codes})", "see the messages above")
     lost = [i for i, c in enumerate(codes) if c != 0]
@@ -367,8 +381,10 @@ def _run_workers(study: Study) -> None:
 
 def tune(study: Study, retrain_best: bool = False) -> dict[str, Any]:
     from harness.runtime import configure_runtime
+    from harness.tracking.store import check_store
 
     configure_runtime(resolve_run_config(study.task, [*study.space.fixed_overrides(), *study.overrides]))
+    check_store(study.tracking_uri)
     optuna_study = study.open()
     tracker = StudyTracker(study.tracking_uri)
     parent = tracker.open_parent(

@@ -1,0 +1,774 @@
+"""The fault suite: what a user gets wrong, and what goes wrong around them, each checked the same way.
+
+Every case runs the real command (in this process, or as a subprocess where signals or resource limits are involved)
+with tiny settings against one MLflow store that already holds a finished run, and asserts: the exit code, exactly
+one `error:` line that names the thing and says what to do (compared whole), no traceback anywhere in the output,
+the run marked FAILED with that message as its `error` tag where a run had started, and every run recorded before
+unchanged.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import in_dir, run_cli
+from mlflow.tracking import MlflowClient
+
+from harness.config import DataConfig, TrainerConfig
+from harness.registry import registry
+
+HERE = Path(__file__).resolve().parent
+
+
+# ---- the store, the data, and how a case is judged -------------------------------------------------------------------
+
+
+@dataclass
+class Store:
+    work: Path
+    uri: str
+    data: Path  # a data dir with real IMDB rows (both labels)
+    finished: str  # the run recorded before any fault
+
+
+def _write_jsonl_gz(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def _args(store: Store, model: Path | str, data: Path | None = None, **extra: str) -> list[str]:
+    base = {
+        "model.name": str(model),
+        "data.data_dir": str(data or store.data),
+        "data.train_size": "48",
+        "data.validation_size": "16",
+        "data.test_size": "32",
+        "data.max_length": "32",
+        "trainer.precision": "32-true",
+        "trainer.log_every_n_steps": "2",
+        "tracking.tracking_uri": store.uri,
+        "tracking.system_metrics": "false",
+        "eval.bootstrap_resamples": "100",
+        "profile": "quick",
+        **extra,
+    }
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, data_dir, tiny_model) -> Store:
+    work = tmp_path_factory.mktemp("faults")
+    data = work / "data"
+    for split, n in (("train", 600), ("test", 50)):  # train: enough for the task's 1,000-row validation split
+        with gzip.open(data_dir / f"sentiment/imdb/{split}.jsonl.gz", "rt") as f:
+            rows = [json.loads(line) for line in f]
+        _write_jsonl_gz(data / f"sentiment/imdb/{split}.jsonl.gz", rows[:n] + rows[-n:])
+    uri = f"sqlite:///{work / 'mlruns.db'}"
+    with in_dir(work):
+        s = Store(work, uri, data, "")
+        assert run_cli(["run", "imdb", *_args(s, tiny_model), "log_model=true"]) == 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("imdb").experiment_id])
+    s.finished = run.info.run_id
+    return s
+
+
+def _snapshot(uri: str) -> dict[str, tuple]:
+    client = MlflowClient(uri)
+    out = {}
+    for exp in client.search_experiments():
+        for r in client.search_runs([exp.experiment_id]):
+            out[r.info.run_id] = (r.info.status, r.data.metrics, r.data.params, r.data.tags)
+    return out
+
+
+@dataclass
+class Outcome:
+    rc: int
+    error: str  # the one error line, without "error: "
+    new_runs: dict  # run id -> (status, metrics, params, tags) of the runs the command made
+    output: str
+
+
+def judge(store: Store, rc: int, out: str, err: str, before: dict) -> Outcome:
+    assert "Traceback" not in out + err, (out + err)[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == (1 if rc not in (0, 130, 143) else 0), err[-3000:]
+    after = _snapshot(store.uri)
+    for run_id, was in before.items():
+        assert after[run_id] == was, f"run {run_id} changed"
+    return Outcome(
+        rc,
+        errors[0][len("error: ") :] if errors else "",
+        {r: after[r] for r in after.keys() - before.keys()},
+        out + err,
+    )
+
+
+def attempt(store: Store, capsys, args: list[str]) -> Outcome:
+    before = _snapshot(store.uri)
+    capsys.readouterr()
+    with in_dir(store.work):
+        rc = run_cli(args)
+    captured = capsys.readouterr()
+    return judge(store, rc, captured.out, captured.err, before)
+
+
+def failed_run(outcome: Outcome) -> dict:
+    """The one run the command started: FAILED, its `error` tag the message printed, no test metric."""
+    assert len(outcome.new_runs) == 1, outcome.new_runs
+    ((status, metrics, _, tags),) = outcome.new_runs.values()
+    assert status == "FAILED" and tags["error"] == outcome.error
+    assert not [k for k in metrics if k.startswith("test_")]
+    return tags
+
+
+def no_run(outcome: Outcome) -> None:
+    assert outcome.new_runs == {}
+
+
+# ---- 1. the command line and the config: refused before anything starts ----------------------------------------------
+
+
+def test_unknown_task(store, capsys):
+    o = attempt(store, capsys, ["run", "imbd"])
+    known = ", ".join(sorted(registry()))
+    assert (o.rc, o.error) == (2, f"unknown task 'imbd' — known tasks: {known} (see `harness ls`)")
+    no_run(o)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "trainer.max_epoch=2",
+            "override 'trainer.max_epoch=2': unknown config key 'trainer.max_epoch' — allowed "
+            "keys at 'trainer': " + ", ".join(sorted(TrainerConfig.model_fields)),
+        ),
+        (
+            "data.batch_size=many",
+            "override 'data.batch_size=many': bad value 'many' for 'data.batch_size': Input "
+            "should be a valid integer, unable to parse string as an integer — fix that value (see README.md, "
+            "'Configuration')",
+        ),
+        (
+            "trainer.precision=fp8",
+            "override 'trainer.precision=fp8': bad value 'fp8' for 'trainer.precision': "
+            "unknown precision; use one of auto, 32-true, bf16-mixed, 16-mixed, bf16-true, 16-true, 64-true — fix that "
+            "value (see README.md, 'Configuration')",
+        ),
+        (
+            "generation.prompt=nosource",
+            "override 'generation.prompt=nosource': 'generation': generation.prompt must "
+            "contain {source} — fix that value (see README.md, 'Configuration')",
+        ),
+        (
+            "data.max_len=3",
+            "override 'data.max_len=3': unknown config key 'data.max_len' — allowed keys at 'data': "
+            + ", ".join(sorted(DataConfig.model_fields)),
+        ),
+    ],
+)
+def test_bad_override(store, capsys, tiny_model, override, message):
+    o = attempt(store, capsys, ["run", "imdb", *_args(store, tiny_model), override])
+    assert (o.rc, o.error) == (2, message)
+    no_run(o)
+
+
+def test_gpu_asked_for_on_a_machine_without_one(store, capsys, tiny_model):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    o = attempt(store, capsys, ["run", "imdb", *_args(store, tiny_model), "trainer.accelerator=gpu"])
+    assert (o.rc, o.error) == (
+        2,
+        "trainer.accelerator=gpu, but torch sees no CUDA device on this machine — use "
+        "trainer.accelerator=auto (a GPU where there is one, else the CPU) or cpu",
+    )
+    no_run(o)
+
+
+def test_eval_told_to_train(store, capsys, tiny_model):
+    o = attempt(
+        store, capsys, ["eval", "imdb", "--model", str(tiny_model), *_args(store, tiny_model)[1:], "train=true"]
+    )
+    assert (o.rc, o.error) == (
+        2,
+        "`harness eval` evaluates without training, but override 'train=true' asks to "
+        "train — drop it, or use `harness run <task> model.name=...` to fine-tune and "
+        "evaluate",
+    )
+    no_run(o)
+
+
+def test_score_with_an_unknown_metric(store, capsys):
+    o = attempt(store, capsys, ["score", "meteor", "--predictions", "p.txt", "--references", "r.txt"])
+    assert (o.rc, o.error) == (
+        2,
+        "`harness score` knows no metric or task 'meteor' — score with a metric (rouge, "
+        "bleu, chrf) or a QA task (squad, squad_v2)",
+    )
+
+
+def test_score_reads_any_system_output_as_plain_text(store, capsys, tmp_path):
+    """sacreBLEU's convention: a file that is not JSON is plain text, one segment per line, whatever its name."""
+    hyp, ref = tmp_path / "newstest2016.en-ro.output", tmp_path / "newstest2016.en-ro.ro"
+    hyp.write_text("the cat sat on the mat\nthere is a cat\n")
+    ref.write_text("the cat sat on the mat\na cat is there\n")
+    o = attempt(store, capsys, ["score", "bleu", "--predictions", str(hyp), "--references", str(ref), "--json"])
+    assert o.rc == 0 and json.loads(o.output.strip().splitlines()[-1])["bleu"] > 0
+
+
+def test_tune_with_a_missing_database_driver(store, capsys, tiny_model):
+    o = attempt(
+        store,
+        capsys,
+        [
+            "tune",
+            "imdb",
+            "--trials",
+            "1",
+            "--storage",
+            "postgresql://tuner:s3cret@127.0.0.1:9/s",
+            *_args(store, tiny_model),
+        ],
+    )
+    assert o.rc == 2 and o.error.startswith("cannot open the study storage postgresql://tuner:***@127.0.0.1:9/s")
+    assert "s3cret" not in o.output
+    no_run(o)
+
+
+# ---- 2. the tracking store: checked in seconds, named with its password masked, left untouched -----------------------
+
+
+def _store_case(store: Store, capsys, tiny_model, uri: str) -> Outcome:
+    started = time.monotonic()
+    o = attempt(store, capsys, ["run", "imdb", *_args(store, tiny_model), f"tracking.tracking_uri={uri}"])
+    assert time.monotonic() - started < 60  # not MLflow's minutes of retries (a guard, not a speed goal)
+    assert o.rc == 2 and "s3cret" not in o.output
+    no_run(o)
+    return o
+
+
+def test_unreachable_tracking_server(store, capsys, tiny_model):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here
+    o = _store_case(store, capsys, tiny_model, f"http://bob:s3cret@127.0.0.1:{port}")
+    assert o.error == (
+        f"cannot use the tracking store http://bob:***@127.0.0.1:{port}: the server is not reachable "
+        "([Errno 111] Connection refused; waited at most 5 s) — start it (mlflow server ..., or make "
+        "server), or point MLFLOW_TRACKING_URI (or tracking.tracking_uri) at a store that works; "
+        "sqlite:///mlruns.db needs no server"
+    )
+
+
+def test_corrupt_sqlite_store_is_named_and_left_as_it_is(store, capsys, tiny_model, tmp_path):
+    db = tmp_path / "mlruns.db"
+    db.write_bytes(b"not a database, but somebody's notes\n" * 40)
+    content = db.read_bytes()
+    o = _store_case(store, capsys, tiny_model, f"sqlite:///{db}")
+    assert o.error == (
+        f"cannot use the tracking store sqlite:///{db}: {db} is not an SQLite database (damaged, or "
+        "another kind of file) — restore it from a backup, or point the store at another file; it was "
+        "left as it is"
+    )
+    assert db.read_bytes() == content
+
+
+def test_missing_database_driver_for_the_store(store, capsys, tiny_model):
+    o = _store_case(store, capsys, tiny_model, "postgresql://bob:s3cret@127.0.0.1:9/mlflow")
+    assert o.error.startswith(
+        "cannot use the tracking store postgresql://bob:***@127.0.0.1:9/mlflow: its database "
+        "driver is not installed (No module named "
+    )
+    assert "pip install psycopg2-binary" in o.error
+
+
+def test_read_only_sqlite_store(store, capsys, tiny_model, tmp_path):
+    """The store's file on a read-only filesystem (which stops root too): named, nothing written."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a filesystem here to make read-only ({mounted.stderr.decode().strip()[:120]})")
+    try:
+        db = folder / "mlruns.db"
+        shutil.copy(store.work / "mlruns.db", db)
+        before = db.read_bytes()
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True, capture_output=True)
+        o = _store_case(store, capsys, tiny_model, f"sqlite:///{db}")
+        assert o.error == (
+            f"cannot use the tracking store sqlite:///{db}: {db} is read-only (runs cannot be "
+            f"recorded) — make {db} writable, or point MLFLOW_TRACKING_URI (or tracking.tracking_uri) "
+            "at a store that works; sqlite:///mlruns.db needs no server"
+        )
+        assert db.read_bytes() == before
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+# ---- data: the run starts, then stops on the file and the row, FAILED ------------------------------------------------
+
+
+def _corrupt(store: Store, tmp_path: Path, content: bytes, split: str = "test") -> tuple[Path, Path]:
+    data = tmp_path / "data"
+    shutil.copytree(store.data, data)
+    path = data / f"sentiment/imdb/{split}.jsonl.gz"
+    path.write_bytes(content)
+    return data, path
+
+
+def _gz(text: str | bytes) -> bytes:
+    return gzip.compress(text.encode("utf-8") if isinstance(text, str) else text)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            b"\x1f\x8b\x08\x00garbage that is not deflate",
+            "{path}: not a readable gzip file (its compressed data is damaged: Error -3 while decompressing data: "
+            "invalid code lengths set) — re-create it with gzip, or give the uncompressed file",
+        ),
+        (_gz(""), "{path}: the file is empty — use a file with rows in the task's schema"),
+        (
+            _gz(b'{"text": "fine", "label": 1}\n{"text": "caf\xe9 cr\xe8me", "label": 0}\n'),
+            "{path}: row 2: field 'text' is not valid UTF-8 text — save the file as UTF-8 (e.g. iconv -f latin1 -t "
+            "utf-8 old > new)",
+        ),
+        (
+            _gz('{"text": "fine", "label": 1}\n{"text": "broken, "label": 0}\n'),
+            "{path}: line 2 is not valid JSON (Expecting ',' delimiter at column 20) — fix that line: one JSON object "
+            "per line",
+        ),
+        (
+            _gz('{"text": "fine", "label": 1}\n{"text": 1234, "label": 0}\n'),
+            "{path}: row 2: field 'text' holds 1234 (int), but the task's `text` must be text — put text there (in "
+            "JSON, a string in quotes)",
+        ),
+        (
+            _gz('{"text": "fine", "label": 1}\n{"review": "no text field", "label": 0}\n'),
+            "{path}: row 2 has no value for field 'text' — fill in or remove that row",
+        ),
+        (
+            _gz('{"text": "fine", "label": 1}\n{"text": "a third class", "label": 2}\n'),
+            "{path}: row 2 has label 2, outside the task's label set 0..1 (negative, positive) — fix the label, or "
+            "list it in the task's `labels`",
+        ),
+    ],
+    ids=["gzip-garbage", "empty", "not-utf8", "broken-json-line", "number-as-text", "missing-field", "bad-label"],
+)
+def test_bad_data_file(store, capsys, tiny_model, tmp_path, content, message):
+    data, path = _corrupt(store, tmp_path, content)
+    o = attempt(store, capsys, ["run", "imdb", *_args(store, tiny_model, data)])
+    assert (o.rc, o.error) == (2, message.format(path=path))
+    failed_run(o)
+
+
+def test_bad_data_file_given_to_eval(store, capsys, tiny_model, tmp_path):
+    bad = tmp_path / "mine.jsonl"
+    bad.write_bytes(b'{"text": "ok", "label": "positive"}\n{"text": "caf\xe9", "label": "negative"}\n')
+    o = attempt(
+        store,
+        capsys,
+        ["eval", "imdb", "--model", f"runs:/{store.finished}", "--data", str(bad), *_args(store, tiny_model)[1:]],
+    )
+    assert (o.rc, o.error) == (
+        2,
+        f"{bad}: row 2: field 'text' is not valid UTF-8 text — save the file as UTF-8 "
+        "(e.g. iconv -f latin1 -t utf-8 old > new)",
+    )
+    failed_run(o)
+
+
+def test_missing_data_dir(store, capsys, tiny_model, tmp_path):
+    o = attempt(store, capsys, ["run", "imdb", *_args(store, tiny_model, tmp_path / "nowhere")])
+    assert o.rc == 2 and o.error.startswith(f"task 'imdb': split 'train' not found; looked in: {tmp_path}/nowhere/")
+    failed_run(o)
+
+
+# ---- models: unknown, weightless, unsafe, too short for the data, code that comes with them --------------------------
+
+
+def test_unknown_model_offline(store, capsys):
+    o = attempt(store, capsys, ["run", "imdb", *_args(store, "someorg/no-such-model")])
+    assert o.rc == 2 and o.error.startswith(
+        "model 'someorg/no-such-model' is not in the local cache and "
+        "HF_HUB_OFFLINE is set — point model.name at a local directory"
+    )
+    failed_run(o)
+
+
+def test_unknown_mlflow_run_as_model(store, capsys, tiny_model):
+    o = attempt(store, capsys, ["eval", "imdb", "--model", "runs:/0123456789abcdef", *_args(store, tiny_model)[1:]])
+    assert (o.rc, o.error) == (
+        2,
+        f"MLflow run '0123456789abcdef' not found in tracking store {store.uri} — check the "
+        "run id (harness prints it at the end of a run) and MLFLOW_TRACKING_URI",
+    )
+    failed_run(o)
+
+
+def test_evaluating_untrained_weights(store, capsys, tiny_model):
+    o = attempt(store, capsys, ["eval", "imdb", "--model", str(tiny_model), *_args(store, tiny_model)[1:]])
+    assert (o.rc, o.error) == (
+        2,
+        f"model '{tiny_model}' has untrained weights (classifier.bias, classifier.weight), "
+        "and train=false evaluates it as is — evaluate a fine-tuned model (runs:/<run_id>, a "
+        "saved folder or a .ckpt), or set train=true",
+    )
+    failed_run(o)
+
+
+class _Payload:
+    """Unpickling this would run a shell command: what a malicious weights file does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+UNSAFE = (
+    "the weights were refused as unsafe: the file holds pickled Python objects (posix.system) that only an "
+    "unsafe load would run — use the model's safetensors weights (model.safetensors), or convert them to "
+    "safetensors where you trust their source"
+)
+
+
+def test_unsafe_pickled_weights_are_refused_unread(store, capsys, tiny_model, tmp_path):
+    folder = tmp_path / "evil"
+    shutil.copytree(tiny_model, folder)
+    (folder / "model.safetensors").unlink()
+    torch.save({"x": _Payload(tmp_path / "pwned")}, folder / "pytorch_model.bin")
+    o = attempt(store, capsys, ["run", "imdb", *_args(store, folder)])
+    assert (o.rc, o.error) == (2, f"{folder}: {UNSAFE}")
+    assert "weights_only" not in o.output
+    assert not (tmp_path / "pwned").exists()
+    failed_run(o)
+
+
+def test_unsafe_checkpoint_is_refused_unread(store, capsys, tiny_model, tmp_path):
+    ckpt = tmp_path / "evil.ckpt"
+    torch.save({"hyper_parameters": {"model_path": str(tiny_model)}, "x": _Payload(tmp_path / "pwned")}, ckpt)
+    o = attempt(store, capsys, ["eval", "imdb", "--model", str(ckpt), *_args(store, tiny_model)[1:]])
+    assert (o.rc, o.error) == (2, f"{ckpt}: {UNSAFE}")
+    assert not (tmp_path / "pwned").exists()
+    failed_run(o)
+
+
+def test_model_that_needs_its_own_code(store, capsys, tiny_model, tmp_path):
+    folder = tmp_path / "custom"
+    shutil.copytree(tiny_model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="my-bert", auto_map={"AutoConfig": "modeling.MyConfig", "AutoModel": "modeling.My"})
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "modeling.py").write_text(f"open({str(tmp_path / 'pwned')!r}, 'w').close()\n")
+    o = attempt(store, capsys, ["run", "imdb", *_args(store, folder)])
+    assert (o.rc, o.error) == (
+        2,
+        f"model '{folder}' needs Python code of its own to load (a custom architecture), "
+        "and harness never runs code that comes with a model — use a model whose "
+        "architecture transformers ships (its config.json names a known model_type)",
+    )
+    assert not (tmp_path / "pwned").exists()
+    failed_run(o)
+
+
+def test_max_length_beyond_the_models_positions(store, capsys, tiny_model):
+    o = attempt(store, capsys, ["run", "imdb", *_args(store, tiny_model, **{"data.max_length": "1024"})])
+    assert (o.rc, o.error) == (
+        2,
+        f"data.max_length=1024 is longer than model '{tiny_model}' can read: 512 positions "
+        "(bert, max_position_embeddings) — set data.max_length to 512 or less",
+    )
+    failed_run(o)
+
+
+# ---- health during training: a diverged run fails, it is never a result ----------------------------------------------
+
+
+def test_diverged_training_fails_without_test_metrics(store, capsys, tiny_model):
+    o = attempt(store, capsys, ["run", "imdb", *_args(store, tiny_model, **{"optim.lr": "1e10"})])
+    assert o.rc == 2
+    assert re.fullmatch(
+        r"training diverged: the (loss|gradients) became NaN or infinite at step \d+ — likely cause: the learning "
+        r"rate is far too high for fine-tuning \(optim\.lr=1e\+10; try 1e-5 to 1e-4\)\. No test metrics were "
+        r"computed from the diverged model",
+        o.error,
+    ), o.error
+    failed_run(o)
+
+
+# ---- the disk: checkpoints are whole or absent; a failed write is one line, and the run can go on later --------------
+
+
+def _limit_file_size(limit: int):
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_checkpoint_that_cannot_be_written(store, tiny_model, tmp_path):
+    """Files may not grow past 8 MB (as on a full disk, writes fail; the tiny model's checkpoint is about 12 MB):
+    the checkpoint write fails cleanly, no partial file is left, the run is FAILED naming the file; without the limit,
+    the same command runs to the end."""
+    args = ["run", "imdb", *_args(store, tiny_model, **{"trainer.checkpoint_every_n_steps": "2"})]
+    before = _snapshot(store.uri)
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=_limit_file_size(8 << 20),
+    )
+    o = judge(store, proc.returncode, proc.stdout, proc.stderr, before)
+    ckpt_dir = next((tmp_path / ".harness/runs/imdb").glob("*/checkpoints"))
+    assert o.rc == 2 and re.fullmatch(
+        rf"could not write the checkpoint {re.escape(str(ckpt_dir))}/last\.ckpt: the write failed \(.*\); the "
+        r"previous checkpoint, if any, is kept — free some space or point tracking\.output_dir at a disk with room, "
+        r"then run the same command again \(it resumes from the last complete checkpoint\)",
+        o.error,
+    ), o.error
+    assert list(ckpt_dir.iterdir()) == []  # no half-written file, no temporary left behind
+    failed_run(o)
+    with in_dir(tmp_path):
+        assert run_cli(args) == 0
+
+
+def test_disk_full_is_named_as_such():
+    from harness.checkpoints import write_error
+
+    e = write_error(Path("/data/out/last.ckpt"), OSError(28, "No space left on device"))
+    assert e.message.startswith("could not write the checkpoint /data/out/last.ckpt: no space left on the device;")
+
+
+def test_damaged_checkpoint_is_not_resumed_from(store, capsys, tiny_model, tmp_path):
+    """A run killed hard leaves its checkpoint; if that file is damaged later, the same command says so and starts
+    over in a new run (the old one is closed FAILED) instead of dying on it every time."""
+    args = [
+        "run",
+        "imdb",
+        *_args(store, tiny_model, **{"data.train_size": "96", "trainer.checkpoint_every_n_steps": "2"}),
+    ]
+    before = _snapshot(store.uri)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "kill_driver.py"), "KILL", "4", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL
+    (ckpt,) = (tmp_path / ".harness/runs/imdb").glob("*/checkpoints/last.ckpt")
+    ckpt.write_bytes(ckpt.read_bytes()[:4096])  # truncated
+    (killed,) = [r for r in _snapshot(store.uri) if r not in before]
+    with in_dir(tmp_path):
+        assert run_cli(args) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"warning: the last checkpoint {ckpt.resolve()} cannot be read (" in out and "starting over in a new run" in out
+    )
+    client = MlflowClient(store.uri)
+    old = client.get_run(killed)
+    assert old.info.status == "FAILED" and old.data.tags["error"].startswith(
+        f"its checkpoint {ckpt.resolve()} cannot be read"
+    )
+    new = [r for r in _snapshot(store.uri) if r not in before and r != killed]
+    assert len(new) == 1 and client.get_run(new[0]).info.status == "FINISHED"
+
+
+# ---- what the data says about itself: empty texts and duplicates are counted and reported ----------------------------
+
+
+def test_empty_texts_and_duplicate_rows_are_counted_and_reported(store, capsys, tiny_model, tmp_path):
+    rows = [
+        {"text": "a fine film", "label": 1},
+        {"text": "a fine film", "label": 1},
+        {"text": "  ", "label": 0},
+        {"text": "dull", "label": 0},
+    ]
+    data, path = _corrupt(store, tmp_path, _gz("".join(json.dumps(r) + "\n" for r in rows)))
+    o = attempt(store, capsys, ["run", "imdb", *_args(store, tiny_model, data, **{"data.test_size": "null"})])
+    assert o.rc == 0
+    assert (
+        "warning: test: 1 row(s) with an empty text field and 1 duplicate row(s), used as they are (counted in "
+        "the run's lineage)"
+    ) in o.output
+    (run_id,) = o.new_runs
+    inputs = MlflowClient(store.uri).get_run(run_id).inputs.dataset_inputs
+    test = next(
+        {t.key: t.value for t in d.tags}
+        for d in inputs
+        if {t.key: t.value for t in d.tags}["mlflow.data.context"] == "test"
+    )
+    assert (test["empty_texts"], test["duplicate_rows"]) == ("1", "1")
+
+
+# ---- stopped from outside: SIGTERM closes what it owns ---------------------------------------------------------------
+
+
+def test_sigterm_stops_a_study_cleanly_and_it_resumes(store, tiny_model, tmp_path):
+    """A scheduler's time limit: the trial's run and the study's parent run are KILLED, one line is printed, and
+    the same command carries on with the study."""
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "params:\n  optim.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}\n"
+        "config:\n  trainer: {max_epochs: 30}\n"
+    )
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = ["tune", "imdb", "--trials", "1", "--space", str(space), "--storage", storage, *_args(store, tiny_model)]
+    before = _snapshot(store.uri)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(
+        s[0] == "RUNNING" and "optuna.trial" in s[3] for r, s in _snapshot(store.uri).items() if r not in before
+    ):
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    o = judge(store, proc.returncode, out, err, before)
+    assert o.rc == 143
+    assert err.strip().splitlines()[-1] == (
+        "terminated (SIGTERM): every run this command started is closed as KILLED; run the same command again to resume"
+    )
+    statuses = sorted((s[0], "optuna.trial" in s[3]) for s in o.new_runs.values())
+    assert statuses == [("KILLED", False), ("KILLED", True)]  # the study's parent run and the trial's run
+    with in_dir(tmp_path):
+        assert run_cli([*args, "trainer.max_epochs=1"]) == 0  # the same study goes on
+
+
+# ---- secrets: a password in the tracking URI appears nowhere a run writes or prints ---------------------------------
+
+
+def test_password_in_the_tracking_uri_is_never_shown_or_stored(store, tiny_model, tmp_path):
+    """A real MLflow server (which ignores the credentials); a run with log_model against it. The password must not
+    be on the console, in params, tags or artifacts, in the server's store, or in any file the run leaves, nor in
+    what `make -n ui` would run."""
+    from harness.paths import project_root
+
+    secret = "s3cretPW-" + os.urandom(4).hex()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    server = subprocess.Popen(
+        [
+            str(mlflow_bin),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{server_dir / 'store.db'}",
+            "--artifacts-destination",
+            str(server_dir / "artifacts"),
+        ],
+        cwd=server_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    uri = f"http://bob:{secret}@127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
+                time.sleep(0.5)
+        work = tmp_path / "work"
+        work.mkdir()
+        args = [a for a in _args(store, tiny_model) if not a.startswith("tracking.tracking_uri=")]
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "CI": "1"}
+        env.pop("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", None)  # harness's own default must do it
+        proc = subprocess.run(
+            [sys.executable, "-m", "harness.cli", "run", "imdb", *args, "log_model=true"],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert secret not in proc.stdout + proc.stderr
+        assert f"http://bob:***@127.0.0.1:{port}" in proc.stdout  # the store is named, masked
+        client = MlflowClient(f"http://127.0.0.1:{port}")
+        (run,) = client.search_runs([client.get_experiment_by_name("imdb").experiment_id])
+        assert run.info.status == "FINISHED" and run.data.params["tracking.tracking_uri"] == (
+            f"http://bob:***@127.0.0.1:{port}"
+        )
+        assert secret not in json.dumps([run.data.params, run.data.tags])
+        leaked = [
+            str(p)
+            for folder in (work, server_dir)
+            for p in folder.rglob("*")
+            if p.is_file() and secret.encode() in p.read_bytes()
+        ]
+        assert leaked == [], f"the password is written in {leaked}"
+        assert any((server_dir / "artifacts").rglob("model.safetensors"))  # the artifacts were really searched
+        make = subprocess.run(
+            ["make", "-n", "-s", "-C", str(project_root()), "ui", "dashboard"],
+            env={**env, "OPTUNA_STORAGE": f"postgresql://bob:{secret}@h/db"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert make.returncode == 0 and secret not in make.stdout + make.stderr
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def test_library_errors_become_user_errors_in_one_place():
+    """What `user_error` makes of exceptions a library raises on the user's behalf; a bug stays a bug (None)."""
+    import pickle
+
+    from harness.errors import user_error
+
+    full = user_error(OSError(28, "No space left on device", "/data/out/state.json"))
+    assert full.message == (
+        "no space left on the device writing /data/out/state.json (No space left on device) — "
+        "free some space or point tracking.output_dir at a disk with room, then run the same "
+        "command again (it resumes from the last complete checkpoint)"
+    )
+    oom = user_error(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert oom.message.startswith(
+        "the GPU ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB) — lower data.batch_size"
+    )
+    unsafe = user_error(pickle.UnpicklingError("Weights only load failed. ... GLOBAL posix.system ..."))
+    assert "refused as unsafe" in unsafe.message and "weights_only" not in unsafe.message
+    assert user_error(ZeroDivisionError("a bug")) is None

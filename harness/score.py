@@ -166,8 +166,7 @@ def read_texts(path: Path, field: str = "text") -> list[str]:
     """Examples of a `.jsonl` file (the `field` of each object; a newline inside a value separates sentences, for
     ROUGE-Lsum), or of any other file read as plain text, one example per line (as sacreBLEU reads system outputs
     such as `newstest2016.en-ro.output`); optionally gzipped."""
-    import json
-
+    from harness.data.files import json_lines
     from harness.data.squad import open_text
 
     if not path.is_file():
@@ -185,14 +184,8 @@ def read_texts(path: Path, field: str = "text") -> list[str]:
             lines = lines[:-1]  # the final newline ends the last line; it is not an empty example
         return [x.rstrip("\r") for x in lines]
     out = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: line {i} is not valid JSON ({e.msg})", "write one JSON object per line") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
+    for i, obj in json_lines(text, path):
+        if not isinstance(obj.get(field), str):
             raise DataError(
                 f"{path}: line {i} has no text field '{field}'",
                 f"give each object a '{field}' string, or name the field with --field",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
@@ -42,6 +43,26 @@ def read_text(path: Path) -> str:
         raise DataError(f"{path}: line {line} is not UTF-8 text (byte 0x{raw[e.start]:02x})", _UTF8_FIX) from None
 
 
+def json_lines(text: str, path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON-lines text; a DataError names the first bad line."""
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"{path}: line {i} is not valid JSON ({e.msg} at column {e.colno})",
+                "fix that line: one JSON object per line",
+            ) from None
+        if not isinstance(obj, dict):
+            raise DataError(
+                f"{path}: line {i} is a JSON {type(obj).__name__}, not an object",
+                "write one JSON object per line, with the task's fields",
+            )
+        yield i, obj
+
+
 def diagnose_file(path: Path) -> Optional[DataError]:
     """Why a data file cannot be read, in words that point at the place: a broken gzip stream, bytes that are not
     UTF-8 (with the line), a line that is not JSON (with its number). None when nothing specific is found."""
@@ -53,21 +74,11 @@ def diagnose_file(path: Path) -> Optional[DataError]:
         return DataError(f"{path}: the file is empty", "use a file with rows in the task's schema")
     name = path.name.lower().removesuffix(".gz")
     if name.endswith(".jsonl"):
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                return DataError(
-                    f"{path}: line {i} is not valid JSON ({e.msg} at column {e.colno})",
-                    "fix that line: one JSON object per line",
-                )
-            if not isinstance(obj, dict):
-                return DataError(
-                    f"{path}: line {i} is a JSON {type(obj).__name__}, not an object",
-                    "write one JSON object per line, with the task's fields",
-                )
+        try:
+            for _ in json_lines(text, path):
+                pass
+        except DataError as e:
+            return e
     elif name.endswith(".json"):
         try:
             json.loads(text)

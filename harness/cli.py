@@ -116,7 +116,16 @@ def _run(task_name: str, overrides: list[str]) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return _run(args.task, args.overrides)
+    from harness.seeds import split_seeds
+
+    seeds, overrides = split_seeds(args.overrides)
+    if seeds is not None:  # seeds=N: the same config with N seeds, nested under one parent run
+        from harness.registry import get_task
+        from harness.seeds import run_seeds
+
+        run_seeds(get_task(args.task), seeds, overrides, console=_console())
+        return 0
+    return _run(args.task, overrides)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -154,7 +163,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.task in TEXT_METRICS:
         if not args.references:
             raise ConfigError(f"`harness score {args.task}` needs --references", "pass the reference file")
-        res = score_texts(args.task, Path(args.predictions), Path(args.references), field=args.field)
+        res = score_texts(args.task, Path(args.predictions), Path(args.references), field=args.field, split=args.split)
         for w in res.notes:
             print(f"warning: {w}", file=sys.stderr)
         if args.json:
@@ -187,6 +196,99 @@ def cmd_score(args: argparse.Namespace) -> int:
         table.add_row(k, value, f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
     console.print(table)
     return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness import compare as C
+    from harness.config import default_tracking_uri
+    from harness.systems import from_files, from_runs
+    from harness.tracking.store import check_store
+
+    uri = args.tracking_uri or default_tracking_uri()
+    if args.predictions:
+        if args.runs:
+            raise ConfigError("give runs or --predictions files, not both", "compare either runs or files")
+        if len(args.predictions) < 2:
+            raise ConfigError(
+                "--predictions needs at least two files (the first is the baseline)",
+                "e.g. harness compare --predictions a.txt b.txt --references refs.txt",
+            )
+        systems, metrics, refs = from_files(
+            [Path(p) for p in args.predictions],
+            references=Path(args.references) if args.references else None,
+            gold=Path(args.gold) if args.gold else None,
+            names=args.metric,
+            field=args.field,
+            split=args.split,
+        )
+    else:
+        if len(args.runs) < 2:
+            raise ConfigError(
+                "harness compare needs at least two runs (the first is the baseline)",
+                "e.g. harness compare <baseline run id> <run id>",
+            )
+        check_store(uri)
+        systems, metrics, refs = from_runs(args.runs, uri, args.metric)
+    C.check_same_examples(systems)
+    C.align(systems)
+    result = C.compare(systems, metrics, references=refs, resamples=args.resamples, seed=args.seed)
+    if args.json:
+        print(C.write_json(result))
+    else:
+        C.print_table(result, print)
+    if not args.no_log:
+        run_id = _log_comparison(result, uri, args)
+        if not args.json:
+            print(f"MLflow run {run_id} in experiment 'compare'")
+    return 0
+
+
+def _log_comparison(result: Any, uri: str, args: argparse.Namespace) -> str:
+    import tempfile
+    from pathlib import Path
+
+    from harness.compare import save_outputs
+    from harness.tracking.mlflow_run import record_run
+    from harness.tracking.store import check_store
+
+    check_store(uri)
+    everyone = [result.baseline, *result.systems]
+    tags = {
+        "mode": "compare",
+        "compare.baseline": everyone[0].run_id or everyone[0].name,
+        "compare.runs": ",".join(s.run_id or s.name for s in everyone),
+    }
+    tags.update({f"compare.run.{i}": s.run_id or s.name for i, s in enumerate(everyone)})
+    if everyone[0].task:
+        tags["task"] = everyone[0].task
+    params = {
+        "baseline": everyone[0].name,
+        "systems": ",".join(s.name for s in result.systems),
+        "metrics": ",".join(m.name for m in result.metrics),
+        "examples": result.examples,
+        "resamples": args.resamples,
+        "seed": args.seed,
+        "holm": result.holm,
+    }
+    metrics = {}
+    for i, s in enumerate(result.systems, 1):
+        for m in result.metrics:
+            r = result.results[s.name][m.name]
+            suffix = f"_{i}" if len(result.systems) > 1 else ""
+            metrics.update(
+                {
+                    f"delta_{m.name}{suffix}": r["delta"],
+                    f"delta_{m.name}{suffix}_ci_low": r["ci_low"],
+                    f"delta_{m.name}{suffix}_ci_high": r["ci_high"],
+                    f"p_{m.name}{suffix}": r["p_value"],
+                }
+            )
+    with tempfile.TemporaryDirectory() as tmp:
+        save_outputs(result, Path(tmp))
+        name = f"compare-{everyone[0].name}-vs-" + "-".join(s.name for s in result.systems)
+        return record_run(uri, "compare", name[:200], tags=tags, params=params, metrics=metrics, folder=Path(tmp))
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -293,7 +395,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="harness", description="Fine-tune and evaluate transformer models, tracked in MLflow."
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="command")
-    for add in (_add_run_commands, _add_score_command, _add_tune_command, _add_probe_command, _add_task_commands):
+    for add in (
+        _add_run_commands,
+        _add_score_command,
+        _add_compare_command,
+        _add_tune_command,
+        _add_probe_command,
+        _add_task_commands,
+    ):
         add(sub)
     return p
 
@@ -327,6 +436,13 @@ def _add_score_command(sub: Any) -> None:
     s.add_argument("--gold", help="QA gold data file (default: the task's official evaluation file)")
     s.add_argument("--references", help="rouge/bleu/chrf: reference file, same format and order as --predictions")
     s.add_argument("--field", default="text", help="rouge/bleu/chrf .jsonl: the field holding the text")
+    s.add_argument(
+        "--split",
+        default="auto",
+        choices=["auto", "none", "newline"],
+        help="rouge: ROUGE-Lsum's sentences: auto splits a text without line breaks (default); none (or "
+        "newline) takes each text's lines as they are, exactly as rouge-score does",
+    )
     s.add_argument("--na-probs", help="SQuAD 2.0: JSON object question id -> no-answer probability")
     s.add_argument(
         "--na-prob-thresh",
@@ -336,6 +452,28 @@ def _add_score_command(sub: Any) -> None:
     )
     s.add_argument("--json", action="store_true", help="print only one JSON object with the official keys")
     s.set_defaults(func=cmd_score)
+
+
+def _add_compare_command(sub: Any) -> None:
+    from harness.config import DEFAULT_TRACKING_URI
+    from harness.metrics.paired import BOOTSTRAP_RESAMPLES, SEED
+
+    c = sub.add_parser("compare", help="paired significance: is B better than A on the same examples (runs or files)")
+    c.add_argument("runs", nargs="*", metavar="RUN", help="MLflow run ids; the first is the baseline")
+    c.add_argument("--predictions", nargs="+", metavar="FILE", help="output files instead of runs (first: baseline)")
+    c.add_argument("--references", help="with --predictions: the reference file (generation metrics)")
+    c.add_argument("--gold", help="with --predictions: SQuAD gold data (the files map question id -> answer)")
+    c.add_argument("--metric", nargs="+", help="metrics to compare (default: the task's; files: bleu chrf)")
+    c.add_argument("--field", default="text", help="files in .jsonl: the field holding the text")
+    c.add_argument("--split", default="auto", choices=["auto", "none", "newline"], help="rouge: Lsum's sentences")
+    c.add_argument("--resamples", type=int, default=BOOTSTRAP_RESAMPLES, help="paired-bootstrap resamples")
+    c.add_argument("--seed", type=int, default=SEED, help="resampling seed (sacreBLEU's default: 12345)")
+    c.add_argument("--json", action="store_true", help="print one JSON object (scripts and CI can gate on it)")
+    c.add_argument("--no-log", action="store_true", help="do not record the comparison as an MLflow run")
+    c.add_argument(
+        "--tracking-uri", help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI})"
+    )
+    c.set_defaults(func=cmd_compare)
 
 
 def _add_tune_command(sub: Any) -> None:

@@ -256,6 +256,8 @@ class EvalConfig(Strict):
     confidence: float = Field(default=0.95, gt=0, lt=1)
     ece_bins: int = only_for("classification", default=15, gt=1)
     prediction_text_chars: int = Field(default=200, ge=0)  # text prefix kept in the predictions table
+    # summarization: ROUGE-Lsum's sentences; auto splits an output without line breaks, none takes the lines as given
+    rouge_split: Literal["auto", "none"] = only_for("summarization", default="auto")
     # extractive QA post-processing: candidate spans kept per context window, longest answer (tokens), and for
     # SQuAD 2.0 the margin: answer "" when null score - best span score > null_threshold
     n_best: int = only_for("extractive_qa", default=20, gt=0)

@@ -24,7 +24,7 @@ class ScoreOutput:
     warnings: list[str] = field(default_factory=list)
 
 
-def _load_mapping(path: Path, what: str, value_type: tuple[type, ...], value_desc: str) -> dict[str, Any]:
+def load_mapping(path: Path, what: str, value_type: tuple[type, ...], value_desc: str) -> dict[str, Any]:
     from harness.data.squad import load_json
 
     if not path.is_file():
@@ -80,7 +80,7 @@ def score_qa(
     from harness.metrics.bootstrap import bootstrap
 
     v2 = is_v2(task)
-    preds = _load_mapping(predictions, "predictions", (str,), "an answer string")
+    preds = load_mapping(predictions, "predictions", (str,), "an answer string")
     probs = None
     if na_probs is not None:
         if not v2:
@@ -88,7 +88,7 @@ def score_qa(
                 "--na-probs applies to SQuAD 2.0 only (no-answer probabilities)",
                 f"drop --na-probs, or score with a v2.0 task (task '{task.name}' is v1.1)",
             )
-        probs = _load_mapping(na_probs, "no-answer probability", (int, float), "a number")
+        probs = load_mapping(na_probs, "no-answer probability", (int, float), "a number")
         probs = {k: float(v) for k, v in probs.items()}
     rows, source, meta = _gold(task, gold, data_dir)
     if "squad_version" in meta:
@@ -195,7 +195,13 @@ def read_texts(path: Path, field: str = "text") -> list[str]:
 
 
 def score_texts(
-    metric: str, predictions: Path, references: Path, field: str = "text", resamples: int = 1000, seed: int = 0
+    metric: str,
+    predictions: Path,
+    references: Path,
+    field: str = "text",
+    resamples: int = 1000,
+    seed: int = 0,
+    split: str = "auto",
 ) -> Any:
     from harness.metrics import generation
 
@@ -211,5 +217,7 @@ def score_texts(
             f"{predictions} has {len(hyps)} predictions but {references} has {len(refs)} references",
             "give exactly one prediction per reference, in the same order",
         )
-    fn = {"rouge": generation.rouge, "bleu": generation.bleu, "chrf": generation.chrf}[metric]
+    if metric == "rouge":
+        return generation.rouge(hyps, refs, resamples=resamples, seed=seed, split=split)
+    fn = {"bleu": generation.bleu, "chrf": generation.chrf}[metric]
     return fn(hyps, refs, resamples=resamples, seed=seed)

@@ -221,7 +221,12 @@ class SummarizationFamily(GenerationFamily):
 
     def metric_results(self, cfg: RunConfig, hyps: list[str], refs: list[str]) -> list[gen_metrics.MetricResult]:
         res = gen_metrics.rouge(
-            hyps, refs, resamples=cfg.eval.bootstrap_resamples, confidence=cfg.eval.confidence, seed=cfg.seed
+            hyps,
+            refs,
+            resamples=cfg.eval.bootstrap_resamples,
+            confidence=cfg.eval.confidence,
+            seed=cfg.seed,
+            split=cfg.eval.rouge_split,
         )
         # runs report ROUGE x100, as papers do (harness score rouge --json keeps rouge-score's 0-1)
         res.estimates = {k: type(v)(100 * v.value, 100 * v.low, 100 * v.high) for k, v in res.estimates.items()}

@@ -61,6 +61,9 @@ def lead(text: str, k: int = 3) -> str:
     return "\n".join(sentences(text)[:k])
 
 
+ROUGE_SPLITS = ("auto", "none", "newline")  # newline: another name for none (each line is a sentence)
+
+
 @dataclass
 class MetricResult:
     name: str
@@ -102,14 +105,19 @@ def rouge(
     resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
-    split: bool = True,
+    split: str = "auto",
 ) -> MetricResult:
+    """ROUGE-1/2/L/Lsum, mean F (with P and R), bootstrap intervals. `split` says where ROUGE-Lsum's sentences come
+    from: `none` — the texts as given, their lines (exactly `rouge-score`); `auto` — also split a text that has no
+    line break into sentences (see `sentences`), so Lsum does not silently equal ROUGE-L. The signature says which."""
     from importlib.metadata import version
 
     from harness.metrics.rouge import ROUGE_TYPES, score_pairs
 
     _check_lengths(hyps, refs)
-    if split:
+    if split not in ROUGE_SPLITS:
+        raise ValueError(f"split must be one of {ROUGE_SPLITS}")
+    if split == "auto":
         hyps = [split_sentences(h) for h in hyps]
         refs = [split_sentences(r) for r in refs]
     scores = score_pairs(refs, hyps, ROUGE_TYPES)
@@ -122,7 +130,7 @@ def rouge(
     est = _bootstrap_means(values, resamples, confidence, seed)
     sig = (
         f"rouge-score:{version('rouge-score')}-compatible|engine:rouge-score-rs:{version('rouge-score-rs')}"
-        "|stemmer:porter|lsum:newline|agg:mean-f"
+        f"|stemmer:porter|lsum-split:{'newline' if split == 'none' else 'auto'}|agg:mean-f"
     )
     return MetricResult(
         "rouge", est, sig, {"rougeL": values["rougeL"], "rougeLsum": values["rougeLsum"]}, _counts(hyps, refs)

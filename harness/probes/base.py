@@ -180,9 +180,7 @@ def category_frame(estimates: dict[str, Estimate], counts: dict[str, int], metri
 
 def bar_figure(categories: pd.DataFrame, metric: str, title: str, ideal: Optional[float] = None) -> Any:
     """One bar per category for `metric`, with its bootstrap interval and the unbiased ideal as a line."""
-    import matplotlib.pyplot as plt
-
-    from harness.tracking import plots  # noqa: F401  (selects the Agg backend)
+    from harness.tracking.plots import plt  # pyplot on the Agg backend
 
     d = categories[categories["metric"] == metric].reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(max(4.5, 0.7 * len(d) + 2), 3.8), dpi=120)

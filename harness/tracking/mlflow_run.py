@@ -214,3 +214,37 @@ def temp_dir() -> tempfile.TemporaryDirectory:
 def is_global_zero() -> bool:
     """False in the extra processes a DDP launcher starts; only rank 0 talks to MLflow."""
     return all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def record_run(
+    uri: str,
+    experiment: str,
+    run_name: str,
+    *,
+    tags: dict[str, str],
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    folder: Optional[Path] = None,
+) -> str:
+    """A finished MLflow run made in one go (a comparison, a report): tags, params, metrics, a folder of files."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    run_id = client.create_run(
+        exp_id, run_name=run_name, tags={k: str(v)[:_MAX_TAG] for k, v in tags.items()}
+    ).info.run_id
+    try:
+        items = [Param(k, str(v)[:_MAX_PARAM]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            client.log_batch(run_id, params=items[i : i + 100])
+        ts = int(time.time() * 1000)
+        ms = [Metric(k, float(v), ts, 0) for k, v in metrics.items() if v == v]
+        for i in range(0, len(ms), 500):
+            client.log_batch(run_id, metrics=ms[i : i + 500])
+        if folder is not None:
+            client.log_artifacts(run_id, str(folder))
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id

@@ -79,11 +79,10 @@ class StudyTracker:
 
     def log_plots(self, parent: str, study: Any) -> None:
         """Optimization history, parameter importances, parallel coordinates, intermediate values: HTML + PNG."""
-        import matplotlib.pyplot as plt
         import optuna.visualization as vis
         import optuna.visualization.matplotlib as vmpl
 
-        from harness.tracking import plots  # noqa: F401  (selects the Agg backend)
+        from harness.tracking.plots import plt  # pyplot on the Agg backend
 
         kinds = {
             "optimization_history": (vis.plot_optimization_history, vmpl.plot_optimization_history),

@@ -22,6 +22,9 @@ export MLFLOW_TRACKING_URI ?= sqlite:///mlruns.db
 export OPTUNA_STORAGE ?= sqlite:///optuna.db
 
 PROBE  ?= all
+SUITE  ?= sentiment
+RUNS   ?=
+OUT    ?= report.html
 MODEL  ?=
 RUN    ?=
 
@@ -31,7 +34,7 @@ WHEELS ?= .wheels$(subst .,,$(PY))
 HAVE   ?= torch lightning pytorch-lightning transformers torchmetrics sacrebleu numpy
 EXCLUDE ?=
 
-.PHONY: help setup setup-offline wheels eval tune probe check test test-all lint format ui dashboard bench bench-train clean
+.PHONY: help setup setup-offline wheels eval tune probe check suite compare report test test-all lint format ui dashboard bench bench-train clean
 
 help:
 	@echo "make setup                  create $(VENV) and install harness with its dependencies"
@@ -41,6 +44,9 @@ help:
 	@echo "make tune TASK=imdb TRIALS=20 WORKERS=1   Optuna search; trials are nested MLflow runs"
 	@echo "make probe PROBE=crows_pairs MODEL=HuggingFaceTB/SmolLM2-135M-Instruct   bias probes (or RUN=<mlflow run id>)"
 	@echo "make check TASK=imdb        load a task's data as a run would and report it (no training, no MLflow run)"
+	@echo "make suite SUITE=sentiment   a suite of tasks/probes (suites/<name>.yaml) as one parent MLflow run (MODEL=...)"
+	@echo "make compare RUNS=\"A B\"     paired significance of run B (C, ...) against baseline run A"
+	@echo "make report OUT=report.html  a leaderboard of the runs in MLflow, with intervals and published references"
 	@echo "make test                   the test suite (fast tests; make test-all adds the slow ones)"
 	@echo "make lint                   ruff check + ruff format --check (CI runs it before the tests); make format fixes"
 	@echo "make ui                     MLflow UI on http://127.0.0.1:$(PORT) over \$$MLFLOW_TRACKING_URI"
@@ -82,6 +88,15 @@ dashboard:
 
 check:
 	$(BIN)/harness check $(TASK) $(ARGS)
+
+suite:
+	$(BIN)/harness suite $(SUITE) $(if $(MODEL),--model $(MODEL)) $(ARGS)
+
+compare:
+	$(BIN)/harness compare $(RUNS) $(ARGS)
+
+report:
+	$(BIN)/harness report --out $(OUT) $(ARGS)
 
 test:
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

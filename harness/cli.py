@@ -291,6 +291,50 @@ def _log_comparison(result: Any, uri: str, args: argparse.Namespace) -> str:
         return record_run(uri, "compare", name[:200], tags=tags, params=params, metrics=metrics, folder=Path(tmp))
 
 
+def cmd_suite(args: argparse.Namespace) -> int:
+    from harness.suite import run_suite
+
+    run_suite(args.suite, args.model, list(args.overrides), console=_console())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from harness import report as R
+    from harness.config import default_tracking_uri
+    from harness.tracking.mlflow_run import record_run
+    from harness.tracking.store import check_store
+
+    uri = args.tracking_uri or default_tracking_uri()
+    check_store(uri)
+    built = R.build(R.collect(uri, args.experiment, args.runs), uri)
+    html_path, md_path = R.write(built, Path(args.out))
+    print(R.markdown(built).split("\n## ", 2)[1].split("\n", 1)[1].strip())  # the leaderboard, as Markdown
+    print(f"report: {html_path} (and {md_path.name})")
+    if not args.no_log:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "report"
+            folder.mkdir()
+            R.write(built, folder / "report.html")
+            run_id = record_run(
+                uri,
+                "reports",
+                "report",
+                tags={"mode": "report"},
+                params={
+                    "tasks": ",".join(built.tasks),
+                    "systems": ",".join(built.systems)[:5000],
+                    "runs": sum(len(v) for v in built.runs.values()),
+                },
+                metrics={},
+                folder=Path(tmp),
+            )
+        print(f"MLflow run {run_id} in experiment 'reports' (artifacts report/report.html, report/report.md)")
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -358,7 +402,17 @@ def print_report(console: Any, cfg: Any, task: Any, result: Any) -> None:
     console.print(table)
     caveat = "" if result.official else " [yellow](not comparable: this run is not on the official split)[/]"
     for ref in task.references:
-        console.print(f"  published: {ref.metric} {ref.value} — {ref.model} ({ref.source}){caveat}", highlight=False)
+        how = "".join(
+            f"; {x}"
+            for x in (
+                ref.implementation and f"computed with {ref.implementation}",
+                ref.test_set and f"on {ref.test_set}",
+            )
+            if x
+        )
+        console.print(
+            f"  published: {ref.metric} {ref.value} — {ref.model} ({ref.source}{how}){caveat}", highlight=False
+        )
     from harness.config import redact_uri
 
     uri = result.tracking_uri
@@ -399,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_run_commands,
         _add_score_command,
         _add_compare_command,
+        _add_suite_command,
+        _add_report_command,
         _add_tune_command,
         _add_probe_command,
         _add_task_commands,
@@ -474,6 +530,28 @@ def _add_compare_command(sub: Any) -> None:
         "--tracking-uri", help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI})"
     )
     c.set_defaults(func=cmd_compare)
+
+
+def _add_suite_command(sub: Any) -> None:
+    su = sub.add_parser("suite", help="a set of tasks and probes (suites/<name>.yaml) as one parent MLflow run")
+    su.add_argument("suite", help="a suite name (suites/<name>.yaml)")
+    su.add_argument("--model", help="the model of every entry that names none (default: the suite's, else each task's)")
+    _overrides(su, help="config overrides for every task entry")
+    su.set_defaults(func=cmd_suite)
+
+
+def _add_report_command(sub: Any) -> None:
+    from harness.config import DEFAULT_TRACKING_URI
+
+    r = sub.add_parser("report", help="a static HTML leaderboard of the runs in MLflow, with published references")
+    r.add_argument("--experiment", nargs="+", help="experiments to report (default: every task's experiment)")
+    r.add_argument("--runs", nargs="+", help="run ids to report instead of experiments")
+    r.add_argument("--out", default="report.html", help="the HTML file to write (a .md beside it)")
+    r.add_argument("--no-log", action="store_true", help="do not record the report as an MLflow run")
+    r.add_argument(
+        "--tracking-uri", help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI})"
+    )
+    r.set_defaults(func=cmd_report)
 
 
 def _add_tune_command(sub: Any) -> None:

@@ -125,6 +125,10 @@ class Reference(Strict):
     model: str
     source: str
     note: Optional[str] = None
+    # how the number was computed, when that differs from harness (e.g. "ROUGE-1.5.5 (Perl)", "tokenized BLEU")
+    implementation: Optional[str] = None
+    # where it was measured, when not on this task's test split (e.g. "GLUE test server")
+    test_set: Optional[str] = None
 
 
 class TaskSpec(Strict):

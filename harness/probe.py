@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -53,7 +54,12 @@ def probe(
     tracking_uri: Optional[str] = None,
     settings: Optional[Settings] = None,
     console: Any = None,
+    parent_run: Optional[str] = None,
+    experiment_id: Optional[str] = None,
+    extra_tags: Optional[dict[str, str]] = None,
 ) -> list[dict[str, Any]]:
+    """Run probe `name` (or `all` that fit) on a model (`model`, or the one MLflow run `run_id` logged). Each probe is
+    one MLflow run: nested under `run_id`'s run, or under `parent_run` (a suite) with `extra_tags`."""
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -96,24 +102,21 @@ def probe(
         skipped = sorted(set(all_specs()) - {sp.name for sp in specs})
         if skipped:
             say(f"[yellow]skipping[/] {', '.join(skipped)}: they do not fit a {lm.kind} model")
-    experiment = parent.info.experiment_id if parent else _experiment(client, "probes")
-    results = []
-    for spec in specs:
-        results.append(
-            _one(
-                spec,
-                lm,
-                parent,
-                experiment,
-                client,
-                s,
-                _data_dir(data_dir),
-                Path(data) if data else None,
-                say,
-                package_versions(),
-            )
-        )
-    return results
+    experiment = experiment_id or (parent.info.experiment_id if parent else _experiment(client, "probes"))
+    place = Place(client, experiment, parent, parent_run, dict(extra_tags or {}), package_versions())
+    return [_one(spec, lm, place, s, _data_dir(data_dir), Path(data) if data else None, say) for spec in specs]
+
+
+@dataclass
+class Place:
+    """Where a probe's run goes: the store, the experiment, what it is nested under, the tags it carries."""
+
+    client: Any
+    experiment: str
+    model_run: Any  # the run whose model is probed (its probe runs nest under it), or None
+    parent_run: Optional[str]  # a suite's parent run, which the probe runs nest under instead
+    tags: dict[str, str]
+    versions: dict[str, str]
 
 
 def _experiment(client: Any, name: str) -> str:
@@ -122,20 +125,12 @@ def _experiment(client: Any, name: str) -> str:
 
 
 def _one(
-    spec: ProbeSpec,
-    lm: LM,
-    parent: Any,
-    experiment: str,
-    client: Any,
-    s: Settings,
-    data_dir: Optional[Path],
-    override: Optional[Path],
-    say: Any,
-    versions: dict[str, str],
+    spec: ProbeSpec, lm: LM, place: Place, s: Settings, data_dir: Optional[Path], override: Optional[Path], say: Any
 ) -> dict[str, Any]:
     """One probe as one MLflow run: FINISHED with its results, FAILED with the error, KILLED on Ctrl-C."""
     started = time.perf_counter()
-    rid = _open_run(client, experiment, spec, lm, parent, versions)
+    client = place.client
+    rid = _open_run(place, spec, lm)
     try:
         mod = probe_module(spec)
         rows, warnings = mod.load(spec, data_dir, override)
@@ -176,20 +171,26 @@ def _one(
         raise
 
 
-def _open_run(client: Any, experiment: str, spec: ProbeSpec, lm: LM, parent: Any, versions: dict[str, str]) -> str:
+def _open_run(place: Place, spec: ProbeSpec, lm: LM) -> str:
     tags = {
         "probe": spec.name,
+        "main_metric": spec.main_metric,
         "model": lm.ref,
         "model.kind": lm.kind,
         "model.source": lm.source,
         "mode": "probe",
-        **{f"version.{k}": v for k, v in versions.items()},
+        **{f"version.{k}": v for k, v in place.versions.items()},
     }
-    if parent is not None:
-        tags.update({"mlflow.parentRunId": parent.info.run_id, "harness.model_run_id": parent.info.run_id})
+    if place.model_run is not None:
+        tags.update(
+            {"mlflow.parentRunId": place.model_run.info.run_id, "harness.model_run_id": place.model_run.info.run_id}
+        )
     elif lm.run_id:
         tags["harness.model_run_id"] = lm.run_id
-    return client.create_run(experiment, run_name=f"probe-{spec.name}", tags=tags).info.run_id
+    if place.parent_run:
+        tags["mlflow.parentRunId"] = place.parent_run
+    tags.update(place.tags)
+    return place.client.create_run(place.experiment, run_name=f"probe-{spec.name}", tags=tags).info.run_id
 
 
 def _log_result(client: Any, rid: str, spec: ProbeSpec, lm: LM, res: Any, notes: list[str]) -> None:

@@ -89,3 +89,33 @@ def test_score_cli_text_metrics(cli, tmp_path: Path, multi30k) -> None:
     assert res.returncode == 2 and "has 1 references but" in res.stderr and "Traceback" not in res.stderr
     res = cli("score", "rouge", "--predictions", str(hyp))
     assert res.returncode == 2 and "needs --references" in res.stderr
+
+
+def test_rouge_split_is_chosen_and_signed(cli, tmp_path: Path, data_dir: Path) -> None:
+    """`--split none` takes each text's lines as its sentences, exactly as rouge-score does; `auto` (the default)
+    first splits a text that has no line break; the signature says which was done."""
+    import numpy as np
+    from rouge_score import rouge_scorer
+
+    with gzip.open(data_dir / "summarization/cnn_dailymail/test.jsonl.gz", "rt") as f:
+        rows = [json.loads(next(f)) for _ in range(60)]
+    refs = [r["highlights"] for r in rows]  # one sentence per line
+    hyps = [" ".join(r["article"].split(" . ")[:3]) + " ." for r in rows]  # three sentences on one line
+    for name, texts in (("hyp.jsonl", hyps), ("ref.jsonl", refs)):
+        (tmp_path / name).write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    args = [
+        "score",
+        "rouge",
+        "--predictions",
+        str(tmp_path / "hyp.jsonl"),
+        "--references",
+        str(tmp_path / "ref.jsonl"),
+        "--json",
+    ]
+    none = json.loads(cli(*args, "--split", "none").stdout)
+    auto = json.loads(cli(*args).stdout)
+    reference = rouge_scorer.RougeScorer(["rougeLsum"], use_stemmer=True)
+    want = np.mean([reference.score(r, h)["rougeLsum"].fmeasure for r, h in zip(refs, hyps)])
+    assert none["rougeLsum"] == pytest.approx(want, abs=1e-12) and "lsum-split:newline" in none["signature"]
+    assert auto["rougeLsum"] != none["rougeLsum"] and "lsum-split:auto" in auto["signature"]
+    assert auto["rouge1"] == none["rouge1"]  # only Lsum depends on the sentences

@@ -82,6 +82,7 @@ class Tracker:
             "seed": str(c.seed),
             "mode": "baseline" if c.model.name.startswith("baseline:") else ("train+eval" if c.train else "eval"),
             "harness.config_hash": c.identity_hash(),
+            "main_metric": self.task.main_metric or "",
         }
         tags.update(c.tracking.tags)
         return tags

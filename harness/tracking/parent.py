@@ -45,7 +45,9 @@ class ParentRun:
         return self.run_id
 
     def children(self) -> list[Any]:
-        return self.client.search_runs([self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.run_id}'")
+        """The runs nested under this one, in any experiment (a suite's task runs live in their tasks' experiments)."""
+        experiments = [e.experiment_id for e in self.client.search_experiments()]
+        return self.client.search_runs(experiments, filter_string=f"tags.mlflow.parentRunId = '{self.run_id}'")
 
     def finished_child(self, tag: str, value: str) -> Optional[Any]:
         """The child run already FINISHED for this seed / suite entry, if any."""

@@ -1,0 +1,357 @@
+"""`harness report [--experiment E ...] [--runs ID ...] [--out report.html]`: a leaderboard of what MLflow holds.
+
+One static, self-contained HTML page (and the same tables as Markdown beside it):
+
+- the leaderboard: tasks × systems (a system is the model a run evaluated: a hub id, a folder, a baseline, the model
+  of an earlier run), each cell the task's main metric with its 95% interval, from the latest finished run; the
+  row's best is in bold, and a cell marked ▼ is worse than the best by a paired test on the same test examples
+  (harness compare's tests, Holm-adjusted across the row); cells on other examples are not tested (≠);
+- per task, its published reference numbers with their sources, and for each whether it is comparable with these
+  runs — same official split, same metric implementation, same test set — or why not;
+- per task, every run shown with its settings that matter.
+
+It is logged as the artifacts of a run in the experiment `reports`, and written to `--out`.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from harness.config import redact_uri
+from harness.errors import DataError
+
+RUN_MODES = ("train+eval", "eval", "baseline", "seeds")
+IMPLEMENTATION = {
+    "rouge1": "rouge-score",
+    "rouge2": "rouge-score",
+    "rougeL": "rouge-score",
+    "rougeLsum": "rouge-score",
+    "bleu": "sacreBLEU",
+    "chrf": "sacreBLEU",
+}
+ROUGE_NOTE = (
+    "rouge-score-style numbers run about 0.2–0.3 R-1 lower than Perl ROUGE-1.5.5 on CNN/DailyMail, so the "
+    "difference is not only the model's"
+)
+
+
+@dataclass
+class RunRow:
+    run_id: str
+    task: str
+    name: str
+    system: str
+    mode: str
+    profile: str
+    metrics: dict[str, float]
+    official: bool
+    subset: bool
+    digest: Optional[str]
+    test_rows: Optional[str]
+    start: int
+
+    def main(self, metric: str) -> tuple[Optional[float], Optional[float], Optional[float]]:
+        m = self.metrics
+        if self.mode == "seeds":
+            return m.get(f"test_{metric}_mean"), m.get(f"test_{metric}_ci_low"), m.get(f"test_{metric}_ci_high")
+        return m.get(f"test_{metric}"), m.get(f"test_{metric}_ci_low"), m.get(f"test_{metric}_ci_high")
+
+
+@dataclass
+class Cell:
+    run: RunRow
+    value: Optional[float]
+    low: Optional[float]
+    high: Optional[float]
+    best: bool = False
+    worse: Optional[float] = None  # Holm-adjusted p-value when worse than the best by a paired test
+    not_tested: Optional[str] = None  # why it was not tested against the best
+
+
+@dataclass
+class Report:
+    tasks: dict[str, Any]  # name -> TaskSpec
+    systems: list[str]
+    cells: dict[tuple[str, str], Cell]
+    runs: dict[str, list[RunRow]]
+    references: dict[str, list[tuple[Any, str]]]  # task -> [(Reference, comparability)]
+    store: str
+    notes: list[str] = field(default_factory=list)
+
+
+def system_name(tags: dict[str, str]) -> str:
+    model = tags.get("model", "?")
+    if model.startswith("runs:/"):
+        return f"model of run {model[6:].strip('/')[:8]}"
+    return model.rstrip("/").split("/")[-1] if model.startswith(("/", ".", "~")) else model
+
+
+def collect(uri: str, experiments: Optional[list[str]], run_ids: Optional[list[str]]) -> list[RunRow]:
+    from mlflow.tracking import MlflowClient
+
+    from harness.registry import registry
+    from harness.systems import get_run
+
+    client = MlflowClient(uri)
+    if run_ids:
+        runs = [get_run(client, r, uri) for r in run_ids]
+    else:
+        names = experiments or sorted(registry())
+        exps = [e for e in (client.get_experiment_by_name(n) for n in names) if e is not None]
+        if experiments and len(exps) < len(experiments):
+            missing = sorted(set(experiments) - {e.name for e in exps})
+            raise DataError(
+                f"no experiment named {', '.join(missing)} in {redact_uri(uri)}",
+                "name experiments that hold runs (each task's runs are in the experiment of its name)",
+            )
+        runs = (
+            client.search_runs(
+                [e.experiment_id for e in exps], filter_string="attributes.status = 'FINISHED'", max_results=5000
+            )
+            if exps
+            else []
+        )
+    seeds_parents = {r.info.run_id for r in runs if r.data.tags.get("mode") == "seeds"}
+    rows = []
+    for r in runs:
+        t = r.data.tags
+        if (
+            t.get("mode") not in RUN_MODES
+            or "optuna.trial" in t
+            or "task" not in t
+            or t.get("mlflow.parentRunId") in seeds_parents
+            or r.info.status != "FINISHED"
+        ):
+            continue
+        rows.append(
+            RunRow(
+                r.info.run_id,
+                t["task"],
+                r.info.run_name or r.info.run_id[:8],
+                system_name(t),
+                t["mode"],
+                t.get("profile", ""),
+                dict(r.data.metrics),
+                t.get("data.official_split", "true") == "true",
+                t.get("data.subset", "false") == "true",
+                r.data.params.get("split.test.digest"),
+                r.data.params.get("split.test.rows"),
+                r.info.start_time,
+            )
+        )
+    if not rows:
+        where = ", ".join(experiments) if experiments else "the task experiments"
+        raise DataError(
+            f"no finished task runs to report in {where} ({redact_uri(uri)})",
+            "run some first (make eval TASK=imdb), or name the experiments or runs to report",
+        )
+    return rows
+
+
+def build(rows: list[RunRow], uri: str, resamples: int = 1000) -> Report:
+    from harness.registry import registry
+
+    tasks = {n: t for n, t in registry().items() if any(r.task == n for r in rows)}
+    systems = sorted({r.system for r in rows if r.task in tasks})
+    cells: dict[tuple[str, str], Cell] = {}
+    runs: dict[str, list[RunRow]] = {}
+    for r in sorted(rows, key=lambda r: r.start):
+        if r.task not in tasks:
+            continue
+        runs.setdefault(r.task, []).append(r)
+        cells[(r.task, r.system)] = Cell(r, *r.main(tasks[r.task].main_metric))  # the latest run wins
+    report = Report(tasks, systems, cells, runs, {}, redact_uri(uri))
+    for name, task in tasks.items():
+        _mark_row(report, name, task, uri, resamples)
+        report.references[name] = [(ref, comparability(ref, task, runs[name])) for ref in task.references]
+    return report
+
+
+def _mark_row(report: Report, name: str, task: Any, uri: str, resamples: int) -> None:
+    from harness import compare as C
+    from harness.metrics.paired import holm
+    from harness.systems import from_runs
+
+    row = [c for (t, _), c in report.cells.items() if t == name and c.value is not None]
+    if not row:
+        return
+    sign = -1 if task.direction == "minimize" else 1
+    best = max(row, key=lambda c: sign * c.value)
+    best.best = True
+    tested, pvalues = [], []
+    for c in row:
+        if c is best:
+            continue
+        if c.run.digest != best.run.digest:
+            c.not_tested = "other test examples"
+            continue
+        try:
+            systems, metrics, refs = from_runs([best.run.run_id, c.run.run_id], uri, [task.main_metric])
+            C.check_same_examples(systems)
+            C.align(systems)
+            result = C.compare(
+                systems, [m for m in metrics if m.name == task.main_metric], references=refs, resamples=resamples
+            )
+        except DataError as e:
+            c.not_tested = e.problem
+            continue
+        tested.append(c)
+        pvalues.append(result.results[systems[1].name][task.main_metric]["p_value"])
+    for c, p in zip(tested, holm(pvalues) if pvalues else []):
+        if p < C.ALPHA:
+            c.worse = p
+
+
+def comparability(ref: Any, task: Any, runs: list[RunRow]) -> str:
+    """Whether a published number can be put beside these runs, or why not."""
+    reasons = []
+    ours = IMPLEMENTATION.get(ref.metric)
+    if ref.implementation and (ours is None or ours.lower() not in ref.implementation.lower()):
+        why = f"computed with {ref.implementation}" + (f", harness uses {ours}" if ours else "")
+        if ref.metric.startswith("rouge") and "1.5.5" in ref.implementation:
+            why += f" ({ROUGE_NOTE})"
+        reasons.append(why)
+    if ref.test_set:
+        reasons.append(f"reported on {ref.test_set}")
+    if ref.metric not in (task.metrics or []):
+        reasons.append(f"the task does not report {ref.metric}")
+    if any(not r.official for r in runs):
+        reasons.append("runs here used a fallback split, not the official one")
+    if runs and all(r.subset for r in runs):
+        reasons.append("runs here scored a subset of the test split")
+    return "comparable" if not reasons else "not comparable: " + "; ".join(reasons)
+
+
+# ---- rendering -------------------------------------------------------------------------------------------------------
+
+
+def _num(v: Optional[float]) -> str:
+    if v is None or not math.isfinite(v):
+        return "–"
+    return f"{v:.4f}" if abs(v) < 10 else f"{v:.2f}"
+
+
+def _cell_text(c: Optional[Cell]) -> tuple[str, str]:
+    """(text, mark) for a leaderboard cell."""
+    if c is None:
+        return "", ""
+    text = _num(c.value) + (f" [{_num(c.low)}, {_num(c.high)}]" if c.low is not None else "")
+    mark = "best" if c.best else (f"▼ p={c.worse:.3f}" if c.worse is not None else ("≠" if c.not_tested else ""))
+    return text, mark
+
+
+def markdown(r: Report) -> str:
+    lines = [
+        "# harness report",
+        "",
+        f"Store: {r.store}",
+        "",
+        "## Leaderboard (main metric, 95% interval)",
+        "",
+        "| task | metric | " + " | ".join(r.systems) + " |",
+        "|---|---|" + "---|" * len(r.systems),
+    ]
+    for name, task in r.tasks.items():
+        cells = []
+        for s in r.systems:
+            text, mark = _cell_text(r.cells.get((name, s)))
+            cells.append(f"**{text}**" if mark == "best" else f"{text} {mark}".strip())
+        lines.append(f"| {name} | {task.main_metric} ({task.direction[:3]}) | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "**bold**: the row's best; ▼: worse than the best by a paired test on the same examples (Holm-"
+        "adjusted p); ≠: scored on other examples, not tested.",
+        "",
+    ]
+    for name, task in r.tasks.items():
+        lines += [f"## {name}", "", task.description, ""]
+        if r.references.get(name):
+            lines += ["| published | value | model | source | comparable? |", "|---|---|---|---|---|"]
+            for ref, verdict in r.references[name]:
+                lines.append(f"| {ref.metric} | {ref.value} | {ref.model} | {ref.source} | {verdict} |")
+            lines.append("")
+        lines += [
+            "| run | system | mode | profile | " + task.main_metric + " [95% CI] | test rows | official | id |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for run in r.runs[name]:
+            v, lo, hi = run.main(task.main_metric)
+            lines.append(
+                f"| {run.name} | {run.system} | {run.mode} | {run.profile} | {_num(v)} [{_num(lo)}, "
+                f"{_num(hi)}] | {run.test_rows or '?'} | {'yes' if run.official else 'no'} | {run.run_id} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+table{border-collapse:collapse;margin:.6em 0 1.4em}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left;
+vertical-align:top}th{background:#f3f3f3}td.num{text-align:right;white-space:nowrap}.best{font-weight:700;
+background:#eaf5ea}.worse{color:#a33}.untested{color:#888}.no{color:#a33}.yes{color:#282}small{color:#666}"""
+
+
+def html_page(r: Report) -> str:
+    e = html.escape
+    out = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>harness report</title>",
+        f"<style>{CSS}</style></head><body><h1>harness report</h1><p><small>store {e(r.store)}</small></p>",
+        "<h2>Leaderboard</h2><table id='leaderboard'><tr><th>task</th><th>metric</th>"
+        + "".join(f"<th>{e(s)}</th>" for s in r.systems)
+        + "</tr>",
+    ]
+    for name, task in r.tasks.items():
+        out.append(f"<tr><td>{e(name)}</td><td>{e(task.main_metric)} <small>({e(task.direction)})</small></td>")
+        for s in r.systems:
+            c = r.cells.get((name, s))
+            text, mark = _cell_text(c)
+            cls = "best" if mark == "best" else ("worse" if mark.startswith("▼") else ("untested" if mark else ""))
+            title = f" title='{e(c.not_tested)}'" if c is not None and c.not_tested else ""
+            extra = f" <small>{e(mark)}</small>" if mark and mark != "best" else ""
+            out.append(f"<td class='num {cls}'{title}>{e(text)}{extra}</td>")
+        out.append("</tr>")
+    out.append(
+        "</table><p><small><b>bold</b>: the row's best · ▼: worse than the best by a paired test on the same "
+        "examples (Holm-adjusted p) · ≠: scored on other examples, not tested</small></p>"
+    )
+    for name, task in r.tasks.items():
+        out.append(f"<h2 id='{e(name)}'>{e(name)}</h2><p>{e(task.description)}</p>")
+        if r.references.get(name):
+            out.append(
+                "<table class='references'><tr><th>published</th><th>value</th><th>model</th><th>source</th>"
+                "<th>comparable?</th></tr>"
+            )
+            for ref, verdict in r.references[name]:
+                ok = "yes" if verdict == "comparable" else "no"
+                out.append(
+                    f"<tr><td>{e(ref.metric)}</td><td class='num'>{ref.value}</td><td>{e(ref.model)}</td>"
+                    f"<td>{e(ref.source)}</td><td class='{ok}'>{e(verdict)}</td></tr>"
+                )
+            out.append("</table>")
+        out.append(
+            f"<table class='runs'><tr><th>run</th><th>system</th><th>mode</th><th>profile</th>"
+            f"<th>{e(task.main_metric)} [95% CI]</th><th>test rows</th><th>official split</th><th>run id</th>"
+            "</tr>"
+        )
+        for run in r.runs[name]:
+            v, lo, hi = run.main(task.main_metric)
+            out.append(
+                f"<tr><td>{e(run.name)}</td><td>{e(run.system)}</td><td>{e(run.mode)}</td>"
+                f"<td>{e(run.profile)}</td><td class='num'>{_num(v)} [{_num(lo)}, {_num(hi)}]</td>"
+                f"<td class='num'>{e(run.test_rows or '?')}</td><td>{'yes' if run.official else 'no'}</td>"
+                f"<td><small>{e(run.run_id)}</small></td></tr>"
+            )
+        out.append("</table>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write(report: Report, out: Path) -> tuple[Path, Path]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    md = out.with_suffix(".md")
+    out.write_text(html_page(report), encoding="utf-8")
+    md.write_text(markdown(report), encoding="utf-8")
+    return out, md

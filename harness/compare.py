@@ -332,7 +332,7 @@ def print_table(c: Comparison, say: Callable[[str], None]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(soft_wrap=True, width=max(120, Console().width))
+    console = Console(soft_wrap=True, width=max(150, Console().width))  # a table that fits, even when piped
     for s in c.systems:
         table = Table(title=f"{s.name} vs {c.baseline.name} (baseline) · {c.examples:,} examples", title_justify="left")
         for col, justify in (

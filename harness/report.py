@@ -167,7 +167,8 @@ def build(rows: list[RunRow], uri: str, resamples: int = 1000) -> Report:
     report = Report(tasks, systems, cells, runs, {}, redact_uri(uri))
     for name, task in tasks.items():
         _mark_row(report, name, task, uri, resamples)
-        report.references[name] = [(ref, comparability(ref, task, runs[name])) for ref in task.references]
+        best = [c.run for (t, _), c in cells.items() if t == name and c.best]
+        report.references[name] = [(ref, comparability(ref, task, best or runs[name])) for ref in task.references]
     return report
 
 
@@ -207,7 +208,7 @@ def _mark_row(report: Report, name: str, task: Any, uri: str, resamples: int) ->
 
 
 def comparability(ref: Any, task: Any, runs: list[RunRow]) -> str:
-    """Whether a published number can be put beside these runs, or why not."""
+    """Whether a published number can be put beside these runs (the row's best), or why not."""
     reasons = []
     ours = IMPLEMENTATION.get(ref.metric)
     if ref.implementation and (ours is None or ours.lower() not in ref.implementation.lower()):
@@ -220,9 +221,9 @@ def comparability(ref: Any, task: Any, runs: list[RunRow]) -> str:
     if ref.metric not in (task.metrics or []):
         reasons.append(f"the task does not report {ref.metric}")
     if any(not r.official for r in runs):
-        reasons.append("runs here used a fallback split, not the official one")
-    if runs and all(r.subset for r in runs):
-        reasons.append("runs here scored a subset of the test split")
+        reasons.append("the run used a fallback split, not the official one")
+    if any(r.subset for r in runs):
+        reasons.append("the run scored a subset of the test split")
     return "comparable" if not reasons else "not comparable: " + "; ".join(reasons)
 
 

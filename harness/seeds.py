@@ -121,6 +121,7 @@ def run_seeds(task: TaskSpec, value: Any, overrides: list[str], console: Any = N
             run(cfg, task, console=console)
         summaries = summarize(task, parent, seeds, base.eval.bootstrap_resamples, base.eval.confidence)
         _log(parent, summaries)
+        _describe_data(parent, parent.finished_child("seed", str(seeds[0])))
         _print(say, summaries, task)
     except KeyboardInterrupt:
         parent.close("KILLED")
@@ -161,6 +162,16 @@ def summarize(task: TaskSpec, parent: Any, seeds: list[int], resamples: int, con
             )
         )
     return out
+
+
+def _describe_data(parent: Any, child: Any) -> None:
+    """What the seeds were tested on (all on the same examples), as a single run would say it."""
+    parent.set_tags(
+        {k: v for k, v in child.data.tags.items() if k in ("data.subset", "data.official_split", "main_metric")}
+    )
+    for key in ("split.test.rows", "split.test.digest"):
+        if key in child.data.params and key not in parent.client.get_run(parent.run_id).data.params:
+            parent.client.log_param(parent.run_id, key, child.data.params[key])
 
 
 def _log(parent: Any, summaries: list[SeedSummary]) -> None:

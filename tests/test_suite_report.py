@@ -153,7 +153,7 @@ def test_report_in_a_browser(suite_store, tmp_path, capsys):
     assert f"{value:.4f} [" in text
     assert (
         "not comparable: reported on the GLUE test server (this task's test split is the GLUE validation set); "
-        "runs here scored a subset of the test split"
+        "the run scored a subset of the test split"
     ) in text
     assert "Maas et al. 2011, Learning Word Vectors for Sentiment Analysis, Table 2" in text
     shot = tmp_path / "report.png"

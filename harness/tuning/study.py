@@ -172,11 +172,18 @@ def check_trial_config(cfg: RunConfig) -> None:
 # ---- storage ---------------------------------------------------------------------------------------------------------
 
 
+JOURNAL = "journal:"  # journal:<file>: Optuna's JournalFileBackend, several processes on one host, no database
+POOL_SIZE, POOL_OVERFLOW = 1, 1  # database connections per worker process: at most 2 (trials + heartbeat thread)
+
+
 def open_storage(url: str) -> Any:
+    """The study storage: sqlite (the default), any SQLAlchemy database URL, or `journal:<file>`."""
     import optuna
     from optuna.storages import RDBStorage
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if url.startswith(JOURNAL):
+        return _journal(url[len(JOURNAL) :])
     try:  # Optuna >= 4.9 renamed the retry-a-dead-worker's-trial callback
         from optuna.storages import RetryHeartbeatStaleTrialCallback
 
@@ -191,8 +198,8 @@ def open_storage(url: str) -> Any:
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    else:
-        engine_kwargs = {"pool_pre_ping": True}
+    else:  # a server database shared by workers on many hosts: keep each worker's pool small and bounded
+        engine_kwargs = {"pool_pre_ping": True, "pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW}
     try:
         return RDBStorage(
             url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, **retry
@@ -205,6 +212,21 @@ def open_storage(url: str) -> Any:
         ) from None
     finally:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _journal(path: str) -> Any:
+    """A journal file: no database server; no heartbeats either (a dead worker's trial stays RUNNING)."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if not path:
+        raise ConfigError("journal storage needs a file: journal:<path>", "e.g. --storage journal:optuna.log")
+    p = Path(path).expanduser()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return JournalStorage(JournalFileBackend(str(p)))
+    except OSError as e:
+        raise ConfigError(f"cannot open the journal {p} ({e.strerror or e})", "give a writable file path") from None
 
 
 def make_pruner(name: str) -> Any:
@@ -347,6 +369,23 @@ def worker_main(study: Study, worker: int = 0) -> None:
         callbacks=[MaxTrialsCallback(study.trials, states=finished), _progress],
         gc_after_trial=True,
     )
+
+
+def join(study: Study) -> None:
+    """A worker for a study that a coordinator (`harness tune` without --join) created and summarizes: it runs trials
+    until the study has its finished trials; its sampler seed differs from every other worker's."""
+    import optuna
+
+    from harness.tracking.store import check_store
+
+    check_store(study.tracking_uri)
+    names = [s.study_name for s in optuna.get_all_study_summaries(study.storage, include_best_trial=False)]
+    if study.name not in names or not study.open().user_attrs.get("mlflow_parent_run_id"):
+        raise ConfigError(
+            f"study '{study.name}' has not been started in {redact_uri(study.storage_url)}",
+            "start it with harness tune (without --join) on one host, then join from the others",
+        )
+    worker_main(study, worker=1000 + os.getpid() % 100000)
 
 
 def _run_workers(study: Study) -> None:

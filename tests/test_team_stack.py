@@ -1,0 +1,290 @@
+"""The team stack, for real: PostgreSQL (Debian's package) and an MLflow server, as `make server` starts them; runs
+and studies against them give what the zero-setup sqlite path gives."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import in_dir, require, run_cli, tiny_args
+from mlflow.tracking import MlflowClient
+
+SPACE = """
+params:
+  optim.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}
+config:
+  data: {train_size: 96, validation_size: 64, max_length: 48}
+  trainer: {max_epochs: 1, precision: 32-true}
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def stack():
+    if not glob.glob("/usr/lib/postgresql/*/bin/initdb"):
+        require("PostgreSQL is not installed (apt-get install postgresql; .ci/run installs it)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        require("psycopg is not installed (pip install -e '.[server]'; make setup installs it)")
+    from harness import server
+
+    # under /tmp itself: the postgres user must be able to reach the cluster (pytest's folders are root-only)
+    base = Path(tempfile.mkdtemp(prefix="harness-stack-"))
+    base.chmod(0o755)
+    folder = base / ".server"
+    stack = server.start(folder, mlflow_port=_free_port(), pg_port=_free_port())
+    try:
+        yield stack
+    finally:
+        server.stop(folder)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _contents(uri: str, run_id: str) -> dict:
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+
+    def walk(path: str = "") -> list[str]:
+        out = []
+        for a in client.list_artifacts(run_id, path or None):
+            out += walk(a.path) if a.is_dir else [a.path]
+        return out
+
+    params = {k: v for k, v in run.data.params.items() if k not in ("tracking.tracking_uri", "data.data_dir")}
+    tags = {k: v for k, v in run.data.tags.items() if not k.startswith(("mlflow.", "wall_seconds", "device"))}
+    return {
+        "status": run.info.status,
+        "params": params,
+        "tags": sorted(tags),
+        "artifacts": sorted(walk()),
+        "metrics": {k: round(v, 6) for k, v in run.data.metrics.items() if not k.startswith("system/")},
+        "inputs": sorted({t.key: t.value for t in d.tags}["mlflow.data.context"] for d in run.inputs.dataset_inputs),
+    }
+
+
+def test_a_run_against_the_server_holds_what_a_sqlite_run_holds(stack, data_dir, tiny_model, tmp_path, capsys):
+    got = {}
+    for name, uri in (("server", stack.tracking_uri), ("sqlite", f"sqlite:///{tmp_path / 'mlruns.db'}")):
+        work = tmp_path / name
+        work.mkdir()
+        with in_dir(work):
+            assert run_cli(["run", "imdb", *tiny_args(data_dir, tiny_model, uri, log_model="true")]) == 0
+        run_id = re.search(r"MLflow run ([0-9a-f]{32})", capsys.readouterr().out).group(1)
+        got[name] = _contents(uri, run_id)
+    server, sqlite = got["server"], got["sqlite"]
+    assert server["status"] == "FINISHED"
+    assert server["params"] == sqlite["params"] and server["tags"] == sqlite["tags"]
+    assert server["artifacts"] == sqlite["artifacts"] and "model/model.safetensors" in server["artifacts"]
+    assert set(server["metrics"]) == set(sqlite["metrics"])
+    for k in ("test_accuracy", "test_auroc", "test_ece", "test_loss"):
+        assert server["metrics"][k] == sqlite["metrics"][k], k
+    assert server["inputs"] == sqlite["inputs"] == ["test", "train", "validation"]
+    files = list((stack.folder / "artifacts").rglob("model.safetensors"))  # proxied: on the server's side
+    assert files
+
+
+def test_a_study_on_postgres_with_workers_and_the_server(stack, data_dir, tiny_model, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    storage = stack.database("optuna", "postgresql")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": stack.tracking_uri, "OPTUNA_STORAGE": storage, "CI": "1"}
+    args = [
+        "--space",
+        str(space),
+        "--study",
+        "pg",
+        f"model.name={tiny_model}",
+        f"data.data_dir={data_dir}",
+        "tracking.system_metrics=false",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "tune", "imdb", "--trials", "3", "--workers", "2", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert stack.password not in proc.stdout + proc.stderr
+    import optuna
+
+    study = optuna.load_study(study_name="pg", storage=storage)
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) >= 3
+    client = MlflowClient(stack.tracking_uri)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("imdb").experiment_id], filter_string="tags.`optuna.study` = 'pg'"
+    )
+    parents = [r for r in runs if r.data.tags.get("mode") == "tune"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags["optuna.storage"].endswith(f":***@127.0.0.1:{stack.pg_port}/optuna")
+    assert sum(r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id for r in runs) >= 3
+
+
+def test_workers_on_other_hosts_join_one_study_with_bounded_connections(stack, data_dir, tiny_model, tmp_path):
+    """One coordinator and seven `--join` workers (eight processes, as on eight hosts) share a study on PostgreSQL;
+    the study database never sees more than two connections per worker."""
+    import sqlalchemy
+
+    from harness.tuning.study import POOL_OVERFLOW, POOL_SIZE
+
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    storage = stack.database("optuna", "postgresql")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": stack.tracking_uri, "OPTUNA_STORAGE": storage, "CI": "1"}
+    args = [
+        "tune",
+        "imdb",
+        "--trials",
+        "8",
+        "--space",
+        str(space),
+        "--study",
+        "hosts",
+        f"model.name={tiny_model}",
+        f"data.data_dir={data_dir}",
+        "tracking.system_metrics=false",
+        "trainer.num_threads=1",
+    ]
+    coordinator = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    watch = sqlalchemy.create_engine(stack.database("postgres"), pool_size=1)
+    query = sqlalchemy.text("SELECT count(*) FROM pg_stat_activity WHERE datname = 'optuna'")
+    time.sleep(8)  # the coordinator creates the study and its parent run
+    joiners = [
+        subprocess.Popen(
+            [sys.executable, "-m", "harness.cli", *args, "--join"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(7)
+    ]
+    peak = 0
+    with watch.connect() as con:
+        while coordinator.poll() is None or any(j.poll() is None for j in joiners):
+            peak = max(peak, con.execute(query).scalar())
+            time.sleep(0.5)
+    watch.dispose()
+    out = coordinator.communicate()[0]
+    assert coordinator.returncode == 0, out[-3000:]
+    assert all(j.returncode == 0 for j in joiners), [j.stderr.read()[-1000:] for j in joiners]
+    limit = 8 * (POOL_SIZE + POOL_OVERFLOW)
+    assert 0 < peak <= limit, (peak, limit)
+    import optuna
+
+    states = [t.state.name for t in optuna.load_study(study_name="hosts", storage=storage).trials]
+    assert states.count("COMPLETE") >= 8
+
+
+def test_journal_storage_for_workers_on_one_host(data_dir, tiny_model, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    journal = tmp_path / "optuna.log"
+    args = [
+        "tune",
+        "imdb",
+        "--trials",
+        "2",
+        "--workers",
+        "2",
+        "--space",
+        str(space),
+        "--storage",
+        f"journal:{journal}",
+        "--study",
+        "j",
+        f"model.name={tiny_model}",
+        f"data.data_dir={data_dir}",
+        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlruns.db'}",
+        "tracking.system_metrics=false",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import optuna
+
+    from harness.tuning.study import open_storage
+
+    study = optuna.load_study(study_name="j", storage=open_storage(f"journal:{journal}"))
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) >= 2 and journal.stat().st_size > 0
+
+
+def test_basic_auth_server(stack, data_dir, tiny_model, tmp_path):
+    """MLflow's basic-auth app with a generated admin password: a run with the credentials works, one without is
+    refused in seconds, and the password is shown nowhere."""
+    from harness import server
+
+    folder = Path(tempfile.mkdtemp(prefix="harness-auth-")) / ".server"
+    env_pg = os.environ.get("PG_URL")
+    os.environ["PG_URL"] = stack.pg_url
+    try:
+        auth = server.start(folder, mlflow_port=_free_port(), auth=True)
+    finally:
+        if env_pg is None:
+            os.environ.pop("PG_URL")
+        else:
+            os.environ["PG_URL"] = env_pg
+    try:
+        password = (folder / "admin.secret").read_text().strip()
+        assert password != "password1234"  # not MLflow's documented default
+        args = ["run", "imdb", *tiny_args(data_dir, tiny_model, auth.tracking_uri)]
+        base = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+        refused = subprocess.run(
+            [sys.executable, "-m", "harness.cli", *args],
+            cwd=tmp_path,
+            env=base,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert refused.returncode == 2
+        assert (
+            refused.stderr.strip()
+            .splitlines()[-1]
+            .startswith(
+                f"error: cannot use the tracking store {auth.tracking_uri}: the server refused the credentials "
+                "(HTTP 401)"
+            )
+        )
+        env = {**base, "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
+        ok = subprocess.run(
+            [sys.executable, "-m", "harness.cli", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert ok.returncode == 0, ok.stderr[-3000:]
+        assert password not in ok.stdout + ok.stderr + refused.stdout + refused.stderr
+        leaked = [str(p) for p in tmp_path.rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+        assert leaked == []
+    finally:
+        server.stop(folder)
+        shutil.rmtree(folder.parent, ignore_errors=True)

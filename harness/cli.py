@@ -361,6 +361,20 @@ def cmd_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.config import default_tracking_uri
+    from harness.tracking.sync import sync_all
+
+    done = sync_all([Path(f) for f in args.folders], args.tracking_uri or default_tracking_uri())
+    for d in done:
+        print(f"run {d.run_id}: {d.sent} records sent from {d.folder}")
+    if not done:
+        print("nothing to send: no run keeps records for later")
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -484,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_suite_command,
         _add_report_command,
         _add_server_command,
+        _add_sync_command,
         _add_tune_command,
         _add_probe_command,
         _add_task_commands,
@@ -598,6 +613,17 @@ def _add_server_command(sub: Any) -> None:
     sv.add_argument("--pg-port", type=int, default=5433, help="PostgreSQL's port (another if taken)")
     sv.add_argument("--auth", action="store_true", help="MLflow's basic-auth app with a generated admin password")
     sv.set_defaults(func=cmd_server)
+
+
+def _add_sync_command(sub: Any) -> None:
+    from harness.config import DEFAULT_TRACKING_URI
+
+    sy = sub.add_parser("sync", help="send what runs kept while their tracking server was away (their journals)")
+    sy.add_argument("folders", nargs="*", help="run or journal folders (default: every journal under .harness)")
+    sy.add_argument(
+        "--tracking-uri", help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI})"
+    )
+    sy.set_defaults(func=cmd_sync)
 
 
 def _add_tune_command(sub: Any) -> None:

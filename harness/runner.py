@@ -33,7 +33,7 @@ from transformers import AutoTokenizer
 
 from harness.callbacks import DivergenceCheck, LineProgress, StepMonitor, quiet_mode
 from harness.checkpoints import AtomicCheckpointIO, unreadable
-from harness.config import RunConfig, TaskSpec
+from harness.config import RunConfig, TaskSpec, redact_uri
 from harness.data.sources import TaskData, load_task_data
 from harness.errors import ConfigError, user_error
 from harness.families import get_family
@@ -262,6 +262,7 @@ def run(
         err = user_error(e) if isinstance(e, Exception) else None  # a library's exception, in the user's words
         if ctx.tracker is not None:
             ctx.tracker.fail(err or e)
+            _tell_pending(ctx)
         if err is not None and err is not e:
             raise err from e
         raise
@@ -276,12 +277,13 @@ def _context(cfg: RunConfig, task: TaskSpec, console: Any, objective: bool, call
     zero = is_global_zero()
     if zero:
         check_store(cfg.tracking.uri)
+    state = RunState(cfg)
     return RunContext(
         cfg,
         task,
         get_family(task.family),
-        RunState(cfg),
-        Tracker(cfg, task) if zero else None,
+        state,
+        Tracker(cfg, task, journal_dir=state.dir / "journal") if zero else None,
         _printer(console if zero else None),
         objective,
         callbacks,
@@ -404,7 +406,7 @@ def _build(ctx: RunContext) -> None:
     ctx.datamodule.setup()
     ctx.module = family.build_module(cfg, ctx.task, model)
     if ctx.tracker is not None:
-        ctx.logger = MlflowStepLogger(ctx.tracker.client, ctx.run_id)
+        ctx.logger = MlflowStepLogger(ctx.tracker)
     ctx.trainer = build_trainer(cfg, ctx.logger, ctx.state, ctx.extra_callbacks, quiet_mode())
 
 
@@ -476,8 +478,24 @@ def _close(ctx: RunContext, remove_checkpoints: bool = False) -> None:
     ctx.tracker.set_tags({"wall_seconds": f"{time.perf_counter() - ctx.started:.1f}"})
     ctx.tracker.finish()
     ctx.state.write(status="finished")
+    _tell_pending(ctx)
     if remove_checkpoints:
         ctx.state.clear_checkpoints()
+
+
+def _tell_pending(ctx: RunContext) -> None:
+    """One line when the tracking server went away and did not come back in time to take everything."""
+    if ctx.tracker is None or not ctx.tracker.went_away:
+        return
+    if not ctx.tracker.pending:
+        ctx.say("note: the tracking server stopped answering during the run; what it missed was sent when it was back")
+        return
+    j = ctx.tracker.journal
+    ctx.say(
+        f"[yellow]warning:[/] the tracking server {redact_uri(ctx.cfg.tracking.uri)} is away: "
+        f"{ctx.tracker.pending} records of run {ctx.run_id} are kept in {j.folder}; "
+        "when it answers again, run: harness sync"
+    )
 
 
 def _log_report(ctx: RunContext, report: EvalReport, step: int) -> None:

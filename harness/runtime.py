@@ -35,6 +35,9 @@ def configure_runtime(cfg: RunConfig) -> None:
     transformers.utils.logging.disable_progress_bar()
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # a tracking server that went away is reported once by the run (its journal), not by every retry and sample
+    for name in ("mlflow.system_metrics", "urllib3.connectionpool", "mlflow.utils.rest_utils"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     for pattern in _QUIET_WARNINGS:

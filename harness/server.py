@@ -15,6 +15,7 @@ server url optuna)`), the only place it appears.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -291,6 +292,8 @@ def stop(folder: Path = FOLDER) -> list[str]:
         try:
             os.killpg(pid, signal.SIGTERM)
             for _ in range(100):
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)  # reap it when this process started it (else it lingers as a zombie)
                 os.kill(pid, 0)
                 time.sleep(0.1)
             os.killpg(pid, signal.SIGKILL)

@@ -291,12 +291,12 @@ def test_corrupt_sqlite_store_is_named_and_left_as_it_is(store, capsys, tiny_mod
 
 
 def test_missing_database_driver_for_the_store(store, capsys, tiny_model):
-    o = _store_case(store, capsys, tiny_model, "postgresql://bob:s3cret@127.0.0.1:9/mlflow")
+    o = _store_case(store, capsys, tiny_model, "mysql://bob:s3cret@127.0.0.1:9/mlflow")  # mysqlclient: not installed
     assert o.error.startswith(
-        "cannot use the tracking store postgresql://bob:***@127.0.0.1:9/mlflow: its database "
+        "cannot use the tracking store mysql://bob:***@127.0.0.1:9/mlflow: its database "
         "driver is not installed (No module named "
     )
-    assert "pip install psycopg2-binary" in o.error
+    assert "pip install pymysql" in o.error
 
 
 def test_read_only_sqlite_store(store, capsys, tiny_model, tmp_path):

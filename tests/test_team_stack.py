@@ -288,3 +288,116 @@ def test_basic_auth_server(stack, data_dir, tiny_model, tmp_path):
     finally:
         server.stop(folder)
         shutil.rmtree(folder.parent, ignore_errors=True)
+
+
+# ---- the server goes away in the middle of a run ---------------------------------------------------------------------
+
+
+class _ServerCrash:
+    """A Lightning callback that kills the MLflow server (SIGKILL, as a crash) once training reaches `at_step`, and
+    optionally starts it again `back_after` seconds later, in the background, while training goes on."""
+
+    def __init__(self, stack, at_step: int, back_after: float | None):
+        import lightning as L
+
+        class _Cb(L.Callback):
+            def on_train_batch_end(cb, trainer, *a):  # noqa: N805
+                if trainer.global_step == at_step and not self.killed:
+                    self.kill()
+
+        self.stack, self.back_after, self.killed = stack, back_after, False
+        self.callback = _Cb()
+        self.restarted = None
+
+    def kill(self) -> None:
+        import signal
+        import threading
+
+        from harness import server
+
+        os.killpg(int((self.stack.folder / "mlflow.pid").read_text()), signal.SIGKILL)
+        self.killed = True
+        if self.back_after is not None:
+
+            def restart() -> None:
+                time.sleep(self.back_after)
+                server.start_mlflow(self.stack)
+                self.restarted = time.time()
+
+            threading.Thread(target=restart, daemon=True).start()
+
+
+def _run_with_crash(stack, data_dir, tiny_model, work: Path, crash: _ServerCrash) -> tuple[str, str]:
+    import io
+
+    from rich.console import Console
+
+    from harness.config import resolve_run_config
+    from harness.registry import get_task
+    from harness.runner import run
+
+    task = get_task("imdb")
+    overrides = tiny_args(data_dir, tiny_model, stack.tracking_uri, **{"data.train_size": "480"})
+    cfg = resolve_run_config(task, overrides)
+    out = io.StringIO()
+    with in_dir(work):
+        result = run(cfg, task, console=Console(file=out, width=300), extra_callbacks=[crash.callback])
+    return result.run_id, out.getvalue()
+
+
+def _assert_complete(uri: str, run_id: str) -> None:
+    """FINISHED, every logged training step there exactly once, validation and test metrics, the predictions."""
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run_id, "train_loss")]
+    epochs = int(run.data.params["trainer.max_epochs"])
+    assert steps == sorted(set(steps)), steps  # none twice
+    assert steps == list(range(1, 2 * len(steps), 2)), steps  # none missing (logged every 2 steps)
+    assert len(steps) == 30 * epochs // 2  # 480 rows / 16 per batch = 30 steps per epoch
+    assert len(client.get_metric_history(run_id, "val_loss")) == epochs
+    assert {"test_accuracy", "test_accuracy_ci_low", "test_accuracy_ci_high"} <= set(run.data.metrics)
+    assert "predictions/test.json" in [a.path for a in client.list_artifacts(run_id, "predictions")]
+    assert len(run.inputs.dataset_inputs) == 3
+
+
+def test_a_run_goes_on_while_the_server_is_away_and_sends_everything_when_it_is_back(
+    stack, data_dir, tiny_model, tmp_path
+):
+    crash = _ServerCrash(stack, at_step=6, back_after=3.0)
+    run_id, out = _run_with_crash(stack, data_dir, tiny_model, tmp_path, crash)
+    assert crash.killed and crash.restarted is not None
+    assert "the tracking server stopped answering during the run; what it missed was sent" in out, out
+    _assert_complete(stack.tracking_uri, run_id)
+    assert not list(tmp_path.rglob("pending.jsonl")) or all(
+        p.stat().st_size == 0 for p in tmp_path.rglob("pending.jsonl")
+    )
+
+
+def test_harness_sync_sends_what_a_run_kept_when_the_server_stayed_away(
+    stack, data_dir, tiny_model, tmp_path, monkeypatch, capsys
+):
+    from harness import server
+
+    monkeypatch.setenv("HARNESS_TRACKING_WAIT_S", "2")
+    crash = _ServerCrash(stack, at_step=6, back_after=None)
+    try:
+        run_id, out = _run_with_crash(stack, data_dir, tiny_model, tmp_path, crash)
+        assert crash.killed
+        line = [ln for ln in out.splitlines() if "is away" in ln]
+        assert len(line) == 1 and "harness sync" in line[0] and run_id in line[0], out
+        with in_dir(tmp_path):  # while it is still away: one clear error, nothing sent, nothing dropped
+            kept = sum(1 for _ in next(tmp_path.rglob("pending.jsonl")).open())
+            assert run_cli(["sync", "--tracking-uri", stack.tracking_uri]) == 2
+            assert "does not answer" in capsys.readouterr().err
+            assert sum(1 for _ in next(tmp_path.rglob("pending.jsonl")).open()) == kept
+    finally:
+        server.start_mlflow(stack)
+    assert MlflowClient(stack.tracking_uri).get_run(run_id).info.status == "RUNNING"
+    with in_dir(tmp_path):
+        assert run_cli(["sync", "--tracking-uri", stack.tracking_uri]) == 0
+    assert f"run {run_id}: {kept} records sent" in capsys.readouterr().out
+    _assert_complete(stack.tracking_uri, run_id)
+    with in_dir(tmp_path):  # a second sync has nothing left to send
+        assert run_cli(["sync", "--tracking-uri", stack.tracking_uri]) == 0
+    assert "nothing to send" in capsys.readouterr().out

@@ -1,7 +1,7 @@
 """A Lightning logger that writes step metrics to the run's MLflow run in batches.
 
 Lightning's own MLFlowLogger writes each logging call separately and logs hyperparameters itself; here the run
-lifecycle and params belong to `Tracker`, and metrics are buffered and sent with `log_batch`.
+lifecycle and params belong to `Tracker`, and metrics are buffered and sent in batches through it.
 """
 
 from __future__ import annotations
@@ -12,14 +12,12 @@ from typing import Any, Optional
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow.entities import Metric
-from mlflow.tracking import MlflowClient
 
 
 class MlflowStepLogger(Logger):
-    def __init__(self, client: MlflowClient, run_id: str, flush_every: int = 200):
+    def __init__(self, tracker: Any, flush_every: int = 200):
         super().__init__()
-        self.client = client
-        self.run_id = run_id
+        self.tracker = tracker
         self.flush_every = flush_every
         self._buffer: list[Metric] = []
 
@@ -29,7 +27,7 @@ class MlflowStepLogger(Logger):
 
     @property
     def version(self) -> str:
-        return self.run_id
+        return self.tracker.run_id
 
     @rank_zero_only
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
@@ -45,9 +43,10 @@ class MlflowStepLogger(Logger):
 
     @rank_zero_only
     def flush(self) -> None:
+        """Send the buffered metrics (through the tracker: kept for later if the server is away)."""
         while self._buffer:
             chunk, self._buffer = self._buffer[:1000], self._buffer[1000:]
-            self.client.log_batch(self.run_id, metrics=chunk)
+            self.tracker.log_metric_list(chunk)
 
     @rank_zero_only
     def save(self) -> None:

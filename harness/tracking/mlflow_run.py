@@ -2,6 +2,9 @@
 
 One experiment per task (named after it), one run per `harness run`. A resumed run re-opens the same MLflow run.
 A run that fails is marked FAILED with the error as the tag `error`; one stopped by Ctrl-C is marked KILLED.
+Every call after the start goes through `_send`: if the tracking server stops answering, the call is kept in the
+run's journal (harness/tracking/journal.py) and sent when it is back, so training never waits on the server and
+nothing measured is lost.
 """
 
 from __future__ import annotations
@@ -15,19 +18,23 @@ from pathlib import Path
 from typing import Any, Optional
 
 import mlflow
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from harness.config import RunConfig, TaskSpec, dump_yaml, flatten
 from harness.data.sources import SplitData, TaskData
 from harness.tracking import env
+from harness.tracking.journal import Journal, answers, send_input, unreachable
 
 _MAX_PARAM = 6000
 _MAX_TAG = 5000
 
 
+WAIT_ENV = "HARNESS_TRACKING_WAIT_S"  # how long a run's end waits for a server that went away (default 60 s)
+
+
 class Tracker:
-    def __init__(self, cfg: RunConfig, task: TaskSpec):
+    def __init__(self, cfg: RunConfig, task: TaskSpec, journal_dir: Optional[Path] = None):
         self.cfg = cfg
         self.task = task
         uri = cfg.tracking.uri
@@ -35,6 +42,57 @@ class Tracker:
         self.client = MlflowClient(uri)
         self.experiment = cfg.tracking.experiment or task.name
         self.run_id: Optional[str] = None
+        self.journal_dir = journal_dir
+        self.journal: Optional[Journal] = None
+        self.went_away = False  # the server stopped answering at some point of this run
+
+    # ---- sending, or keeping for later -----------------------------------------------------------------------------
+    def _send(self, op: str, call: Callable[[], Any], record: Any) -> None:
+        """One tracking call; while the server is away (or calls are waiting), kept in the journal, in order.
+        `record` is what the journal keeps: a dict, or a function that makes it (only called when needed)."""
+        j = self.journal
+        if j is not None and j.pending() and not (j.due() and j.replay(self.client)):
+            j.add(op, **(record() if callable(record) else record))
+            return
+        try:
+            call()
+        except Exception as e:
+            if j is None or not unreachable(e):
+                raise
+            self.went_away = True
+            j.add(op, **(record() if callable(record) else record))
+
+    def _batch(self, metrics: list = (), params: list = (), tags: list = ()) -> None:  # type: ignore[assignment]
+        def record() -> dict[str, Any]:
+            return {
+                "metrics": [(m.key, m.value, m.timestamp, m.step) for m in metrics],
+                "params": [(p.key, p.value) for p in params],
+                "tags": [(t.key, t.value) for t in tags],
+            }
+
+        self._send(
+            "log_batch", lambda: self.client.log_batch(self.run_id, metrics=metrics, params=params, tags=tags), record
+        )
+
+    def _artifact(self, local: Path, artifact_path: Optional[str]) -> None:
+        if local.is_dir():
+            call = lambda: self.client.log_artifacts(self.run_id, str(local), artifact_path)  # noqa: E731
+        else:
+            call = lambda: self.client.log_artifact(self.run_id, str(local), artifact_path)  # noqa: E731
+        self._send("log_artifact", call, {"local": str(local), "path": artifact_path})
+
+    def _file(self, name: str, content: str) -> None:
+        """A text artifact at `name` (folders included), written to a temporary file and sent."""
+        folder, _, base = name.rpartition("/")
+        with temp_dir() as tmp:
+            path = Path(tmp) / base
+            path.write_text(content, encoding="utf-8")
+            self._artifact(path, folder or None)
+
+    @property
+    def pending(self) -> int:
+        """Records still waiting for the server."""
+        return self.journal.count() if self.journal is not None else 0
 
     # ---- lifecycle -----------------------------------------------------------------------------------------------
     def start(self, run_id: Optional[str] = None) -> str:
@@ -54,12 +112,14 @@ class Tracker:
             log_system_metrics=self.cfg.tracking.system_metrics,
         )
         self.run_id = run.info.run_id
+        if self.journal_dir is not None:
+            self.journal = Journal(self.journal_dir, self.run_id, self.cfg.tracking.uri)
         if run_id is None:
             self.set_tags(self.base_tags())
         else:  # resumed after Ctrl-C or a kill: the interruption is history, not this run's error
             for key in ("error", "error_type"):
                 if key in run.data.tags:
-                    self.client.delete_tag(self.run_id, key)
+                    self._send("delete_tag", lambda k=key: self.client.delete_tag(self.run_id, k), {"key": key})
         return self.run_id
 
     def run_name(self) -> str:
@@ -92,10 +152,10 @@ class Tracker:
             return
         batch = [RunTag(k, str(v)[:_MAX_TAG]) for k, v in tags.items()]
         for i in range(0, len(batch), 100):
-            self.client.log_batch(self.run_id, tags=batch[i : i + 100])
+            self._batch(tags=batch[i : i + 100])
 
     def finish(self) -> None:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+        self._end("FINISHED")
 
     def fail(self, error: BaseException, killed: bool = False) -> None:
         if mlflow.active_run() is None:
@@ -104,8 +164,38 @@ class Tracker:
         try:
             self.set_tags({"error": message, "error_type": error.__class__.__name__})
         finally:
-            status = RunStatus.KILLED if killed else RunStatus.FAILED
-            mlflow.end_run(RunStatus.to_string(status))
+            self._end("KILLED" if killed else "FAILED", wait=False)
+
+    def _end(self, status: str, wait: bool = True) -> None:
+        """Close the run: first send what the journal kept (waiting a while for a server that went away), then the
+        status. If the server does not come back, the status is kept too, for `harness sync`."""
+        from mlflow.tracking.fluent import run_id_to_system_metrics_monitor
+
+        j = self.journal
+        deadline = time.monotonic() + (float(os.environ.get(WAIT_ENV, "60")) if wait else 0)
+        while j is not None and j.pending():
+            if answers(j.uri) and j.replay(self.client, retry_in=0):
+                break
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(2)
+        if j is None or not j.pending():
+            try:
+                mlflow.end_run(status)
+                return
+            except Exception as e:
+                if j is None or not unreachable(e):
+                    raise
+        self.went_away = True
+        j.add("set_terminated", status=status)
+        monitor = run_id_to_system_metrics_monitor.pop(self.run_id, None)
+        if monitor is not None:
+            monitor._shutdown_event.set()  # stop sampling; what it could not send is not retried by MLflow
+        while mlflow.active_run() is not None:
+            try:
+                mlflow.end_run(status)
+            except Exception:
+                continue  # popped from MLflow's stack; the status waits in the journal
 
     # ---- content -------------------------------------------------------------------------------------------------
     def log_config(self) -> None:
@@ -119,15 +209,14 @@ class Tracker:
         items = [Param(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in params.items()]
         items = [Param(p.key, p.value[:_MAX_PARAM]) for p in items]
         for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i : i + 100])
-        text = dump_yaml({"run": run_cfg, "task": task_cfg})
-        mlflow.log_text(text, "config/resolved.yaml")
+            self._batch(params=items[i : i + 100])
+        self._file("config/resolved.yaml", dump_yaml({"run": run_cfg, "task": task_cfg}))
 
     def log_environment(self, device: str) -> None:
         versions = env.package_versions()
         git = env.git_state()
         info = {"packages": versions, "git": git, "device": device, **env.device_info()}
-        mlflow.log_dict(info, "environment.json")
+        self._file("environment.json", json.dumps(info, indent=2))
         tags = {f"version.{k}": v for k, v in versions.items()}
         tags["device"] = device
         if git.get("commit"):
@@ -145,7 +234,12 @@ class Tracker:
             # the lineage record: source, digest of exactly the rows used, and their count
             ds = MetaDataset(source=src, name=f"{self.task.name}-{name}", digest=lin["digest"])
             tags = {k: str(v) for k, v in lin.items() if v is not None}
-            mlflow.log_input(ds, context=name, tags=tags)
+            entity = ds._to_mlflow_entity().to_dictionary()
+            self._send(
+                "log_input",
+                lambda e=entity, c=name, t=tags: send_input(self.client, self.run_id, e, c, t),
+                {"dataset": entity, "context": name, "tags": tags},
+            )
             params = [
                 Param(f"split.{name}.rows", str(split.rows)),
                 Param(f"split.{name}.source", lin["source"][:_MAX_PARAM]),
@@ -153,14 +247,16 @@ class Tracker:
                 Param(f"split.{name}.selection", lin["selection"][:_MAX_PARAM]),
                 Param(f"split.{name}.official", str(split.official).lower()),
             ]
-            self.client.log_batch(self.run_id, params=params)
-        mlflow.log_dict(lineages, "data/lineage.json")
+            self._batch(params=params)
+        self._file("data/lineage.json", json.dumps(lineages, indent=2))
 
     def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
+        self.log_metric_list([Metric(k, float(v), ts, step or 0) for k, v in metrics.items()])
+
+    def log_metric_list(self, items: list) -> None:
         for i in range(0, len(items), 500):
-            self.client.log_batch(self.run_id, metrics=items[i : i + 500])
+            self._batch(metrics=items[i : i + 500])
 
     def log_report(self, report: Any, step: int) -> None:
         """A family's EvalReport: warnings and tags, `test_<metric>` with its interval, the predictions table, plots."""
@@ -183,16 +279,28 @@ class Tracker:
             self.log_dir(out, "model")
 
     def log_table(self, df: Any, path: str) -> None:
-        mlflow.log_table(df, artifact_file=path)
+        """A table as MLflow stores one (`{"columns": [...], "data": [...]}`, shown by its UI)."""
+
+        def keep() -> dict[str, Any]:  # the server is away: the table as a file, for the journal to copy
+            table = df.to_dict(orient="split")
+            folder, _, base = path.rpartition("/")
+            tmp = Path(tempfile.mkdtemp(prefix="harness-")) / base
+            tmp.write_text(json.dumps({"columns": table["columns"], "data": table["data"]}, default=str))
+            return {"local": str(tmp), "path": folder or None}
+
+        self._send("log_artifact", lambda: self.client.log_table(self.run_id, df, path), keep)
 
     def log_figure(self, fig: Any, path: str) -> None:
         import matplotlib.pyplot as plt
 
-        mlflow.log_figure(fig, path)
-        plt.close(fig)
+        folder, _, base = path.rpartition("/")
+        with temp_dir() as tmp:
+            fig.savefig(Path(tmp) / base)
+            plt.close(fig)
+            self._artifact(Path(tmp) / base, folder or None)
 
     def log_dir(self, local: Path, artifact_path: str) -> None:
-        mlflow.log_artifacts(str(local), artifact_path)
+        self._artifact(local, artifact_path)
 
 
 def _dataset_source(split: SplitData) -> Any:

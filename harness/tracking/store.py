@@ -141,8 +141,8 @@ def _check_database(uri: str, timeout: float) -> None:
         raise _fail(
             uri,
             f"its database driver is not installed ({e})",
-            "install the driver for this URL (postgresql: pip install psycopg2-binary and write "
-            "postgresql+psycopg2://; mysql: pip install pymysql and write mysql+pymysql://), or " + FIX,
+            "install the driver for this URL (postgresql: pip install 'psycopg[binary]', which make setup "
+            "installs; mysql: pip install pymysql and write mysql+pymysql://), or " + FIX,
         ) from None
     except Exception as e:  # sqlalchemy.exc.ArgumentError / NoSuchModuleError: not a URL it knows
         raise _fail(uri, f"not a tracking URI MLflow can use ({type(e).__name__}: {str(e).splitlines()[0]})") from None

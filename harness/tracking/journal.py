@@ -1,0 +1,157 @@
+"""What a run could not send to its tracking server, kept in order on local disk and sent when the server is back.
+
+When the server stops answering in the middle of a run, training goes on: every metric batch, tag, artifact and the
+run's end that cannot be sent is appended to `<run folder>/journal/pending.jsonl` (artifacts copied beside it) and
+replayed, in order and with the original steps and timestamps, as soon as the server answers again. If it never does,
+the run ends with one line naming the folder, and `harness sync` sends it later. Nothing measured is lost, and a
+record is sent once (a batch is dropped from the journal only after the server took it).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+PENDING = "pending.jsonl"
+
+
+def unreachable(e: BaseException) -> bool:
+    """A failure of the server or the network (worth keeping the call for later), not of the call itself."""
+    import requests
+
+    if isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError)):
+        return True
+    text = str(e)
+    return any(
+        s in text
+        for s in (
+            "Max retries exceeded",
+            "Connection refused",
+            "failed with exception",
+            "error code 502",
+            "error code 503",
+            "error code 504",
+            "Read timed out",
+        )
+    )
+
+
+class Journal:
+    def __init__(self, folder: Path, run_id: str, uri: str):
+        self.folder = folder
+        self.run_id = run_id
+        self.uri = uri
+        self.file = folder / PENDING
+        self._next_try = 0.0
+
+    def pending(self) -> bool:
+        return self.file.exists() and self.file.stat().st_size > 0
+
+    def count(self) -> int:
+        return sum(1 for line in self.file.read_text().splitlines() if line.strip()) if self.pending() else 0
+
+    def add(self, op: str, **args: Any) -> None:
+        """Keep one call for later; files named in `files` are copied now (the originals may be temporary)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if "local" in args:
+            n = len(list((self.folder / "files").glob("*"))) if (self.folder / "files").exists() else 0
+            dst = self.folder / "files" / f"{n:05d}"
+            dst.mkdir(parents=True)
+            src = Path(args["local"])
+            target = dst / src.name
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, target)
+            args["local"] = str(target.relative_to(self.folder))
+        with open(self.file, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"op": op, "run_id": self.run_id, **args}) + "\n")
+            f.flush()
+
+    def due(self) -> bool:
+        """Whether to try the server again now: not at every call while it is away, and only once it answers a
+        quick probe (a call through MLflow's client would wait out its retries first)."""
+        if time.monotonic() < self._next_try:
+            return False
+        if answers(self.uri):
+            return True
+        self._next_try = time.monotonic() + 15.0
+        return False
+
+    def replay(self, client: Any, retry_in: float = 15.0) -> bool:
+        """Send what is kept, in order; True when nothing is left. Stops at the first call the server cannot take."""
+        if not self.pending():
+            return True
+        lines = [ln for ln in self.file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        done = 0
+        try:
+            for line in lines:
+                send(client, json.loads(line), self.folder)
+                done += 1
+        except Exception as e:
+            if not unreachable(e):
+                raise
+            self._next_try = time.monotonic() + retry_in
+        finally:
+            rest = lines[done:]
+            tmp = self.file.with_suffix(".tmp")
+            tmp.write_text("".join(ln + "\n" for ln in rest), encoding="utf-8")
+            tmp.replace(self.file)  # a record leaves the journal only once the server has it
+        if not lines[done:]:
+            shutil.rmtree(self.folder / "files", ignore_errors=True)
+            return True
+        return False
+
+
+def answers(uri: str, timeout: float = 3.0) -> bool:
+    """Whether a tracking server at `uri` answers at all (any HTTP status will do); True for local stores."""
+    if not uri.startswith(("http://", "https://")):
+        return True
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout)
+        return True
+    except requests.exceptions.RequestException:
+        return False
+
+
+def send(client: Any, rec: dict, folder: Optional[Path] = None) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+
+    run_id, op = rec["run_id"], rec["op"]
+    if op == "log_batch":
+        client.log_batch(
+            run_id,
+            metrics=[Metric(*m) for m in rec.get("metrics", [])],
+            params=[Param(*p) for p in rec.get("params", [])],
+            tags=[RunTag(*t) for t in rec.get("tags", [])],
+        )
+    elif op == "log_artifact":
+        local = (folder / rec["local"]) if folder is not None else Path(rec["local"])
+        if local.is_dir():
+            client.log_artifacts(run_id, str(local), rec.get("path"))
+        else:
+            client.log_artifact(run_id, str(local), rec.get("path"))
+    elif op == "log_input":
+        send_input(client, run_id, rec["dataset"], rec["context"], rec["tags"])
+    elif op == "set_terminated":
+        client.set_terminated(run_id, rec["status"])
+    elif op == "delete_tag":
+        client.delete_tag(run_id, rec["key"])
+    else:  # pragma: no cover - a journal written by a newer harness
+        raise ValueError(f"unknown journal record '{op}'")
+
+
+def find(root: Path) -> list[Path]:
+    """Journal folders with something left to send, under a runs folder (`.harness` by default)."""
+    return sorted(p.parent for p in root.rglob(PENDING) if p.stat().st_size > 0)
+
+
+def send_input(client: Any, run_id: str, dataset: dict, context: str, tags: dict) -> None:
+    """A dataset input (lineage) of the run, from its dictionary form."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    input_tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)] + [InputTag(k, v) for k, v in tags.items()]
+    client.log_inputs(run_id, datasets=[DatasetInput(Dataset.from_dictionary(dataset), tags=input_tags)])

@@ -236,7 +236,8 @@ class TrainerConfig(Strict):
     max_epochs: int = Field(default=1, gt=0)
     max_steps: int = -1
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = "auto"
-    devices: Union[int, str] = "auto"
+    devices: Union[int, str] = "auto"  # per node
+    num_nodes: int = Field(default=1, gt=0)  # several nodes: under torchrun / srun, or by hand (README: Scale out)
     strategy: str = "auto"
     precision: str = "auto"  # auto: bf16-mixed where the hardware supports it natively, else 32-true
     accumulate_grad_batches: int = Field(default=1, gt=0)

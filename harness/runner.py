@@ -38,6 +38,7 @@ from harness.data.sources import TaskData, load_task_data
 from harness.errors import ConfigError, user_error
 from harness.families import get_family
 from harness.families.base import EvalReport, Family
+from harness.launch import join, launched_world, share
 from harness.models.loading import ResolvedModel, load_pretrained, resolve_model
 from harness.runtime import check_devices, configure_runtime, resolve_precision
 from harness.tracking.env import describe_device
@@ -160,6 +161,7 @@ def _trainer(cfg: RunConfig, logger: Any, state: RunState, callbacks: list, quie
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
+        num_nodes=t.num_nodes,
         strategy=t.strategy,
         precision=t.precision,
         max_epochs=t.max_epochs,
@@ -291,31 +293,41 @@ def _context(cfg: RunConfig, task: TaskSpec, console: Any, objective: bool, call
 
 
 def _start(ctx: RunContext) -> None:
-    """Open the MLflow run, or re-open the one an interrupted command left; DDP workers follow rank 0's decision."""
-    cfg, state, tracker = ctx.cfg, ctx.state, ctx.tracker
+    """Open the MLflow run, or re-open the one an interrupted command left; every other rank follows rank 0."""
+    cfg = ctx.cfg
     ctx.device = describe_device(cfg.trainer.accelerator)
-    if tracker is None:  # a DDP worker started by Lightning's launcher: the environment carries rank 0's decision
-        ctx.run_id = os.environ.get("HARNESS_RUN_ID")
-        ctx.resumed = os.environ.get("HARNESS_RESUMED") == "1"
-    else:
-        resume_id = state.resumable_run(cfg.tracking.uri)
-        if state.damaged:
-            ctx.say(
-                f"[yellow]warning:[/] the last checkpoint {state.checkpoint.resolve()} cannot be read "
-                f"({state.damaged}); starting over in a new run"
-            )
-        ctx.resumed = resume_id is not None
-        ctx.run_id = tracker.start(run_id=resume_id)
-        os.environ["HARNESS_RUN_ID"] = ctx.run_id
-        os.environ["HARNESS_RESUMED"] = "1" if ctx.resumed else "0"
-        if not ctx.resumed:
-            state.clear_checkpoints()  # older checkpoints of the same command belong to a finished or abandoned run
-        state.write(run_id=ctx.run_id, tracking=uri_key(cfg.tracking.uri), status="running", task=ctx.task.name)
+    world = launched_world(cfg.trainer.num_nodes, cfg.trainer.devices)
+    if world is not None:  # started by torchrun / srun / by hand on several nodes: rank 0's decision is broadcast
+        decided = share(join(*world, cfg.trainer.accelerator), lambda: _open_run(ctx))
+    elif ctx.tracker is not None:
+        decided = _open_run(ctx)
+    else:  # a DDP worker started by Lightning's launcher: the environment carries rank 0's decision
+        decided = {"run_id": os.environ.get("HARNESS_RUN_ID"), "resumed": os.environ.get("HARNESS_RESUMED") == "1"}
+    ctx.run_id, ctx.resumed = decided["run_id"], decided["resumed"]
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     ctx.say(
         f"[bold]{ctx.task.name}[/] · profile [bold]{cfg.profile}[/] · device [bold]{ctx.device}[/] · model "
         f"{cfg.model.name} · seed {cfg.seed}" + (f" · [yellow]resuming run {ctx.run_id}[/]" if ctx.resumed else "")
     )
+
+
+def _open_run(ctx: RunContext) -> dict[str, Any]:
+    """Rank 0: start or resume the MLflow run, write the resume state."""
+    cfg, state, tracker = ctx.cfg, ctx.state, ctx.tracker
+    assert tracker is not None
+    resume_id = state.resumable_run(cfg.tracking.uri)
+    if state.damaged:
+        ctx.say(
+            f"[yellow]warning:[/] the last checkpoint {state.checkpoint.resolve()} cannot be read "
+            f"({state.damaged}); starting over in a new run"
+        )
+    run_id = tracker.start(run_id=resume_id)
+    os.environ["HARNESS_RUN_ID"] = run_id  # for the processes Lightning's launcher starts
+    os.environ["HARNESS_RESUMED"] = "1" if resume_id else "0"
+    if resume_id is None:
+        state.clear_checkpoints()  # older checkpoints of the same command belong to a finished or abandoned run
+    state.write(run_id=run_id, tracking=uri_key(cfg.tracking.uri), status="running", task=ctx.task.name)
+    return {"run_id": run_id, "resumed": resume_id is not None}
 
 
 def _resolve_model(ctx: RunContext) -> None:

@@ -39,3 +39,82 @@ def test_ddp_two_cpu_processes(data_dir, tiny_model, tracking_uri, tmp_path):
     assert m["test_examples"] == 96  # gathered from both ranks, no example lost or counted twice
     assert m["test_accuracy_ci_low"] <= m["test_accuracy"] <= m["test_accuracy_ci_high"]
     assert "val_accuracy" in m and len(client.get_metric_history(run.info.run_id, "train_loss")) >= 2
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_train_as_one_process_with_the_same_global_batch(data_dir, tiny_model, tmp_path):
+    """`trainer.num_nodes=2`, started by hand on each "node" (two processes on 127.0.0.1, gloo, one thread each, each
+    in its own folder as on its own machine) with batch 16 per node gives the test metrics of one process with batch
+    32: the same examples make each step. One MLflow run, from node 0; every test example scored once."""
+    import os
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    common = {
+        "trainer.accelerator": "cpu",
+        "trainer.num_threads": "1",
+        "model.dropout": "0",
+        "data.train_size": "640",
+        "trainer.max_epochs": "2",
+    }
+    two = tiny_args(data_dir, tiny_model, uri, **common, **{"trainer.num_nodes": "2", "trainer.devices": "1"})
+    one = tiny_args(data_dir, tiny_model, uri, **common, **{"data.batch_size": "32"})
+    port = str(_free_port())
+    nodes = []
+    for rank in range(2):
+        cwd = tmp_path / f"node{rank}"
+        cwd.mkdir()
+        env = {
+            **os.environ,
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "NODE_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "GLOO_SOCKET_IFNAME": "lo",
+            "HARNESS_DIST_TIMEOUT_S": "120",
+        }
+        nodes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "harness.cli", "run", "imdb", *two],
+                cwd=cwd,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outs = [p.communicate(timeout=600) for p in nodes]
+    for p, (_out, err) in zip(nodes, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert outs[0][0].count("MLflow run ") == 1 and "MLflow run " not in outs[1][0]  # node 0 reports, node 1 trains
+    assert not (tmp_path / "node1" / "mlruns.db").exists() and not (tmp_path / "node1" / ".harness").exists()
+    single = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", "imdb", *one],
+        cwd=tmp_path / "node0",
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("imdb").experiment_id], order_by=["start_time ASC"])
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    nodes_run, one_run = runs[0], runs[1]
+    assert nodes_run.data.params["trainer.num_nodes"] == "2"
+    a, b = nodes_run.data.metrics, one_run.data.metrics
+    assert a["test_examples"] == b["test_examples"] == 96  # gathered from both nodes, none twice
+    steps = client.get_metric_history(nodes_run.info.run_id, "train_loss")
+    single_steps = client.get_metric_history(one_run.info.run_id, "train_loss")
+    assert [m.step for m in steps] == [m.step for m in single_steps]
+    losses = [m.value for m in steps]
+    assert max(losses) - min(losses) > 0.005  # the steps saw different batches: the match below is not trivial
+    # every step's loss, not only the end: both nodes took each global batch and made the same update
+    assert max(abs(x - m.value) for x, m in zip(losses, single_steps)) <= 1e-4
+    assert abs(a["test_loss"] - b["test_loss"]) <= 1e-4 and abs(a["val_loss"] - b["val_loss"]) <= 1e-4
+    assert a["test_accuracy"] == b["test_accuracy"]

@@ -664,6 +664,50 @@ def test_sigterm_stops_a_study_cleanly_and_it_resumes(store, tiny_model, tmp_pat
         assert run_cli([*args, "trainer.max_epochs=1"]) == 0  # the same study goes on
 
 
+# ---- several nodes: a launch that cannot come together ---------------------------------------------------------------
+
+
+def test_several_nodes_without_a_rendezvous_address(store, capsys, tiny_model, monkeypatch):
+    for key in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(key, raising=False)
+    o = attempt(store, capsys, ["run", "imdb", *_args(store, tiny_model), "trainer.num_nodes=2", "trainer.devices=1"])
+    assert o.rc == 2
+    assert o.error == (
+        "trainer.num_nodes=2, but MASTER_ADDR is not set — set MASTER_ADDR and MASTER_PORT (node 0's address and a "
+        "free port) and NODE_RANK (0..N-1) on every node, or launch with torchrun / srun"
+    )
+    no_run(o)
+
+
+def test_a_node_whose_peers_never_come(store, tiny_model, tmp_path):
+    """Node 0 started, node 1 never: after HARNESS_DIST_TIMEOUT_S one line, non-zero, no run, nothing trained."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "NODE_RANK": "0",
+        "GLOO_SOCKET_IFNAME": "lo",
+        "HARNESS_DIST_TIMEOUT_S": "5",
+    }
+    args = ["run", "imdb", *_args(store, tiny_model), "trainer.num_nodes=2", "trainer.devices=1"]
+    before = _snapshot(store.uri)
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    o = judge(store, proc.returncode, proc.stdout, proc.stderr, before)
+    assert o.rc == 2
+    assert o.error.startswith(f"rank 0 of 2 could not join the others at 127.0.0.1:{port} (")
+    assert o.error.endswith(
+        "start the same command on every node with the same MASTER_ADDR/MASTER_PORT, reachable from all; "
+        "HARNESS_DIST_TIMEOUT_S sets how long they wait (GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME pick the network)"
+    )
+    no_run(o)
+    assert not (tmp_path / ".harness").exists() or not any((tmp_path / ".harness").rglob("*.ckpt"))
+
+
 # ---- secrets: a password in the tracking URI appears nowhere a run writes or prints ---------------------------------
 
 

@@ -62,6 +62,11 @@ def test_ranks_get_disjoint_equal_shares(monkeypatch):
     assert len(shares[0]) == len(shares[1])
     covered = {i for share in shares for b in share for i in b}
     assert covered == set(range(1003))
+    # each step is what one process with twice the batch takes: the same examples whatever the world size
+    monkeypatch.setattr(sampler_mod, "_world", lambda: (1, 0))
+    single = _epoch(BucketBatchSampler(LENGTHS, 32, shuffle=True, seed=1), 0)
+    assert [sorted(a + b) for a, b in zip(*shares)] == [sorted(b) for b in single]
+    assert sorted(len(b) for b in shares[0])[:2] == [6, 16] and sorted(len(b) for b in shares[1])[:2] == [5, 16]
 
 
 def test_eval_shards_examples_so_every_rank_has_a_batch(monkeypatch):

@@ -6,9 +6,11 @@ order stays random. Evaluation: all examples sorted by length, longest first (an
 first batch, not the last).
 
 The sampler is resumable: `start_batch` skips batches already consumed in the current epoch, so a run resumed from a
-mid-epoch checkpoint sees exactly the batches an uninterrupted run would. Under DDP, for training each rank takes
-every world_size-th batch and ranks get equal counts (the last batches wrap around), as DDP needs; for evaluation
-each rank takes every world_size-th example, so no rank is left without a batch.
+mid-epoch checkpoint sees exactly the batches an uninterrupted run would. Under DDP, training steps are the batches
+one process with `batch_size * world_size` would take, each cut into one slice per rank: the same examples make each
+optimizer step whatever the number of processes (2 nodes x batch 16 train as 1 process x batch 32), and ranks get
+equal counts, as DDP needs. For evaluation each rank takes every world_size-th example, so no rank is left without
+a batch.
 """
 
 from __future__ import annotations
@@ -61,21 +63,22 @@ class BucketBatchSampler:
     def epoch(self) -> int:
         return self.sampler.epoch
 
-    def _all_batches(self) -> list[np.ndarray]:
+    def _all_batches(self, batch_size: int | None = None) -> list[np.ndarray]:
         n = len(self.lengths)
+        batch_size = batch_size or self.batch_size
         if self.shuffle:
             rng = np.random.default_rng([self.seed, self.epoch])
             order = rng.permutation(n)
             if self.bucketing:
-                pool = self.batch_size * self.multiplier
+                pool = batch_size * self.multiplier
                 chunks = [order[i : i + pool] for i in range(0, n, pool)]
                 # stable sort keeps the random order among equal lengths
                 order = np.concatenate([c[np.argsort(self.lengths[c], kind="stable")] for c in chunks])
-            batches = [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+            batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
             perm = rng.permutation(len(batches))
             return [batches[i] for i in perm]
         order = self._eval_order()
-        return [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+        return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
     def _eval_order(self) -> np.ndarray:
         n = len(self.lengths)
@@ -85,11 +88,14 @@ class BucketBatchSampler:
         world, rank = _world()
         if world == 1:
             return self._all_batches()
-        if self.shuffle:  # training: whole batches per rank, equal counts (DDP steps in lockstep)
-            batches = self._all_batches()
-            per_rank = math.ceil(len(batches) / world)
-            batches = batches + batches[: per_rank * world - len(batches)]
-            return batches[rank::world]
+        if self.shuffle:  # training: this rank's slice of each global batch (DDP steps in lockstep)
+            steps = self._all_batches(self.batch_size * world)
+            mine = []
+            for b in steps:
+                if len(b) < world:  # a last batch with fewer examples than ranks: wrap around
+                    b = np.concatenate([b, steps[0][: world - len(b)]])
+                mine.append(np.array_split(b, world)[rank])
+            return mine
         # evaluation: examples are dealt out one by one, so every rank has work even for a single batch
         mine = self._eval_order()[rank::world]
         return [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
@@ -111,5 +117,5 @@ class BucketBatchSampler:
         if world == 1:
             return n_batches
         if self.shuffle:
-            return math.ceil(n_batches / world)
+            return math.ceil(len(self.lengths) / (self.batch_size * world))
         return math.ceil(len(range(rank, len(self.lengths), world)) / self.batch_size)

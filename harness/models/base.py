@@ -71,10 +71,21 @@ class HarnessModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self(batch)
+        n = len(batch["input_ids"])
         self.log(
-            "train_loss", out.loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["input_ids"])
+            "train_loss", self._global_loss(out.loss, n), on_step=True, on_epoch=False, prog_bar=True, batch_size=n
         )
         return out.loss
+
+    def _global_loss(self, loss: torch.Tensor, n: int) -> torch.Tensor:
+        """The logged training loss is the global batch's: under DDP each rank holds a slice of it, and the slices
+        can differ in size, so the ranks' means are weighted by their examples (one small all-reduce per step)."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size <= 1:
+            return loss.detach()
+        both = torch.stack([loss.detach().float() * n, torch.tensor(float(n), device=loss.device)])
+        both = trainer.strategy.reduce(both, reduce_op="sum")
+        return both[0] / both[1]
 
     # ---- optimization --------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

@@ -322,7 +322,7 @@ def temp_dir() -> tempfile.TemporaryDirectory:
 
 def is_global_zero() -> bool:
     """False in the extra processes a DDP launcher starts; only rank 0 talks to MLflow."""
-    return all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    return all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 def record_run(

@@ -306,8 +306,17 @@ def run_trial(study: Study, trial: Any, parent_run_id: str, params: Optional[dic
 
 
 def replay_trial(study: Study) -> None:
-    """A DDP rank other than 0: take part in the trial rank 0 is running (its parameters come by environment)."""
-    run_trial(study, None, os.environ[PARENT_RUN_ENV], params=json.loads(os.environ[TRIAL_PARAMS_ENV]))
+    """A DDP rank other than 0: take part in the trial rank 0 is running (its parameters come by environment).
+
+    A pruned trial ends this rank normally: a non-zero exit here would make Lightning's process observer on rank 0
+    kill the whole study (SIGKILL) although pruning is a result, not a fault.
+    """
+    import optuna
+
+    try:
+        run_trial(study, None, os.environ[PARENT_RUN_ENV], params=json.loads(os.environ[TRIAL_PARAMS_ENV]))
+    except optuna.TrialPruned:
+        pass
 
 
 def is_ddp_follower() -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import tiny_args
 from mlflow.tracking import MlflowClient
@@ -102,10 +103,27 @@ def test_two_nodes_train_as_one_process_with_the_same_global_batch(data_dir, tin
         timeout=600,
     )
     assert single.returncode == 0, single.stderr[-3000:]
+    # the same two processes started by torchrun (its environment: RANK, WORLD_SIZE, LOCAL_RANK, TORCHELASTIC_*)
+    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nnodes", "1", "--nproc-per-node", "2"]
+    torchrun += ["--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "harness.cli"]
+    ddp = tiny_args(data_dir, tiny_model, uri, **common, **{"trainer.devices": "2", "trainer.strategy": "ddp"})
+    elastic = subprocess.run(
+        [*torchrun, "run", "imdb", *ddp],
+        cwd=tmp_path / "node0",
+        env={**os.environ, "GLOO_SOCKET_IFNAME": "lo"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert elastic.returncode == 0, elastic.stderr[-3000:]
+    assert elastic.stdout.count("MLflow run ") == 1
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("imdb").experiment_id], order_by=["start_time ASC"])
-    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
-    nodes_run, one_run = runs[0], runs[1]
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
+    nodes_run, one_run, elastic_run = runs
+    c = elastic_run.data.metrics
+    assert c["test_examples"] == 96 and c["test_accuracy"] == one_run.data.metrics["test_accuracy"]
+    assert abs(c["test_loss"] - one_run.data.metrics["test_loss"]) <= 1e-4
     assert nodes_run.data.params["trainer.num_nodes"] == "2"
     a, b = nodes_run.data.metrics, one_run.data.metrics
     assert a["test_examples"] == b["test_examples"] == 96  # gathered from both nodes, none twice

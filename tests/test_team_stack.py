@@ -194,6 +194,7 @@ def test_workers_on_other_hosts_join_one_study_with_bounded_connections(stack, d
     assert coordinator.returncode == 0, out[-3000:]
     assert all(j.returncode == 0 for j in joiners), [j.stderr.read()[-1000:] for j in joiners]
     limit = 8 * (POOL_SIZE + POOL_OVERFLOW)
+    print(f"peak connections to the study database: {peak} (limit {limit})")
     assert 0 < peak <= limit, (peak, limit)
     import optuna
 

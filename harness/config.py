@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness.errors import ConfigError
 
 LM_FAMILIES = ("causal_lm", "masked_lm")
+TRANSFER_FAMILIES = ("classification", "extractive_qa")  # model.mode other than full
 GENERATION_FAMILIES = ("summarization", "translation")
 
 
@@ -173,6 +174,21 @@ class ModelConfig(Strict):
     from_scratch: bool = only_for(*LM_FAMILIES, default=False)
     # with from_scratch: e.g. {num_hidden_layers: 4, hidden_size: 256}
     config_overrides: dict[str, Any] = only_for(*LM_FAMILIES, default={})
+    # which weights train (harness/models/transfer.py): all, the task head only, LoRA adapters, or prompt tuning
+    mode: Literal["full", "frozen", "lora", "prompt_tuning"] = only_for(*TRANSFER_FAMILIES, default="full")
+    lora_r: int = only_for(*TRANSFER_FAMILIES, default=8, gt=0)
+    lora_alpha: float = only_for(*TRANSFER_FAMILIES, default=16.0, gt=0)
+    lora_dropout: float = only_for(*TRANSFER_FAMILIES, default=0.1, ge=0, lt=1)
+    lora_targets: Optional[list[str]] = only_for(*TRANSFER_FAMILIES, default=None)  # None: per architecture
+    virtual_tokens: int = only_for(*TRANSFER_FAMILIES, default=20, gt=0)  # prompt_tuning
+    merge: bool = only_for(*TRANSFER_FAMILIES, default=False)  # lora: log a merged full model, not the adapter
+
+    def transfer(self) -> Optional[dict[str, Any]]:
+        """What a module needs to train in this mode (None for full fine-tuning, as modules saved before modes)."""
+        if self.mode == "full":
+            return None
+        keys = {"lora": ("lora_r", "lora_alpha", "lora_dropout", "lora_targets"), "prompt_tuning": ("virtual_tokens",)}
+        return {"mode": self.mode, "base_ref": self.name, **{k: getattr(self, k) for k in keys.get(self.mode, ())}}
 
 
 class DataConfig(Strict):

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
+import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from mlflow.exceptions import MlflowException
@@ -33,7 +34,7 @@ from transformers import AutoTokenizer
 
 from harness.callbacks import DivergenceCheck, LineProgress, StepMonitor, quiet_mode
 from harness.checkpoints import AtomicCheckpointIO, unreadable
-from harness.config import RunConfig, TaskSpec, redact_uri
+from harness.config import TRANSFER_FAMILIES, RunConfig, TaskSpec, redact_uri
 from harness.data.sources import TaskData, load_task_data
 from harness.errors import ConfigError, user_error
 from harness.families import get_family
@@ -274,6 +275,11 @@ def _context(cfg: RunConfig, task: TaskSpec, console: Any, objective: bool, call
     """Checks that need no model or data (devices, the tracking store), then the context of a run not yet started."""
     configure_runtime(cfg)
     check_devices(cfg)
+    if cfg.model.mode != "full" and task.family not in TRANSFER_FAMILIES:
+        raise ConfigError(
+            f"model.mode={cfg.model.mode} is not available for {task.family} tasks",
+            f"use model.mode=full, or a task of the {' or '.join(TRANSFER_FAMILIES)} family",
+        )
     cfg = cfg.model_copy(deep=True)
     cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     zero = is_global_zero()
@@ -417,9 +423,34 @@ def _build(ctx: RunContext) -> None:
     ctx.datamodule = family.build_datamodule(cfg, ctx.task, ctx.data, ctx.tokenizer)
     ctx.datamodule.setup()
     ctx.module = family.build_module(cfg, ctx.task, model)
+    _tell_transfer(ctx)
     if ctx.tracker is not None:
         ctx.logger = MlflowStepLogger(ctx.tracker)
     ctx.trainer = build_trainer(cfg, ctx.logger, ctx.state, ctx.extra_callbacks, quiet_mode())
+
+
+def _tell_transfer(ctx: RunContext) -> None:
+    """What this run trains: the mode, trainable and total parameters, the head and LoRA's target modules."""
+    info = getattr(ctx.module, "transfer_info", None)
+    if info is None or ctx.tracker is None:
+        return
+    ctx.tracker.log_metrics(info.metrics(), step=0)
+    ctx.tracker.set_tags(info.params())
+    if info.mode != "full" or info.trainable != info.total:
+        lora = f" · LoRA on {', '.join(info.lora_targets)}" if info.lora_targets else ""
+        ctx.say(
+            f"mode {info.mode}: {info.trainable:,} of {info.total:,} parameters train ({info.trainable_pct:.2f}%)"
+            f" · head {', '.join(info.head) or '-'}{lora}"
+        )
+
+
+def _peak_memory_mb(accelerator: str) -> tuple[float, str]:
+    """The training's peak memory: GPU memory allocated by torch, else the process's peak resident set."""
+    if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20, "cuda_allocated"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_rss"
 
 
 def _test(ctx: RunContext) -> Optional[EvalReport]:
@@ -454,12 +485,18 @@ def _fit(ctx: RunContext) -> None:
         ctx.say(f"resuming from {ckpt}")
         if ctx.tracker is not None:
             ctx.tracker.set_tags({"harness.resumed": "true"})
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     _interruptible(
         ctx.trainer,
         lambda: ctx.trainer.fit(
             ctx.module, datamodule=ctx.datamodule, ckpt_path=ckpt, weights_only=True if ckpt else None
         ),
     )
+    if ctx.tracker is not None:
+        peak, kind = _peak_memory_mb(ctx.cfg.trainer.accelerator)
+        ctx.tracker.log_metrics({"train_peak_memory_mb": peak}, step=ctx.trainer.global_step)
+        ctx.tracker.set_tags({"train_peak_memory": kind})
 
 
 def _finish_trial(ctx: RunContext) -> RunResult:
@@ -527,7 +564,12 @@ def _log_model(ctx: RunContext) -> None:
         "max_length": cfg.data.max_length,
         "truncation": cfg.data.truncation,
     }
-    ctx.tracker.log_model(lambda out: ctx.family.export(ctx.module, ctx.tokenizer, out), meta)
+    if cfg.model.mode != "full":
+        meta["mode"] = cfg.model.mode
+        meta["adapter"] = cfg.model.mode in ("lora", "prompt_tuning") and not (
+            cfg.model.merge and cfg.model.mode == "lora"
+        )
+    ctx.tracker.log_model(lambda out: ctx.family.export(ctx.module, ctx.tokenizer, out, merge=cfg.model.merge), meta)
 
 
 def _interruptible(trainer: Any, fn: Callable[[], Any]) -> Any:

@@ -20,6 +20,7 @@ _QUIET_WARNINGS = (
     r".*Total length of .* across ranks is zero.*",  # no validation split
     # our DataModule restores the sampler position itself (state_dict/load_state_dict), which Lightning cannot see
     r".*your dataloader is not resumable.*",
+    r".*`is_gradient_checkpointing` is deprecated.*",  # peft asks transformers the old way
 )
 
 

@@ -16,6 +16,7 @@ from harness.data.sources import SplitData, TaskData
 from harness.errors import ConfigError, ModelError
 from harness.families import FamilyInfo
 from harness.metrics.bootstrap import Estimate
+from harness.models import transfer
 from harness.models.loading import ResolvedModel, load_checkpoint, load_pretrained
 
 
@@ -89,6 +90,8 @@ class Family(ABC):
 
     def longest_inputs(self, cfg: RunConfig) -> list[tuple[str, int]]:
         """(setting, tokens) for the longest sequences the model will read; checked against its position limit."""
+        if cfg.model.mode == "prompt_tuning":  # the virtual tokens take positions before the text
+            return [("data.max_length + model.virtual_tokens", cfg.data.max_length + cfg.model.virtual_tokens)]
         return [("data.max_length", cfg.data.max_length)]
 
     def check_position_limit(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> None:
@@ -159,10 +162,11 @@ class Family(ABC):
     @abstractmethod
     def score(self, cfg: RunConfig, task: TaskSpec, outputs: dict[str, Any], split: SplitData) -> EvalReport: ...
 
-    def export(self, module: Any, tokenizer: Any, out_dir: Path) -> None:
-        """Write the trained model as a self-contained folder (safetensors + tokenizer), loadable by harness and
-        by transformers' from_pretrained."""
-        module.model.save_pretrained(out_dir, safe_serialization=True)
+    def export(self, module: Any, tokenizer: Any, out_dir: Path, merge: bool = False) -> None:
+        """Write the trained model as a folder (safetensors + tokenizer), loadable by harness and by transformers'
+        from_pretrained; an adapter (LoRA, prompt tuning) as an adapter beside its base model's config, unless
+        `merge`."""
+        transfer.save(module.model, out_dir, merge)
         tokenizer.save_pretrained(out_dir)
 
 
@@ -175,6 +179,7 @@ def backbone_args(cfg: RunConfig, model: ResolvedModel) -> dict[str, Any]:
         revision=model.revision,
         dropout=cfg.model.dropout,
         attn_implementation=cfg.model.attn_implementation,
+        **({"transfer": cfg.model.transfer()} if cfg.model.mode != "full" else {}),
     )
 
 

@@ -19,7 +19,8 @@ import lightning as L
 import torch
 from transformers import AutoConfig, get_scheduler
 
-from harness.models.loading import ResolvedModel, load_pretrained
+from harness.models import transfer as transfer_modes
+from harness.models.loading import ResolvedModel, load_pretrained, resolve_model
 
 _DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
 
@@ -32,6 +33,7 @@ def target_tokens(labels: torch.Tensor, causal: bool) -> torch.Tensor:
 class HarnessModule(L.LightningModule):
     inputs: tuple[str, ...] = ("input_ids", "attention_mask")  # batch fields the model reads
     targets: dict[str, str] = {"labels": "labels"}  # the model's target argument -> the batch field holding it
+    peft_task: Optional[str] = None  # peft's TaskType for adapter modes (lora, prompt_tuning); None: not offered
 
     def __init__(self, optim: dict[str, Any]):
         super().__init__()
@@ -50,18 +52,29 @@ class HarnessModule(L.LightningModule):
         revision: Optional[str] = None,
         dropout: Optional[float] = None,
         attn_implementation: Optional[str] = "sdpa",
+        transfer: Optional[dict[str, Any]] = None,
         **kwargs: Any,
     ) -> None:
-        """`self.model` from `auto_cls.from_pretrained`, with the dropout override and attention implementation;
-        `self.newly_initialized` lists the weights the checkpoint did not have (e.g. a new task head)."""
+        """`self.model` from `auto_cls.from_pretrained`, with the dropout override and attention implementation,
+        made to train in `transfer`'s mode (harness/models/transfer.py); `self.newly_initialized` lists the weights
+        the checkpoint did not have (e.g. a new task head). A saved adapter loads on the base model it names."""
         resolved = ResolvedModel(model_ref or model_path, model_path, model_source, revision=revision)
+        adapter = transfer_modes.saved_adapter(model_path)
+        weights = resolve_model(adapter["base_model_name_or_path"]) if adapter else resolved
         if dropout is not None:
-            config = load_pretrained(AutoConfig.from_pretrained, resolved)
+            config = load_pretrained(AutoConfig.from_pretrained, weights)
             kwargs.update({k: dropout for k in _DROPOUT_KEYS if hasattr(config, k)})
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
-        self.model, info = load_pretrained(auto_cls.from_pretrained, resolved, output_loading_info=True, **kwargs)
+        self.model, info = load_pretrained(auto_cls.from_pretrained, weights, output_loading_info=True, **kwargs)
         self.newly_initialized = sorted(info.get("missing_keys", []))
+        if adapter:  # the adapter carries the trained head (peft's modules_to_save) with its own weights
+            # peft trains a loaded LoRA further; a loaded prompt-learning adapter only evaluates
+            lora = adapter.get("peft_type") == "LORA"
+            self.model = transfer_modes.load_adapter(self.model, model_path, trainable=lora)
+            self.newly_initialized = []
+            transfer = None
+        self.model, self.transfer_info = transfer_modes.apply(self.model, transfer, self.peft_task)
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps whatever mode it finds
 
     # ---- training ------------------------------------------------------------------------------------------------

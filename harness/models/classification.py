@@ -18,6 +18,7 @@ from harness.models.base import HarnessModule
 
 
 class SequenceClassifier(HarnessModule):
+    peft_task = "SEQ_CLS"
     inputs = ("input_ids", "attention_mask", "token_type_ids")
     targets = {"labels": "label"}
 

@@ -49,6 +49,7 @@ def quick_scores(outputs: dict[str, Any], split: SplitData, version_2: bool, nul
 
 
 class QuestionAnswerer(HarnessModule):
+    peft_task = "QUESTION_ANS"
     inputs = ("input_ids", "attention_mask", "token_type_ids")
     targets = {"start_positions": "start_positions", "end_positions": "end_positions"}
 

@@ -31,7 +31,9 @@ class OptunaPruning(L.Callback):
             v = float(value)
             self.last = v
             self.trial.report(v, step=self.reports)
-            prune = self.trial.should_prune()
+            # after the last validation pruning saves nothing and would only hide a finished trial's value
+            last = trainer.global_step >= trainer.estimated_stepping_batches
+            prune = not last and self.trial.should_prune()
         self.reports += 1
         prune = trainer.strategy.broadcast(prune, src=0)
         if prune:

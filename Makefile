@@ -34,7 +34,7 @@ WHEELS ?= .wheels$(subst .,,$(PY))
 HAVE   ?= torch lightning pytorch-lightning transformers torchmetrics sacrebleu numpy
 EXCLUDE ?=
 
-.PHONY: server server-stop help setup setup-offline wheels eval tune probe check suite compare report test test-all lint format ui dashboard bench bench-train clean
+.PHONY: server server-stop help setup setup-offline wheels eval tune probe compress check suite compare report test test-all lint format ui dashboard bench bench-train clean
 
 help:
 	@echo "make setup                  create $(VENV) and install harness with its dependencies"
@@ -42,6 +42,7 @@ help:
 	@echo "make setup-offline          install from $(WHEELS) with no network (on the offline host)"
 	@echo "make eval TASK=imdb         fine-tune + evaluate a task, one MLflow run (ARGS=\"key=value ...\")"
 	@echo "make tune TASK=imdb TRIALS=20 WORKERS=1   Optuna search; trials are nested MLflow runs"
+	@echo "make compress RUN=<id> METHOD=onnx-int8   a compressed variant of a run's model: accuracy, size, latency"
 	@echo "make probe PROBE=crows_pairs MODEL=HuggingFaceTB/SmolLM2-135M-Instruct   bias probes (or RUN=<mlflow run id>)"
 	@echo "make check TASK=imdb        load a task's data as a run would and report it (no training, no MLflow run)"
 	@echo "make suite SUITE=sentiment   a suite of tasks/probes (suites/<name>.yaml) as one parent MLflow run (MODEL=...)"
@@ -79,6 +80,10 @@ eval:
 
 tune:
 	$(BIN)/harness tune $(TASK) --trials $(TRIALS) --workers $(WORKERS) $(ARGS)
+
+# METHOD=onnx|onnx-int8|torch-int8|prune (SPARSITY=0.5): a compressed variant of RUN's logged model, nested under it
+compress:
+	$(BIN)/harness compress $(RUN) --method $(or $(METHOD),onnx-int8) $(if $(SPARSITY),--sparsity $(SPARSITY)) $(ARGS)
 
 probe:
 	$(BIN)/harness probe $(PROBE) $(if $(RUN),--run $(RUN),--model $(or $(MODEL),HuggingFaceTB/SmolLM2-135M-Instruct)) $(ARGS)

@@ -154,6 +154,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return _run(args.task, overrides)
 
 
+def cmd_compress(args: argparse.Namespace) -> int:
+    from harness.compress import compress
+
+    done = compress(args.run, args.method, args.overrides, args.sparsity, args.threads)
+    result, measured, run_id = done.result, done.measured, done.result.run_id
+    if result.report is None:
+        return 0
+    print_report(_console(), done.cfg, done.task, result)
+    size, p50 = measured.get("size_mb"), measured.get("latency_b1_p50_ms")
+    if size is not None and p50 is not None:
+        print(
+            f"{args.method}: {size:.1f} MB ({measured['size_ratio']:.2f}x smaller), batch-1 p50 {p50:.1f} ms "
+            f"({measured['speedup_b1_p50']:.2f}x the source's {measured['source_latency_b1_p50_ms']:.1f} ms), "
+            f"batch-32 {measured['throughput_b32']:.1f} ex/s ({measured['speedup_b32']:.2f}x)"
+        )
+    print(f"every variant of this run: artifact compression/variants.md of run {run_id}")
+    return 0
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -499,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_report_command,
         _add_server_command,
         _add_sync_command,
+        _add_compress_command,
         _add_tune_command,
         _add_probe_command,
         _add_task_commands,
@@ -624,6 +644,18 @@ def _add_sync_command(sub: Any) -> None:
         "--tracking-uri", help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI})"
     )
     sy.set_defaults(func=cmd_sync)
+
+
+def _add_compress_command(sub: Any) -> None:
+    from harness.compress import METHODS
+
+    c = sub.add_parser("compress", help="a compressed variant of a run's model: accuracy, size and latency")
+    c.add_argument("run", help="the MLflow run whose logged model is compressed (trained with log_model=true)")
+    c.add_argument("--method", required=True, choices=METHODS)
+    c.add_argument("--sparsity", type=float, default=0.5, help="prune: the share of backbone weights set to 0")
+    c.add_argument("--threads", type=int, help="CPU threads for inference and timing (default: the source run's)")
+    _overrides(c, help="config overrides for the evaluation, e.g. data.test_size=500")
+    c.set_defaults(func=cmd_compress)
 
 
 def _add_tune_command(sub: Any) -> None:

@@ -1,0 +1,120 @@
+"""`harness compress`: a compressed variant of a trained run, evaluated on the source's test examples as a nested
+run with size, latency, a paired comparison and the table of every variant."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import in_dir, run_cli, tiny_args
+from mlflow.tracking import MlflowClient
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory, data_dir, tiny_model):
+    work = tmp_path_factory.mktemp("compress")
+    uri = f"sqlite:///{work / 'mlruns.db'}"
+    args = tiny_args(data_dir, tiny_model, uri, log_model="true", **{"optim.lr": "1e-2", "trainer.num_threads": "1"})
+    with in_dir(work):
+        assert run_cli(["run", "imdb", *args]) == 0
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("imdb")
+    (run,) = client.search_runs([exp.experiment_id])
+    return {"work": work, "uri": uri, "client": client, "run": run, "exp": exp, "data_dir": data_dir}
+
+
+def _compress(source: dict, method: str, *extra: str):
+    with in_dir(source["work"]):
+        rc = run_cli(
+            [
+                "compress",
+                source["run"].info.run_id,
+                "--method",
+                method,
+                f"tracking.tracking_uri={source['uri']}",
+                *extra,
+            ]
+        )
+    assert rc == 0
+    client = source["client"]
+    runs = client.search_runs([source["exp"].experiment_id], order_by=["attributes.start_time DESC"])
+    return runs[0]
+
+
+def _losses(client: MlflowClient, run_id: str) -> dict[str, float]:
+    table = json.loads(Path(client.download_artifacts(run_id, "predictions/test.json")).read_text())
+    return {r[table["columns"].index("text")]: r[table["columns"].index("loss")] for r in table["data"]}
+
+
+def _check_common(source: dict, run, method: str) -> dict:
+    src = source["run"]
+    assert run.info.status == "FINISHED"
+    t, m = run.data.tags, run.data.metrics
+    assert t["mlflow.parentRunId"] == src.info.run_id and t["harness.compress.source"] == src.info.run_id
+    assert t["harness.compress.method"] == method and t["harness.compress.threads"] == "1"
+    # the source's test examples, no other
+    assert run.data.params["split.test.digest"] == src.data.params["split.test.digest"]
+    assert m["test_examples"] == src.data.metrics["test_examples"] == 96
+    for k in ("size_mb", "source_size_mb", "latency_b1_p50_ms", "latency_b1_p95_ms", "throughput_b32"):
+        assert m[k] > 0, k
+    assert m["latency_b1_p95_ms"] >= m["latency_b1_p50_ms"]
+    assert m["size_ratio"] == pytest.approx(m["source_size_mb"] / m["size_mb"], rel=1e-6)
+    assert 0 <= m["paired_p_accuracy"] <= 1 and "paired_delta_accuracy" in m
+    table = json.loads(
+        Path(source["client"].download_artifacts(run.info.run_id, "compression/variants.json")).read_text()
+    )
+    assert table["rows"][0]["run_id"] == src.info.run_id
+    assert run.info.run_id in [r["run_id"] for r in table["rows"]]
+    return m
+
+
+def test_onnx_agrees_with_pytorch_on_every_test_example(source):
+    run = _compress(source, "onnx")
+    m = _check_common(source, run, "onnx")
+    assert m["logits_max_abs_diff_vs_torch"] <= 1e-4  # checked on the whole test split while it ran
+    src, mine = _losses(source["client"], source["run"].info.run_id), _losses(source["client"], run.info.run_id)
+    assert src.keys() == mine.keys() and max(abs(src[k] - mine[k]) for k in src) <= 1e-4
+    assert m["test_accuracy"] == source["run"].data.metrics["test_accuracy"]
+    assert "onnxruntime" in run.data.tags["harness.compress.engine"]
+
+
+def test_onnx_int8_is_smaller_and_compared_with_its_source(source):
+    run = _compress(source, "onnx-int8")
+    m = _check_common(source, run, "onnx-int8")
+    assert m["size_ratio"] > 2.5  # int8 weights (the tiny model is mostly its embedding table, quantized too)
+    assert 0 < m["logits_max_abs_diff_vs_torch"] < 0.5  # close, not equal
+    md = source["client"].download_artifacts(run.info.run_id, "compression/variants.md")
+    text = Path(md).read_text()
+    assert "| source (PyTorch fp32) |" in text and "| onnx-int8 |" in text
+    assert Path(source["client"].download_artifacts(run.info.run_id, "compression/variants.png")).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_torch_int8(source):
+    run = _compress(source, "torch-int8")
+    _check_common(source, run, "torch-int8")
+    assert "deprecated" in run.data.tags["harness.compress.quantization"]  # the run says which API it used
+
+
+@pytest.mark.slow
+def test_prune_to_a_sparsity(source):
+    run = _compress(source, "prune", "--sparsity", "0.75")
+    _check_common(source, run, "prune")
+    # the tiny backbone's nn.Linear weights: 2 layers x (4 x 32x32 attention + 2 x 32x64 feed-forward) + pooler 32x32
+    total = 2 * (4 * 32 * 32 + 2 * 32 * 64) + 32 * 32
+    assert int(run.data.tags["harness.compress.nonzero_weights"]) == total - round(0.75 * total)
+
+
+def test_compress_refuses_what_it_cannot_do(source, capsys):
+    with in_dir(source["work"]):
+        rc = run_cli(["compress", "0123456789abcdef", "--method", "onnx", f"tracking.tracking_uri={source['uri']}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error: MLflow run '0123456789abcdef' not found in" in err and "Traceback" not in err
+    with in_dir(source["work"]):
+        rc = run_cli(
+            ["compress", source["run"].info.run_id, "--method", "prune", "--sparsity", "1.5",
+             f"tracking.tracking_uri={source['uri']}"]
+        )  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "error: --sparsity 1.5 is not between 0 and 1" in err

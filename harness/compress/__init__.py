@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
+from mlflow.tracking import MlflowClient
 
 from harness.compress.engines import METHODS, ONNX_TOLERANCE, Variant, make_variant, plain_model, save_dense
 from harness.compress.measure import Inputs, speed
@@ -57,8 +58,6 @@ class SwapModel(L.Callback):
         self.inputs.add(batch)
 
     def on_test_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        from mlflow.tracking import MlflowClient
-
         variant = self.variant
         metrics: dict[str, float] = {}
         diff = getattr(variant.model, "max_abs_diff", None)
@@ -115,7 +114,7 @@ def compress(
     from harness.config import default_tracking_uri, parse_override, resolve_run_config
     from harness.registry import get_task
     from harness.runner import run
-    from harness.systems import _client, get_run
+    from harness.systems import get_run
     from harness.tracking.store import check_store
 
     if method not in METHODS:
@@ -125,7 +124,7 @@ def compress(
     given = dict(parse_override(o) for o in overrides)
     uri = given.get("tracking.tracking_uri") or default_tracking_uri()
     check_store(uri)
-    src = get_run(_client(uri), source, uri)
+    src = get_run(MlflowClient(uri), source, uri)
     task = get_task(src.data.tags.get("task") or src.data.params.get("task", ""))
     if task.family not in FAMILIES:
         raise ConfigError(
@@ -170,13 +169,13 @@ def torch_threads() -> int:
 def _paired(uri: str, source: str, run_id: str, main: str) -> dict[str, float]:
     """The paired comparison with the source on the same examples, logged to the compressed run."""
     from harness import compare as C
-    from harness.systems import _client, from_runs
+    from harness.systems import from_runs
 
     systems, metrics, refs = from_runs([source, run_id], uri, None)
     C.check_same_examples(systems)
     C.align(systems)
     result = C.compare(systems, metrics, references=refs)
-    client = _client(uri)
+    client = MlflowClient(uri)
     out = {}
     for m in metrics:
         r = result.results[systems[1].name][m.name]
@@ -198,9 +197,8 @@ COLUMNS = ("method", "main", "ci", "delta", "p", "size_mb", "p50_ms", "p95_ms", 
 def _variants_table(uri: str, source: str, run_id: str) -> list[dict[str, Any]]:
     """Every compressed variant of `source` so far, with the source first, as JSON + Markdown + a plot."""
     from harness.registry import get_task
-    from harness.systems import _client
 
-    client = _client(uri)
+    client = MlflowClient(uri)
     src = client.get_run(source)
     main = get_task(src.data.tags["task"]).main_metric
     runs = client.search_runs(

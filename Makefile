@@ -12,6 +12,7 @@ PORT   ?= 5000
 TRIALS ?= 20
 WORKERS ?= 1
 DASHBOARD_PORT ?= 8080
+SERVE_PORT ?= 5001
 PYTEST_ARGS ?=
 
 # Local copies of the datasets: ../shared/data when it exists (HARNESS_DATA_DIR set by the caller wins).
@@ -34,7 +35,7 @@ WHEELS ?= .wheels$(subst .,,$(PY))
 HAVE   ?= torch lightning pytorch-lightning transformers torchmetrics sacrebleu numpy
 EXCLUDE ?=
 
-.PHONY: server server-stop help setup setup-offline wheels eval tune probe compress check suite compare report test test-all lint format ui dashboard bench bench-train clean
+.PHONY: server server-stop help setup setup-offline wheels eval tune probe compress serve check suite compare report test test-all lint format ui dashboard bench bench-train clean
 
 help:
 	@echo "make setup                  create $(VENV) and install harness with its dependencies"
@@ -42,6 +43,7 @@ help:
 	@echo "make setup-offline          install from $(WHEELS) with no network (on the offline host)"
 	@echo "make eval TASK=imdb         fine-tune + evaluate a task, one MLflow run (ARGS=\"key=value ...\")"
 	@echo "make tune TASK=imdb TRIALS=20 WORKERS=1   Optuna search; trials are nested MLflow runs"
+	@echo "make serve RUN=<id>                    a logged model over REST on 127.0.0.1:$(SERVE_PORT) (or MODEL=models:/...)"
 	@echo "make compress RUN=<id> METHOD=onnx-int8   a compressed variant of a run's model: accuracy, size, latency"
 	@echo "make probe PROBE=crows_pairs MODEL=HuggingFaceTB/SmolLM2-135M-Instruct   bias probes (or RUN=<mlflow run id>)"
 	@echo "make check TASK=imdb        load a task's data as a run would and report it (no training, no MLflow run)"
@@ -80,6 +82,11 @@ eval:
 
 tune:
 	$(BIN)/harness tune $(TASK) --trials $(TRIALS) --workers $(WORKERS) $(ARGS)
+
+# RUN=<run id> (or MODEL=models:/<name>/<version>): the logged model over REST on 127.0.0.1:$(SERVE_PORT)
+# (/invocations, /ping), with MLflow's scoring server in this environment (--env-manager local)
+serve:
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/mlflow models serve -m $(or $(MODEL),runs:/$(RUN)/model) --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
 
 # METHOD=onnx|onnx-int8|torch-int8|prune (SPARSITY=0.5): a compressed variant of RUN's logged model, nested under it
 compress:

@@ -563,6 +563,8 @@ def _log_model(ctx: RunContext) -> None:
         "base_model": cfg.model.name,
         "max_length": cfg.data.max_length,
         "truncation": cfg.data.truncation,
+        "head_tokens": cfg.data.head_tokens,
+        "pair": "text_pair" in task.columns,
     }
     if cfg.model.mode != "full":
         meta["mode"] = cfg.model.mode

@@ -96,7 +96,9 @@ def test_artifacts(trained):
     assert "max_length: 64" in cfg and "family: classification" in cfg
     env = json.loads(Path(client.download_artifacts(run_id, "environment.json")).read_text())
     assert "torch" in env["packages"] and env["device"].startswith("cpu")
-    model_files = {Path(a.path).name for a in client.list_artifacts(run_id, "model")}
+    # an MLflow model (pyfunc) with the save_pretrained folder inside
+    assert {"MLmodel", "pyfunc_entry.py"} <= {Path(a.path).name for a in client.list_artifacts(run_id, "model")}
+    model_files = {Path(a.path).name for a in client.list_artifacts(run_id, "model/artifacts/weights")}
     assert {"config.json", "model.safetensors", "harness.json"} <= model_files
 
 

@@ -101,7 +101,8 @@ def test_pretraining_lowers_held_out_perplexity(task, model_fixture, request, da
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "predictions")}
     assert arts == {"predictions/test.json", "predictions/test_before_training.json"}
     # the trained model is a plain transformers folder: a classifier can start from it (domain-adaptive pretraining)
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} >= {"model/config.json"}
+    weights = "model/artifacts/weights"
+    assert {a.path for a in client.list_artifacts(run.info.run_id, weights)} >= {f"{weights}/config.json"}
 
 
 def test_from_scratch_with_a_smaller_config(data_dir, tiny_mlm, tracking_uri):

@@ -90,7 +90,10 @@ def test_a_run_against_the_server_holds_what_a_sqlite_run_holds(stack, data_dir,
     server, sqlite = got["server"], got["sqlite"]
     assert server["status"] == "FINISHED"
     assert server["params"] == sqlite["params"] and server["tags"] == sqlite["tags"]
-    assert server["artifacts"] == sqlite["artifacts"] and "model/model.safetensors" in server["artifacts"]
+    assert (
+        server["artifacts"] == sqlite["artifacts"]
+        and "model/artifacts/weights/model.safetensors" in server["artifacts"]
+    )
     assert set(server["metrics"]) == set(sqlite["metrics"])
     for k in ("test_accuracy", "test_auroc", "test_ece", "test_loss"):
         assert server["metrics"][k] == sqlite["metrics"][k], k

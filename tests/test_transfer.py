@@ -89,7 +89,7 @@ def _losses(client: MlflowClient, run_id: str) -> list[float]:
 
 
 def _model_files(client: MlflowClient, run_id: str) -> set[str]:
-    return {Path(f.path).name for f in client.list_artifacts(run_id, "model")}
+    return {Path(f.path).name for f in client.list_artifacts(run_id, "model/artifacts/weights")}
 
 
 @pytest.mark.parametrize("mode", ["lora", "prompt_tuning"])
@@ -113,7 +113,9 @@ def test_an_adapter_is_logged_as_an_adapter_and_evaluates_to_the_same_prediction
 
 def test_frozen_mode_leaves_the_backbone_as_it_was(work):
     run = _train(work, **{"model.mode": "frozen"})
-    path = work["client"].download_artifacts(run.info.run_id, "model/model.safetensors", str(work["dir"] / "dl"))
+    path = work["client"].download_artifacts(
+        run.info.run_id, "model/artifacts/weights/model.safetensors", str(work["dir"] / "dl")
+    )
     trained = load_file(path)
     original = load_file(str(work["tiny"] / "model.safetensors"))
     backbone = [k for k in trained if not k.startswith("classifier.")]

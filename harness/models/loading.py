@@ -50,6 +50,13 @@ GGUF_MODELS: dict[str, tuple[str, str, str, str]] = {
 MODEL_ARTIFACT = "model"  # artifact folder of a logged model in an MLflow run
 
 
+def weights_folder(folder: Path) -> Path:
+    """The save_pretrained folder of a logged model: `artifacts/weights` of the MLflow model it is (see
+    harness/serving.py), or the folder itself for models logged before they were MLflow models."""
+    inner = folder / "artifacts" / "weights"
+    return inner if (folder / "MLmodel").is_file() and inner.is_dir() else folder
+
+
 @dataclass
 class ResolvedModel:
     ref: str  # what the user wrote
@@ -171,6 +178,7 @@ def resolve_model(name: str, revision: Optional[str] = None, cache_dir: Optional
             raise ModelError(f"checkpoint {p} does not exist", "pass the path of a .ckpt file a harness run wrote")
         return ResolvedModel(name, str(p.resolve()), "checkpoint", checkpoint=str(p.resolve()))
     if p.is_dir():
+        p = weights_folder(p)  # a downloaded MLflow model of a harness run: its weights folder
         if not (p / "config.json").is_file():
             raise ModelError(
                 f"model directory {p} has no config.json",
@@ -212,7 +220,7 @@ def _from_mlflow_run(ref: str, cache_dir: Optional[Path]) -> ResolvedModel:
         ) from None
     dst = (cache_dir or Path(".harness") / "models") / run_id
     target = dst / artifact
-    if not (target / "config.json").is_file():
+    if not (weights_folder(target) / "config.json").is_file():
         dst.mkdir(parents=True, exist_ok=True)
         try:
             mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=str(dst))
@@ -221,6 +229,7 @@ def _from_mlflow_run(ref: str, cache_dir: Optional[Path]) -> ResolvedModel:
                 f"MLflow run '{run_id}' has no logged model (artifact '{artifact}')",
                 "train with log_model=true (the full profile does this by default), or pass a checkpoint/model folder",
             ) from None
+    target = weights_folder(target)  # an MLflow model holds the weights under artifacts/weights
     if not (target / "config.json").is_file():
         raise ModelError(
             f"artifact '{artifact}' of run '{run_id}' is not a saved model", "pick the run that trained it"

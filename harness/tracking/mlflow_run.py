@@ -271,12 +271,16 @@ class Tracker:
             self.log_figure(fig, path)
 
     def log_model(self, export: Callable[[Path], None], meta: dict[str, Any]) -> None:
-        """The trained model as the `model/` artifact: what `export(folder)` writes, plus `harness.json` (`meta`)."""
+        """The trained model as the `model/` artifact, an MLflow model (harness/serving.py) holding what
+        `export(folder)` writes plus `harness.json` (`meta`)."""
+        from harness import serving
+
         with temp_dir() as tmp:
-            out = Path(tmp) / "model"
-            export(out)
-            (out / "harness.json").write_text(json.dumps(meta, indent=2))
-            self.log_dir(out, "model")
+            weights = Path(tmp) / "weights"
+            export(weights)
+            (weights / "harness.json").write_text(json.dumps(meta, indent=2))
+            serving.save(weights, Path(tmp) / "model", meta)
+            self.log_dir(Path(tmp) / "model", "model")
 
     def log_table(self, df: Any, path: str) -> None:
         """A table as MLflow stores one (`{"columns": [...], "data": [...]}`, shown by its UI)."""

@@ -1,0 +1,172 @@
+"""A logged model is an MLflow model: `mlflow.pyfunc.load_model("runs:/<id>/model")` (or `models:/<name>/<version>`)
+predicts, and `mlflow models serve` (`make serve`) answers over REST.
+
+Layout of the `model/` artifact: `MLmodel` (python_function flavor, this module's `HarnessModel`), and the
+save_pretrained folder under `artifacts/weights/` (weights or adapter, tokenizer, `harness.json` with the task,
+labels and tokenization settings). The harness itself reads `runs:/<id>` from the same folder (`weights_folder`).
+
+Input: a DataFrame with a `text` column (and `text_pair` for pair tasks). Output for classification: `label`,
+`score` (its probability) and `prob_<label>` for every label; texts are cut exactly as in the run's evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import mlflow.pyfunc
+
+WEIGHTS = "weights"  # the artifact name (folder artifacts/weights inside the MLflow model)
+BATCH = 32
+SERVED_FAMILIES = ("classification",)
+
+
+class BadRequest(Exception):
+    pass
+
+
+class HarnessModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context: Any) -> None:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        folder = Path(context.artifacts[WEIGHTS])
+        meta = json.loads((folder / "harness.json").read_text())
+        if meta.get("family") not in SERVED_FAMILIES:
+            raise ValueError(f"serving covers {', '.join(SERVED_FAMILIES)} models so far, not {meta.get('family')}")
+        self.predictor = Classifier(folder, meta)
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 (MLflow reads type hints here)
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        try:
+            return self.predictor(_frame(model_input, self.predictor.columns))
+        except BadRequest as e:  # the scoring server answers 400 with this message
+            raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
+
+
+def _frame(model_input: Any, columns: tuple[str, ...]) -> Any:
+    import pandas as pd
+
+    df = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise BadRequest(
+            f"the input has no '{missing[0]}' column (it has: {', '.join(map(str, df.columns)) or 'none'}); send "
+            '{"dataframe_records": [{"' + '": "...", "'.join(columns) + '": "..."}]}'
+        )
+    for c in columns:
+        bad = [i for i, v in enumerate(df[c]) if not isinstance(v, str)]
+        if bad:
+            raise BadRequest(f"'{c}' of record {bad[0]} is not a string ({df[c].iloc[bad[0]]!r})")
+    return df
+
+
+class Classifier:
+    """Texts -> label probabilities, tokenized and cut as the run's evaluation did."""
+
+    def __init__(self, folder: Path, meta: dict[str, Any]):
+        import torch
+        from transformers import AutoTokenizer
+
+        from harness.data.base import special_token_frame
+        from harness.models.classification import SequenceClassifier
+
+        self.labels = list(meta["labels"])
+        self.max_length = int(meta.get("max_length", 128))
+        self.truncation = meta.get("truncation", "head")
+        self.head_tokens = meta.get("head_tokens")
+        self.columns: tuple[str, ...] = ("text", "text_pair") if meta.get("pair") else ("text",)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.prefix, self.suffix = special_token_frame(self.tokenizer)
+        module = SequenceClassifier(labels=self.labels, optim={}, model_path=str(folder), model_source="mlflow-model")
+        self.model = module.model.eval()
+        self.torch = torch
+
+    def encode(self, texts: list[str], pairs: Optional[list[str]]) -> list[dict[str, list[int]]]:
+        from harness.data.base import split_tokens
+
+        tok = self.tokenizer
+        if pairs is not None:
+            enc = tok(texts, pairs, truncation=True, max_length=self.max_length)
+            types = enc.get("token_type_ids") or [[0] * len(x) for x in enc["input_ids"]]
+            return [{"input_ids": i, "token_type_ids": t} for i, t in zip(enc["input_ids"], types)]
+        if self.truncation == "head":
+            return [{"input_ids": i} for i in tok(texts, truncation=True, max_length=self.max_length)["input_ids"]]
+        raw = tok(texts, add_special_tokens=False)["input_ids"]
+        budget = self.max_length - len(self.prefix) - len(self.suffix)
+        cut = [self.prefix + split_tokens(x, budget, self.truncation, self.head_tokens) + self.suffix for x in raw]
+        return [{"input_ids": i} for i in cut]
+
+    def __call__(self, df: Any) -> Any:
+        import pandas as pd
+
+        torch = self.torch
+        rows = self.encode(list(df["text"]), list(df["text_pair"]) if "text_pair" in self.columns else None)
+        probs = []
+        pad = self.tokenizer.pad_token_id or 0
+        with torch.inference_mode():
+            for start in range(0, len(rows), BATCH):
+                group = rows[start : start + BATCH]
+                width = max(len(r["input_ids"]) for r in group)
+                batch = {
+                    "input_ids": torch.tensor([r["input_ids"] + [pad] * (width - len(r["input_ids"])) for r in group]),
+                    "attention_mask": torch.tensor(
+                        [[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in group]
+                    ),
+                }
+                if "token_type_ids" in group[0]:
+                    batch["token_type_ids"] = torch.tensor(
+                        [r["token_type_ids"] + [0] * (width - len(r["token_type_ids"])) for r in group]
+                    )
+                probs.append(self.model(**batch).logits.float().softmax(-1))
+        p = torch.cat(probs).numpy() if probs else []
+        out = pd.DataFrame(
+            {"label": [self.labels[i] for i in p.argmax(-1)] if len(p) else [], "score": p.max(-1) if len(p) else []}
+        )
+        for j, name in enumerate(self.labels):
+            out[f"prob_{name}"] = p[:, j] if len(p) else []
+        return out
+
+
+def save(weights: Path, dst: Path, meta: dict[str, Any]) -> None:
+    """`weights` (a save_pretrained folder with harness.json) as an MLflow model at `dst`."""
+    import warnings
+
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    columns = ["text", "text_pair"] if meta.get("pair") else ["text"]
+    inputs = Schema([ColSpec("string", c) for c in columns])
+    outputs = None
+    if meta.get("family") == "classification":
+        outputs = Schema(
+            [ColSpec("string", "label"), ColSpec("double", "score")]
+            + [ColSpec("double", f"prob_{n}") for n in meta["labels"]]
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mlflow.pyfunc.save_model(
+            path=str(dst),
+            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),  # code, not a pickle
+            artifacts={WEIGHTS: str(weights)},
+            signature=ModelSignature(inputs=inputs, outputs=outputs),
+            pip_requirements=_requirements(),
+        )
+
+
+def _requirements() -> list[str]:
+    """What loading needs, pinned to this environment (harness itself is installed beside it, as when serving with
+    --env-manager local)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "peft", "lightning", "pandas"):
+        try:
+            out.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            continue
+    return out

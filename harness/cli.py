@@ -669,8 +669,9 @@ def _add_tune_command(sub: Any) -> None:
     t.add_argument(
         "--pruner",
         default="median",
-        choices=["median", "hyperband", "none"],
-        help="stop unpromising trials early (default: median)",
+        choices=["median", "sha", "hyperband", "none"],
+        help="stop unpromising trials early: median, sha (successive halving, rungs tuned to the validations per "
+        "trial), hyperband, none (default: median)",
     )
     t.add_argument("--seed", type=int, help="sampler seed (default: the run config's seed)")
     t.add_argument(

@@ -186,6 +186,36 @@ def test_seeded_sampler_repeats_first_trials(tmp_path):
     assert firsts[0] == firsts[1]
 
 
+@pytest.mark.parametrize(
+    "interval, epochs, reports, min_resource", [(0.25, 2, 8, 1), (0.5, 2, 4, 1), (0.125, 4, 32, 4)]
+)
+def test_successive_halving_rungs_follow_the_validations_a_trial_makes(interval, epochs, reports, min_resource):
+    from harness.registry import get_task
+    from harness.tuning.study import make_pruner, make_study
+
+    space = Path(__file__).parent.parent / "configs/hpo/classification.yaml"
+    study = make_study(
+        get_task("imdb"), space_path=space, study_name="s", storage_url="sqlite:///:memory:", trials=4, workers=1,
+        pruner="sha", seed=None,
+        overrides=[f"trainer.val_check_interval={interval}", f"trainer.max_epochs={epochs}"],
+    )  # fmt: skip
+    assert study.reports == reports
+    pruner = make_pruner("sha", study.reports)
+    assert isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner) and pruner._min_resource == min_resource
+    assert pruner._reduction_factor == 3
+
+
+def test_a_trial_is_never_pruned_after_its_last_validation(tmp_path, data_dir, tiny_model):
+    """Pruning there saves nothing: a trial that ran to its end is COMPLETE with its value, even when it is the
+    worst (three seeded trials validated at 1.0 at every step)."""
+    _seed_study(tmp_path / "optuna.db")
+    os.chdir(tmp_path)
+    args = _args(tmp_path, data_dir, tiny_model, "trainer.val_check_interval=1.0", "trainer.max_epochs=1")
+    assert run_cli(["tune", "imdb", "--trials", "4", "--study", "s", *args]) == 0
+    t = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").get_trials()[-1]
+    assert t.state.name == "COMPLETE" and len(t.intermediate_values) == 1 and t.value < 1.0
+
+
 def _seed_study(path: Path, name: str = "s") -> None:
     """Three finished trials that validated at 1.0: any real trial of the tiny model is below their median."""
     st = optuna.create_study(study_name=name, storage=f"sqlite:///{path}", direction="maximize")

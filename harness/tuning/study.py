@@ -25,7 +25,7 @@ from harness.tuning.space import SearchSpace, as_overrides, check_space, default
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 HEARTBEAT_S = int(os.environ.get("HARNESS_TUNE_HEARTBEAT_S", "10"))
 GRACE_S = int(os.environ.get("HARNESS_TUNE_GRACE_S", "30"))  # a trial without heartbeat this long is FAIL
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("median", "sha", "hyperband", "none")
 
 # how a DDP rank started by Lightning's launcher (which re-runs the command) learns the trial it takes part in
 TRIAL_PARAMS_ENV, TRIAL_NUMBER_ENV, PARENT_RUN_ENV = (
@@ -71,7 +71,13 @@ class Study:
 
     def open(self, worker: int = 0) -> Any:
         """The Optuna study (created on first use); each worker samples with its own seed."""
-        return open_study(self.name, self.storage, self.direction, self.seed, self.pruner, worker)
+        return open_study(self.name, self.storage, self.direction, self.seed, self.pruner, worker, self.reports)
+
+    @property
+    def reports(self) -> int:
+        """Validations (pruning reports) a trial that is not pruned makes."""
+        cfg = resolve_run_config(self.task, [*self.space.fixed_overrides(), *self.overrides])
+        return _validations_per_epoch(cfg) * cfg.trainer.max_epochs
 
     def trial_config(self, number: int, params: dict[str, Any], parent_run_id: str) -> RunConfig:
         cfg = resolve_run_config(
@@ -229,19 +235,24 @@ def _journal(path: str) -> Any:
         raise ConfigError(f"cannot open the journal {p} ({e.strerror or e})", "give a writable file path") from None
 
 
-def make_pruner(name: str) -> Any:
+def make_pruner(name: str, reports: int = 4) -> Any:
+    """`reports`: validations per unpruned trial, to which successive halving's rungs are tuned."""
     import optuna
 
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    if name == "sha":  # rungs at 1/8, 3/8 (and 9/8: never) of a trial's validations; a third goes on at each
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, round(reports / 8)), reduction_factor=3)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner()
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=reports, reduction_factor=3)
     if name == "none":
         return optuna.pruners.NopPruner()
     raise ConfigError(f"unknown pruner '{name}'", f"use {', '.join(PRUNERS)}")
 
 
-def open_study(name: str, storage: Any, direction: str, seed: int, pruner: str, worker: int = 0) -> Any:
+def open_study(
+    name: str, storage: Any, direction: str, seed: int, pruner: str, worker: int = 0, reports: int = 4
+) -> Any:
     import optuna
 
     sampler = optuna.samplers.TPESampler(seed=seed + worker, n_startup_trials=5)
@@ -264,7 +275,7 @@ def open_study(name: str, storage: Any, direction: str, seed: int, pruner: str, 
         storage=storage,
         direction=direction,
         sampler=sampler,
-        pruner=make_pruner(pruner),
+        pruner=make_pruner(pruner, reports),
         load_if_exists=True,
     )
 
@@ -323,11 +334,14 @@ def is_ddp_follower() -> bool:
     return bool(os.environ.get(TRIAL_PARAMS_ENV)) and int(os.environ.get("LOCAL_RANK", "0") or 0) > 0
 
 
+def _validations_per_epoch(cfg: RunConfig) -> int:
+    v = cfg.trainer.val_check_interval
+    return max(round(1 / v) if isinstance(v, float) and v < 1 else 1, 1)
+
+
 def _epochs_run(cfg: RunConfig, reports: int) -> float:
     """Training epochs a trial ran, from its validation count (validations per epoch from val_check_interval)."""
-    v = cfg.trainer.val_check_interval
-    per_epoch = round(1 / v) if isinstance(v, float) and v < 1 else 1
-    return reports / max(per_epoch, 1)
+    return reports / _validations_per_epoch(cfg)
 
 
 def _progress(study: Any, trial: Any) -> None:

@@ -13,7 +13,7 @@ TRIALS ?= 20
 WORKERS ?= 1
 DASHBOARD_PORT ?= 8080
 SERVE_PORT ?= 5001
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=20
 
 # Local copies of the datasets: ../shared/data when it exists (HARNESS_DATA_DIR set by the caller wins).
 ifneq ($(wildcard ../shared/data),)

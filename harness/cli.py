@@ -668,10 +668,10 @@ def _add_tune_command(sub: Any) -> None:
     t.add_argument("--storage", help="Optuna storage URL (default: $OPTUNA_STORAGE or sqlite:///optuna.db)")
     t.add_argument(
         "--pruner",
-        default="median",
-        choices=["median", "sha", "hyperband", "none"],
-        help="stop unpromising trials early: median, sha (successive halving, rungs tuned to the validations per "
-        "trial), hyperband, none (default: median)",
+        default="sha",
+        choices=["sha", "median", "hyperband", "none"],
+        help="stop unpromising trials early: sha (successive halving, rungs tuned to the validations per trial; "
+        "the default), median, hyperband, none",
     )
     t.add_argument("--seed", type=int, help="sampler seed (default: the run config's seed)")
     t.add_argument(

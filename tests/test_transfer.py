@@ -92,7 +92,7 @@ def _model_files(client: MlflowClient, run_id: str) -> set[str]:
     return {Path(f.path).name for f in client.list_artifacts(run_id, "model/artifacts/weights")}
 
 
-@pytest.mark.parametrize("mode", ["lora", "prompt_tuning"])
+@pytest.mark.parametrize("mode", ["lora", pytest.param("prompt_tuning", marks=pytest.mark.slow)])
 def test_an_adapter_is_logged_as_an_adapter_and_evaluates_to_the_same_predictions(work, mode):
     run = _train(work, **{"model.mode": mode, "model.virtual_tokens": "8"})
     assert run.info.status == "FINISHED" and run.data.params["model.mode"] == mode
@@ -126,6 +126,7 @@ def test_frozen_mode_leaves_the_backbone_as_it_was(work):
     assert run.data.metrics["params_trainable"] == 32 * 2 + 2  # the classifier: 32 x 2 weights + 2 biases
 
 
+@pytest.mark.slow
 def test_lora_merged_on_request_is_a_full_model_with_the_same_predictions(work):
     run = _train(work, **{"model.mode": "lora", "model.merge": "true"})
     files = _model_files(work["client"], run.info.run_id)

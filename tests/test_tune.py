@@ -211,7 +211,7 @@ def test_a_trial_is_never_pruned_after_its_last_validation(tmp_path, data_dir, t
     _seed_study(tmp_path / "optuna.db")
     os.chdir(tmp_path)
     args = _args(tmp_path, data_dir, tiny_model, "trainer.val_check_interval=1.0", "trainer.max_epochs=1")
-    assert run_cli(["tune", "imdb", "--trials", "4", "--study", "s", *args]) == 0
+    assert run_cli(["tune", "imdb", "--trials", "4", "--study", "s", "--pruner", "median", *args]) == 0
     t = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").get_trials()[-1]
     assert t.state.name == "COMPLETE" and len(t.intermediate_values) == 1 and t.value < 1.0
 
@@ -247,7 +247,8 @@ def _check_pruned(tmp_path: Path) -> None:
 def test_pruning_stops_a_bad_trial(tmp_path, data_dir, tiny_model):
     _seed_study(tmp_path / "optuna.db")
     os.chdir(tmp_path)
-    assert run_cli(["tune", "imdb", "--trials", "4", "--study", "s", *_args(tmp_path, data_dir, tiny_model)]) == 0
+    args = ["--pruner", "median", *_args(tmp_path, data_dir, tiny_model)]
+    assert run_cli(["tune", "imdb", "--trials", "4", "--study", "s", *args]) == 0
     _check_pruned(tmp_path)
 
 
@@ -264,6 +265,8 @@ def test_pruning_under_ddp_two_cpu_processes(tmp_path, data_dir, tiny_model):
         "4",
         "--study",
         "s",
+        "--pruner",
+        "median",
         *_args(
             tmp_path,
             data_dir,

@@ -10,7 +10,8 @@
   validation split, in the task's direction (generation and LM families: the validation loss, minimised, since
   generating for every validation example would dominate a trial).
 - `pruning`: the validation metric is reported to Optuna at every validation; the decision is taken on rank 0 and
-  broadcast, so it works under DDP. Median pruner by default, Hyperband or none selectable.
+  broadcast, so it works under DDP. Successive halving (rungs tuned to the validations per trial) by default;
+  median, Hyperband or none selectable.
 
 Storage: a sqlite file (`optuna.db`) by default, or any SQLAlchemy URL. The same command resumes the same study.
 Workers are separate processes sharing the study; sqlite waits for locks instead of failing, heartbeats mark a

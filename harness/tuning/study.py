@@ -44,7 +44,7 @@ class Study:
     name: str
     storage_url: str
     seed: int
-    pruner: str = "median"
+    pruner: str = "sha"
     trials: int = 20
     workers: int = 1
     overrides: list[str] = field(default_factory=list)  # key=value for every trial, after the space's `config:`

@@ -386,12 +386,30 @@ def worker_main(study: Study, worker: int = 0) -> None:
     # a HarnessError (bad config, data) would fail every trial alike: it stops the search with its one-line message.
     # Optuna's own "trial failed" warning (with a traceback, also for Ctrl-C) is not shown: the error is, once.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    optuna_study.optimize(
-        lambda trial: run_trial(study, trial, parent),
-        n_trials=study.trials - done,
-        callbacks=[MaxTrialsCallback(study.trials, states=finished), _progress],
-        gc_after_trial=True,
-    )
+    try:
+        optuna_study.optimize(
+            lambda trial: run_trial(study, trial, parent),
+            n_trials=study.trials - done,
+            callbacks=[MaxTrialsCallback(study.trials, states=finished), _progress],
+            gc_after_trial=True,
+        )
+    except Exception as e:
+        # Ctrl-C / SIGTERM while Optuna records a finished trial: its bookkeeping then fails with an error of its
+        # own (an unset local), with the KeyboardInterrupt as the context. It is still the interrupt.
+        if _caused_by_interrupt(e):
+            raise KeyboardInterrupt(str(e)) from None
+        raise
+
+
+def _caused_by_interrupt(e: BaseException) -> bool:
+    seen: set[int] = set()
+    cur: Optional[BaseException] = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 def join(study: Study) -> None:

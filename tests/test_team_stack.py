@@ -405,3 +405,28 @@ def test_harness_sync_sends_what_a_run_kept_when_the_server_stayed_away(
     with in_dir(tmp_path):  # a second sync has nothing left to send
         assert run_cli(["sync", "--tracking-uri", stack.tracking_uri]) == 0
     assert "nothing to send" in capsys.readouterr().out
+
+
+def test_a_dataset_two_workers_log_at_once_is_retried_not_failed():
+    """Two tuning workers logging the same new dataset at the same moment: the store's check-then-insert races and
+    one gets a unique-constraint error (met on sqlite with `make tune WORKERS=2`); the input is sent again."""
+    from harness.tracking.journal import send_input
+
+    class Store:
+        calls = 0
+
+        def log_inputs(self, run_id, datasets):
+            Store.calls += 1
+            if Store.calls == 1:
+                raise RuntimeError("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id")
+
+    dataset = {"name": "imdb-train", "digest": "abc", "source_type": "local", "source": "{}"}
+    send_input(Store(), "run", dataset, "train", {})
+    assert Store.calls == 2
+
+    class Broken:
+        def log_inputs(self, run_id, datasets):
+            raise RuntimeError("something else")
+
+    with pytest.raises(RuntimeError, match="something else"):
+        send_input(Broken(), "run", dataset, "train", {})

@@ -154,4 +154,16 @@ def send_input(client: Any, run_id: str, dataset: dict, context: str, tags: dict
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     input_tags = [InputTag(MLFLOW_DATASET_CONTEXT, context)] + [InputTag(k, v) for k, v in tags.items()]
-    client.log_inputs(run_id, datasets=[DatasetInput(Dataset.from_dictionary(dataset), tags=input_tags)])
+    for attempt in range(3):
+        try:
+            client.log_inputs(run_id, datasets=[DatasetInput(Dataset.from_dictionary(dataset), tags=input_tags)])
+            return
+        except Exception as e:
+            # two workers logging the same new dataset at once: the store's check-then-insert races and one gets a
+            # unique-constraint error; again, the dataset exists and only the run's input is added
+            if attempt == 2 or not any(m in str(e) for m in _DUPLICATE):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+_DUPLICATE = ("UNIQUE constraint failed", "duplicate key value violates unique constraint", "Duplicate entry")

@@ -88,9 +88,9 @@ tune:
 serve:
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/mlflow models serve -m $(or $(MODEL),runs:/$(RUN)/model) --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
 
-# METHOD=onnx|onnx-int8|torch-int8|prune (SPARSITY=0.5): a compressed variant of RUN's logged model, nested under it
+# METHOD=onnx|onnx-int8|torch-int8|prune (SPARSITY=0.5)|distill (LAYERS=half): a compressed variant of RUN's logged model, nested under it
 compress:
-	$(BIN)/harness compress $(RUN) --method $(or $(METHOD),onnx-int8) $(if $(SPARSITY),--sparsity $(SPARSITY)) $(ARGS)
+	$(BIN)/harness compress $(RUN) --method $(or $(METHOD),onnx-int8) $(if $(SPARSITY),--sparsity $(SPARSITY)) $(if $(LAYERS),--layers $(LAYERS)) $(ARGS)
 
 probe:
 	$(BIN)/harness probe $(PROBE) $(if $(RUN),--run $(RUN),--model $(or $(MODEL),HuggingFaceTB/SmolLM2-135M-Instruct)) $(ARGS)

@@ -155,9 +155,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from harness.compress import compress
+    from harness.compress import DistillSpec, compress
 
-    done = compress(args.run, args.method, args.overrides, args.sparsity, args.threads)
+    spec = DistillSpec(args.layers, args.student, args.temperature, args.alpha)
+    done = compress(args.run, args.method, args.overrides, args.sparsity, args.threads, spec)
     result, measured, run_id = done.result, done.measured, done.result.run_id
     if result.report is None:
         return 0
@@ -654,6 +655,10 @@ def _add_compress_command(sub: Any) -> None:
     c.add_argument("--method", required=True, choices=METHODS)
     c.add_argument("--sparsity", type=float, default=0.5, help="prune: the share of backbone weights set to 0")
     c.add_argument("--threads", type=int, help="CPU threads for inference and timing (default: the source run's)")
+    c.add_argument("--layers", type=int, help="distill: the student's layers, taken from the teacher (default: half)")
+    c.add_argument("--student", help="distill: a student model sharing the teacher's tokenizer (instead of --layers)")
+    c.add_argument("--temperature", type=float, default=2.0, help="distill: softmax temperature T (default 2)")
+    c.add_argument("--alpha", type=float, default=0.5, help="distill: weight of the teacher's soft targets (0.5)")
     _overrides(c, help="config overrides for the evaluation, e.g. data.test_size=500")
     c.set_defaults(func=cmd_compress)
 

@@ -219,6 +219,8 @@ class DataConfig(Strict):
     mlm_probability: float = only_for("masked_lm", default=0.15, gt=0, lt=1)
     # masked LM: select whole words, not single sub-word tokens
     whole_word_masking: bool = only_for("masked_lm", default=False)
+    # masked LM: BERT's next-sentence prediction beside masked tokens (sentence pairs, half of them random)
+    nsp: bool = only_for("masked_lm", default=False)
 
 
 class OptimConfig(Strict):

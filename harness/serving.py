@@ -12,6 +12,7 @@ Input: a DataFrame with a `text` column (and `text_pair` for pair tasks). Output
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,26 +27,31 @@ class BadRequest(Exception):
     pass
 
 
-class HarnessModel(mlflow.pyfunc.PythonModel):
-    def load_context(self, context: Any) -> None:
-        import transformers
+# MLflow advises, when this class is defined, type hints on `predict` (with them it would check inputs its own way;
+# ours answer malformed requests with their own 400 messages). The advice is for us, not for our users' consoles:
+# it is recorded and dropped (MLflow sets its own "once" filter around it, so an "ignore" filter would not hold).
+with warnings.catch_warnings(record=True):
 
-        transformers.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-        folder = Path(context.artifacts[WEIGHTS])
-        meta = json.loads((folder / "harness.json").read_text())
-        if meta.get("family") not in SERVED_FAMILIES:
-            raise ValueError(f"serving covers {', '.join(SERVED_FAMILIES)} models so far, not {meta.get('family')}")
-        self.predictor = Classifier(folder, meta)
+    class HarnessModel(mlflow.pyfunc.PythonModel):
+        def load_context(self, context: Any) -> None:
+            import transformers
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 (MLflow reads type hints here)
-        from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+            transformers.logging.set_verbosity_error()
+            transformers.utils.logging.disable_progress_bar()
+            folder = Path(context.artifacts[WEIGHTS])
+            meta = json.loads((folder / "harness.json").read_text())
+            if meta.get("family") not in SERVED_FAMILIES:
+                raise ValueError(f"serving covers {', '.join(SERVED_FAMILIES)} models so far, not {meta.get('family')}")
+            self.predictor = Classifier(folder, meta)
 
-        try:
-            return self.predictor(_frame(model_input, self.predictor.columns))
-        except BadRequest as e:  # the scoring server answers 400 with this message
-            raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
+        def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 (MLflow reads type hints here)
+            from mlflow.exceptions import MlflowException
+            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+            try:
+                return self.predictor(_frame(model_input, self.predictor.columns))
+            except BadRequest as e:  # the scoring server answers 400 with this message
+                raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
 
 
 def _frame(model_input: Any, columns: tuple[str, ...]) -> Any:

@@ -118,3 +118,48 @@ def test_compress_refuses_what_it_cannot_do(source, capsys):
         )  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 2 and "error: --sparsity 1.5 is not between 0 and 1" in err
+
+
+def test_distill_a_shallower_student(source):
+    run = _compress(source, "distill", "--layers", "1", "--temperature", "3")
+    m = _check_common(source, run, "distill")
+    t = run.data.tags
+    assert t["harness.compress.student"] == "the teacher's layers 0 of 2"
+    assert t["harness.compress.student_spec"] == "L1" and "T=3" in t["harness.compress.loss"]
+    assert int(t["harness.compress.student_parameters"]) < int(t["harness.compress.teacher_parameters"])
+    assert m["size_mb"] < m["source_size_mb"]
+    # it trained on the distillation loss: both terms were logged, and the total is their mix (alpha 0.5)
+    client = source["client"]
+    total, soft, hard = (
+        {x.step: x.value for x in client.get_metric_history(run.info.run_id, k)}
+        for k in ("train_loss", "train_soft_loss", "train_hard_loss")
+    )
+    assert total and total.keys() == soft.keys() == hard.keys()
+    for step in total:
+        assert total[step] == pytest.approx(0.5 * soft[step] + 0.5 * hard[step], rel=1e-4)
+    assert run.data.params["optim.lr"] == source["run"].data.params["optim.lr"]  # trained as the source was
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "compression/variants.json")).read_text())
+    assert "distill L1" in [r["method"] for r in table["rows"]]
+
+
+def test_distill_refuses_a_student_it_cannot_build(source, capsys, tiny_model, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    other = tmp_path / "other-vocab"  # the tiny model with one more token: its batches would not be the teacher's
+    shutil.copytree(tiny_model, other)
+    tok = AutoTokenizer.from_pretrained(other)
+    tok.add_tokens(["zzqx"])
+    tok.save_pretrained(other)
+    rid = source["run"].info.run_id
+    uri = f"tracking.tracking_uri={source['uri']}"
+    for extra, message in [
+        (["--layers", "2"], "error: --layers 2 is not between 1 and 1 (the teacher has 2 layers)"),
+        (["--alpha", "1.5"], "error: --alpha 1.5 is not between 0 and 1"),
+        (["--student", str(other)], "does not share the teacher's tokenizer"),
+    ]:
+        with in_dir(source["work"]):
+            rc = run_cli(["compress", rid, "--method", "distill", *extra, uri])
+        err = capsys.readouterr().err
+        assert rc == 2 and message in err and "Traceback" not in err, err

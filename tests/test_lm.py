@@ -124,3 +124,84 @@ def test_wrong_model_kind_for_pretraining(data_dir, tiny_model, tiny_llama, trac
     assert "not a decoder-only causal LM" in capsys.readouterr().err
     assert run_cli(["run", "mlm_imdb", *_args(data_dir, tiny_llama, tracking_uri)]) == 2
     assert "no masked-LM architecture" in capsys.readouterr().err
+
+
+# ---- next-sentence prediction (data.nsp=true) -------------------------------------------------------------------
+
+
+def test_sentences_split_at_end_punctuation_and_breaks():
+    from harness.data.nsp import split_sentences
+
+    text = "Great film. Really!<br /><br />Would I watch it again? Yes...and twice"
+    assert split_sentences(text) == ["Great film.", "Really!", "Would I watch it again?", "Yes...and twice"]
+    assert split_sentences("no boundary here") == ["no boundary here"]
+
+
+def _docs(n=40, sentences=6, length=5):
+    """Documents of numbered tokens: doc d's sentence s holds ids 1000*d + 10*s + k, so any pair says where its
+    halves came from."""
+    docs = []
+    for d in range(n):
+        ids = np.array([1000 * (d + 1) + 10 * s + k for s in range(sentences) for k in range(length)])
+        starts = np.array([int(k == 0) for s in range(sentences) for k in range(length)])
+        docs.append((ids, starts))
+    return docs
+
+
+def test_nsp_pairs_are_true_continuations_or_another_documents_sentences():
+    from harness.data.nsp import IS_NEXT, NOT_NEXT, PairBuilder
+
+    docs = _docs()
+    builder = PairBuilder(docs, max_length=23, cls_id=1, sep_id=2)  # budget 20 tokens: four sentences
+    pairs = builder.build(np.arange(40) + 500, seed=7, train=True)
+    assert len(pairs.row) == 40 * 2  # 30 tokens per document: a full chunk of 20 and the rest
+    labels = np.array(pairs.label)
+    assert 0.3 < labels.mean() < 0.7  # about half are random
+    for ids, types, label, row in zip(pairs.input_ids, pairs.token_type_ids, pairs.label, pairs.row):
+        assert len(ids) <= 23 and ids[0] == 1 and ids[-1] == 2 and (ids == 2).sum() == 2
+        cut = int(np.flatnonzero(ids == 2)[0])
+        a, b = ids[1:cut], ids[cut + 1 : -1]
+        assert types.tolist() == [0] * (cut + 1) + [1] * (len(b) + 1)
+        doc = row - 500 + 1
+        assert (a // 1000 == doc).all()
+        if label == IS_NEXT:  # B starts right where A ends, in the same document
+            assert (b // 1000 == doc).all() and b[0] == a[-1] + 1 + (a[-1] % 10 == 4) * 5
+        else:
+            assert label == NOT_NEXT and (b // 1000 != doc).all() and b[0] % 10 == 0  # from a sentence start
+    # evaluation: one pair per document, the same whichever documents are around it
+    first = PairBuilder(docs, 23, 1, 2).build(np.arange(40), seed=7, train=False)
+    again = PairBuilder(docs, 23, 1, 2).build(np.arange(40), seed=7, train=False)
+    assert first.row == list(range(40)) and first.label == again.label
+    assert all((x == y).all() for x, y in zip(first.input_ids, again.input_ids))
+
+
+def test_mlm_with_next_sentence_prediction(data_dir, tiny_mlm, tracking_uri):
+    args = _args(data_dir, tiny_mlm, tracking_uri, log_model="true", **{"data.nsp": "true"})
+    assert run_cli(["run", "mlm_imdb", *args]) == 0
+    client = MlflowClient(tracking_uri)
+    run = client.search_runs([client.get_experiment_by_name("mlm_imdb").experiment_id])[0]
+    m = run.data.metrics
+    assert run.info.status == "FINISHED" and run.data.params["data.nsp"] == "true"
+    for p in ("test_before_nsp_accuracy", "test_nsp_accuracy", "test_before_perplexity", "test_perplexity"):
+        assert m[f"{p}_ci_low"] <= m[p] <= m[f"{p}_ci_high"], p
+    assert 0 <= m["test_nsp_accuracy"] <= 1 and m["test_documents"] == 24
+    assert client.get_metric_history(run.info.run_id, "val_nsp_accuracy")
+    import json
+    from pathlib import Path
+
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "predictions/test.json")).read_text())
+    col = table["columns"].index("nsp_correct")
+    correct = [r[col] for r in table["data"]]
+    assert len(correct) == 24 and np.mean(correct) == pytest.approx(m["test_nsp_accuracy"])
+    # the logged model carries both pretraining heads
+    config = json.loads(
+        Path(client.download_artifacts(run.info.run_id, "model/artifacts/weights/config.json")).read_text()
+    )
+    assert config["architectures"] == ["BertForPreTraining"]
+
+
+def test_nsp_refuses_what_it_cannot_do(data_dir, tiny_mlm, tracking_uri, capsys):
+    args = _args(data_dir, tiny_mlm, tracking_uri, **{"data.nsp": "true", "data.whole_word_masking": "true"})
+    assert run_cli(["run", "mlm_imdb", *args]) == 2
+    err = capsys.readouterr().err
+    assert "error: data.nsp=true with data.whole_word_masking=true is not supported" in err and "Traceback" not in err

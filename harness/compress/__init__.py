@@ -21,11 +21,12 @@ from typing import Any, Optional
 import lightning as L
 from mlflow.tracking import MlflowClient
 
+from harness.compress.distill import DistillSpec, DistillStudent
 from harness.compress.engines import METHODS, ONNX_TOLERANCE, Variant, make_variant, plain_model, save_dense
 from harness.compress.measure import Inputs, speed
 from harness.errors import ConfigError, RunFailed
 
-__all__ = ["METHODS", "compress"]
+__all__ = ["METHODS", "DistillSpec", "compress", "source_threads"]
 
 FAMILIES = ("classification",)
 
@@ -41,6 +42,8 @@ class SwapModel(L.Callback):
         self.inputs: Optional[Inputs] = None
 
     def on_test_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.method == "distill":  # the trained student is the variant (DistillStudent set it)
+            return
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(module.hparams["model_path"])
@@ -93,10 +96,22 @@ class SwapModel(L.Callback):
         self.metrics = metrics
 
 
-def _source_overrides(run: Any) -> list[str]:
-    """The source run's data and evaluation settings: the same test examples, cut the same way."""
-    keep = ("data.", "eval.")
+_TRAINING = ("optim.", "trainer.max_epochs", "trainer.max_steps", "trainer.accumulate_grad_batches", "seed")
+
+
+def _source_overrides(run: Any, more: tuple[str, ...] = ()) -> list[str]:
+    """The source run's data and evaluation settings (the same test examples, cut the same way), and `more`."""
+    keep = ("data.", "eval.", *more)
     return [f"{k}={v}" for k, v in sorted(run.data.params.items()) if k.startswith(keep)]
+
+
+def _variant_tags(method: str, sparsity: float, distill: DistillSpec) -> dict[str, str]:
+    """What tells variants of one method apart (their key in the variants table)."""
+    if method == "prune":
+        return {"sparsity": f"{sparsity:g}"}
+    if method == "distill":
+        return {"student_spec": distill.label()}
+    return {}
 
 
 @dataclass
@@ -108,7 +123,12 @@ class Compressed:
 
 
 def compress(
-    source: str, method: str, overrides: list[str], sparsity: float = 0.5, threads: Optional[int] = None
+    source: str,
+    method: str,
+    overrides: list[str],
+    sparsity: float = 0.5,
+    threads: Optional[int] = None,
+    distill: Optional[DistillSpec] = None,
 ) -> Compressed:
     """Evaluate one compressed variant of `source`: the run, its config and task, and the numbers measured."""
     from harness.config import default_tracking_uri, parse_override, resolve_run_config
@@ -121,6 +141,8 @@ def compress(
         raise ConfigError(f"unknown compression method '{method}'", f"use one of {', '.join(METHODS)}")
     if method == "prune" and not 0 < sparsity < 1:
         raise ConfigError(f"--sparsity {sparsity:g} is not between 0 and 1", "e.g. --sparsity 0.5 (half the weights)")
+    distill = distill or DistillSpec()
+    distill.check()
     given = dict(parse_override(o) for o in overrides)
     uri = given.get("tracking.tracking_uri") or default_tracking_uri()
     check_store(uri)
@@ -131,33 +153,49 @@ def compress(
             f"compression covers {', '.join(FAMILIES)} tasks so far; run {source[:8]} is a {task.family} task",
             "compress a classification run (e.g. make eval TASK=imdb ARGS=log_model=true)",
         )
-    threads = threads or int(src.data.params.get("trainer.num_threads", "0") or 0) or torch_threads()
-    name = f"{src.info.run_name or source[:8]}-{method}" + (f"-{sparsity:g}" if method == "prune" else "")
-    fixed = [
-        "train=false",
-        f"model.name=runs:/{source}",
-        "trainer.accelerator=cpu",
-        "trainer.devices=1",
-        "trainer.precision=32-true",
-        f"trainer.num_threads={threads}",
-        f"tracking.run_name={name}",
-    ]
-    cfg = resolve_run_config(task, [*_source_overrides(src), *overrides, *fixed])
+    threads = threads or source_threads(src.data.params) or torch_threads()
+    variant_tags = _variant_tags(method, sparsity, distill)
+    name = "-".join([src.info.run_name or source[:8], method, *variant_tags.values()])
+    if method == "distill":  # the student trains like the source did, wherever the user trains
+        fixed = ["train=true", f"model.name=runs:/{source}", f"trainer.num_threads={threads}"]
+        cfg = resolve_run_config(
+            task, [*_source_overrides(src, _TRAINING), *fixed, *overrides, f"tracking.run_name={name}"]
+        )
+    else:
+        fixed = [
+            "train=false",
+            f"model.name=runs:/{source}",
+            "trainer.accelerator=cpu",
+            "trainer.devices=1",
+            "trainer.precision=32-true",
+            f"trainer.num_threads={threads}",
+        ]
+        cfg = resolve_run_config(task, [*_source_overrides(src), *overrides, *fixed, f"tracking.run_name={name}"])
     cfg.tracking.tags = {
         **cfg.tracking.tags,
         "mlflow.parentRunId": source,
         "harness.compress.method": method,
         "harness.compress.source": source,
-        **({"harness.compress.sparsity": f"{sparsity:g}"} if method == "prune" else {}),
+        **{f"harness.compress.{k}": v for k, v in variant_tags.items()},
     }
     with tempfile.TemporaryDirectory(prefix="harness-compress-") as tmp:
         swap = SwapModel(method, Path(tmp), threads, sparsity)
-        result = run(cfg, task, extra_callbacks=[swap])
+        callbacks: list[Any] = [swap]
+        if method == "distill":
+            callbacks.insert(0, DistillStudent(distill, Path(tmp), swap))
+        result = run(cfg, task, extra_callbacks=callbacks)
     measured = dict(getattr(swap, "metrics", {}))
     if result.run_id:
         measured.update(_paired(uri, source, result.run_id, task.main_metric))
         _variants_table(uri, source, result.run_id)
     return Compressed(result, cfg, task, measured)
+
+
+def source_threads(params: dict[str, str]) -> Optional[int]:
+    """The CPU threads the source run was given (`trainer.num_threads`; logged as "null" when it used the
+    default), else None."""
+    value = params.get("trainer.num_threads", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def torch_threads() -> int:
@@ -206,9 +244,7 @@ def _variants_table(uri: str, source: str, run_id: str) -> list[dict[str, Any]]:
         filter_string=f"tags.`harness.compress.source` = '{source}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time ASC"],
     )
-    latest = {
-        r.data.tags["harness.compress.method"] + r.data.tags.get("harness.compress.sparsity", ""): r for r in runs
-    }
+    latest = {_variant_name(r.data.tags): r for r in runs}
     first = runs[-1].data.metrics if runs else {}
     rows = [
         {
@@ -226,7 +262,7 @@ def _variants_table(uri: str, source: str, run_id: str) -> list[dict[str, Any]]:
         m = r.data.metrics
         rows.append(
             {
-                "method": key if "prune" not in key else f"prune {r.data.tags.get('harness.compress.sparsity')}",
+                "method": key,
                 "run_id": r.info.run_id,
                 "main": m.get(f"test_{main}"),
                 "ci": [m.get(f"test_{main}_ci_low"), m.get(f"test_{main}_ci_high")],
@@ -247,6 +283,11 @@ def _variants_table(uri: str, source: str, run_id: str) -> list[dict[str, Any]]:
         _plot(rows, main, folder / "variants.png")
         client.log_artifacts(run_id, str(folder), "compression")
     return rows
+
+
+def _variant_name(tags: dict[str, str]) -> str:
+    extra = [tags[f"harness.compress.{k}"] for k in ("sparsity", "student_spec") if f"harness.compress.{k}" in tags]
+    return " ".join([tags["harness.compress.method"], *extra])
 
 
 def _f(v: Any, spec: str) -> str:

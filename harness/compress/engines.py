@@ -2,9 +2,11 @@
 
 - `onnx`: `torch.onnx.export` (the current, dynamo-based exporter) and ONNX Runtime on the CPU;
 - `onnx-int8`: the same graph with ONNX Runtime's dynamic int8 quantization of the weights (`quantize_dynamic`);
-- `torch-int8`: PyTorch's dynamic int8 quantization of every `nn.Linear` (`torch.ao.quantization.quantize_dynamic`,
-  deprecated in torch 2.13 but the one CPU path that is there without extra packages; the run says so);
-- `prune`: global L1 unstructured pruning of the backbone's `nn.Linear` weights to a sparsity (the head is kept).
+- `torch-int8`: PyTorch's dynamic int8 quantization of every `nn.Linear` and weight-only int8 embeddings
+  (`torch.ao.quantization.quantize_dynamic`, deprecated in torch 2.13 but the one CPU path that is there without
+  extra packages; the run says so);
+- `prune`: global L1 unstructured pruning of the backbone's `nn.Linear` weights to a sparsity (the head is kept);
+- `distill`: a shallower student trained on Hinton's loss (harness/compress/distill.py).
 
 Every variant reports its size on disk, as the file(s) a user would ship.
 """
@@ -24,7 +26,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from harness.errors import ConfigError
 
-METHODS = ("onnx", "onnx-int8", "torch-int8", "prune")
+METHODS = ("onnx", "onnx-int8", "torch-int8", "prune", "distill")  # distill: harness/compress/distill.py
 ONNX_TOLERANCE = 1e-4  # max |logit difference| allowed between the fp32 ONNX graph and PyTorch on the test split
 
 
@@ -176,7 +178,10 @@ def _ort() -> str:
     return f"onnxruntime {onnxruntime.__version__} (CPUExecutionProvider)"
 
 
-_TORCH_INT8 = "torch.ao.quantization.quantize_dynamic (deprecated in torch 2.13), qint8 nn.Linear"
+_TORCH_INT8 = (
+    "torch.ao.quantization.quantize_dynamic (deprecated in torch 2.13): qint8 nn.Linear (dynamic activations), "
+    "quint8 nn.Embedding (weight-only, per-row scales)"
+)
 
 
 def _torch_int8(model: torch.nn.Module) -> torch.nn.Module:
@@ -189,9 +194,12 @@ def _torch_int8(model: torch.nn.Module) -> torch.nn.Module:
         )
     import warnings
 
+    from torch.ao.quantization import default_dynamic_qconfig, float_qparams_weight_only_qconfig
+
+    spec = {torch.nn.Linear: default_dynamic_qconfig, torch.nn.Embedding: float_qparams_weight_only_qconfig}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return quantize(copy.deepcopy(model).float(), {torch.nn.Linear}, dtype=torch.qint8)
+        return quantize(copy.deepcopy(model).float(), spec, dtype=torch.qint8)
 
 
 def _prune(model: torch.nn.Module, sparsity: float) -> tuple[torch.nn.Module, int]:

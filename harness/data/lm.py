@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from harness.config import RunConfig, TaskSpec
 from harness.data.base import HarnessDataModule, TokenizedDataset
 from harness.data.generation import SequenceCollator
+from harness.data.nsp import PairBuilder, split_sentences
 from harness.data.sampler import BucketBatchSampler
 from harness.data.sources import TaskData
 
@@ -90,6 +91,8 @@ class MaskingCollator(SequenceCollator):
             inputs[i, : len(seq)] = x
             labels[i, : len(seq)] = torch.where(chosen, seq, torch.full_like(seq, -100))
         batch["input_ids"], batch["labels"] = inputs, labels
+        if "token_type_ids" in batch:  # sentence pairs: padding belongs to no segment
+            batch["token_type_ids"] = batch["token_type_ids"] * batch["attention_mask"]
         return batch
 
 
@@ -102,14 +105,17 @@ class LMDataModule(HarnessDataModule):
             raise ValueError(f"unknown language-model kind {kind!r}")
         self.kind = kind
         self.whole_words = kind == "masked" and cfg.data.whole_word_masking
+        self.nsp = kind == "masked" and cfg.data.nsp
         self.sequence_cols = ["input_ids", "word_start"] if self.whole_words else ["input_ids"]
+        if self.nsp:
+            self.sequence_cols = ["input_ids", "sent_start"]
         if kind == "masked" and tokenizer.mask_token_id is None:
             from harness.errors import ModelError
 
             raise ModelError("masked-LM training needs a tokenizer with a mask token", "use a BERT-style tokenizer")
 
     def encode_settings(self) -> dict[str, Any]:
-        return {"max_length": self.cfg.data.max_length, "kind": self.kind, "wwm": self.whole_words}
+        return {"max_length": self.cfg.data.max_length, "kind": self.kind, "wwm": self.whole_words, "nsp": self.nsp}
 
     def encode(self, batch: dict[str, list]) -> dict[str, list]:
         texts = [str(t) for t in batch["text"]]
@@ -118,6 +124,8 @@ class LMDataModule(HarnessDataModule):
             start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
             ids = tok(texts, add_special_tokens=False, truncation=False)["input_ids"]
             return {"input_ids": [([start] if start is not None else []) + x for x in ids]}
+        if self.nsp:
+            return _encode_sentences(tok, texts)
         enc = tok(texts, truncation=False)
         out: dict[str, list] = {"input_ids": enc["input_ids"]}
         if self.whole_words:
@@ -134,7 +142,9 @@ class LMDataModule(HarnessDataModule):
         limit = self.cfg.data.max_length
         for name, ds in self.encoded.items():
             docs = [ds[i] for i in range(len(ds))]
-            if name == "train" and self.cfg.data.packing:
+            if self.nsp:
+                self.views[name] = self._pairs(docs, np.asarray(ds.scalars["_row"]), train=name == "train")
+            elif name == "train" and self.cfg.data.packing:
                 sep = self.tokenizer.eos_token_id if self.kind == "causal" else self.tokenizer.sep_token_id
                 blocks = pack([d["input_ids"] for d in docs], limit, sep)
                 seqs = {"input_ids": _flat(blocks)}
@@ -144,6 +154,25 @@ class LMDataModule(HarnessDataModule):
             else:
                 seqs = {k: _flat([d[k][:limit] for d in docs]) for k in self.sequence_cols}
                 self.views[name] = TokenizedDataset(seqs, {"_row": np.asarray(ds.scalars["_row"])})
+
+    def _pairs(self, docs: list[dict[str, Any]], rows: np.ndarray, train: bool) -> TokenizedDataset:
+        """Sentence pairs for next-sentence prediction (harness/data/nsp.py)."""
+        tok = self.tokenizer
+        builder = PairBuilder(
+            [(d["input_ids"], d["sent_start"]) for d in docs],
+            self.cfg.data.max_length,
+            tok.cls_token_id,
+            tok.sep_token_id,
+        )
+        pairs = builder.build(rows, self.cfg.seed, train)
+        if not pairs.row:
+            from harness.errors import DataError
+
+            raise DataError("no sentence pairs could be made from the documents", "check the split's text column")
+        return TokenizedDataset(
+            {"input_ids": _flat(pairs.input_ids), "token_type_ids": _flat(pairs.token_type_ids)},
+            {"_row": np.asarray(pairs.row, dtype=np.int64), "nsp_label": np.asarray(pairs.label, dtype=np.int64)},
+        )
 
     def split_set(self, split: str) -> TokenizedDataset:
         return self.views[split]
@@ -183,6 +212,16 @@ class _CausalCollator(SequenceCollator):
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = super().__call__([{**r, "labels": r["input_ids"]} for r in rows])
         return batch
+
+
+def _encode_sentences(tok: Any, texts: list[str]) -> dict[str, list]:
+    """Each document's tokens (no special tokens), with 1 at every sentence's first token."""
+    ids, starts = [], []
+    for text in texts:
+        sentences = tok(split_sentences(text), add_special_tokens=False, truncation=False)["input_ids"]
+        ids.append([t for s in sentences for t in s])
+        starts.append([int(j == 0) for s in sentences for j in range(len(s))])
+    return {"input_ids": ids, "sent_start": starts}
 
 
 def _flat(seqs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ import pandas as pd
 from harness.config import RunConfig, TaskSpec
 from harness.data.lm import LMDataModule
 from harness.data.sources import SplitData, TaskData
-from harness.errors import ModelError
+from harness.errors import ConfigError, ModelError
 from harness.families.base import EvalReport, Family
 from harness.metrics.bootstrap import Estimate, bc_interval
 from harness.models.lm import LanguageModel
@@ -57,6 +57,8 @@ class LanguageModelFamily(Family):
                     "masked-LM pretraining fits BERT, RoBERTa, DistilBERT, MiniLM and the like; for "
                     "decoder-only models use a causal-LM task (e.g. clm_imdb)",
                 )
+            if cfg.data.nsp:
+                _check_nsp(cfg, model.ref, config)
         return {"model.kind": self.kind, **({"model.from_scratch": "true"} if cfg.model.from_scratch else {})}
 
     def build_datamodule(self, cfg: RunConfig, task: TaskSpec, data: TaskData, tokenizer: Any) -> LMDataModule:
@@ -74,7 +76,8 @@ class LanguageModelFamily(Family):
                 "model.from_scratch=true with train=false evaluates random weights",
                 "set train=true, or drop model.from_scratch",
             )
-        return dict(kind=self.kind, from_scratch=cfg.model.from_scratch, config_overrides=cfg.model.config_overrides)
+        args = dict(kind=self.kind, from_scratch=cfg.model.from_scratch, config_overrides=cfg.model.config_overrides)
+        return {**args, "nsp": True} if self.kind == "masked" and cfg.data.nsp else args
 
     def score(self, cfg: RunConfig, task: TaskSpec, outputs: Any, split: SplitData) -> EvalReport:
         ds = split.dataset
@@ -97,6 +100,12 @@ class LanguageModelFamily(Family):
             "perplexity": Estimate(point, lo, hi),
             "loss": Estimate(loss, float(np.log(lo)), float(np.log(hi))),
         }
+        nsp = _nsp_correct(outputs, pos, n)
+        if nsp is not None:  # next-sentence accuracy over the documents' pairs, resampled with the same documents
+            has = ~np.isnan(nsp)
+            value = float(nsp[has].mean())
+            acc = np.nansum(nsp[idx], 1) / np.maximum(has[idx].sum(1), 1)
+            estimates["nsp_accuracy"] = Estimate(value, *bc_interval(acc, value, cfg.eval.confidence))
         chars = cfg.eval.prediction_text_chars
         doc_ppl = np.where(keep, np.exp(nll / np.maximum(tokens, 1)), np.nan)
         table = pd.DataFrame(
@@ -106,6 +115,7 @@ class LanguageModelFamily(Family):
                 "tokens": tokens,
                 "nll": nll,
                 "perplexity": doc_ppl,
+                **({"nsp_correct": nsp} if nsp is not None else {}),
             }
         )
         from harness.tracking import plots
@@ -116,6 +126,40 @@ class LanguageModelFamily(Family):
         scalars = {"documents": float(n), "tokens": float(tokens.sum())}
         return EvalReport(
             split.name, n, estimates, scalars, table, {"plots/document_perplexity.png": fig}, task.main_metric
+        )
+
+
+def _nsp_correct(outputs: Any, pos: dict[int, int], n: int) -> Any:
+    """Per document: 1.0 if its pair's next-sentence call was right, 0.0 if wrong, NaN without a pair."""
+    if "nsp_correct" not in outputs:
+        return None
+    out = np.full(n, np.nan)
+    for r, c in zip(np.asarray(outputs["index"]), np.asarray(outputs["nsp_correct"])):
+        out[pos[int(r)]] = float(c)
+    return out
+
+
+def _check_nsp(cfg: RunConfig, ref: str, config: Any) -> None:
+    """data.nsp=true needs a model with BERT's next-sentence head and segment embeddings."""
+    import inspect
+
+    from transformers import MODEL_FOR_PRETRAINING_MAPPING
+
+    cls = MODEL_FOR_PRETRAINING_MAPPING.get(type(config), None)
+    if cls is None or "next_sentence_label" not in inspect.signature(cls.forward).parameters:
+        raise ModelError(
+            f"data.nsp=true: model '{ref}' ({config.model_type}) has no next-sentence-prediction head",
+            "use a BERT-style model (BertForPreTraining: BERT, MiniLM), or drop data.nsp",
+        )
+    if getattr(config, "type_vocab_size", 2) < 2:
+        raise ModelError(
+            f"data.nsp=true: model '{ref}' has {config.type_vocab_size} segment embedding(s), pairs need 2",
+            "use a BERT-style model with type_vocab_size 2, or drop data.nsp",
+        )
+    if cfg.data.whole_word_masking:
+        raise ConfigError(
+            "data.nsp=true with data.whole_word_masking=true is not supported",
+            "drop one of them (sentence pairs mask single tokens)",
         )
 
 

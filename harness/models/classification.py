@@ -15,6 +15,7 @@ from transformers import AutoModelForSequenceClassification
 
 from harness.metrics import classification as cls_metrics
 from harness.models.base import HarnessModule
+from harness.models.distill import hinton_loss, teacher_logits
 
 
 class SequenceClassifier(HarnessModule):
@@ -44,6 +45,34 @@ class SequenceClassifier(HarnessModule):
         )
         self.val_metrics = cls_metrics.collection(n, ece_bins, list(metrics)).clone(prefix="val_")
         self.val_loss = MeanMetric()
+
+    # ---- distillation (harness compress --method distill) ---------------------------------------------------------
+    _teacher: Any = None
+
+    def distill_from(self, teacher: torch.nn.Module, temperature: float, alpha: float) -> None:
+        """Train on Hinton's loss against `teacher` (frozen). Held in a tuple, so the teacher is not a submodule: it
+        is neither optimized nor saved in checkpoints or the logged model."""
+        teacher.eval().requires_grad_(False)
+        self._teacher = (teacher, float(temperature), float(alpha))
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self._teacher is None:
+            return super().training_step(batch, batch_idx)
+        teacher, temperature, alpha = self._teacher
+        inputs = {k: batch[k] for k in self.inputs if k in batch}
+        student = self.model(**inputs).logits
+        loss, soft, hard = hinton_loss(
+            student, teacher_logits(teacher, inputs, student.device), batch["label"], temperature, alpha
+        )
+        n = len(batch["input_ids"])
+        self.log("train_loss", self._global_loss(loss, n), on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
+        self.log_dict(
+            {"train_soft_loss": soft.detach(), "train_hard_loss": hard.detach()},
+            on_step=True,
+            on_epoch=False,
+            batch_size=n,
+        )
+        return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self(batch)

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import torch
 from torchmetrics import MeanMetric
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForPreTraining
 
 from harness.errors import ConfigError
 from harness.models.base import HarnessModule, target_tokens
@@ -52,12 +52,19 @@ class LanguageModel(HarnessModule):
         kind: str,
         from_scratch: bool = False,
         config_overrides: Optional[dict[str, Any]] = None,
+        nsp: bool = False,
         **backbone: Any,
     ):
         super().__init__(optim)
         self.save_hyperparameters()
         self.kind = kind
+        self.nsp = nsp and kind == "masked"
         auto = AutoModelForCausalLM if kind == "causal" else AutoModelForMaskedLM
+        if self.nsp:  # BERT's two pretraining heads (masked tokens, next sentence) on sentence pairs
+            auto = AutoModelForPreTraining
+            self.inputs = ("input_ids", "attention_mask", "token_type_ids")
+            self.targets = {"labels": "labels", "next_sentence_label": "nsp_label"}
+            self.val_nsp = MeanMetric()
         if from_scratch:
             self.model = auto.from_config(_scratch_config(config_overrides or {}, **backbone))
             self.newly_initialized = ["(all weights: from scratch)"]
@@ -67,19 +74,35 @@ class LanguageModel(HarnessModule):
         self.val_loss = MeanMetric()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        if self.nsp:  # the pretraining loss sums both heads; perplexity is the masked tokens' alone
+            out = self.eval_outputs(batch)
+            self.val_loss.update(
+                out["nll"].sum().float() / out["tokens"].sum().clamp(min=1), weight=out["tokens"].sum()
+            )
+            self.val_nsp.update(out["nsp_correct"].float())
+            return
         out = self(batch)
         self.val_loss.update(out.loss.float(), weight=target_tokens(batch["labels"], self.kind == "causal"))
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()
-        self.log_dict({"val_loss": loss, "val_perplexity": torch.exp(loss)}, prog_bar=False, sync_dist=True)
+        values = {"val_loss": loss, "val_perplexity": torch.exp(loss)}
+        if self.nsp:
+            values["val_nsp_accuracy"] = self.val_nsp.compute()
+            self.val_nsp.reset()
+        self.log_dict(values, prog_bar=False, sync_dist=True)
         self.val_loss.reset()
 
     def eval_outputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        inputs = {k: batch[k] for k in self.inputs if k in batch}
+        out = self.model(**inputs)
+        logits = (out.prediction_logits if self.nsp else out.logits).float()
         labels = batch["labels"]
         if self.kind == "causal":
             logits, labels = logits[:, :-1], labels[:, 1:]
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
         scored = labels != -100
-        return {"index": batch["_row"], "nll": (nll * scored).sum(1).double(), "tokens": scored.sum(1)}
+        result = {"index": batch["_row"], "nll": (nll * scored).sum(1).double(), "tokens": scored.sum(1)}
+        if self.nsp:
+            result["nsp_correct"] = out.seq_relationship_logits.argmax(-1) == batch["nsp_label"]
+        return result

@@ -170,6 +170,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
             f"({measured['speedup_b1_p50']:.2f}x the source's {measured['source_latency_b1_p50_ms']:.1f} ms), "
             f"batch-32 {measured['throughput_b32']:.1f} ex/s ({measured['speedup_b32']:.2f}x)"
         )
+    main = done.task.main_metric
+    if f"paired_delta_{main}" in measured:
+        print(
+            f"vs the source on the same examples: {main} {measured[f'paired_delta_{main}']:+.4f} "
+            f"(paired test p={measured[f'paired_p_{main}']:.3g})"
+        )
     print(f"every variant of this run: artifact compression/variants.md of run {run_id}")
     return 0
 

@@ -565,6 +565,7 @@ def _log_model(ctx: RunContext) -> None:
         "truncation": cfg.data.truncation,
         "head_tokens": cfg.data.head_tokens,
         "pair": "text_pair" in task.columns,
+        **ctx.family.serving_meta(cfg, task),
     }
     if cfg.model.mode != "full":
         meta["mode"] = cfg.model.mode

@@ -62,3 +62,14 @@ def test_compress_reads_the_source_threads_as_logged():
     assert source_threads({"trainer.num_threads": "null"}) is None
     assert source_threads({}) is None and source_threads({"trainer.num_threads": "0"}) is None
     assert source_threads({"trainer.num_threads": "3"}) == 3
+
+
+def test_variants_of_one_method_are_told_apart():
+    from harness.compress import DistillSpec
+    from harness.compress import _variant_tags as tags
+
+    assert tags("prune", 0.75, DistillSpec(), {}) == {"sparsity": "0.75"}
+    assert tags("distill", 0.5, DistillSpec(layers=3), {}) == {"student_spec": "L3"}
+    assert tags("distill", 0.5, DistillSpec(layers=2), {"trainer.max_epochs": 2}) == {"student_spec": "L2-2ep"}
+    assert tags("distill", 0.5, DistillSpec(student="org/tiny-bert"), {}) == {"student_spec": "tiny-bert"}
+    assert tags("onnx-int8", 0.5, DistillSpec(), {}) == {}

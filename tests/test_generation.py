@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import in_dir, run_cli
 from mlflow.tracking import MlflowClient
@@ -112,7 +113,7 @@ def test_causal_encoding_masks_the_prompt(data_dir, tiny_llama):
 
 
 def test_chat_template_wraps_the_prompt(data_dir, tiny_llama):
-    from harness.data.generation import GenerationDataModule
+    from harness.data.generation import GenerationDataModule, render_prompts
 
     dm, tok, data = _datamodule("multi30k_en_de", tiny_llama, "causal", data_dir)
     tok.chat_template = (
@@ -121,7 +122,7 @@ def test_chat_template_wraps_the_prompt(data_dir, tiny_llama):
     )
     chat = GenerationDataModule(dm.cfg, dm.task, dm.data, tok, "causal")
     assert chat.chat
-    assert chat.render_prompts(["A dog runs."]) == [
+    assert render_prompts(tok, dm.cfg.generation, chat.chat, ["A dog runs."]) == [
         "<system>Translate the user's English sentence into German.</system><user>A dog runs.</user><assistant>"
     ]
 
@@ -234,7 +235,11 @@ def translation_runs(tmp_path_factory, data_dir, tiny_llama):
     work = tmp_path_factory.mktemp("mt")
     with in_dir(work):
         uri = f"sqlite:///{work / 'mlruns.db'}"
-        assert run_cli(["run", "multi30k_en_de", *_gen_args(data_dir, str(tiny_llama), uri, log_model="true")]) == 0
+        whole = {"eval.prediction_text_chars": "100000"}  # whole sources in the predictions table
+        assert (
+            run_cli(["run", "multi30k_en_de", *_gen_args(data_dir, str(tiny_llama), uri, log_model="true", **whole)])
+            == 0
+        )
         assert run_cli(["run", "multi30k_en_de", *_gen_args(data_dir, "baseline:copy-source", uri)]) == 0
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name("multi30k_en_de")
@@ -244,7 +249,7 @@ def translation_runs(tmp_path_factory, data_dir, tiny_llama):
             == 0
         )
         again = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])[2]
-        yield {"client": client, "trained": trained, "baseline": baseline, "again": again, "work": work}
+        yield {"client": client, "trained": trained, "baseline": baseline, "again": again, "work": work, "uri": uri}
 
 
 def test_translation_run_content(translation_runs):
@@ -305,12 +310,36 @@ def test_logged_model_generates_the_same_text(translation_runs):
     assert again.data.metrics["test_chrf"] == pytest.approx(trained.data.metrics["test_chrf"], abs=1e-9)
 
 
-def test_bert2bert_summarization_run(data_dir, tiny_model, tracking_uri):
+def _served_text(uri: str, run_id: str, monkeypatch) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The run's predictions table, and what its logged model (pyfunc, as `make serve`) generates for its sources."""
+    import json
+
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    table = json.loads(Path(client.download_artifacts(run_id, "predictions/test.json")).read_text())
+    table = pd.DataFrame(table["data"], columns=table["columns"])
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    assert model.metadata.get_input_schema().input_names() == ["source"]
+    return table, model.predict(pd.DataFrame({"source": table["source"]}))
+
+
+def test_served_decoder_only_model_generates_what_the_run_did(translation_runs, monkeypatch):
+    table, out = _served_text(translation_runs["uri"], translation_runs["trained"].info.run_id, monkeypatch)
+    assert len(out) == 24 and list(out["text"]) == list(table["hypothesis"])
+    assert list(out["gen_tokens"]) == [int(x) for x in table["generated_tokens"]]
+
+
+def test_bert2bert_summarization_run(data_dir, tiny_model, tracking_uri, monkeypatch):
     args = _gen_args(
         data_dir,
         f"bert2bert:{tiny_model}",
         tracking_uri,
+        log_model="true",
         **{"data.train_size": "16", "data.validation_size": "8", "data.test_size": "8"},
+        **{"eval.prediction_text_chars": "100000"},
     )
     assert run_cli(["run", "cnn_dailymail", *args]) == 0
     client = MlflowClient(tracking_uri)
@@ -321,6 +350,9 @@ def test_bert2bert_summarization_run(data_dir, tiny_model, tracking_uri):
     for k in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
         assert 0 <= m[f"test_{k}_ci_low"] <= m[f"test_{k}"] <= m[f"test_{k}_ci_high"] <= 100
     assert "scale:x100" in run.data.tags["metric.rouge.signature"]
+    # served (encoder-decoder): the summaries the run's evaluation generated
+    table, out = _served_text(tracking_uri, run.info.run_id, monkeypatch)
+    assert len(out) == 8 and list(out["text"]) == list(table["hypothesis"])
 
 
 def test_lead3_baseline_run_equals_rouge_score(data_dir, tracking_uri):

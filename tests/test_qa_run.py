@@ -194,3 +194,27 @@ def test_v2_task_refuses_a_v1_file(data_dir, tracking_uri, tmp_path, capsys):
     client = MlflowClient(tracking_uri)
     run = client.search_runs([client.get_experiment_by_name("squad_v2").experiment_id])[0]
     assert run.info.status == "FAILED" and "v1.1" in run.data.tags["error"]
+
+
+def test_logged_qa_model_answers_as_the_run_did(runs, monkeypatch):
+    """pyfunc (what `make serve` answers with) gives every test question the answer the run's evaluation gave."""
+    import mlflow
+    import pandas as pd
+
+    from harness.data.squad import read_squad_json
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", runs["uri"])
+    mlflow.set_tracking_uri(runs["uri"])
+    client, run_id = runs["client"], runs["trained"].info.run_id
+    table = json.loads(Path(client.download_artifacts(run_id, "predictions/test.json")).read_text())
+    table = pd.DataFrame(table["data"], columns=table["columns"])
+    dev = read_squad_json(runs["data_dir"] / "qa/squad_v1.1/dev-v1.1.json.gz").rows
+    by_id = {q: (question, context) for q, question, context in zip(dev["id"], dev["question"], dev["context"])}
+    request = pd.DataFrame([by_id[q] for q in table["id"]], columns=["question", "context"])
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    out = model.predict(request)
+    assert len(out) == 80 and list(out["answer"]) == list(table["prediction"])
+    assert (out["span_score"] - table["span_score"]).abs().max() <= 1e-4
+    assert model.metadata.get_input_schema().input_names() == ["question", "context"]
+    with pytest.raises(Exception, match=r"missing inputs \['context'\]"):
+        model.predict(pd.DataFrame({"question": ["who?"]}))

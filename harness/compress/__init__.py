@@ -72,6 +72,8 @@ class SwapModel(L.Callback):
                 f"{ONNX_TOLERANCE:g})",
                 "report it with the model's architecture; evaluate the PyTorch model meanwhile",
             )
+        if hasattr(variant.model, "reference"):  # timing measures the engine alone, not the agreement check
+            variant.model.reference = None
         with tempfile.TemporaryDirectory() as tmp:
             source_bytes = sum(f.stat().st_size for f in save_dense(self.source, Path(tmp)))
         mine, theirs = speed(variant.model, self.inputs, self.threads), speed(self.source, self.inputs, self.threads)
@@ -105,12 +107,13 @@ def _source_overrides(run: Any, more: tuple[str, ...] = ()) -> list[str]:
     return [f"{k}={v}" for k, v in sorted(run.data.params.items()) if k.startswith(keep)]
 
 
-def _variant_tags(method: str, sparsity: float, distill: DistillSpec) -> dict[str, str]:
+def _variant_tags(method: str, sparsity: float, distill: DistillSpec, given: dict[str, Any]) -> dict[str, str]:
     """What tells variants of one method apart (their key in the variants table)."""
     if method == "prune":
         return {"sparsity": f"{sparsity:g}"}
     if method == "distill":
-        return {"student_spec": distill.label()}
+        epochs = given.get("trainer.max_epochs")
+        return {"student_spec": distill.label() + (f"-{epochs}ep" if epochs is not None else "")}
     return {}
 
 
@@ -154,7 +157,7 @@ def compress(
             "compress a classification run (e.g. make eval TASK=imdb ARGS=log_model=true)",
         )
     threads = threads or source_threads(src.data.params) or torch_threads()
-    variant_tags = _variant_tags(method, sparsity, distill)
+    variant_tags = _variant_tags(method, sparsity, distill, given)
     name = "-".join([src.info.run_name or source[:8], method, *variant_tags.values()])
     if method == "distill":  # the student trains like the source did, wherever the user trains
         fixed = ["train=true", f"model.name=runs:/{source}", f"trainer.num_threads={threads}"]
@@ -171,6 +174,11 @@ def compress(
             f"trainer.num_threads={threads}",
         ]
         cfg = resolve_run_config(task, [*_source_overrides(src), *overrides, *fixed, f"tracking.run_name={name}"])
+    if cfg.log_model and method == "torch-int8":
+        raise ConfigError(
+            "log_model=true: a torch-int8 model (torch.ao quantized modules) cannot be saved as a servable model",
+            "log and serve --method onnx-int8 instead, or drop log_model",
+        )
     cfg.tracking.tags = {
         **cfg.tracking.tags,
         "mlflow.parentRunId": source,

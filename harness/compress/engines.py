@@ -68,10 +68,11 @@ class OnnxClassifier(torch.nn.Module):
     """An ONNX Runtime session behind the call signature of a transformers classifier. With `reference`, every
     batch also runs through PyTorch and the largest logit difference is kept (`max_abs_diff`)."""
 
-    def __init__(self, path: Path, threads: int, reference: Optional[torch.nn.Module] = None):
+    def __init__(self, path: Path, threads: int, reference: Optional[torch.nn.Module] = None, config: Any = None):
         super().__init__()
         import onnxruntime as ort
 
+        self.path, self.config = Path(path), config if config is not None else getattr(reference, "config", None)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -82,6 +83,8 @@ class OnnxClassifier(torch.nn.Module):
         self.max_abs_diff = 0.0
 
     def forward(self, **batch: Any) -> SequenceClassifierOutput:
+        if "token_type_ids" in self.names and "token_type_ids" not in batch:  # single texts: one segment
+            batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
         feed = {k: batch[k].cpu().numpy().astype(np.int64) for k in self.names}
         logits = torch.from_numpy(self.session.run(None, feed)[0])
         if self.reference is not None:
@@ -89,6 +92,18 @@ class OnnxClassifier(torch.nn.Module):
                 ref = self.reference(**{k: batch[k] for k in self.names}).logits.float()
             self.max_abs_diff = max(self.max_abs_diff, float((ref - logits).abs().max()))
         return SequenceClassifierOutput(logits=logits)
+
+    def save_pretrained(self, folder: Any, **_: Any) -> None:
+        """The graph (model.onnx, and model.onnx.data when the exporter put weights beside it) and the model's config
+        (labels), as a folder harness/serving.py serves with ONNX Runtime."""
+        import shutil
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in _files(self.path.parent):
+            shutil.copy2(f, folder / f.name)
+        if self.config is not None:
+            self.config.save_pretrained(folder)
 
 
 def export_onnx(model: torch.nn.Module, tokenizer: Any, path: Path, names: list[str]) -> list[str]:
@@ -180,7 +195,7 @@ def _ort() -> str:
 
 _TORCH_INT8 = (
     "torch.ao.quantization.quantize_dynamic (deprecated in torch 2.13): qint8 nn.Linear (dynamic activations), "
-    "quint8 nn.Embedding (weight-only, per-row scales)"
+    "quint8 word embeddings (weight-only, per-row scales)"
 )
 
 
@@ -196,7 +211,13 @@ def _torch_int8(model: torch.nn.Module) -> torch.nn.Module:
 
     from torch.ao.quantization import default_dynamic_qconfig, float_qparams_weight_only_qconfig
 
-    spec = {torch.nn.Linear: default_dynamic_qconfig, torch.nn.Embedding: float_qparams_weight_only_qconfig}
+    # the word embeddings are most of a small encoder's size; the position and segment tables are tiny (and BERT
+    # reads its default segment ids through a non-contiguous buffer, which the quantized lookup refuses)
+    words = model.get_input_embeddings()
+    name = next((n for n, m in model.named_modules() if m is words), None)
+    spec: dict[Any, Any] = {torch.nn.Linear: default_dynamic_qconfig}
+    if name:
+        spec[name] = float_qparams_weight_only_qconfig
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return quantize(copy.deepcopy(model).float(), spec, dtype=torch.qint8)

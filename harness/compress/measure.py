@@ -41,7 +41,7 @@ class Inputs:
         mask = batch["attention_mask"]
         for i in range(len(mask)):
             n = int(mask[i].sum())
-            self.rows.append({k: batch[k][i : i + 1, :n].cpu() for k in self.names if k in batch})
+            self.rows.append({k: batch[k][i : i + 1, :n].cpu().contiguous() for k in self.names if k in batch})
 
     def singles(self) -> list[dict[str, torch.Tensor]]:
         idx = np.linspace(0, len(self.rows) - 1, num=min(SINGLES, len(self.rows))).round().astype(int)

@@ -61,6 +61,33 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+def render_prompts(tok: Any, g: Any, chat: bool, sources: list[str]) -> list[str]:
+    """The text fed to a decoder-only model before its answer, for each (already truncated) source."""
+    prompts = [g.prompt.replace("{source}", s) for s in sources]
+    if not chat:
+        return prompts
+    out = []
+    for p in prompts:
+        messages = ([{"role": "system", "content": g.system}] if g.system else []) + [{"role": "user", "content": p}]
+        out.append(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return out
+
+
+def truncate_sources(tok: Any, limit: int, sources: list[str]) -> list[str]:
+    ids = tok(sources, add_special_tokens=False)["input_ids"]
+    return [s if len(i) <= limit else tok.decode(i[:limit], skip_special_tokens=True) for s, i in zip(sources, ids)]
+
+
+def source_ids(tok: Any, g: Any, kind: str, chat: bool, sources: list[str]) -> list[list[int]]:
+    """What the model reads for each source: the encoder's input (seq2seq: `source_prefix` + source, cut at
+    `max_source_length`), or a decoder-only model's prompt (the source cut at `max_source_length`, in the prompt
+    template and, for chat models, the chat template). Training, evaluation and serving encode alike."""
+    if kind == "seq2seq":
+        return tok([g.source_prefix + s for s in sources], truncation=True, max_length=g.max_source_length)["input_ids"]
+    prompts = render_prompts(tok, g, chat, truncate_sources(tok, g.max_source_length, sources))
+    return tok(prompts, add_special_tokens=not chat)["input_ids"]
+
+
 class GenerationDataModule(HarnessDataModule):
     scalar_cols = ["_row"]
 
@@ -96,42 +123,19 @@ class GenerationDataModule(HarnessDataModule):
         }
 
     # ---- encoding ------------------------------------------------------------------------------------------------
-    def render_prompts(self, sources: list[str]) -> list[str]:
-        """The text fed to a decoder-only model before its answer, for each (already truncated) source."""
-        g = self.cfg.generation
-        prompts = [g.prompt.replace("{source}", s) for s in sources]
-        if not self.chat:
-            return prompts
-        out = []
-        for p in prompts:
-            messages = ([{"role": "system", "content": g.system}] if g.system else []) + [
-                {"role": "user", "content": p}
-            ]
-            out.append(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-        return out
-
-    def truncate_sources(self, sources: list[str]) -> list[str]:
-        tok = self.tokenizer
-        limit = self.cfg.generation.max_source_length
-        ids = tok(sources, add_special_tokens=False)["input_ids"]
-        return [s if len(i) <= limit else tok.decode(i[:limit], skip_special_tokens=True) for s, i in zip(sources, ids)]
-
     def encode(self, batch: dict[str, list]) -> dict[str, list]:
         g = self.cfg.generation
         tok = self.tokenizer
         sources = [str(s) for s in batch["source"]]
         targets = [str(t) for t in batch["target"]]
+        inputs = source_ids(tok, g, self.kind, self.chat, sources)
         if self.kind == "seq2seq":
-            inputs = tok([g.source_prefix + s for s in sources], truncation=True, max_length=g.max_source_length)[
-                "input_ids"
-            ]
             labels = tok(text_target=targets, truncation=True, max_length=g.max_target_length)["input_ids"]
             start = self.decoder_start_token_id
             if start is not None:  # e.g. bert2bert: [CLS] starts the decoder; it is not something to predict
                 labels = [lab[1:] if lab and lab[0] == start else lab for lab in labels]
             return {"input_ids": inputs, "labels": labels}
-        prompts = self.render_prompts(self.truncate_sources(sources))
-        prompt_ids = tok(prompts, add_special_tokens=not self.chat)["input_ids"]
+        prompt_ids = inputs
         target_ids = tok(targets, add_special_tokens=False, truncation=True, max_length=g.max_target_length)[
             "input_ids"
         ]

@@ -14,7 +14,7 @@ all, that question is left out of training and counted.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -74,26 +74,10 @@ class QADataModule(HarnessDataModule):
 
     def encode(self, batch: dict[str, list]) -> dict[str, list]:
         d = self.cfg.data
-        tok = self.tokenizer
-        questions = [_cut_question(tok, q.lstrip()) for q in batch["question"]]
-        enc = tok(
-            questions,
-            batch["context"],
-            truncation="only_second",
-            max_length=d.max_length,
-            stride=d.doc_stride,
-            return_overflowing_tokens=True,
-            return_offsets_mapping=True,
-        )
         out: dict[str, list] = {k: [] for k in self.sequence_cols + self.scalar_cols}
-        sample_map = enc["overflow_to_sample_mapping"]
         starts: dict[int, tuple[int, int]] = {}
-        for i, ids in enumerate(enc["input_ids"]):
-            ex = sample_map[i]
-            seq = enc.sequence_ids(i)
-            offsets = enc["offset_mapping"][i]
-            o_start = [o[0] if s == 1 else -1 for o, s in zip(offsets, seq)]
-            o_end = [o[1] if s == 1 else -1 for o, s in zip(offsets, seq)]
+        for w in windows(self.tokenizer, batch["question"], batch["context"], d.max_length, d.doc_stride):
+            ex, ids, o_start, o_end = w.example, w.input_ids, w.offset_start, w.offset_end
             if ex not in starts:
                 starts[ex] = self._answer_chars(batch["context"][ex], batch["answers"][ex])
             a_start, a_end = starts[ex]
@@ -107,7 +91,7 @@ class QADataModule(HarnessDataModule):
             out["offset_start"].append(o_start)
             out["offset_end"].append(o_end)
             if self.has_types:
-                out["token_type_ids"].append(enc["token_type_ids"][i])
+                out["token_type_ids"].append(w.token_type_ids)
             out["_row"].append(batch["_row"][ex])
             out["start_positions"].append(sp)
             out["end_positions"].append(ep)
@@ -124,6 +108,38 @@ class QADataModule(HarnessDataModule):
         if start < 0:
             return -2, -2
         return start, start + len(texts[0])
+
+
+@dataclass
+class Window:
+    example: int  # index of the question in the call
+    input_ids: list[int]
+    token_type_ids: Optional[list[int]]
+    offset_start: list[int]  # character offsets in the context; -1 outside it
+    offset_end: list[int]
+
+
+def windows(tok: Any, questions: list[str], contexts: list[str], max_length: int, doc_stride: int) -> list[Window]:
+    """Question + context windows of at most `max_length` tokens, `doc_stride` tokens shared by neighbours (as for
+    training and evaluation; serving cuts requests the same way)."""
+    enc = tok(
+        [_cut_question(tok, q.lstrip()) for q in questions],
+        contexts,
+        truncation="only_second",
+        max_length=max_length,
+        stride=doc_stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+    )
+    out = []
+    types = enc.get("token_type_ids")
+    for i, ids in enumerate(enc["input_ids"]):
+        seq = enc.sequence_ids(i)
+        offsets = enc["offset_mapping"][i]
+        o_start = [o[0] if s == 1 else -1 for o, s in zip(offsets, seq)]
+        o_end = [o[1] if s == 1 else -1 for o, s in zip(offsets, seq)]
+        out.append(Window(enc["overflow_to_sample_mapping"][i], ids, types[i] if types else None, o_start, o_end))
+    return out
 
 
 def _cut_question(tok: Any, q: str) -> str:

@@ -162,6 +162,10 @@ class Family(ABC):
     @abstractmethod
     def score(self, cfg: RunConfig, task: TaskSpec, outputs: dict[str, Any], split: SplitData) -> EvalReport: ...
 
+    def serving_meta(self, cfg: RunConfig, task: TaskSpec) -> dict[str, Any]:
+        """What a served model needs besides the weights to answer as the run's evaluation did (in harness.json)."""
+        return {}
+
     def export(self, module: Any, tokenizer: Any, out_dir: Path, merge: bool = False) -> None:
         """Write the trained model as a folder (safetensors + tokenizer), loadable by harness and by transformers'
         from_pretrained; an adapter (LoRA, prompt tuning) as an adapter beside its base model's config, unless

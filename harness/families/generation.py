@@ -97,6 +97,16 @@ class GenerationFamily(Family):
     def module_args(self, cfg: RunConfig, task: TaskSpec, model: ResolvedModel) -> dict[str, Any]:
         return dict(kind=self.kind, warm_start=self.warm_start)
 
+    def serving_meta(self, cfg: RunConfig, task: TaskSpec) -> dict[str, Any]:
+        pad, eos, start = self._special_tokens(self.tokenizer)
+        return {
+            "kind": self.kind,
+            "generation": cfg.generation.model_dump(mode="json"),
+            "pad_token_id": pad,
+            "eos_token_id": eos,
+            "decoder_start_token_id": start,
+        }
+
     # ---- outputs -------------------------------------------------------------------------------------------------
     def postprocess(self, cfg: RunConfig, task: TaskSpec, outputs: dict[str, Any], split: SplitData) -> Any:
         tokens = np.asarray(outputs["tokens"])

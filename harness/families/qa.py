@@ -70,6 +70,16 @@ class ExtractiveQAFamily(Family):
             null_threshold=e.null_threshold,
         )
 
+    def serving_meta(self, cfg: RunConfig, task: TaskSpec) -> dict[str, Any]:
+        e = cfg.eval
+        return {
+            "doc_stride": cfg.data.doc_stride,
+            "version_2": is_v2(task),
+            "n_best": e.n_best,
+            "max_answer_length": e.max_answer_length,
+            "null_threshold": e.null_threshold,
+        }
+
     def postprocess(self, cfg: RunConfig, task: TaskSpec, outputs: dict[str, Any], split: SplitData) -> Any:
         frame = postprocess(outputs, split, is_v2(task), cfg.eval.null_threshold).frame
         loss = pd.Series(np.asarray(outputs["loss"], dtype=np.float64)).groupby(np.asarray(outputs["example"])).mean()

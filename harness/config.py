@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness.errors import ConfigError
 
 LM_FAMILIES = ("causal_lm", "masked_lm")
-TRANSFER_FAMILIES = ("classification", "extractive_qa")  # model.mode other than full
+TRANSFER_FAMILIES = ("classification", "extractive_qa", "summarization", "translation")  # model.mode other than full
+GENERATION_MODES = ("full", "lora", "prompt_tuning")  # generation has no task head to train alone (frozen)
 GENERATION_FAMILIES = ("summarization", "translation")
 
 

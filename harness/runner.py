@@ -34,7 +34,7 @@ from transformers import AutoTokenizer
 
 from harness.callbacks import DivergenceCheck, LineProgress, StepMonitor, quiet_mode
 from harness.checkpoints import AtomicCheckpointIO, unreadable
-from harness.config import TRANSFER_FAMILIES, RunConfig, TaskSpec, redact_uri
+from harness.config import GENERATION_MODES, TRANSFER_FAMILIES, RunConfig, TaskSpec, redact_uri
 from harness.data.sources import TaskData, load_task_data
 from harness.errors import ConfigError, user_error
 from harness.families import get_family
@@ -278,7 +278,13 @@ def _context(cfg: RunConfig, task: TaskSpec, console: Any, objective: bool, call
     if cfg.model.mode != "full" and task.family not in TRANSFER_FAMILIES:
         raise ConfigError(
             f"model.mode={cfg.model.mode} is not available for {task.family} tasks",
-            f"use model.mode=full, or a task of the {' or '.join(TRANSFER_FAMILIES)} family",
+            f"use model.mode=full, or a task of the {', '.join(TRANSFER_FAMILIES)} families",
+        )
+    if cfg.model.mode not in GENERATION_MODES and task.family in ("summarization", "translation"):
+        raise ConfigError(
+            f"model.mode={cfg.model.mode} is not available for {task.family}: a generator has no task head to train "
+            "on frozen features",
+            f"use model.mode={' or '.join(GENERATION_MODES[1:])} (adapters on the frozen model), or full",
         )
     cfg = cfg.model_copy(deep=True)
     cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)

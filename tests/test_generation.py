@@ -581,3 +581,24 @@ def test_xsum_offline_says_where_it_looked(data_dir, tracking_uri, capsys):
     )
     err = capsys.readouterr().err
     assert "EdinburghNLP/xsum" in err and "summarization/xsum/test.jsonl.gz" in err and "Traceback" not in err
+
+
+def test_lora_on_a_decoder_only_generator(data_dir, tiny_llama, tracking_uri, monkeypatch):
+    """LoRA adapters on the attention of a causal LM (the LM head stays as it was), logged as an adapter that
+    evaluates and serves to the same translations."""
+    args = _gen_args(data_dir, str(tiny_llama), tracking_uri, log_model="true", **{"model.mode": "lora"})
+    assert run_cli(["run", "multi30k_en_de", *args, "eval.prediction_text_chars=100000"]) == 0
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name("multi30k_en_de")
+    (run,) = client.search_runs([exp.experiment_id])
+    m, t = run.data.metrics, run.data.tags
+    assert 0 < m["params_trainable_pct"] < 10 and t["model.lora_targets_resolved"] == "q_proj,v_proj"
+    assert t["model.head_modules"] == ""  # the LM head is not trained
+    files = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "model/artifacts/weights")}
+    assert "adapter_config.json" in files and "model.safetensors" not in files
+    again = _gen_args(data_dir, f"runs:/{run.info.run_id}", tracking_uri, train="false")
+    assert run_cli(["run", "multi30k_en_de", *again]) == 0
+    rerun = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])[0]
+    assert rerun.data.metrics["test_bleu"] == pytest.approx(m["test_bleu"], abs=1e-9)
+    table, out = _served_text(tracking_uri, run.info.run_id, monkeypatch)
+    assert list(out["text"]) == list(table["hypothesis"])

@@ -139,13 +139,18 @@ def test_lora_merged_on_request_is_a_full_model_with_the_same_predictions(work):
 def test_a_mode_for_a_family_without_modes(work, capsys):
     args = tiny_args(work["data_dir"], work["tiny"], work["uri"], **{"model.mode": "lora"})
     with in_dir(work["dir"]):
-        rc = run_cli(["run", "cnn_dailymail", *args])
+        rc = run_cli(["run", "mlm_imdb", *args])
     err = capsys.readouterr().err
     assert rc == 2
     assert (
-        "error: model.mode=lora is not available for summarization tasks — use model.mode=full, or a task of the "
-        "classification or extractive_qa family"
+        "error: model.mode=lora is not available for masked_lm tasks — use model.mode=full, or a task of the "
+        "classification, extractive_qa, summarization, translation families"
     ) in err
+    args = tiny_args(work["data_dir"], work["tiny"], work["uri"], **{"model.mode": "frozen"})
+    with in_dir(work["dir"]):
+        rc = run_cli(["run", "cnn_dailymail", *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error: model.mode=frozen is not available for summarization" in err
 
 
 def test_the_modes_search_space_is_valid_and_samples_each_modes_parameters_only_for_it():

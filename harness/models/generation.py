@@ -42,7 +42,16 @@ class TextGenerator(HarnessModule):
         self.pad_token_id = pad_token_id
         self.eos_token_id = eos_token_id
         self.decoder_start_token_id = decoder_start_token_id
+        self.peft_task = "CAUSAL_LM" if kind == "causal" else "SEQ_2_SEQ_LM"  # adapter modes (lora, prompt tuning)
         if warm_start == "bert2bert":
+            if backbone.get("transfer"):
+                from harness.errors import ConfigError
+
+                raise ConfigError(
+                    "model.mode: adapters on a bert2bert model starting from an encoder are not supported (its "
+                    "cross-attention is new and must train in full)",
+                    "use model.mode=full for bert2bert, or adapters on a pretrained generator",
+                )
             self._load_bert2bert(**backbone)
         else:
             auto = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM

@@ -25,6 +25,7 @@ import torch
 from harness.errors import ConfigError
 
 MODES = ("full", "frozen", "lora", "prompt_tuning")
+LM_TASK_TYPES = ("CAUSAL_LM", "SEQ_2_SEQ_LM")
 ADAPTER_MODES = ("lora", "prompt_tuning")
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -100,7 +101,8 @@ def apply(model: Any, settings: Optional[dict[str, Any]], task_type: Optional[st
     """Make `model` train as `settings['mode']` says; returns the (possibly wrapped) model and what it trains."""
     settings = settings or {}
     mode = settings.get("mode", "full")
-    head = head_modules(model)
+    # a language-model head is pretrained (and often tied to the input embeddings): adapters train without it
+    head = [] if task_type in LM_TASK_TYPES else head_modules(model)
     targets: list[str] = []
     if mode == "frozen":
         for name, p in model.named_parameters():

@@ -35,7 +35,7 @@ WHEELS ?= .wheels$(subst .,,$(PY))
 HAVE   ?= torch lightning pytorch-lightning transformers torchmetrics sacrebleu numpy
 EXCLUDE ?=
 
-.PHONY: server server-stop help setup setup-offline wheels eval tune probe compress serve check suite compare report test test-all lint format ui dashboard bench bench-train clean
+.PHONY: gpu-bundle gpu-check gpu-sim server server-stop help setup setup-offline wheels eval tune probe compress serve check suite compare report test test-all lint format ui dashboard bench bench-train clean
 
 help:
 	@echo "make setup                  create $(VENV) and install harness with its dependencies"
@@ -76,6 +76,20 @@ setup-offline:
 	$(BIN)/python -m pip install --quiet --no-index --find-links $(WHEELS) --no-deps $(WHEELS)/*.whl
 	$(BIN)/python -m pip install --quiet --no-index --no-build-isolation --no-deps -e .
 	$(BIN)/harness validate
+
+# The GPU check for a bare offline GPU host: the bundle (<= 64 MiB: harness, the wheels the image lacks, the model in
+# bf16, IMDB tokenized), then the check itself (on the host: sh $(BUNDLE)/run.sh). gpu-sim runs it here in a venv
+# with only the image's packages (CPU builds), installed from the bundle with --no-index.
+BUNDLE ?= .gpu-bundle
+DEVICE ?= auto
+gpu-bundle:
+	$(BIN)/python scripts/gpu_bundle.py --dest $(BUNDLE) --python-version $(PY) --have $(HAVE) $(ARGS)
+
+gpu-check:
+	VENV=$(abspath $(VENV)) sh $(BUNDLE)/run.sh --device $(DEVICE) $(ARGS)
+
+gpu-sim:
+	$(BIN)/python scripts/gpu_sim.py $(ARGS)
 
 eval:
 	$(BIN)/harness run $(TASK) $(ARGS)

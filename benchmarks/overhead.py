@@ -38,8 +38,9 @@ def main() -> int:
     from harness.families import get_family
     from harness.models.loading import resolve_model
     from harness.registry import get_task
-    from harness.runner import RunState, build_trainer
+    from harness.runner import RunState
     from harness.runtime import configure_runtime, resolve_precision
+    from harness.training import build_trainer
 
     task = get_task(args.task)
     cfg = resolve_run_config(task, ["profile=quick", *args.overrides])

@@ -134,8 +134,9 @@ def run_harness(model_dir: Path, args: argparse.Namespace, device: str) -> dict[
     from harness.families import get_family
     from harness.models.loading import resolve_model
     from harness.registry import get_task
-    from harness.runner import RunState, build_trainer
+    from harness.runner import RunState
     from harness.runtime import configure_runtime, resolve_precision
+    from harness.training import build_trainer
 
     task = get_task("imdb")
     profile = "full" if device == "cuda" else "quick"

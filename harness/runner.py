@@ -26,14 +26,12 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from transformers import AutoTokenizer
 
-from harness.callbacks import DivergenceCheck, LineProgress, StepMonitor, quiet_mode
-from harness.checkpoints import AtomicCheckpointIO, unreadable
+from harness.callbacks import quiet_mode
+from harness.checkpoints import unreadable
 from harness.config import GENERATION_MODES, TRANSFER_FAMILIES, RunConfig, TaskSpec, redact_uri
 from harness.data.sources import TaskData, load_task_data
 from harness.errors import ConfigError, user_error
@@ -46,8 +44,8 @@ from harness.tracking.env import describe_device
 from harness.tracking.logger import MlflowStepLogger
 from harness.tracking.mlflow_run import Tracker, is_global_zero
 from harness.tracking.store import check_store
+from harness.training import CHECKPOINT_DIR, build_trainer
 
-CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
 
 
@@ -130,57 +128,6 @@ def uri_key(uri: str) -> str:
 
 
 # ---- the Trainer -----------------------------------------------------------------------------------------------------
-
-
-def build_trainer(cfg: RunConfig, logger: Any, state: RunState, extra_callbacks: list, quiet: bool) -> L.Trainer:
-    t = cfg.trainer
-    callbacks: list = [
-        ModelCheckpoint(
-            dirpath=state.dir / CHECKPOINT_DIR,
-            filename="step-{step}",
-            every_n_train_steps=t.checkpoint_every_n_steps,
-            save_top_k=0,
-            save_last=True,
-        ),
-        StepMonitor(every=t.log_every_n_steps),
-        DivergenceCheck(every=t.log_every_n_steps, cfg=cfg),
-        *extra_callbacks,
-    ]
-    if quiet:
-        callbacks.append(LineProgress(every=t.log_every_n_steps))
-    try:
-        return _trainer(cfg, logger, state, callbacks, quiet)
-    except (ValueError, TypeError, MisconfigurationException) as e:  # Lightning refuses a trainer.* combination
-        raise ConfigError(
-            f"Lightning refused the trainer settings: {str(e).splitlines()[0][:300]}",
-            "fix the trainer.* values (harness config <task> lists them)",
-        ) from None
-
-
-def _trainer(cfg: RunConfig, logger: Any, state: RunState, callbacks: list, quiet: bool) -> L.Trainer:
-    t = cfg.trainer
-    return L.Trainer(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=t.strategy,
-        precision=t.precision,
-        max_epochs=t.max_epochs,
-        max_steps=t.max_steps,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=t.gradient_clip_val,
-        val_check_interval=t.val_check_interval,
-        log_every_n_steps=t.log_every_n_steps,
-        deterministic=t.deterministic,
-        logger=logger if logger is not None else False,
-        callbacks=callbacks,
-        enable_progress_bar=not quiet,
-        enable_model_summary=False,
-        use_distributed_sampler=False,  # the bucketing sampler shards by rank itself
-        num_sanity_val_steps=0,
-        default_root_dir=str(state.dir),
-        plugins=[AtomicCheckpointIO()],
-    )
 
 
 # ---- the run ---------------------------------------------------------------------------------------------------------

@@ -66,6 +66,9 @@ class HarnessModule(L.LightningModule):
             kwargs.update({k: dropout for k in _DROPOUT_KEYS if hasattr(config, k)})
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
+        # float32 weights whatever the checkpoint stores (transformers' default "auto" keeps a bf16 file in bf16, and
+        # AdamW on bf16 weights loses small updates); mixed precision comes from trainer.precision
+        kwargs.setdefault("dtype", torch.float32)
         self.model, info = load_pretrained(auto_cls.from_pretrained, weights, output_loading_info=True, **kwargs)
         self.newly_initialized = sorted(info.get("missing_keys", []))
         if adapter:  # the adapter carries the trained head (peft's modules_to_save) with its own weights

@@ -16,6 +16,7 @@ from typing import Optional
 
 from harness.config import redact_uri
 from harness.errors import ConfigError, TrackingError
+from harness.tracking import offline
 from harness.tracking.journal import PENDING, Journal, answers, find
 
 
@@ -53,6 +54,16 @@ def sync(folder: Path, uri: str) -> Synced:
     lines = [ln for ln in (folder / PENDING).read_text(encoding="utf-8").splitlines() if ln.strip()]
     if not lines:
         return Synced(folder, "", 0, 0)
+    if json.loads(lines[0]).get("op") == offline.CREATE:  # recorded without a store (harness gpu-check)
+        if not answers(uri):
+            raise TrackingError(
+                f"the tracking server {redact_uri(uri)} does not answer; {len(lines)} records stay in {folder}",
+                "start it (make server), then run harness sync again",
+            )
+        created = offline.adopt(folder, MlflowClient(uri))
+        lines = [ln for ln in (folder / PENDING).read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if not lines:
+            return Synced(folder, created or "", 1, 0)
     run_id = json.loads(lines[0])["run_id"]
     state = _state(folder.parent)
     if state.get("tracking") and state["tracking"] != uri_key(uri):

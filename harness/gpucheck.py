@@ -1,0 +1,281 @@
+"""`make gpu-check`: the GPU numbers in one command, on a bare offline GPU host, from the bundle `make gpu-bundle`
+builds (the default model in bf16, IMDB tokenized, the few wheels the image lacks).
+
+    python -m harness.gpucheck --bundle .gpu-bundle [--device cuda|cpu] [--train-limit N --test-limit N]
+
+Phases, each timed, one summary block at the end:
+
+1. `imdb`: the `full` profile on IMDB (harness's classification module, data module, sampler and Trainer, as
+   `harness run imdb profile=full`; the same tokenized rows), trained on the training split and tested on all 25,000
+   test reviews: accuracy, F1, AUROC, ECE with 95% bootstrap intervals, wall time, training samples/s;
+2. `imdb-no-bucketing`: the same with `data.bucketing=false`, to show what length bucketing does.
+
+What the image lacks is not imported: no MLflow, Optuna, datasets, evaluate or pandas. Each phase is recorded as a
+run in an offline journal (`<out>/runs/<phase>/`): copy the folder back and `harness sync <folder>` creates the
+runs in MLflow with their params, metrics (with intervals), tags and the summary. The console says what was left
+out. `--train-limit` / `--test-limit` cut the splits (a CPU dry run of the whole path in a few minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import lzma
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+LEFT_OUT = (
+    "not on this host and not needed: MLflow (runs go to offline journals; harness sync sends them), Optuna, "
+    "datasets, evaluate, pandas (no per-example table or plots in the record)"
+)
+
+
+@dataclass
+class Bundle:
+    folder: Path
+    manifest: dict[str, Any]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, folder: Path) -> Bundle:
+        folder = Path(folder)
+        try:
+            manifest = json.loads((folder / "bundle.json").read_text())
+        except OSError as e:
+            from harness.errors import ConfigError
+
+            raise ConfigError(
+                f"{folder} holds no GPU check bundle ({e.strerror})", "build one with make gpu-bundle"
+            ) from None
+        raw = lzma.decompress((folder / manifest["data"]["file"]).read_bytes())
+        with np.load(io.BytesIO(raw)) as z:
+            arrays = {k: z[k] for k in z.files}
+        return cls(folder, manifest, arrays)
+
+    @property
+    def model_dir(self) -> Path:
+        return self.folder / self.manifest["model"]["folder"]
+
+    def split(self, name: str, limit: Optional[int] = None) -> Any:
+        """The split as harness's TokenizedDataset (the first `limit` rows, label-balanced order kept as stored)."""
+        from harness.data.base import TokenizedDataset
+
+        ids, offsets = self.arrays[f"{name}_ids"], self.arrays[f"{name}_offsets"]
+        labels, rows = self.arrays[f"{name}_label"], self.arrays[f"{name}_row"]
+        n = len(labels) if limit is None else min(limit, len(labels))
+        if n < len(labels):  # an even spread over the split (it is stored in source order)
+            keep = np.linspace(0, len(labels) - 1, n).round().astype(np.int64)
+            seqs = [ids[offsets[i] : offsets[i + 1]] for i in keep]
+            lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            ids = np.concatenate(seqs) if seqs else ids[:0]
+            labels, rows = labels[keep], rows[keep]
+        return TokenizedDataset(
+            {"input_ids": (ids.astype(np.int64), offsets.astype(np.int64))},
+            {"label": labels.astype(np.int64), "_row": rows.astype(np.int64)},
+        )
+
+
+class _PreTokenized:
+    """Stands for the task's data: the splits arrive already tokenized (from the bundle), nothing to load."""
+
+    splits: dict[str, Any] = {}
+    notes: list[str] = []
+
+
+def _config(bundle: Bundle, device: str, extra: list[str]) -> Any:
+    from harness.config import resolve_run_config
+    from harness.registry import get_task
+
+    task = get_task(bundle.manifest["data"]["task"])
+    overrides = [
+        "profile=full",
+        f"model.name={bundle.model_dir}",
+        f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
+        "trainer.devices=1",
+        *([] if device == "cuda" else ["trainer.precision=32-true", "data.num_workers=0", "data.pin_memory=false"]),
+        *extra,
+    ]
+    return task, resolve_run_config(task, overrides)
+
+
+def run_phase(
+    bundle: Bundle, name: str, device: str, extra: list[str], limits: dict[str, Optional[int]], out: Path
+) -> dict[str, Any]:
+    """One IMDB run of the full profile on the bundle's rows; its record goes to an offline journal."""
+    import lightning as L
+    import torch
+    from transformers import AutoTokenizer
+
+    from harness.data.classification import ClassificationDataModule
+    from harness.metrics import classification as cls_metrics
+    from harness.metrics.bootstrap import bootstrap
+    from harness.models.classification import SequenceClassifier
+    from harness.runtime import configure_runtime, resolve_precision
+    from harness.tracking.offline import OfflineRun
+    from harness.training import build_trainer
+
+    task, cfg = _config(bundle, device, extra)
+    configure_runtime(cfg)
+    cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    cfg.tracking.output_dir = str(out / "work" / name)
+    record = OfflineRun(out / "runs" / name, task.name, f"gpu-check-{name}", _tags(bundle, device, name))
+    record.log_params(_params(cfg, task))
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(str(bundle.model_dir))
+    dm = ClassificationDataModule(cfg, task, _PreTokenized(), tokenizer)  # type: ignore[arg-type]
+    dm.encoded = {s: bundle.split(s, limits.get(s)) for s in ("train", "validation", "test")}
+    record.log_params({f"split.{s}.rows": len(ds) for s, ds in dm.encoded.items()})
+    L.seed_everything(cfg.seed, verbose=False)
+    module = SequenceClassifier(
+        labels=list(task.labels),
+        optim=cfg.optim.model_dump(mode="json"),
+        model_path=str(bundle.model_dir),
+        attn_implementation=cfg.model.attn_implementation,
+        dropout=cfg.model.dropout,
+    )
+    trainer = build_trainer(cfg, None, _State(Path(cfg.tracking.output_dir)), [], quiet=True)
+    fit_start = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    fit_seconds = time.perf_counter() - fit_start
+    trainer.test(module, dataloaders=dm.test_dataloader(), verbose=False)
+    out_t = module.test_outputs
+    probs, labels = out_t["probs"].float(), out_t["label"].long()
+
+    def stats(i: np.ndarray) -> dict[str, float]:
+        t = torch.as_tensor(i)
+        return cls_metrics.compute(probs[t], labels[t], n_bins=cfg.eval.ece_bins, names=tuple(task.metrics))
+
+    estimates = bootstrap(
+        stats, len(labels), resamples=cfg.eval.bootstrap_resamples, confidence=cfg.eval.confidence, seed=cfg.seed
+    )
+    wall = time.perf_counter() - started
+    trained = trainer.global_step * cfg.data.batch_size
+    result = {
+        "phase": name,
+        "test_examples": len(labels),
+        "train_examples": len(dm.encoded["train"]),
+        "estimates": {k: [e.value, e.low, e.high] for k, e in estimates.items()},
+        "wall_seconds": wall,
+        "fit_seconds": fit_seconds,
+        "train_samples_per_sec": trained / max(fit_seconds, 1e-9),
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan"),
+        "precision": cfg.trainer.precision,
+    }
+    metrics = {k: v for name_, e in estimates.items() for k, v in e.as_dict(f"test_{name_}").items()}
+    record.log_metrics(
+        {
+            **metrics,
+            "test_examples": float(len(labels)),
+            "wall_seconds": wall,
+            "fit_seconds": fit_seconds,
+            "train_samples_per_sec": result["train_samples_per_sec"],
+        },
+        step=trainer.global_step,
+    )
+    record.log_json("gpu_check.json", result)
+    record.end("FINISHED")
+    return result
+
+
+@dataclass
+class _State:
+    dir: Path
+
+
+def _tags(bundle: Bundle, device: str, phase: str) -> dict[str, str]:
+    import lightning
+    import torch
+    import transformers
+
+    name = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    from harness.tracking import env
+
+    return {
+        **{f"version.{k}": v for k, v in env.package_versions().items()},
+        "device": name,
+        "task": bundle.manifest["data"]["task"],
+        "family": "classification",
+        "harness.gpu_check.phase": phase,
+        "harness.gpu_check.device": name,
+        "harness.gpu_check.left_out": LEFT_OUT,
+        "versions": f"python {platform.python_version()} · torch {torch.__version__} · lightning "
+        f"{lightning.__version__} · transformers {transformers.__version__}",
+        **{f"split.{s}.digest": v["digest"] for s, v in bundle.manifest["data"]["splits"].items()},
+    }
+
+
+def _params(cfg: Any, task: Any) -> dict[str, str]:
+    """The run's params as a harness run logs them: the resolved config of the family, JSON for non-strings."""
+    from harness.config import flatten
+
+    params = {k: v for k, v in flatten(cfg.resolved(task.family)).items() if k != "task"}
+    out = {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()}
+    return {**out, "task": task.name}
+
+
+def summary(results: list[dict[str, Any]], device: str, total: float) -> str:
+    lines = [f"== gpu-check summary ({device}, {total / 60:.1f} min) =="]
+    for r in results:
+        acc = r["estimates"].get("accuracy")
+        acc_s = f"accuracy {acc[0]:.4f} [{acc[1]:.4f}, {acc[2]:.4f}]" if acc else ""
+        lines.append(
+            f"{r['phase']:20} {acc_s} on {r['test_examples']:,} test reviews · train {r['train_examples']:,} at "
+            f"{r['train_samples_per_sec']:.1f} samples/s · wall {r['wall_seconds']:.0f} s"
+        )
+    if len(results) >= 2:
+        on, off = results[0], results[1]
+        lines.append(
+            f"bucketing: {on['train_samples_per_sec'] / max(off['train_samples_per_sec'], 1e-9):.2f}x training "
+            f"samples/s, {off['wall_seconds'] / max(on['wall_seconds'], 1e-9):.2f}x shorter wall time"
+        )
+    lines.append(f"left out: {LEFT_OUT}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", default=".gpu-bundle")
+    ap.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    ap.add_argument("--out", default="gpu-check-out", help="where the offline run records go")
+    ap.add_argument("--train-limit", type=int, help="training reviews used (default: all)")
+    ap.add_argument("--validation-limit", type=int)
+    ap.add_argument("--test-limit", type=int, help="test reviews used (default: all 25,000)")
+    ap.add_argument("--phases", nargs="+", default=["imdb", "imdb-no-bucketing"])
+    ap.add_argument("overrides", nargs="*", help="config overrides for every phase (e.g. trainer.max_epochs=1)")
+    args = ap.parse_args(argv)
+    import torch
+
+    from harness.errors import HarnessError
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    limits = {"train": args.train_limit, "validation": args.validation_limit, "test": args.test_limit}
+    out = Path(args.out)
+    started = time.perf_counter()
+    try:
+        bundle = Bundle.open(Path(args.bundle))
+        print(f"gpu-check on {device}: bundle {bundle.folder} · {LEFT_OUT}", flush=True)
+        results = []
+        for phase in args.phases:
+            extra = {"imdb": [], "imdb-no-bucketing": ["data.bucketing=false"]}[phase]
+            print(f"-- {phase}", flush=True)
+            results.append(run_phase(bundle, phase, device, [*args.overrides, *extra], limits, out))
+    except HarnessError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    text = summary(results, device, time.perf_counter() - started)
+    (out / "summary.txt").write_text(text + "\n")
+    print(text)
+    print(f"records: {out / 'runs'} (copy back, then: harness sync {out / 'runs'}/<phase>)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The Lightning Trainer a harness run trains and tests with, from the run's `trainer.*` settings: checkpoints every
+`checkpoint_every_n_steps` (atomic writes), step timing, the divergence check, line progress when quiet.
+
+Kept apart from the runner (and from MLflow) so a run without a tracking store (the GPU check on a bare host) trains
+with exactly the same Trainer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from harness.callbacks import DivergenceCheck, LineProgress, StepMonitor
+from harness.checkpoints import AtomicCheckpointIO
+from harness.config import RunConfig
+from harness.errors import ConfigError
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def build_trainer(cfg: RunConfig, logger: Any, state: Any, extra_callbacks: list, quiet: bool) -> L.Trainer:
+    t = cfg.trainer
+    callbacks: list = [
+        ModelCheckpoint(
+            dirpath=state.dir / CHECKPOINT_DIR,
+            filename="step-{step}",
+            every_n_train_steps=t.checkpoint_every_n_steps,
+            save_top_k=0,
+            save_last=True,
+        ),
+        StepMonitor(every=t.log_every_n_steps),
+        DivergenceCheck(every=t.log_every_n_steps, cfg=cfg),
+        *extra_callbacks,
+    ]
+    if quiet:
+        callbacks.append(LineProgress(every=t.log_every_n_steps))
+    try:
+        return _trainer(cfg, logger, state, callbacks, quiet)
+    except (ValueError, TypeError, MisconfigurationException) as e:  # Lightning refuses a trainer.* combination
+        raise ConfigError(
+            f"Lightning refused the trainer settings: {str(e).splitlines()[0][:300]}",
+            "fix the trainer.* values (harness config <task> lists them)",
+        ) from None
+
+
+def _trainer(cfg: RunConfig, logger: Any, state: Any, callbacks: list, quiet: bool) -> L.Trainer:
+    t = cfg.trainer
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        val_check_interval=t.val_check_interval,
+        log_every_n_steps=t.log_every_n_steps,
+        deterministic=t.deterministic,
+        logger=logger if logger is not None else False,
+        callbacks=callbacks,
+        enable_progress_bar=not quiet,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # the bucketing sampler shards by rank itself
+        num_sanity_val_steps=0,
+        default_root_dir=str(state.dir),
+        plugins=[AtomicCheckpointIO()],
+    )

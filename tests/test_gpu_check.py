@@ -1,0 +1,153 @@
+"""The GPU check's pieces on the CPU: the bundle's model and data (built by scripts/gpu_bundle.py's own functions),
+the check's IMDB phases on them, its offline records and `harness sync` turning them into MLflow runs. The bare-host
+simulation (a venv with only the image's packages) is `make gpu-sim`, run by CI."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, data_dir):
+    import os
+
+    os.environ["HARNESS_DATA_DIR"] = str(data_dir)
+    gb = _script("gpu_bundle")
+    folder = tmp_path_factory.mktemp("bundle")
+    model = gb.build_model(folder / "model", gb.MODEL)
+    data = gb.build_data(folder / "data", folder / "model", rows=48)
+    manifest = {"model": {"name": gb.MODEL, "folder": "model"}, "data": {**data, "file": "data/imdb.npz.xz"}}
+    (folder / "bundle.json").write_text(json.dumps(manifest))
+    return {"folder": folder, "model": model, "manifest": manifest, "gb": gb}
+
+
+def test_bundle_holds_bf16_weights_and_the_runs_own_tokens(bundle, data_dir):
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    from harness.config import resolve_run_config
+    from harness.data.classification import ClassificationDataModule
+    from harness.data.sources import load_task_data
+    from harness.gpucheck import Bundle
+    from harness.registry import get_task
+
+    with safe_open(str(bundle["folder"] / "model" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    b = Bundle.open(bundle["folder"])
+    # the same rows and ids as harness run imdb profile=full (with the same subset) would train and test on
+    task = get_task("imdb")
+    cfg = resolve_run_config(
+        task,
+        ["profile=full", f"data.data_dir={data_dir}", *[f"data.{s}_size=48" for s in ("train", "validation", "test")]],
+    )
+    dm = ClassificationDataModule(
+        cfg,
+        task,
+        load_task_data(task, cfg, ("train", "validation", "test")),
+        AutoTokenizer.from_pretrained(str(bundle["folder"] / "model")),
+    )
+    dm.setup()
+    for split in ("train", "validation", "test"):
+        mine, theirs = b.split(split), dm.encoded[split]
+        assert np.array_equal(mine.sequences["input_ids"][0], theirs.sequences["input_ids"][0])
+        assert np.array_equal(mine.scalars["label"], theirs.scalars["label"])
+        assert bundle["manifest"]["data"]["splits"][split]["digest"] == dm.data[split].digest()
+    assert max(np.diff(b.split("train").sequences["input_ids"][1])) <= 512
+
+
+def test_a_bf16_checkpoint_trains_in_float32(bundle):
+    from harness.models.classification import SequenceClassifier
+
+    m = SequenceClassifier(labels=["negative", "positive"], optim={}, model_path=str(bundle["folder"] / "model"))
+    assert {p.dtype for p in m.model.parameters()} == {torch.float32}
+
+
+def test_check_phases_record_runs_that_sync_into_mlflow(bundle, tmp_path, capsys):
+    from harness.gpucheck import main
+
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "--bundle",
+            str(bundle["folder"]),
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--train-limit",
+            "32",
+            "--test-limit",
+            "40",
+            "trainer.max_epochs=1",
+            "eval.bootstrap_resamples=200",
+        ]
+    )
+    text = capsys.readouterr().out
+    assert rc == 0 and "== gpu-check summary (cpu" in text and "bucketing:" in text and "left out:" in text
+    assert (out / "summary.txt").read_text().startswith("== gpu-check summary")
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    for phase in ("imdb", "imdb-no-bucketing"):
+        assert run_cli(["sync", str(out / "runs" / phase), "--tracking-uri", uri]) == 0
+    client = MlflowClient(uri)
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("imdb").experiment_id])}
+    assert set(runs) == {"gpu-check-imdb", "gpu-check-imdb-no-bucketing"}
+    on, off = runs["gpu-check-imdb"], runs["gpu-check-imdb-no-bucketing"]
+    for r in (on, off):
+        m = r.data.metrics
+        assert r.info.status == "FINISHED" and m["test_examples"] == 40
+        assert m["test_accuracy_ci_low"] <= m["test_accuracy"] <= m["test_accuracy_ci_high"]
+        assert (
+            r.data.tags["harness.recorded_offline"] == "true" and "MLflow" in r.data.tags["harness.gpu_check.left_out"]
+        )
+        assert r.data.params["split.train.rows"] == "32" and r.data.params["profile"] == "full"
+        summary = json.loads(Path(client.download_artifacts(r.info.run_id, "gpu_check.json")).read_text())
+        assert summary["estimates"]["accuracy"][0] == pytest.approx(m["test_accuracy"])
+    assert on.data.params["data.bucketing"] == "true" and off.data.params["data.bucketing"] == "false"
+    # the same rows either way: without bucketing only the batch composition differs
+    assert on.data.tags["split.test.digest"] == off.data.tags["split.test.digest"]
+
+
+def test_check_without_a_bundle_says_how_to_make_one(tmp_path, capsys):
+    from harness.gpucheck import main
+
+    assert main(["--bundle", str(tmp_path / "nowhere"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "holds no GPU check bundle" in err and "make gpu-bundle" in err
+
+
+def test_offline_record_syncs_once_and_refuses_a_second_recording(tmp_path):
+    from harness.tracking.offline import OfflineRun
+
+    rec = OfflineRun(tmp_path / "rec", "offline-exp", "offline-run", {"k": "v"})
+    rec.log_params({"a": 1})
+    rec.log_metrics({"m": 0.5}, step=3)
+    rec.end()
+    with pytest.raises(FileExistsError):
+        OfflineRun(tmp_path / "rec", "offline-exp", "again")
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    assert run_cli(["sync", str(tmp_path / "rec"), "--tracking-uri", uri]) == 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("offline-exp").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params == {"a": "1"} and run.data.tags["k"] == "v"
+    assert [(x.step, x.value) for x in client.get_metric_history(run.info.run_id, "m")] == [(3, 0.5)]
+    assert run_cli(["sync", str(tmp_path / "rec"), "--tracking-uri", uri]) == 0  # nothing left: no second run
+    assert len(client.search_runs([client.get_experiment_by_name("offline-exp").experiment_id])) == 1

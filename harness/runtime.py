@@ -26,11 +26,15 @@ _QUIET_WARNINGS = (
 
 def configure_runtime(cfg: RunConfig) -> None:
     """Quiet the libraries' console chatter and set threads; done once per process before a run starts."""
-    import datasets
+    import importlib.util
+
     import lightning  # noqa: F401  (sets up its loggers on import; quiet them after)
-    import mlflow  # noqa: F401  (configures its loggers on import; quiet them after)
     import torch
     import transformers
+
+    # MLflow configures its loggers on import (quiet them after); it and datasets are absent on a bare GPU host
+    if importlib.util.find_spec("mlflow") is not None:
+        import mlflow  # noqa: F401
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -39,8 +43,11 @@ def configure_runtime(cfg: RunConfig) -> None:
     # a tracking server that went away is reported once by the run (its journal), not by every retry and sample
     for name in ("mlflow.system_metrics", "urllib3.connectionpool", "mlflow.utils.rest_utils"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    datasets.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
+    if importlib.util.find_spec("datasets") is not None:
+        import datasets
+
+        datasets.logging.set_verbosity_error()
+        datasets.disable_progress_bars()
     for pattern in _QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     if cfg.trainer.num_threads:

@@ -167,9 +167,9 @@ venv=${VENV:-$here/.venv}
 if [ ! -x "$venv/bin/python" ]; then
   ${PYTHON:-python3} -m venv --system-site-packages "$venv"
 fi
-if ! "$venv/bin/python" -c "import harness.gpucheck" 2>/dev/null; then
-  "$venv/bin/python" -m pip install --quiet --no-index --no-deps "$here"/wheels/*.whl
-fi
+"$venv/bin/python" -m pip install --quiet --no-index --no-deps "$here"/wheels/*.whl
+# this bundle's harness, even over another build of the same version
+"$venv/bin/python" -m pip install --quiet --no-index --no-deps --force-reinstall "$here"/wheels/harness-*.whl
 exec "$venv/bin/python" -m harness.gpucheck --bundle "$here" "$@"
 """
 

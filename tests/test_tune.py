@@ -474,3 +474,24 @@ def test_retrain_best_on_train_plus_validation_and_register(study, data_dir, tin
     assert parent.data.tags["optuna.retrain_run_id"] == run.info.run_id
     assert parent.data.metrics["best_test_accuracy"] == m["test_accuracy"]
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"model"}
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_trial_orphaned_after_the_last_check_is_failed_when_the_workers_are_done(tmp_path, monkeypatch):
+    """A worker killed while the others finish the study's last trials: nobody starts another trial to notice its
+    stale heartbeat (CI met this), so the coordinator marks it FAIL, and its retry waits in the study."""
+    from types import SimpleNamespace
+
+    from harness.tuning import study as S
+
+    monkeypatch.setattr(S, "GRACE_S", 1)
+    monkeypatch.setattr(S, "HEARTBEAT_S", 1)
+    storage = S.open_storage(f"sqlite:///{tmp_path / 'o.db'}")
+    st = optuna.create_study(study_name="s", storage=storage)
+    trial = st.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    storage.record_heartbeat(trial._trial_id)  # then the worker dies: no more heartbeats
+    time.sleep(2.5)
+    S._fail_orphans(SimpleNamespace(name="s", storage=storage))
+    states = [t.state.name for t in st.get_trials()]
+    assert states == ["FAIL", "WAITING"]  # failed, and its retry enqueued
+    assert st.get_trials()[1].system_attrs.get("failed_trial") == 0

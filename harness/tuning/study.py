@@ -449,11 +449,29 @@ def _run_workers(study: Study) -> None:
         raise ConfigError(f"all {study.workers} workers failed (exit codes {codes})", "see the messages above")
     lost = [i for i, c in enumerate(codes) if c != 0]
     if lost:
+        _fail_orphans(study)
         print(
             f"worker(s) {lost} stopped early (exit codes {[codes[i] for i in lost]}); the others finished the "
             "study, and a trial left RUNNING by a dead worker was marked FAIL and retried",
             flush=True,
         )
+
+
+def _fail_orphans(study: Study) -> None:
+    """Trials a dead worker left RUNNING, marked FAIL once their heartbeat is past the grace period (the study's
+    callback enqueues their retry). The other workers check at each new trial; when they had finished the study
+    before the grace period ran out, nobody else would (a remote worker's live trial keeps its heartbeat and stays)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = study.storage
+    if getattr(storage, "get_heartbeat_interval", lambda: None)() is None:  # journal files keep no heartbeats
+        return
+    s = optuna.load_study(study_name=study.name, storage=storage)
+    deadline = time.monotonic() + GRACE_S + 2 * HEARTBEAT_S
+    while s.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) and time.monotonic() < deadline:
+        optuna.storages.fail_stale_trials(s)
+        time.sleep(1)
 
 
 # ---- the search ------------------------------------------------------------------------------------------------------

@@ -41,6 +41,8 @@ help:
 	@echo "make setup                  create $(VENV) and install harness with its dependencies"
 	@echo "make wheels PY=3.12         download wheels for an offline host into $(WHEELS) (HAVE=what it already has)"
 	@echo "make setup-offline          install from $(WHEELS) with no network (on the offline host)"
+	@echo "make gpu-bundle             the GPU check's bundle (<= 64 MiB) in $(BUNDLE); on the host: sh $(BUNDLE)/run.sh"
+	@echo "make gpu-check DEVICE=cpu   the GPU check from $(BUNDLE) here; make gpu-sim: on a simulated bare host"
 	@echo "make eval TASK=imdb         fine-tune + evaluate a task, one MLflow run (ARGS=\"key=value ...\")"
 	@echo "make tune TASK=imdb TRIALS=20 WORKERS=1   Optuna search; trials are nested MLflow runs"
 	@echo "make serve RUN=<id>                    a logged model over REST on 127.0.0.1:$(SERVE_PORT) (or MODEL=models:/...)"

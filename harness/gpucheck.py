@@ -169,7 +169,6 @@ def run_phase(
 
     from harness.data.classification import ClassificationDataModule
     from harness.metrics import classification as cls_metrics
-    from harness.metrics.bootstrap import bootstrap
     from harness.models.classification import SequenceClassifier
     from harness.runtime import configure_runtime, resolve_precision
     from harness.tracking.offline import OfflineRun
@@ -204,13 +203,9 @@ def run_phase(
     out_t = module.test_outputs
     probs, labels = out_t["probs"].float(), out_t["label"].long()
 
-    def stats(i: np.ndarray) -> dict[str, float]:
-        t = torch.as_tensor(i)
-        return cls_metrics.compute(probs[t], labels[t], n_bins=cfg.eval.ece_bins, names=tuple(task.metrics))
-
-    estimates = bootstrap(
-        stats, len(labels), resamples=cfg.eval.bootstrap_resamples, confidence=cfg.eval.confidence, seed=cfg.seed
-    )
+    ev = cfg.eval
+    metric_args = dict(n_bins=ev.ece_bins, resamples=ev.bootstrap_resamples, confidence=ev.confidence, seed=cfg.seed)
+    estimates = cls_metrics.estimates(probs, labels, names=tuple(task.metrics), **metric_args)
     wall = time.perf_counter() - started
     rate = clock.rate() or trainer.global_step * cfg.data.batch_size / max(fit_seconds, 1e-9)
     result = {

@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from harness.config import RunConfig, TaskSpec
 from harness.data.classification import ClassificationDataModule
@@ -14,7 +13,6 @@ from harness.data.sources import SplitData, TaskData
 from harness.errors import ModelError
 from harness.families.base import EvalReport, Family
 from harness.metrics import classification as cls_metrics
-from harness.metrics.bootstrap import bootstrap
 from harness.models.classification import SequenceClassifier
 from harness.models.loading import ResolvedModel
 from harness.tracking import plots
@@ -55,12 +53,15 @@ class ClassificationFamily(Family):
         names = tuple(task.metrics)
         bins = cfg.eval.ece_bins
 
-        def stats(i: np.ndarray) -> dict[str, float]:
-            t = torch.as_tensor(i)
-            return cls_metrics.compute(probs[t], labels[t], n_bins=bins, names=names)
-
-        estimates = bootstrap(
-            stats, n, resamples=cfg.eval.bootstrap_resamples, confidence=cfg.eval.confidence, seed=cfg.seed
+        e = cfg.eval
+        estimates = cls_metrics.estimates(
+            probs,
+            labels,
+            n_bins=bins,
+            names=names,
+            resamples=e.bootstrap_resamples,
+            confidence=e.confidence,
+            seed=cfg.seed,
         )
         p, y = probs.numpy(), labels.numpy()
         pred = p.argmax(1)

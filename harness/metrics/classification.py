@@ -9,6 +9,7 @@ the macro average of one-vs-rest AUROCs.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,6 +57,19 @@ def compute(probs: torch.Tensor, labels: torch.Tensor, *, n_bins: int = 15, name
     if "ece" in names:
         out["ece"] = float(multiclass_calibration_error(probs, labels, n_bins=n_bins, norm="l1", **kw))
     return out
+
+
+def estimates(
+    probs: torch.Tensor, labels: torch.Tensor, *, n_bins: int, names, resamples: int, confidence: float, seed: int
+) -> dict[str, Any]:
+    """`compute`'s metrics on all examples, each with its bootstrap interval (resampling examples)."""
+    from harness.metrics.bootstrap import bootstrap
+
+    def stats(i: np.ndarray) -> dict[str, float]:
+        t = torch.as_tensor(i)
+        return compute(probs[t], labels[t], n_bins=n_bins, names=names)
+
+    return bootstrap(stats, len(labels), resamples=resamples, confidence=confidence, seed=seed)
 
 
 def collection(num_classes: int, n_bins: int = 15, names=METRICS) -> MetricCollection:

@@ -56,10 +56,7 @@ def sync(folder: Path, uri: str) -> Synced:
         return Synced(folder, "", 0, 0)
     if json.loads(lines[0]).get("op") == offline.CREATE:  # recorded without a store (harness gpu-check)
         if not answers(uri):
-            raise TrackingError(
-                f"the tracking server {redact_uri(uri)} does not answer; {len(lines)} records stay in {folder}",
-                "start it (make server), then run harness sync again",
-            )
+            raise _away(uri, len(lines), folder)
         created = offline.adopt(folder, MlflowClient(uri))
         lines = [ln for ln in (folder / PENDING).read_text(encoding="utf-8").splitlines() if ln.strip()]
         if not lines:
@@ -72,10 +69,7 @@ def sync(folder: Path, uri: str) -> Synced:
             "pass the tracking URI that run used, with --tracking-uri or MLFLOW_TRACKING_URI",
         )
     if not answers(uri):
-        raise TrackingError(
-            f"the tracking server {redact_uri(uri)} does not answer; {len(lines)} records stay in {folder}",
-            "start it (make server), then run harness sync again",
-        )
+        raise _away(uri, len(lines), folder)
     journal = Journal(folder, run_id, uri)
     journal.replay(MlflowClient(uri), retry_in=0)
     left = journal.count()
@@ -85,6 +79,13 @@ def sync(folder: Path, uri: str) -> Synced:
             "run harness sync again when it answers",
         )
     return Synced(folder, run_id, len(lines), 0)
+
+
+def _away(uri: str, records: int, folder: Path) -> TrackingError:
+    return TrackingError(
+        f"the tracking server {redact_uri(uri)} does not answer; {records} records stay in {folder}",
+        "start it (make server), then run harness sync again",
+    )
 
 
 def _state(run_folder: Path) -> dict:

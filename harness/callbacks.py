@@ -196,3 +196,15 @@ def quiet_mode() -> bool:
     import os
 
     return bool(os.environ.get("CI")) or not sys.stdout.isatty()
+
+
+class CompileModel(Callback):
+    """`trainer.compile=true`: the model is compiled in place (`nn.Module.compile`) before fitting or testing, so
+    its weights keep their names in checkpoints and exports. The first steps of each new batch shape pay for
+    compiling; `make gpu-check` measures whether it pays off."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        model = getattr(pl_module, "model", None)
+        if model is not None and getattr(model, "_compiled_call_impl", None) is None:
+            torch._dynamo.reset()  # a model compiled earlier in this process (one per process) holds no cache slots
+            model.compile()

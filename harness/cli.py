@@ -15,10 +15,8 @@ harness config <task> [key=value ...]              print the resolved config
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
-from collections.abc import Iterator
 from typing import Any, Optional
 
 from harness.errors import ConfigError, user_error
@@ -746,49 +744,24 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra
-    with _terminate_as_interrupt():
+    from harness import interrupts
+
+    with interrupts.interrupts_between_writes():
         try:
             return args.func(args)
         except KeyboardInterrupt:
-            how = "terminated (SIGTERM)" if _TERMINATED else "interrupted"
+            how = "terminated (SIGTERM)" if interrupts.terminated else "interrupted"
             print(
                 f"{how}: every run this command started is closed as KILLED; run the same command again to resume",
                 file=sys.stderr,
             )
-            return 143 if _TERMINATED else 130
+            return 143 if interrupts.terminated else 130
         except Exception as e:
             err = user_error(e)
             if err is None:
                 raise  # a bug: keep the traceback
             print(f"error: {err.message}", file=sys.stderr)
             return err.exit_code
-
-
-_TERMINATED = False  # set when SIGTERM stopped the command
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a scheduler's time limit, `kill`) stops a command the way Ctrl-C does: every run it owns is closed as
-    KILLED and stays resumable by the same command. Only in the main thread of the main process, where signal
-    handlers can be set; DDP workers started by Lightning get theirs from Lightning."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        global _TERMINATED
-        _TERMINATED = True
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -171,6 +171,8 @@ class ModelConfig(Strict):
     revision: Optional[str] = None
     dropout: Optional[float] = Field(default=None, ge=0, lt=1)  # overrides the backbone's hidden dropout
     attn_implementation: Optional[str] = "sdpa"
+    # with sdpa on a GPU: the kernels PyTorch may pick (auto: any; one name: only that one, e.g. efficient)
+    sdpa_backend: Literal["auto", "flash", "efficient", "cudnn", "math"] = "auto"
     # random weights with the model's (or config_overrides') architecture
     from_scratch: bool = only_for(*LM_FAMILIES, default=False)
     # with from_scratch: e.g. {num_hidden_layers: 4, hidden_size: 256}
@@ -183,6 +185,15 @@ class ModelConfig(Strict):
     lora_targets: Optional[list[str]] = only_for(*TRANSFER_FAMILIES, default=None)  # None: per architecture
     virtual_tokens: int = only_for(*TRANSFER_FAMILIES, default=20, gt=0)  # prompt_tuning
     merge: bool = only_for(*TRANSFER_FAMILIES, default=False)  # lora: log a merged full model, not the adapter
+
+    @model_validator(mode="after")
+    def _sdpa(self) -> ModelConfig:
+        if self.sdpa_backend != "auto" and self.attn_implementation != "sdpa":
+            raise ValueError(
+                f"model.sdpa_backend={self.sdpa_backend} picks a kernel of PyTorch's SDPA attention, but "
+                f"model.attn_implementation is {self.attn_implementation}; set model.attn_implementation=sdpa"
+            )
+        return self
 
     def transfer(self) -> Optional[dict[str, Any]]:
         """What a module needs to train in this mode (None for full fine-tuning, as modules saved before modes)."""
@@ -266,6 +277,7 @@ class TrainerConfig(Strict):
     checkpoint_every_n_steps: int = Field(default=50, gt=0)
     deterministic: bool = False
     num_threads: Optional[int] = Field(default=None, gt=0)  # torch intra-op threads on CPU; None = all cores
+    compile: bool = False  # torch.compile the model for training and testing (the first steps pay for compiling)
 
     @field_validator("precision")
     @classmethod
@@ -517,8 +529,10 @@ def validation_to_error(e: ValidationError, origins: dict[str, str], what: str) 
     err = e.errors()[0]
     loc, text = _describe_error(err)
     src = origins.get(loc)
-    if src is None:  # an error on a section names the section; find a key inside it
-        src = next((s for k, s in origins.items() if k.startswith(loc + ".")), what)
+    if src is None:  # an error on a section names the section; name where its keys were set, latest layer first
+        inside = [s for k, s in origins.items() if k.startswith(loc + ".")]
+        given = [s for s in inside if s.startswith("override ")]
+        src = given[-1] if given else (inside[-1] if inside else what)
     return ConfigError(f"{src}: {text}", "fix that value (see README.md, 'Configuration')")
 
 

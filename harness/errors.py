@@ -11,6 +11,12 @@ import os
 import pickle
 import re
 
+# a SQLite tracking store another process keeps locked
+LOCKED_FIX = (
+    "let the other writer finish (a long query in an MLflow UI, another run) and run the same command again; for "
+    "several writers at once use a tracking server (make server, then MLFLOW_TRACKING_URI)"
+)
+
 
 class HarnessError(Exception):
     """A problem in the user's input, stated with how to fix it."""
@@ -80,6 +86,17 @@ def user_error(exc: BaseException) -> HarnessError | None:
             "run from a folder you can write to, or set tracking.output_dir to one",
         )
     name = type(exc).__name__
+    if name in ("MlflowException", "OperationalError") and "database is locked" in str(exc):
+        return RunFailed(
+            "the tracking store (an SQLite file) stayed locked by another process past SQLite's wait of 20 s",
+            LOCKED_FIX,
+        )
+    if isinstance(exc, RuntimeError) and "No available kernel" in str(exc):
+        return RunFailed(
+            "PyTorch's scaled-dot-product attention has no kernel it may use for these inputs (model.sdpa_backend "
+            "allows only one; flash, for one, takes no padding mask)",
+            "set model.sdpa_backend=auto, or the kernel make gpu-check kept",
+        )
     if name == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
         return RunFailed(
             f"the GPU ran out of memory ({str(exc).splitlines()[0][:200]})",

@@ -43,6 +43,8 @@ def configure_runtime(cfg: RunConfig) -> None:
     # a tracking server that went away is reported once by the run (its journal), not by every retry and sample
     for name in ("mlflow.system_metrics", "urllib3.connectionpool", "mlflow.utils.rest_utils"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # its SQL errors are raised to the caller as well, which reports them in one line: no logged traceback first
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     if importlib.util.find_spec("datasets") is not None:
         import datasets
 
@@ -55,6 +57,19 @@ def configure_runtime(cfg: RunConfig) -> None:
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        set_sdpa_backend(cfg.model.sdpa_backend)
+
+
+def set_sdpa_backend(backend: str) -> None:
+    """Which kernels PyTorch's scaled-dot-product attention may use on a GPU: all (auto) or the one named. Set for
+    the process, and set back to all by the next run that says auto."""
+    import torch
+
+    b = torch.backends.cuda
+    b.enable_flash_sdp(backend in ("auto", "flash"))
+    b.enable_mem_efficient_sdp(backend in ("auto", "efficient"))
+    b.enable_cudnn_sdp(backend in ("auto", "cudnn"))
+    b.enable_math_sdp(backend in ("auto", "math"))
 
 
 def check_devices(cfg: RunConfig) -> None:

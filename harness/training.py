@@ -13,7 +13,7 @@ import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from harness.callbacks import DivergenceCheck, LineProgress, StepMonitor
+from harness.callbacks import CompileModel, DivergenceCheck, LineProgress, StepMonitor
 from harness.checkpoints import AtomicCheckpointIO
 from harness.config import RunConfig
 from harness.errors import ConfigError
@@ -35,6 +35,8 @@ def build_trainer(cfg: RunConfig, logger: Any, state: Any, extra_callbacks: list
         DivergenceCheck(every=t.log_every_n_steps, cfg=cfg),
         *extra_callbacks,
     ]
+    if t.compile:
+        callbacks.append(CompileModel())
     if quiet:
         callbacks.append(LineProgress(every=t.log_every_n_steps))
     try:

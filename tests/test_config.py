@@ -83,6 +83,17 @@ def test_bad_values(item, fragment):
         resolve_run_config(get_task("imdb"), ["profile=quick", item])
 
 
+def test_attention_kernel_and_compile_settings():
+    cfg = resolve_run_config(
+        get_task("imdb"), ["profile=quick", "model.sdpa_backend=efficient", "trainer.compile=true"]
+    )
+    assert cfg.model.sdpa_backend == "efficient" and cfg.trainer.compile is True
+    with pytest.raises(ConfigError, match="'model.sdpa_backend'"):
+        resolve_run_config(get_task("imdb"), ["profile=quick", "model.sdpa_backend=fastest"])
+    with pytest.raises(ConfigError, match="set model.attn_implementation=sdpa"):
+        resolve_run_config(get_task("imdb"), ["model.sdpa_backend=flash", "model.attn_implementation=eager"])
+
+
 def test_unknown_profile():
     with pytest.raises(ConfigError, match="unknown profile 'fast'.*full, quick"):
         resolve_run_config(get_task("imdb"), ["profile=fast"])

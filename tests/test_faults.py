@@ -17,6 +17,7 @@ import resource
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -320,6 +321,27 @@ def test_read_only_sqlite_store(store, capsys, tiny_model, tmp_path):
         assert db.read_bytes() == before
     finally:
         subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def test_sqlite_store_locked_by_another_process(store, capsys, tiny_model, tmp_path):
+    """Another process holds the store's write lock (a long query, a stuck writer): named as such after the wait,
+    not as a damaged file; nothing written, and the same command works once the lock is gone."""
+    db = tmp_path / "mlruns.db"
+    shutil.copy(store.work / "mlruns.db", db)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        o = _store_case(store, capsys, tiny_model, f"sqlite:///{db}")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert o.error == (
+        f"cannot use the tracking store sqlite:///{db}: {db} is locked by another process (waited 5 s) — let the "
+        "other writer finish (a long query in an MLflow UI, another run) and run the same command again; for "
+        "several writers at once use a tracking server (make server, then MLFLOW_TRACKING_URI)"
+    )
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT count(*) FROM runs").fetchone() == (1,)
 
 
 # ---- data: the run starts, then stops on the file and the row, FAILED ------------------------------------------------

@@ -97,17 +97,36 @@ def test_check_phases_record_runs_that_sync_into_mlflow(bundle, tmp_path, capsys
             "32",
             "--test-limit",
             "40",
+            "--max-length",
+            "96",
+            "--bench-models",
+            "small",
+            "--kernels",
+            "auto,flash,eager",
             "trainer.max_epochs=1",
             "eval.bootstrap_resamples=200",
         ]
     )
     text = capsys.readouterr().out
     assert rc == 0 and "== gpu-check summary (cpu" in text and "bucketing:" in text and "left out:" in text
+    assert "small ratio harness/Trainer" in text and "goals: not judged" in text
+    assert "flash      the SDPA kernel choice applies to CUDA kernels only" in text
     assert (out / "summary.txt").read_text().startswith("== gpu-check summary")
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    for phase in ("imdb", "imdb-no-bucketing"):
+    for phase in ("kernels", "bench-train", "imdb", "imdb-no-bucketing"):
         assert run_cli(["sync", str(out / "runs" / phase), "--tracking-uri", uri]) == 0
     client = MlflowClient(uri)
+    bench = {
+        r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("bench-train").experiment_id])
+    }
+    m = bench["gpu-check-bench-train"].data.metrics
+    assert m["small_ratio_samples_per_sec"] == pytest.approx(
+        m["small_harness_samples_per_sec"] / m["small_trainer_samples_per_sec"]
+    )
+    assert 0 < m["small_harness_mfu"] and 0 <= m["small_trainer_padding_share"] < 1
+    k = bench["gpu-check-kernels"]
+    assert k.data.metrics["kernels_auto_speedup"] == 1.0 and "kernels_eager_samples_per_sec" in k.data.metrics
+    assert k.data.tags["harness.gpu_check.kept"] in ("defaults", "model.attn_implementation=eager")
     runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("imdb").experiment_id])}
     assert set(runs) == {"gpu-check-imdb", "gpu-check-imdb-no-bucketing"}
     on, off = runs["gpu-check-imdb"], runs["gpu-check-imdb-no-bucketing"]
@@ -151,3 +170,67 @@ def test_offline_record_syncs_once_and_refuses_a_second_recording(tmp_path):
     assert [(x.step, x.value) for x in client.get_metric_history(run.info.run_id, "m")] == [(3, 0.5)]
     assert run_cli(["sync", str(tmp_path / "rec"), "--tracking-uri", uri]) == 0  # nothing left: no second run
     assert len(client.search_runs([client.get_experiment_by_name("offline-exp").experiment_id])) == 1
+
+
+def _fake_side(rates: dict, fit_extra: dict):
+    """harness_side standing in for a GPU: samples/s per variant (by its overrides), warm-up seconds per variant."""
+
+    def side(model_dir, rows, spec):
+        key = " ".join(spec.extra) or "auto"
+        if rates.get(key) is None:
+            raise RuntimeError("No available kernel. Aborting execution.\nmore lines")
+        return {"samples_per_sec": rates[key], "seconds": 10.0, "fit_seconds": 12.0 + fit_extra.get(key, 0.0)}
+
+    return side
+
+
+@pytest.mark.parametrize(
+    "compile_rate, compile_warmup, kept",
+    [
+        (1300.0, 10.0, ["model.sdpa_backend=efficient", "trainer.compile=true"]),  # saves 14 s, costs 10 s: kept
+        (1300.0, 60.0, ["model.sdpa_backend=efficient"]),  # faster, but compiling costs more than it saves
+        (1110.0, 1.0, ["model.sdpa_backend=efficient"]),  # within the 3% margin: not kept
+    ],
+)
+def test_kernel_choices_are_kept_only_where_they_help(monkeypatch, compile_rate, compile_warmup, kept):
+    from harness import benchtrain
+
+    rates = {
+        "auto": 1000.0,
+        "model.sdpa_backend=efficient": 1100.0,  # 10% faster: kept
+        "model.sdpa_backend=cudnn": 1020.0,
+        "model.sdpa_backend=flash": None,  # cannot run with a padding mask
+        "model.sdpa_backend=math": 600.0,
+        "model.attn_implementation=eager": 700.0,
+        "model.sdpa_backend=efficient trainer.compile=true": compile_rate,
+    }
+    warm = {"model.sdpa_backend=efficient trainer.compile=true": compile_warmup}
+    monkeypatch.setattr(benchtrain, "harness_side", _fake_side(rates, warm))
+    spec = benchtrain.BenchSpec(device="cuda")
+    k = benchtrain.measure_kernels(Path("m"), None, spec, list(benchtrain.VARIANTS), 50_000 * 2, say=lambda s: None)
+    assert k["kept"] == kept
+    v = k["variants"]
+    assert v["flash"]["error"] == "RuntimeError: No available kernel. Aborting execution."
+    assert v["efficient"]["speedup"] == pytest.approx(1.1) and v["auto"]["speedup"] == 1.0
+    # compiling's cost: its warm-up beyond the reference's; its gain: the planned samples at the two rates
+    assert v["compile"]["overhead_seconds"] == pytest.approx(compile_warmup)
+    assert v["compile"]["saved_seconds"] == pytest.approx(100_000 * (1 / 1100 - 1 / compile_rate))
+    assert "kept: " + (" ".join(kept)) in benchtrain.kernels_line(k)
+
+
+def test_on_a_cpu_the_cuda_kernel_choice_is_not_measured(monkeypatch):
+    from harness import benchtrain
+
+    monkeypatch.setattr(
+        benchtrain, "harness_side", _fake_side({"auto": 10.0, "model.attn_implementation=eager": 10.1}, {})
+    )
+    k = benchtrain.measure_kernels(Path("m"), None, benchtrain.BenchSpec(device="cpu"), ["auto", "flash", "eager"], 10)
+    assert k["variants"]["flash"] == {"skipped": "the SDPA kernel choice applies to CUDA kernels only"}
+    assert k["kept"] == []  # eager: 1% faster, inside the margin
+
+
+def test_a_kernel_that_cannot_run_is_one_line_for_a_user_run():
+    from harness.errors import user_error
+
+    err = user_error(RuntimeError("No available kernel. Aborting execution."))
+    assert err is not None and "model.sdpa_backend=auto" in err.message

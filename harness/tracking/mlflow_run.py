@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from harness.config import RunConfig, TaskSpec, dump_yaml, flatten
 from harness.data.sources import SplitData, TaskData
+from harness.interrupts import shield, tracking_client
 from harness.tracking import env
 from harness.tracking.journal import Journal, answers, send_input, unreachable
 
@@ -39,7 +40,7 @@ class Tracker:
         self.task = task
         uri = cfg.tracking.uri
         mlflow.set_tracking_uri(uri)
-        self.client = MlflowClient(uri)
+        self.client = tracking_client(uri)
         self.experiment = cfg.tracking.experiment or task.name
         self.run_id: Optional[str] = None
         self.journal_dir = journal_dir
@@ -106,11 +107,12 @@ class Tracker:
         if self.cfg.tracking.system_metrics:
             mlflow.set_system_metrics_sampling_interval(self.cfg.tracking.system_metrics_interval)
             mlflow.set_system_metrics_samples_before_logging(1)
-        run = mlflow.start_run(
-            run_id=run_id,
-            run_name=None if run_id else self.run_name(),
-            log_system_metrics=self.cfg.tracking.system_metrics,
-        )
+        with shield():
+            run = mlflow.start_run(
+                run_id=run_id,
+                run_name=None if run_id else self.run_name(),
+                log_system_metrics=self.cfg.tracking.system_metrics,
+            )
         self.run_id = run.info.run_id
         if self.journal_dir is not None:
             self.journal = Journal(self.journal_dir, self.run_id, self.cfg.tracking.uri)
@@ -181,7 +183,8 @@ class Tracker:
             time.sleep(2)
         if j is None or not j.pending():
             try:
-                mlflow.end_run(status)
+                with shield():
+                    mlflow.end_run(status)
                 return
             except Exception as e:
                 if j is None or not unreachable(e):

@@ -8,7 +8,8 @@ from typing import Any, Optional
 
 import mlflow
 from mlflow.entities import Metric, RunTag
-from mlflow.tracking import MlflowClient
+
+from harness.interrupts import tracking_client
 
 KEY_TAG = "harness.parent_key"
 
@@ -16,7 +17,7 @@ KEY_TAG = "harness.parent_key"
 class ParentRun:
     def __init__(self, uri: str, experiment: str):
         self.uri = uri
-        self.client = MlflowClient(uri)
+        self.client = tracking_client(uri)
         mlflow.set_tracking_uri(uri)
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = exp.experiment_id if exp is not None else self.client.create_experiment(experiment)

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from harness.config import redact_uri
-from harness.errors import TrackingError
+from harness.errors import LOCKED_FIX, TrackingError
 
 TIMEOUT_S = 5.0
 FIX = "point MLFLOW_TRACKING_URI (or tracking.tracking_uri) at a store that works; sqlite:///mlruns.db needs no server"
@@ -119,6 +119,10 @@ def _check_sqlite(uri: str) -> None:
             con.execute("SELECT count(*) FROM sqlite_master").fetchone()
         finally:
             con.close()
+    except sqlite3.OperationalError as e:
+        if "locked" not in str(e):
+            raise _fail(uri, f"{path} cannot be read ({e})") from None
+        raise _fail(uri, f"{path} is locked by another process (waited {TIMEOUT_S:g} s)", LOCKED_FIX) from None
     except sqlite3.DatabaseError as e:
         raise _fail(
             uri,

@@ -15,13 +15,14 @@ from typing import Any, Optional
 
 import mlflow
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+
+from harness.interrupts import tracking_client
 
 
 class StudyTracker:
     def __init__(self, tracking_uri: str):
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri)
+        self.client = tracking_client(tracking_uri)
 
     def open_parent(
         self, study: Any, experiment: str, tags: dict[str, str], params: dict[str, Any], space: dict[str, Any]

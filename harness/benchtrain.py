@@ -209,7 +209,7 @@ def harness_side(model_dir: Path, rows: Any, spec: BenchSpec) -> dict[str, Any]:
     if spec.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp:
-        trainer = build_trainer(cfg, None, _State(Path(tmp)), [Clock()], quiet=True)
+        trainer = build_trainer(cfg, None, _State(Path(tmp)), [Clock()], quiet=True, checkpoints=False)
         started = time.perf_counter()
         trainer.fit(module, train_dataloaders=dm.train_dataloader())
         fit_seconds = time.perf_counter() - started

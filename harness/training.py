@@ -21,16 +21,20 @@ from harness.errors import ConfigError
 CHECKPOINT_DIR = "checkpoints"
 
 
-def build_trainer(cfg: RunConfig, logger: Any, state: Any, extra_callbacks: list, quiet: bool) -> L.Trainer:
+def build_trainer(
+    cfg: RunConfig, logger: Any, state: Any, extra_callbacks: list, quiet: bool, checkpoints: bool = True
+) -> L.Trainer:
+    """The run's Trainer; `checkpoints=False` (throughput measurements) writes none, not even the last."""
     t = cfg.trainer
+    saver = ModelCheckpoint(
+        dirpath=state.dir / CHECKPOINT_DIR,
+        filename="step-{step}",
+        every_n_train_steps=t.checkpoint_every_n_steps,
+        save_top_k=0,
+        save_last=True,
+    )
     callbacks: list = [
-        ModelCheckpoint(
-            dirpath=state.dir / CHECKPOINT_DIR,
-            filename="step-{step}",
-            every_n_train_steps=t.checkpoint_every_n_steps,
-            save_top_k=0,
-            save_last=True,
-        ),
+        *([saver] if checkpoints else []),
         StepMonitor(every=t.log_every_n_steps),
         DivergenceCheck(every=t.log_every_n_steps, cfg=cfg),
         *extra_callbacks,
@@ -40,7 +44,7 @@ def build_trainer(cfg: RunConfig, logger: Any, state: Any, extra_callbacks: list
     if quiet:
         callbacks.append(LineProgress(every=t.log_every_n_steps))
     try:
-        return _trainer(cfg, logger, state, callbacks, quiet)
+        return _trainer(cfg, logger, state, callbacks, quiet, checkpoints)
     except (ValueError, TypeError, MisconfigurationException) as e:  # Lightning refuses a trainer.* combination
         raise ConfigError(
             f"Lightning refused the trainer settings: {str(e).splitlines()[0][:300]}",
@@ -48,7 +52,7 @@ def build_trainer(cfg: RunConfig, logger: Any, state: Any, extra_callbacks: list
         ) from None
 
 
-def _trainer(cfg: RunConfig, logger: Any, state: Any, callbacks: list, quiet: bool) -> L.Trainer:
+def _trainer(cfg: RunConfig, logger: Any, state: Any, callbacks: list, quiet: bool, checkpoints: bool) -> L.Trainer:
     t = cfg.trainer
     return L.Trainer(
         accelerator=t.accelerator,
@@ -67,6 +71,7 @@ def _trainer(cfg: RunConfig, logger: Any, state: Any, callbacks: list, quiet: bo
         callbacks=callbacks,
         enable_progress_bar=not quiet,
         enable_model_summary=False,
+        enable_checkpointing=checkpoints,
         use_distributed_sampler=False,  # the bucketing sampler shards by rank itself
         num_sanity_val_steps=0,
         default_root_dir=str(state.dir),

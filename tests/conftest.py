@@ -183,3 +183,12 @@ def tiny_args(data_dir: Path, tiny_model: Path, tracking_uri: str, **extra: str)
 
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for servers and rendezvous the tests start)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import tiny_args
+from conftest import free_port, tiny_args
 from mlflow.tracking import MlflowClient
 
 
@@ -42,14 +42,6 @@ def test_ddp_two_cpu_processes(data_dir, tiny_model, tracking_uri, tmp_path):
     assert "val_accuracy" in m and len(client.get_metric_history(run.info.run_id, "train_loss")) >= 2
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_nodes_train_as_one_process_with_the_same_global_batch(data_dir, tiny_model, tmp_path):
     """`trainer.num_nodes=2`, started by hand on each "node" (two processes on 127.0.0.1, gloo, one thread each, each
     in its own folder as on its own machine) with batch 16 per node gives the test metrics of one process with batch
@@ -66,7 +58,7 @@ def test_two_nodes_train_as_one_process_with_the_same_global_batch(data_dir, tin
     }
     two = tiny_args(data_dir, tiny_model, uri, **common, **{"trainer.num_nodes": "2", "trainer.devices": "1"})
     one = tiny_args(data_dir, tiny_model, uri, **common, **{"data.batch_size": "32"})
-    port = str(_free_port())
+    port = str(free_port())
     nodes = []
     for rank in range(2):
         cwd = tmp_path / f"node{rank}"
@@ -105,7 +97,7 @@ def test_two_nodes_train_as_one_process_with_the_same_global_batch(data_dir, tin
     assert single.returncode == 0, single.stderr[-3000:]
     # the same two processes started by torchrun (its environment: RANK, WORLD_SIZE, LOCAL_RANK, TORCHELASTIC_*)
     torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nnodes", "1", "--nproc-per-node", "2"]
-    torchrun += ["--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "harness.cli"]
+    torchrun += ["--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "harness.cli"]
     ddp = tiny_args(data_dir, tiny_model, uri, **common, **{"trainer.devices": "2", "trainer.strategy": "ddp"})
     elastic = subprocess.run(
         [*torchrun, "run", "imdb", *ddp],

@@ -62,8 +62,9 @@ def test_unknown_config_key_names_it_and_the_allowed_keys(capsys):
     assert run_cli(["run", "imdb", "trainer.max_epoch=2"]) == 2
     assert _error_line(capsys) == (
         "error: override 'trainer.max_epoch=2': unknown config key 'trainer.max_epoch' — allowed keys at 'trainer': "
-        "accelerator, accumulate_grad_batches, checkpoint_every_n_steps, deterministic, devices, gradient_clip_val, "
-        "log_every_n_steps, max_epochs, max_steps, num_nodes, num_threads, precision, strategy, val_check_interval"
+        "accelerator, accumulate_grad_batches, checkpoint_every_n_steps, compile, deterministic, devices, "
+        "gradient_clip_val, log_every_n_steps, max_epochs, max_steps, num_nodes, num_threads, precision, strategy, "
+        "val_check_interval"
     )
 
 

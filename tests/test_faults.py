@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import in_dir, run_cli
+from conftest import free_port, in_dir, run_cli
 from mlflow.tracking import MlflowClient
 
 from harness.config import DataConfig, TrainerConfig
@@ -266,9 +266,7 @@ def _store_case(store: Store, capsys, tiny_model, uri: str) -> Outcome:
 
 
 def test_unreachable_tracking_server(store, capsys, tiny_model):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens here
+    port = free_port()  # nothing listens here
     o = _store_case(store, capsys, tiny_model, f"http://bob:s3cret@127.0.0.1:{port}")
     assert o.error == (
         f"cannot use the tracking store http://bob:***@127.0.0.1:{port}: the server is not reachable "
@@ -703,9 +701,7 @@ def test_several_nodes_without_a_rendezvous_address(store, capsys, tiny_model, m
 
 def test_a_node_whose_peers_never_come(store, tiny_model, tmp_path):
     """Node 0 started, node 1 never: after HARNESS_DIST_TIMEOUT_S one line, non-zero, no run, nothing trained."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {
         **os.environ,
         "MASTER_ADDR": "127.0.0.1",
@@ -759,9 +755,7 @@ def test_password_in_the_tracking_uri_is_never_shown_or_stored(store, tiny_model
     from harness.paths import project_root
 
     secret = "s3cretPW-" + os.urandom(4).hex()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server_dir = tmp_path / "server"
     server_dir.mkdir()
     mlflow_bin = Path(sys.executable).with_name("mlflow")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import in_dir, run_cli, tiny_args
+from conftest import free_port, in_dir, run_cli, tiny_args
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,12 +61,6 @@ def test_pyfunc_predicts_what_the_run_predicted_from_runs_and_models_uris(logged
     _same_predictions(again, table[:8])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, body: bytes) -> tuple[int, dict]:
     req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
     try:
@@ -78,7 +71,7 @@ def _post(url: str, body: bytes) -> tuple[int, dict]:
 
 
 def test_make_serve_answers_over_rest_and_refuses_a_malformed_request(logged):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": logged["uri"]}
     proc = subprocess.Popen(
         ["make", "-s", "-C", str(ROOT), "serve", f"RUN={logged['run'].info.run_id}", f"SERVE_PORT={port}"],

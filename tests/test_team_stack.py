@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import in_dir, require, run_cli, tiny_args
+from conftest import free_port, in_dir, require, run_cli, tiny_args
 from mlflow.tracking import MlflowClient
 
 SPACE = """
@@ -24,14 +24,6 @@ config:
   data: {train_size: 96, validation_size: 64, max_length: 48}
   trainer: {max_epochs: 1, precision: 32-true}
 """
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +40,7 @@ def stack():
     base = Path(tempfile.mkdtemp(prefix="harness-stack-"))
     base.chmod(0o755)
     folder = base / ".server"
-    stack = server.start(folder, mlflow_port=_free_port(), pg_port=_free_port())
+    stack = server.start(folder, mlflow_port=free_port(), pg_port=free_port())
     try:
         yield stack
     finally:
@@ -248,7 +240,7 @@ def test_basic_auth_server(stack, data_dir, tiny_model, tmp_path):
     env_pg = os.environ.get("PG_URL")
     os.environ["PG_URL"] = stack.pg_url
     try:
-        auth = server.start(folder, mlflow_port=_free_port(), auth=True)
+        auth = server.start(folder, mlflow_port=free_port(), auth=True)
     finally:
         if env_pg is None:
             os.environ.pop("PG_URL")

@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import psutil
 import pytest
-from conftest import in_dir, run_cli
+from conftest import free_port, in_dir, run_cli
 from mlflow.tracking import MlflowClient
 
 SPACE = """
@@ -360,14 +360,6 @@ def test_parallel_workers_survive_a_killed_worker(tmp_path, data_dir, tiny_model
     assert [(r.info.status, r.data.tags["optuna.state"]) for r in runs] == [("FAILED", "FAIL")]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(cmd: list[str], env: dict, cwd: Path, url: str) -> subprocess.Popen:
     import urllib.request
 
@@ -419,7 +411,7 @@ def _browser_dom(url: str, tmp: Path) -> str:
 def test_make_dashboard_shows_the_study_in_a_browser(study, tmp_path):
     from harness.paths import project_root
 
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, OPTUNA_STORAGE=f"sqlite:///{study / 'optuna.db'}", DASHBOARD_PORT=str(port))
     proc = _serve(["make", "-s", "-C", str(project_root()), "dashboard"], env, study, f"http://127.0.0.1:{port}/")
     try:
@@ -440,7 +432,7 @@ def test_make_dashboard_shows_the_study_in_a_browser(study, tmp_path):
 def test_mlflow_ui_shows_trials_nested_under_the_study(study, tmp_path):
     from harness.paths import project_root
 
-    port = _free_port()
+    port = free_port()
     uri = f"sqlite:///{study / 'mlruns.db'}"
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri, PORT=str(port))
     proc = _serve(["make", "-s", "-C", str(project_root()), "ui"], env, study, f"http://127.0.0.1:{port}/health")

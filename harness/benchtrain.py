@@ -253,7 +253,11 @@ def trainer_side(model_dir: Path, rows: Any, spec: BenchSpec) -> dict[str, Any]:
         TrainingArguments,
     )
 
+    from harness.runtime import set_sdpa_backend
+
     _, cfg = harness_config(model_dir, spec)
+    if spec.device == "cuda":
+        set_sdpa_backend("auto")  # PyTorch's own choice, whatever an earlier harness run in this process kept
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     torch.manual_seed(cfg.seed)
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=2, dtype=torch.float32)

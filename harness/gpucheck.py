@@ -415,7 +415,7 @@ def goals(done: dict[str, Any], device: str) -> str:
         r = done["imdb"]
         acc, minutes = r["estimates"]["accuracy"][0], r["wall_seconds"] / 60
         ok = acc >= GOALS["accuracy"] and minutes <= GOALS["imdb_minutes"] and r["test_examples"] >= 25000
-        parts.append(f"imdb {acc:.4f} on {r['test_examples']:,} in {minutes:.1f} min {'met' if ok else 'MISSED'}")
+        parts.append(f"imdb {acc:.4f} on {r['test_examples']:,} in {minutes:.2f} min {'met' if ok else 'MISSED'}")
     return "goals (>= 2x and MFU >= 30%; >= 0.90 on 25,000 in <= 5 min): " + "; ".join(parts)
 
 

@@ -234,3 +234,27 @@ def test_a_kernel_that_cannot_run_is_one_line_for_a_user_run():
 
     err = user_error(RuntimeError("No available kernel. Aborting execution."))
     assert err is not None and "model.sdpa_backend=auto" in err.message
+
+
+def test_the_summary_judges_the_goals_on_a_gpu_only():
+    from harness.gpucheck import goals
+
+    def side(rate, mfu):
+        return {"samples_per_sec": rate, "mfu": mfu}
+
+    done = {
+        "bench-train": {
+            "results": {
+                "bert-base": {"trainer": side(560.0, 0.14), "harness": side(1200.0, 0.31), "ratio": 1200 / 560},
+                "small": {"trainer": side(2000.0, 0.05), "harness": side(3000.0, 0.08), "ratio": 1.5},
+            }
+        },
+        "imdb": {"estimates": {"accuracy": [0.912, 0.908, 0.915]}, "wall_seconds": 250.0, "test_examples": 25000},
+    }
+    line = goals(done, "cuda")
+    assert "bert-base 2.14x the Trainer, MFU 31% met" in line
+    assert "small 1.50x the Trainer, MFU 8% MISSED" in line
+    assert "imdb 0.9120 on 25,000 in 4.17 min met" in line
+    done["imdb"]["wall_seconds"] = 301.0
+    assert "imdb 0.9120 on 25,000 in 5.02 min MISSED" in goals(done, "cuda")
+    assert goals(done, "cpu").startswith("goals: not judged")

@@ -362,7 +362,12 @@ def measure_kernels(
     attention), then torch.compile on top of the best: `kept` lists the overrides that helped. An attention choice
     is kept when it beats the default by MARGIN; compile when it does too and the time it saves over
     `planned_samples` training samples exceeds the extra time its warm-up took (compiling)."""
+    from dataclasses import replace
+
     results: dict[str, dict[str, Any]] = {}
+    if spec.device == "cuda":  # CUDA context, cuBLAS and loader start-up paid once, outside every measurement
+        say("   warming up the device")
+        _attempt(model_dir, rows, replace(spec, warmup=1, steps=2), [])
     for v in ["auto", *[x for x in variants if x in ATTENTION and x != "auto"]]:
         if spec.device != "cuda" and v in SDPA_BACKENDS:
             results[v] = {"skipped": "the SDPA kernel choice applies to CUDA kernels only"}

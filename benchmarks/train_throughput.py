@@ -1,7 +1,7 @@
 """Training throughput: the harness's Lightning path vs transformers' Trainer, same model, data and batch size,
 one process.
 
-    make bench-train          (or: python benchmarks/train_throughput.py [--models bert-base small] [--steps N])
+    make bench-train    (or: python benchmarks/train_throughput.py [--models bert-base,small] [--steps N] [overrides])
 
 For each model (`bert-base`: the bert-base-uncased shape with random weights — throughput does not depend on the
 weights; `small`: the default MiniLM), both sides train sequence classification on the same IMDB training reviews,
@@ -43,6 +43,15 @@ def training_rows(model_dir: Path, n: int, max_length: int, data_dir: Optional[s
     return dm.encode_split(data.splits["train"])
 
 
+def _models(text: str) -> list[str]:
+    from harness.benchtrain import MODELS
+
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    if not names or any(x not in MODELS for x in names):
+        raise argparse.ArgumentTypeError(f"{text!r}: use a comma-separated list of {', '.join(MODELS)}")
+    return names
+
+
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     import torch
 
@@ -51,7 +60,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     from harness.models.loading import packaged_path
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=list(benchtrain.MODELS), choices=benchtrain.MODELS)
+    ap.add_argument(
+        "--models", type=_models, default=list(benchtrain.MODELS), help="comma-separated: bert-base,small (default)"
+    )
     ap.add_argument("--model-path", help="the small model's folder (default: the MiniLM pip package)")
     ap.add_argument("--steps", type=int, default=None, help="measured steps per side (default: 60 GPU, 3 CPU)")
     ap.add_argument("--warmup", type=int, default=None, help="unmeasured steps first (default: 10 GPU, 1 CPU)")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -143,13 +143,6 @@ def _peak_memory(device: str) -> float:
     return torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
 
 
-class _Pretokenized:
-    """Stands for the task's data: the rows arrive tokenized, nothing to load."""
-
-    splits: dict[str, Any] = {}
-    notes: list[str] = []
-
-
 def harness_config(model_dir: Path, spec: BenchSpec) -> Any:
     from harness.config import resolve_run_config
     from harness.registry import get_task
@@ -177,15 +170,16 @@ def harness_side(model_dir: Path, rows: Any, spec: BenchSpec) -> dict[str, Any]:
     import lightning as L
     from transformers import AutoTokenizer
 
+    from harness.data.base import Pretokenized
     from harness.data.classification import ClassificationDataModule
     from harness.models.classification import SequenceClassifier
     from harness.runtime import configure_runtime, resolve_precision
-    from harness.training import build_trainer
+    from harness.training import RunFolder, build_trainer
 
     task, cfg = harness_config(model_dir, spec)
     configure_runtime(cfg)
     cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
-    dm = ClassificationDataModule(cfg, task, _Pretokenized(), AutoTokenizer.from_pretrained(str(model_dir)))  # type: ignore[arg-type]
+    dm = ClassificationDataModule(cfg, task, Pretokenized(), AutoTokenizer.from_pretrained(str(model_dir)))  # type: ignore[arg-type]
     dm.encoded = {"train": rows}
     L.seed_everything(cfg.seed, verbose=False)
     module = SequenceClassifier(
@@ -209,7 +203,7 @@ def harness_side(model_dir: Path, rows: Any, spec: BenchSpec) -> dict[str, Any]:
     if spec.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory(prefix="harness-bench-") as tmp:
-        trainer = build_trainer(cfg, None, _State(Path(tmp)), [Clock()], quiet=True, checkpoints=False)
+        trainer = build_trainer(cfg, None, RunFolder(Path(tmp)), [Clock()], quiet=True, checkpoints=False)
         started = time.perf_counter()
         trainer.fit(module, train_dataloaders=dm.train_dataloader())
         fit_seconds = time.perf_counter() - started
@@ -220,11 +214,6 @@ def harness_side(model_dir: Path, rows: Any, spec: BenchSpec) -> dict[str, Any]:
         **model_shape(module.model),
         "precision": cfg.trainer.precision,
     }
-
-
-@dataclass
-class _State:
-    dir: Path
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -342,8 +331,6 @@ MARGIN = 0.03  # a choice is kept when it is at least this much faster than the 
 
 
 def _attempt(model_dir: Path, rows: Any, spec: BenchSpec, extra: list[str]) -> dict[str, Any]:
-    from dataclasses import replace
-
     try:
         return harness_side(model_dir, rows, replace(spec, extra=[*spec.extra, *extra]))
     except Exception as e:  # a kernel that cannot run this model here (e.g. flash with a padding mask): recorded
@@ -362,8 +349,6 @@ def measure_kernels(
     attention), then torch.compile on top of the best: `kept` lists the overrides that helped. An attention choice
     is kept when it beats the default by MARGIN; compile when it does too and the time it saves over
     `planned_samples` training samples exceeds the extra time its warm-up took (compiling)."""
-    from dataclasses import replace
-
     results: dict[str, dict[str, Any]] = {}
     if spec.device == "cuda":  # CUDA context, cuBLAS and loader start-up paid once, outside every measurement
         say("   warming up the device")

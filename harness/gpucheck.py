@@ -152,13 +152,6 @@ class TrainClock:
         return self.samples / self.seconds if self.samples and self.seconds > 0 else None
 
 
-class _PreTokenized:
-    """Stands for the task's data: the splits arrive already tokenized (from the bundle), nothing to load."""
-
-    splits: dict[str, Any] = {}
-    notes: list[str] = []
-
-
 def _config(bundle: Bundle, device: str, extra: list[str]) -> Any:
     from harness.config import resolve_run_config
     from harness.registry import get_task
@@ -183,12 +176,13 @@ def run_phase(
     import torch
     from transformers import AutoTokenizer
 
+    from harness.data.base import Pretokenized
     from harness.data.classification import ClassificationDataModule
     from harness.metrics import classification as cls_metrics
     from harness.models.classification import SequenceClassifier
     from harness.runtime import configure_runtime, resolve_precision
     from harness.tracking.offline import OfflineRun
-    from harness.training import build_trainer
+    from harness.training import RunFolder, build_trainer
 
     task, cfg = _config(bundle, device, extra)
     configure_runtime(cfg)
@@ -198,7 +192,7 @@ def run_phase(
     record.log_params(_params(cfg, task))
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(str(bundle.model_dir))
-    dm = ClassificationDataModule(cfg, task, _PreTokenized(), tokenizer)  # type: ignore[arg-type]
+    dm = ClassificationDataModule(cfg, task, Pretokenized(), tokenizer)  # type: ignore[arg-type]
     dm.encoded = {s: bundle.split(s, limits.get(s), limits.get("max_length")) for s in ("train", "validation", "test")}
     record.log_params({f"split.{s}.rows": len(ds) for s, ds in dm.encoded.items()})
     L.seed_everything(cfg.seed, verbose=False)
@@ -211,7 +205,7 @@ def run_phase(
     )
     steps = len(dm.encoded["train"]) // cfg.data.batch_size * cfg.trainer.max_epochs
     clock = TrainClock(skip=min(10, steps // 4))
-    trainer = build_trainer(cfg, None, _State(Path(cfg.tracking.output_dir)), [clock.callback], quiet=True)
+    trainer = build_trainer(cfg, None, RunFolder(Path(cfg.tracking.output_dir)), [clock.callback], quiet=True)
     fit_start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     fit_seconds = time.perf_counter() - fit_start
@@ -249,11 +243,6 @@ def run_phase(
     record.log_json("gpu_check.json", result)
     record.end("FINISHED")
     return result
-
-
-@dataclass
-class _State:
-    dir: Path
 
 
 def _tags(bundle: Bundle, device: str, phase: str) -> dict[str, str]:

@@ -7,6 +7,8 @@ with exactly the same Trainer.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -19,6 +21,13 @@ from harness.config import RunConfig
 from harness.errors import ConfigError
 
 CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclass
+class RunFolder:
+    """Where a Trainer that belongs to no harness run (a measurement, the GPU check) keeps its files."""
+
+    dir: Path
 
 
 def build_trainer(

@@ -57,6 +57,14 @@ class TokenizedDataset(Dataset):
         return cls(seqs, scalars)
 
 
+class Pretokenized:
+    """Stands for a task's data when the splits arrive tokenized (the GPU check's bundle, a benchmark's rows):
+    nothing to load; the caller fills the data module's `encoded` itself."""
+
+    splits: dict[str, Any] = {}
+    notes: list[str] = []
+
+
 class PadCollator:
     """Pads `input_ids` (and friends) to the batch's longest sequence, rounded up to `multiple`."""
 

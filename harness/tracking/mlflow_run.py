@@ -19,7 +19,6 @@ from typing import Any, Optional
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
 
 from harness.config import RunConfig, TaskSpec, dump_yaml, flatten
 from harness.data.sources import SplitData, TaskData
@@ -343,7 +342,7 @@ def record_run(
     folder: Optional[Path] = None,
 ) -> str:
     """A finished MLflow run made in one go (a comparison, a report): tags, params, metrics, a folder of files."""
-    client = MlflowClient(uri)
+    client = tracking_client(uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
     run_id = client.create_run(

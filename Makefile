@@ -154,6 +154,7 @@ ui:
 	MLFLOW_BACKEND_STORE_URI="$$MLFLOW_TRACKING_URI" $(BIN)/mlflow ui --host 127.0.0.1 --port $(PORT)
 
 bench:
+	$(BIN)/python benchmarks/startup.py
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/rouge.py
 

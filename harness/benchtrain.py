@@ -50,7 +50,7 @@ class BenchSpec:
 
 
 def sync(device: str) -> None:
-    if device == "cuda":
+    if device == "cuda":  # queued GPU work finishes before the clock reads; a CPU has no queue
         torch.cuda.synchronize()
 
 
@@ -148,6 +148,8 @@ def harness_config(model_dir: Path, spec: BenchSpec) -> Any:
     from harness.registry import get_task
 
     cuda = spec.device == "cuda"
+    # a CPU measurement compares like with like (float32 on both sides, no loader workers); the GPU's settings on a
+    # CPU are the GPU check's imdb phases (harness/gpucheck.py) and tests/test_device_paths.py
     overrides = [
         f"profile={'full' if cuda else 'quick'}",
         f"model.name={model_dir}",
@@ -173,12 +175,12 @@ def harness_side(model_dir: Path, rows: Any, spec: BenchSpec) -> dict[str, Any]:
     from harness.data.base import Pretokenized
     from harness.data.classification import ClassificationDataModule
     from harness.models.classification import SequenceClassifier
-    from harness.runtime import configure_runtime, resolve_precision
+    from harness.runtime import configure_runtime, resolve_device_settings
     from harness.training import RunFolder, build_trainer
 
     task, cfg = harness_config(model_dir, spec)
     configure_runtime(cfg)
-    cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    resolve_device_settings(cfg)
     dm = ClassificationDataModule(cfg, task, Pretokenized(), AutoTokenizer.from_pretrained(str(model_dir)))  # type: ignore[arg-type]
     dm.encoded = {"train": rows}
     L.seed_everything(cfg.seed, verbose=False)
@@ -321,6 +323,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 # ---- attention kernels and torch.compile: measured, kept only where they help ------------------------------------
 
 SDPA_BACKENDS = ("efficient", "cudnn", "flash", "math")
+CUDA_ONLY = ("efficient", "cudnn")  # flash and math also run on a CPU (the same switches choose there)
 ATTENTION: dict[str, list[str]] = {
     "auto": [],
     **{b: [f"model.sdpa_backend={b}"] for b in SDPA_BACKENDS},
@@ -354,8 +357,8 @@ def measure_kernels(
         say("   warming up the device")
         _attempt(model_dir, rows, replace(spec, warmup=1, steps=2), [])
     for v in ["auto", *[x for x in variants if x in ATTENTION and x != "auto"]]:
-        if spec.device != "cuda" and v in SDPA_BACKENDS:
-            results[v] = {"skipped": "the SDPA kernel choice applies to CUDA kernels only"}
+        if spec.device != "cuda" and v in CUDA_ONLY:
+            results[v] = {"skipped": "a CUDA kernel (the CPU's attention has flash and math)"}
             continue
         say(f"   attention {v}")
         results[v] = _attempt(model_dir, rows, spec, ATTENTION[v])

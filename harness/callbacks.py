@@ -151,6 +151,9 @@ class DivergenceCheck(Callback):
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
         if self.cfg.trainer.precision == "16-mixed":
             return  # fp16's loss scaler skips steps with inf gradients by design
+        clips = getattr(pl_module, "clips_itself", None)
+        if clips is not None and clips(trainer):
+            return  # clipping computes the global norm next; it is read after the step (no second pass)
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
         if grads:
             norms = torch._foreach_norm(grads)
@@ -162,6 +165,10 @@ class DivergenceCheck(Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
             self._flag(~torch.isfinite(loss.detach()).all(), max(trainer.global_step, 1), 0)
+        norm = getattr(pl_module, "grad_norm", None)
+        if norm is not None and self.cfg.trainer.precision != "16-mixed":
+            self._flag(~torch.isfinite(norm), max(trainer.global_step, 1), 1)  # the step just taken
+            pl_module.grad_norm = None
         if trainer.global_step % self.every == 0:
             self.check(trainer)
 

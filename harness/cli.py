@@ -153,7 +153,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from harness.compress import DistillSpec, compress
+    from harness.compress.run import DistillSpec, compress
 
     spec = DistillSpec(args.layers, args.student, args.temperature, args.alpha)
     done = compress(args.run, args.method, args.overrides, args.sparsity, args.threads, spec)

@@ -91,7 +91,8 @@ def user_error(exc: BaseException) -> HarnessError | None:
             "the tracking store (an SQLite file) stayed locked by another process past SQLite's wait of 20 s",
             LOCKED_FIX,
         )
-    if isinstance(exc, RuntimeError) and "No available kernel" in str(exc):
+    # the GPU's words, and the CPU's (its attention obeys the same kernel switches)
+    if isinstance(exc, RuntimeError) and any(s in str(exc) for s in ("No available kernel", "No viable backend")):
         return RunFailed(
             "PyTorch's scaled-dot-product attention has no kernel it may use for these inputs (model.sdpa_backend "
             "allows only one; flash, for one, takes no padding mask)",

@@ -135,7 +135,7 @@ class TrainClock:
     def _sync(self) -> None:
         import torch
 
-        if torch.cuda.is_available():
+        if torch.cuda.is_available():  # queued GPU work finishes before the clock reads; a CPU has no queue
             torch.cuda.synchronize()
 
     def start(self) -> None:
@@ -157,19 +157,26 @@ def _config(bundle: Bundle, device: str, extra: list[str]) -> Any:
     from harness.registry import get_task
 
     task = get_task(bundle.manifest["data"]["task"])
+    # the same settings on either device (bf16 autocast, the fused optimizer with clipping, loader workers, pinned
+    # memory): a CPU dry run takes every branch the GPU run takes but the device's own (pinning needs a CUDA driver)
     overrides = [
         "profile=full",
         f"model.name={bundle.model_dir}",
         f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
         "trainer.devices=1",
-        *([] if device == "cuda" else ["trainer.precision=32-true", "data.num_workers=0", "data.pin_memory=false"]),
         *extra,
     ]
     return task, resolve_run_config(task, overrides)
 
 
 def run_phase(
-    bundle: Bundle, name: str, device: str, extra: list[str], limits: dict[str, Optional[int]], out: Path
+    bundle: Bundle,
+    name: str,
+    device: str,
+    extra: list[str],
+    limits: dict[str, Optional[int]],
+    out: Path,
+    record: Any,
 ) -> dict[str, Any]:
     """One IMDB run of the full profile on the bundle's rows; its record goes to an offline journal."""
     import lightning as L
@@ -180,15 +187,13 @@ def run_phase(
     from harness.data.classification import ClassificationDataModule
     from harness.metrics import classification as cls_metrics
     from harness.models.classification import SequenceClassifier
-    from harness.runtime import configure_runtime, resolve_precision
-    from harness.tracking.offline import OfflineRun
+    from harness.runtime import configure_runtime, resolve_device_settings
     from harness.training import RunFolder, build_trainer
 
     task, cfg = _config(bundle, device, extra)
     configure_runtime(cfg)
-    cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    resolve_device_settings(cfg)
     cfg.tracking.output_dir = str(out / "work" / name)
-    record = OfflineRun(out / "runs" / name, task.name, f"gpu-check-{name}", _tags(bundle, device, name))
     record.log_params(_params(cfg, task))
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(str(bundle.model_dir))
@@ -241,7 +246,6 @@ def run_phase(
         step=trainer.global_step,
     )
     record.log_json("gpu_check.json", result)
-    record.end("FINISHED")
     return result
 
 
@@ -283,7 +287,7 @@ GOALS = {"ratio": 2.0, "mfu": 0.30, "accuracy": 0.90, "imdb_minutes": 5.0}
 def _bench_spec(device: str, opts: argparse.Namespace, extra: list[str]) -> Any:
     from harness.benchtrain import BenchSpec
 
-    cuda = device == "cuda"
+    cuda = device == "cuda"  # sizes only: a CPU dry run measures fewer, smaller steps of the same path
     return BenchSpec(
         device=device,
         batch_size=opts.bench_batch_size or (32 if cuda else 4),
@@ -293,18 +297,16 @@ def _bench_spec(device: str, opts: argparse.Namespace, extra: list[str]) -> Any:
     )
 
 
-def kernels_phase(bundle: Bundle, device: str, opts: argparse.Namespace, out: Path) -> dict[str, Any]:
+def kernels_phase(bundle: Bundle, device: str, opts: argparse.Namespace, record: Any) -> dict[str, Any]:
     """Attention kernels and torch.compile on the default model's full-profile training steps; what helps is kept
     for the phases after it."""
     from harness import benchtrain
-    from harness.tracking.offline import OfflineRun
 
     spec = _bench_spec(device, opts, [])
     rows = bundle.split("train", spec.rows_needed, opts.max_length)
     _, cfg = _config(bundle, device, opts.overrides)
     planned = (opts.train_limit or len(bundle.arrays["train_label"])) * cfg.trainer.max_epochs
     k = benchtrain.measure_kernels(bundle.model_dir, rows, spec, opts.kernels, planned, say=_say)
-    record = OfflineRun(out / "runs" / "kernels", "bench-train", "gpu-check-kernels", _tags(bundle, device, "kernels"))
     record.log_params(
         {"batch_size": spec.batch_size, "steps": spec.steps, "warmup": spec.warmup, "planned_samples": planned}
     )
@@ -318,16 +320,14 @@ def kernels_phase(bundle: Bundle, device: str, opts: argparse.Namespace, out: Pa
         }
     )
     record.log_json("kernels.json", k)
-    record.end("FINISHED")
     return k
 
 
-def bench_phase(bundle: Bundle, device: str, opts: argparse.Namespace, kept: list[str], out: Path) -> dict[str, Any]:
+def bench_phase(bundle: Bundle, device: str, opts: argparse.Namespace, kept: list[str], record: Any) -> dict[str, Any]:
     """harness vs transformers.Trainer on the bundle's training rows, the BERT-base shape and the default model."""
     import tempfile
 
     from harness import benchtrain
-    from harness.tracking.offline import OfflineRun
 
     spec = _bench_spec(device, opts, kept)
     rows = bundle.split("train", spec.rows_needed, opts.max_length)
@@ -342,8 +342,7 @@ def bench_phase(bundle: Bundle, device: str, opts: argparse.Namespace, kept: lis
             model_dir = small if kind == "small" else benchtrain.bert_base_shape(small, Path(tmp) / kind)
             _say(f"   {kind}")
             results[kind] = benchtrain.compare(model_dir, rows, spec, peak, say=_say)
-    tags = {**_tags(bundle, device, "bench-train"), "harness.gpu_check.kept": " ".join(kept) or "defaults"}
-    record = OfflineRun(out / "runs" / "bench-train", "bench-train", "gpu-check-bench-train", tags)
+    record.set_tags({"harness.gpu_check.kept": " ".join(kept) or "defaults"})
     record.log_params({"batch_size": spec.batch_size, "steps": spec.steps, "warmup": spec.warmup, "peak_method": how})
     metrics = {"peak_tflops": peak / 1e12}
     for kind, res in results.items():
@@ -355,7 +354,6 @@ def bench_phase(bundle: Bundle, device: str, opts: argparse.Namespace, kept: lis
     record.log_metrics(metrics)
     result = {"results": results, "peak_tflops": peak / 1e12, "peak_method": how, "kept": kept}
     record.log_json("bench_train.json", result)
-    record.end("FINISHED")
     return result
 
 
@@ -363,10 +361,12 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def summary(done: dict[str, Any], device: str, total: float) -> str:
+def summary(done: dict[str, Any], device: str, total: float, failed: Optional[dict[str, str]] = None) -> str:
     from harness import benchtrain
 
+    failed = failed or {}
     lines = [f"== gpu-check summary ({device}, {total / 60:.1f} min) =="]
+    lines += [f"FAILED {phase}: {line}" for phase, line in failed.items()]
     if "bench-train" in done:
         b = done["bench-train"]
         lines += [f"bench-train (harness with: {' '.join(b['kept']) or 'defaults'})", benchtrain.table(b["results"])]
@@ -386,15 +386,18 @@ def summary(done: dict[str, Any], device: str, total: float) -> str:
             f"bucketing: {on['train_samples_per_sec'] / max(off['train_samples_per_sec'], 1e-9):.2f}x training "
             f"samples/s, {off['wall_seconds'] / max(on['wall_seconds'], 1e-9):.2f}x shorter wall time"
         )
-    lines.append(goals(done, device))
+    lines.append(goals(done, device, failed))
     lines.append(f"left out: {LEFT_OUT}")
     return "\n".join(lines)
 
 
-def goals(done: dict[str, Any], device: str) -> str:
-    """The issue's goals against this run's numbers (they are GPU goals: on a CPU, stated as not applying)."""
+def goals(done: dict[str, Any], device: str, failed: Optional[dict[str, str]] = None) -> str:
+    """The issue's goals against this run's numbers (they are GPU goals: on a CPU, stated as not applying); a goal
+    whose phase failed is named as not judged."""
+    unjudged = [p for p in ("bench-train", "imdb") if p in (failed or {})]
+    missing = f"; not judged: {', '.join(unjudged)} failed" if unjudged else ""
     if device != "cuda":
-        return "goals: not judged (they are set for a GPU; this was a dry run on the CPU)"
+        return "goals: not judged (they are set for a GPU; this was a dry run on the CPU)" + missing
     parts = []
     for kind, res in done.get("bench-train", {}).get("results", {}).items():
         h = res["harness"]
@@ -405,7 +408,7 @@ def goals(done: dict[str, Any], device: str) -> str:
         acc, minutes = r["estimates"]["accuracy"][0], r["wall_seconds"] / 60
         ok = acc >= GOALS["accuracy"] and minutes <= GOALS["imdb_minutes"] and r["test_examples"] >= 25000
         parts.append(f"imdb {acc:.4f} on {r['test_examples']:,} in {minutes:.2f} min {'met' if ok else 'MISSED'}")
-    return "goals (>= 2x and MFU >= 30%; >= 0.90 on 25,000 in <= 5 min): " + "; ".join(parts)
+    return "goals (>= 2x and MFU >= 30%; >= 0.90 on 25,000 in <= 5 min): " + "; ".join(parts) + missing
 
 
 def _names(allowed: tuple[str, ...]) -> Any:
@@ -446,6 +449,43 @@ def _args(argv: Optional[list[str]]) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def _fresh_record(out: Path, phase: str, bundle: Bundle, device: str) -> Any:
+    """The phase's offline record in `<out>/runs/<phase>`; a record an earlier check left there is kept beside it
+    (renamed with its time), so a rerun into the same folder adds records and never loses one."""
+    from harness.tracking.journal import PENDING
+    from harness.tracking.offline import OfflineRun
+
+    folder = out / "runs" / phase
+    if (folder / PENDING).exists():
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime((folder / PENDING).stat().st_mtime))
+        aside, n = folder.with_name(f"{phase}-{stamp}"), 1
+        while aside.exists():
+            aside, n = folder.with_name(f"{phase}-{stamp}-{n}"), n + 1
+        folder.rename(aside)
+        _say(f"   the earlier record of {phase} is kept as {aside} (harness sync it as well, or remove it)")
+    experiment = bundle.manifest["data"]["task"] if phase.startswith("imdb") else "bench-train"
+    return OfflineRun(folder, experiment, f"gpu-check-{phase}", _tags(bundle, device, phase))
+
+
+def _failure(phase: str, e: BaseException, out: Path, record: Any) -> str:
+    """A failed phase in one line (the user's words where harness has them); the traceback goes to a file that the
+    record carries too, since a GPU host's minutes are too dear to spend reproducing it."""
+    import traceback
+
+    from harness.errors import user_error
+
+    err = user_error(e) if isinstance(e, Exception) else None
+    first = (str(e).strip().splitlines() or [""])[0]
+    line = err.message if err is not None else f"{type(e).__name__}: {first}"[:600]
+    where = out / "errors" / f"{phase}.txt"
+    where.parent.mkdir(parents=True, exist_ok=True)
+    where.write_text("".join(traceback.format_exception(e)))
+    record.log_artifact(where)
+    record.set_tags({"harness.error": line})
+    record.end("FAILED")
+    return f"{line} (traceback: {where})"
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = _args(argv)
     import torch
@@ -458,28 +498,39 @@ def main(argv: Optional[list[str]] = None) -> int:
     out = Path(args.out)
     started = time.perf_counter()
     done: dict[str, Any] = {}
+    failed: dict[str, str] = {}
     kept: list[str] = []
     try:
         bundle = Bundle.open(Path(args.bundle))
-        print(f"gpu-check on {device}: bundle {bundle.folder} · {LEFT_OUT}", flush=True)
-        for phase in [p for p in PHASES if p in args.phases]:  # kernels first: what helps is used after it
-            print(f"-- {phase}{' (with ' + ' '.join(kept) + ')' if kept and phase != 'kernels' else ''}", flush=True)
-            if phase == "kernels":
-                done[phase] = kernels_phase(bundle, device, args, out)
-                kept = done[phase]["kept"]
-            elif phase == "bench-train":
-                done[phase] = bench_phase(bundle, device, args, kept, out)
-            else:
-                extra = [*args.overrides, *kept, *(["data.bucketing=false"] if phase == "imdb-no-bucketing" else [])]
-                done[phase] = run_phase(bundle, phase, device, extra, limits, out)
     except HarnessError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    text = summary(done, device, time.perf_counter() - started)
+    print(f"gpu-check on {device}: bundle {bundle.folder} · {LEFT_OUT}", flush=True)
+    for phase in [p for p in PHASES if p in args.phases]:  # kernels first: what helps is used after it
+        print(f"-- {phase}{' (with ' + ' '.join(kept) + ')' if kept and phase != 'kernels' else ''}", flush=True)
+        record = _fresh_record(out, phase, bundle, device)
+        try:
+            if phase == "kernels":
+                done[phase] = kernels_phase(bundle, device, args, record)
+                kept = done[phase]["kept"]
+            elif phase == "bench-train":
+                done[phase] = bench_phase(bundle, device, args, kept, record)
+            else:
+                extra = [*args.overrides, *kept, *(["data.bucketing=false"] if phase == "imdb-no-bucketing" else [])]
+                done[phase] = run_phase(bundle, phase, device, extra, limits, out, record)
+        except KeyboardInterrupt:
+            record.end("KILLED")
+            raise
+        except Exception as e:  # a failing phase is recorded and the next phases still run
+            failed[phase] = _failure(phase, e, out, record)
+            print(f"   {phase} FAILED: {failed[phase]}", flush=True)
+            continue
+        record.end("FINISHED")
+    text = summary(done, device, time.perf_counter() - started, failed)
     (out / "summary.txt").write_text(text + "\n")
     print(text)
     print(f"records: {out / 'runs'} (copy back, then: harness sync {out / 'runs'}/<phase>)")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ def join(rank: int, world: int, local_rank: int, accelerator: str) -> Any:
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        # NCCL and a device per rank need GPUs; on a CPU the same launch takes gloo (tests/test_ddp.py runs it)
         cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(local_rank)

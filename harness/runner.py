@@ -39,7 +39,7 @@ from harness.families import get_family
 from harness.families.base import EvalReport, Family
 from harness.launch import join, launched_world, share
 from harness.models.loading import ResolvedModel, load_pretrained, resolve_model
-from harness.runtime import check_devices, configure_runtime, resolve_precision
+from harness.runtime import check_devices, configure_runtime, resolve_device_settings
 from harness.tracking.env import describe_device
 from harness.tracking.logger import MlflowStepLogger
 from harness.tracking.mlflow_run import Tracker, is_global_zero
@@ -234,7 +234,7 @@ def _context(cfg: RunConfig, task: TaskSpec, console: Any, objective: bool, call
             f"use model.mode={' or '.join(GENERATION_MODES[1:])} (adapters on the frozen model), or full",
         )
     cfg = cfg.model_copy(deep=True)
-    cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    resolve_device_settings(cfg)
     zero = is_global_zero()
     if zero:
         check_store(cfg.tracking.uri)
@@ -399,6 +399,7 @@ def _tell_transfer(ctx: RunContext) -> None:
 
 def _peak_memory_mb(accelerator: str) -> tuple[float, str]:
     """The training's peak memory: GPU memory allocated by torch, else the process's peak resident set."""
+    # the CUDA allocator's statistics exist only with a GPU; a CPU run reports its resident set instead
     if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda"):
         return torch.cuda.max_memory_allocated() / 2**20, "cuda_allocated"
     import resource
@@ -438,7 +439,7 @@ def _fit(ctx: RunContext) -> None:
         ctx.say(f"resuming from {ckpt}")
         if ctx.tracker is not None:
             ctx.tracker.set_tags({"harness.resumed": "true"})
-    if torch.cuda.is_available():
+    if torch.cuda.is_available():  # the CUDA allocator's statistics: nothing to reset without a GPU
         torch.cuda.reset_peak_memory_stats()
     _interruptible(
         ctx.trainer,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from typing import Any
 
 from harness.config import RunConfig
 from harness.errors import ConfigError
@@ -54,15 +55,17 @@ def configure_runtime(cfg: RunConfig) -> None:
         warnings.filterwarnings("ignore", message=pattern)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
+    # TF32 matmuls exist only on NVIDIA GPUs (on a CPU the flag would also move float32 matmul precision to "high")
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        set_sdpa_backend(cfg.model.sdpa_backend)
+    set_sdpa_backend(cfg.model.sdpa_backend)
 
 
 def set_sdpa_backend(backend: str) -> None:
-    """Which kernels PyTorch's scaled-dot-product attention may use on a GPU: all (auto) or the one named. Set for
-    the process, and set back to all by the next run that says auto."""
+    """Which kernels PyTorch's scaled-dot-product attention may use: all (auto) or the one named. Set for the
+    process, and set back to all by the next run that says auto. The CPU's attention obeys the same switches (it has
+    flash and math kernels), so a CPU run with model.sdpa_backend=math or flash takes the branch a GPU run takes."""
     import torch
 
     b = torch.backends.cuda
@@ -70,6 +73,50 @@ def set_sdpa_backend(backend: str) -> None:
     b.enable_mem_efficient_sdp(backend in ("auto", "efficient"))
     b.enable_cudnn_sdp(backend in ("auto", "cudnn"))
     b.enable_math_sdp(backend in ("auto", "math"))
+
+
+def device_type(accelerator: str) -> str:
+    """The torch device type a run with `trainer.accelerator` trains on (Lightning's `auto` order: CUDA, Apple's
+    GPU, then the CPU)."""
+    import torch
+
+    if accelerator in ("gpu", "cuda"):
+        return "cuda"
+    if accelerator == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    return accelerator
+
+
+def fused_devices() -> tuple[str, ...]:
+    """Device types torch has a fused AdamW kernel for (CUDA and the CPU on every torch harness supports)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+        return tuple(_get_fused_kernels_supported_devices())
+    except ImportError:  # a future torch that moved the (private) list: the two kernels every release since 2.4 has
+        return ("cuda", "cpu")
+
+
+def resolve_fused(setting: Any, device: str) -> bool:
+    """`optim.fused`: auto is the fused AdamW kernel wherever torch has one for `device`; true where it has none is
+    refused here, in one line, rather than by torch at the first step."""
+    if setting == "auto":
+        return device in fused_devices()
+    if setting and device not in fused_devices():
+        raise ConfigError(
+            f"optim.fused=true, but this torch ({_torch_version()}) has no fused AdamW kernel for {device}",
+            "use optim.fused=auto (fused where the device has the kernel) or false",
+        )
+    return bool(setting)
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 def check_devices(cfg: RunConfig) -> None:
@@ -96,6 +143,13 @@ def check_devices(cfg: RunConfig) -> None:
         )
 
 
+def resolve_device_settings(cfg: RunConfig) -> None:
+    """The settings whose `auto` depends on the machine, decided here in place (precision, the fused optimizer), so
+    the run logs the choice made rather than "auto"."""
+    cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    cfg.optim.fused = resolve_fused(cfg.optim.fused, device_type(cfg.trainer.accelerator))
+
+
 def resolve_precision(precision: str, accelerator: str) -> str:
     """`auto`: bf16 mixed precision where the hardware does bf16 math natively, else full float32.
 
@@ -106,10 +160,19 @@ def resolve_precision(precision: str, accelerator: str) -> str:
         return precision
     import torch
 
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if cuda:
+        return auto_precision("cuda", torch.cuda.is_bf16_supported())
     try:
         native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         native = False
-    return "bf16-mixed" if native else "32-true"
+    return auto_precision("cpu", native)
+
+
+def auto_precision(device: str, bf16: bool) -> str:
+    """The `auto` precision for a device that does (or does not) do bf16 math natively: a GPU without bf16 (before
+    Ampere) trains in float16 with a loss scaler, a CPU without it in float32 (float16 autocast is slow there)."""
+    if bf16:
+        return "bf16-mixed"
+    return "16-mixed" if device == "cuda" else "32-true"

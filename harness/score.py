@@ -53,7 +53,8 @@ def _gold(task: Any, gold: Optional[Path], data_dir: Optional[str]) -> tuple[lis
     if gold is not None:
         split = load_test_file(task, gold)
     else:
-        overrides = [f"data.data_dir={data_dir}"] if data_dir else []
+        # the profile only sizes training; naming one spares the CUDA probe (and torch's import) of the default
+        overrides = ["profile=quick", *([f"data.data_dir={data_dir}"] if data_dir else [])]
         cfg = resolve_run_config(task, overrides)
         split = load_source_split(task, cfg, "test")  # the whole official evaluation file: no fallback, no subset
     ds = split.dataset
@@ -74,8 +75,7 @@ def score_qa(
 ) -> ScoreOutput:
     import numpy as np
 
-    from harness.data.squad import check_version, offset_mismatches
-    from harness.families.qa import is_v2
+    from harness.data.squad import check_version, is_v2, offset_mismatches
     from harness.metrics import squad
     from harness.metrics.bootstrap import bootstrap
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -61,14 +61,30 @@ def build_trainer(
         ) from None
 
 
+def precision_plugins(precision: str, accelerator: str) -> tuple[Optional[str], list]:
+    """Lightning's `precision` argument and the precision plugin harness builds itself, if any.
+
+    16-mixed gets its plugin from harness on every device: Lightning would quietly train a CPU run asked for float16
+    in bf16 instead, and the float16 path (its loss scaler unscaling a fused optimizer's gradients before clipping)
+    would then never run without a GPU."""
+    if precision not in ("16-mixed", "16"):
+        return precision, []
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from harness.runtime import device_type
+
+    return None, [MixedPrecision("16-mixed", device_type(accelerator))]
+
+
 def _trainer(cfg: RunConfig, logger: Any, state: Any, callbacks: list, quiet: bool, checkpoints: bool) -> L.Trainer:
     t = cfg.trainer
+    precision, plugins = precision_plugins(t.precision, t.accelerator)
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=t.strategy,
-        precision=t.precision,
+        precision=precision,
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,
         accumulate_grad_batches=t.accumulate_grad_batches,
@@ -84,5 +100,5 @@ def _trainer(cfg: RunConfig, logger: Any, state: Any, callbacks: list, quiet: bo
         use_distributed_sampler=False,  # the bucketing sampler shards by rank itself
         num_sanity_val_steps=0,
         default_root_dir=str(state.dir),
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *plugins],
     )

@@ -157,21 +157,7 @@ def build_data(dest: Path, model_dir: Path, rows: int | None = None) -> dict:
     return {"task": TASK, "settings": settings, "splits": lineage, "subset": bool(rows)}
 
 
-RUN_SH = """#!/bin/sh
-# The GPU check on a bare, offline host:  sh run.sh [--device cuda|cpu] [--train-limit N] [overrides ...]
-# Installs the bundle's wheels (no index, no dependencies) into a venv that sees the image's packages (or into
-# $VENV if it exists), then runs python -m harness.gpucheck on this bundle.
-set -e
-here=$(cd "$(dirname "$0")" && pwd)
-venv=${VENV:-$here/.venv}
-if [ ! -x "$venv/bin/python" ]; then
-  ${PYTHON:-python3} -m venv --system-site-packages "$venv"
-fi
-"$venv/bin/python" -m pip install --quiet --no-index --no-deps "$here"/wheels/*.whl
-# this bundle's harness, even over another build of the same version
-"$venv/bin/python" -m pip install --quiet --no-index --no-deps --force-reinstall "$here"/wheels/harness-*.whl
-exec "$venv/bin/python" -m harness.gpucheck --bundle "$here" "$@"
-"""
+RUN_SH = Path(__file__).resolve().parent / "gpu_run.sh"  # copied into the bundle as run.sh
 
 
 def size_mib(paths: list[Path]) -> float:
@@ -213,7 +199,7 @@ def main() -> int:
             "sizes_mib": sizes,
         }
         (tmp / "bundle.json").write_text(json.dumps(manifest, indent=1))
-        (tmp / "run.sh").write_text(RUN_SH)
+        shutil.copyfile(RUN_SH, tmp / "run.sh")
         (tmp / "run.sh").chmod(0o755)
         total = size_mib([p for p in tmp.rglob("*") if p.is_file()])
         for k, v in sizes.items():

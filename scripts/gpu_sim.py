@@ -6,7 +6,9 @@
    numpy; CPU builds, this machine's Python), reused while its package list is unchanged (`.gpu-sim/image`);
 2. a bundle built by `scripts/gpu_bundle.py` for this Python, with `--rows` reviews per split (the same code path as
    the full bundle, a small subset);
-3. the bundle's `run.sh` in that venv: the wheels installed with `--no-index --no-deps`, then the check on the CPU;
+3. the bundle's `run.sh` with that venv's `python3` first on PATH and no VENV given (the GPU image's own layout: its
+   interpreter is itself a virtualenv): the wheels installed with `--no-index --no-deps` into the bundle's `site/`,
+   then the check on the CPU with the GPU's settings (bf16-mixed, fused AdamW with clipping, loader workers);
 4. the offline records sent to a fresh sqlite MLflow store with `harness sync` (this checkout's venv), and the
    runs read back.
 
@@ -84,9 +86,13 @@ def main() -> int:
             ],
         )
     )
-    # the bare host: only the image venv, no network index, the bundle's own run script
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "HARNESS_", "MLFLOW_"))}
-    env.update(VENV=str(image), PIP_NO_INDEX="1", PIP_FIND_LINKS="", PIP_CONFIG_FILE=os.devnull, HF_HUB_OFFLINE="1")
+    # the bare host as the GPU image is: `python3` on PATH is itself a virtualenv holding torch (no VENV given), no
+    # network index, the bundle's own run script
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "HARNESS_", "MLFLOW_", "VIRTUAL_ENV"))}
+    env.pop("VENV", None)
+    env.pop("PYTHONPATH", None)
+    env.update(PIP_NO_INDEX="1", PIP_FIND_LINKS="", PIP_CONFIG_FILE=os.devnull, HF_HUB_OFFLINE="1")
+    env["PATH"] = f"{image / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     print(
         step(
             "gpu-check (bare image + bundle, CPU)",
@@ -101,9 +107,10 @@ def main() -> int:
         "import sys, harness.gpucheck; "
         "print(sorted(m for m in ('mlflow', 'optuna', 'datasets', 'evaluate', 'pandas') if m in sys.modules))"
     )
+    site = {**env, "PYTHONPATH": str(bundle / "site")}  # where run.sh put the bundle's wheels
     print(
         "   imported beyond the image:",
-        step("import check", [str(image / "bin" / "python"), "-c", probe], env=env).strip(),
+        step("import check", [str(image / "bin" / "python"), "-c", probe], env=site).strip(),
     )
     store = work / "mlruns.db"
     store.unlink(missing_ok=True)

@@ -110,7 +110,7 @@ def test_check_phases_record_runs_that_sync_into_mlflow(bundle, tmp_path, capsys
     text = capsys.readouterr().out
     assert rc == 0 and "== gpu-check summary (cpu" in text and "bucketing:" in text and "left out:" in text
     assert "small ratio harness/Trainer" in text and "goals: not judged" in text
-    assert "flash      the SDPA kernel choice applies to CUDA kernels only" in text
+    assert "flash" in text and "efficient" not in text  # the CPU's own flash kernel is measured
     assert (out / "summary.txt").read_text().startswith("== gpu-check summary")
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     for phase in ("kernels", "bench-train", "imdb", "imdb-no-bucketing"):
@@ -224,8 +224,10 @@ def test_on_a_cpu_the_cuda_kernel_choice_is_not_measured(monkeypatch):
     monkeypatch.setattr(
         benchtrain, "harness_side", _fake_side({"auto": 10.0, "model.attn_implementation=eager": 10.1}, {})
     )
-    k = benchtrain.measure_kernels(Path("m"), None, benchtrain.BenchSpec(device="cpu"), ["auto", "flash", "eager"], 10)
-    assert k["variants"]["flash"] == {"skipped": "the SDPA kernel choice applies to CUDA kernels only"}
+    spec = benchtrain.BenchSpec(device="cpu")
+    k = benchtrain.measure_kernels(Path("m"), None, spec, ["auto", "efficient", "cudnn", "eager"], 10)
+    assert k["variants"]["efficient"] == {"skipped": "a CUDA kernel (the CPU's attention has flash and math)"}
+    assert "cudnn" in k["variants"] and "skipped" in k["variants"]["cudnn"]
     assert k["kept"] == []  # eager: 1% faster, inside the margin
 
 
@@ -258,3 +260,54 @@ def test_the_summary_judges_the_goals_on_a_gpu_only():
     done["imdb"]["wall_seconds"] = 301.0
     assert "imdb 0.9120 on 25,000 in 5.02 min MISSED" in goals(done, "cuda")
     assert goals(done, "cpu").startswith("goals: not judged")
+
+
+def test_a_failing_phase_is_recorded_and_the_next_ones_still_run(bundle, tmp_path, capsys, monkeypatch):
+    """The first GPU run lost everything to one exception in its first phase, and a second run into the same folder
+    raised FileExistsError: now the failure is a FAILED record with its one-line error and traceback, the other
+    phases run, the exit status says so, and a rerun keeps the earlier records beside the new ones."""
+    from harness import gpucheck
+
+    real = gpucheck.run_phase
+
+    def flaky(bundle_, name, *args, **kwargs):
+        if name == "imdb":
+            raise RuntimeError("The current optimizer, AdamW, does not allow for gradient clipping\nsecond line")
+        return real(bundle_, name, *args, **kwargs)
+
+    monkeypatch.setattr(gpucheck, "run_phase", flaky)
+    out = tmp_path / "out"
+    argv = [
+        "--bundle",
+        str(bundle["folder"]),
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--phases",
+        "imdb,imdb-no-bucketing",
+    ]
+    argv += ["--train-limit", "32", "--test-limit", "40", "--max-length", "64", "trainer.max_epochs=1"]
+    assert gpucheck.main(argv) == 1
+    text = capsys.readouterr().out
+    line = "RuntimeError: The current optimizer, AdamW, does not allow for gradient clipping"
+    assert f"   imdb FAILED: {line} (traceback: {out / 'errors' / 'imdb.txt'})" in text
+    assert f"FAILED imdb: {line}" in text and "imdb-no-bucketing" in text.split("== gpu-check summary")[1]
+    assert "goals: not judged (they are set for a GPU; this was a dry run on the CPU); not judged: imdb failed" in text
+    assert "second line" in (out / "errors" / "imdb.txt").read_text()  # the whole traceback, kept
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    for phase in ("imdb", "imdb-no-bucketing"):
+        assert run_cli(["sync", str(out / "runs" / phase), "--tracking-uri", uri]) == 0
+    client = MlflowClient(uri)
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("imdb").experiment_id])}
+    assert runs["gpu-check-imdb"].info.status == "FAILED" and runs["gpu-check-imdb"].data.tags["harness.error"] == line
+    assert runs["gpu-check-imdb-no-bucketing"].info.status == "FINISHED"
+    # a rerun into the same folder (the failed record not synced yet this time): both records are kept
+    out2 = tmp_path / "out2"
+    argv2 = [*argv[:5], str(out2), *argv[6:]]
+    argv2[argv2.index("imdb,imdb-no-bucketing")] = "imdb"
+    assert gpucheck.main(argv2) == 1
+    assert gpucheck.main(argv2) == 1
+    text = capsys.readouterr().out
+    kept = [p.name for p in (out2 / "runs").iterdir()]
+    assert len(kept) == 2 and "imdb" in kept and "the earlier record of imdb is kept as" in text

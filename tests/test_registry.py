@@ -89,7 +89,7 @@ FIX = "fix that field (see README.md, 'Adding a task')"
         (
             lambda d: d["profiles"]["quick"].update(optim={"learning_rate": 1}),
             "{path}: field 'profiles.quick': unknown config key 'optim.learning_rate' — allowed keys at 'optim': "
-            "betas, eps, lr, scheduler, warmup_ratio, weight_decay",
+            "betas, eps, fused, lr, scheduler, warmup_ratio, weight_decay",
         ),
         (
             lambda d: d.update(labels=None),

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from harness.compress import METHODS
 from harness.errors import ConfigError
 
-METHODS = ("onnx", "onnx-int8", "torch-int8", "prune", "distill")  # distill: harness/compress/distill.py
 ONNX_TOLERANCE = 1e-4  # max |logit difference| allowed between the fp32 ONNX graph and PyTorch on the test split
 
 

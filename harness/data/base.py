@@ -105,6 +105,17 @@ def encoding_fingerprint(ds: Any, tokenizer: Any, settings: dict[str, Any]) -> s
     return h.hexdigest()[:32]
 
 
+def loader_options(d: Any) -> dict[str, Any]:
+    """A DataLoader's worker and memory options from `data.*`, the same for every family and split."""
+    return {
+        "num_workers": d.num_workers,
+        # page-locked batches need a CUDA driver: without one torch would warn and leave them unpinned, so a CPU run
+        # asks for none (a CPU test passes data.pin_memory=true through everything but this pinning)
+        "pin_memory": d.pin_memory and torch.cuda.is_available(),
+        "persistent_workers": d.num_workers > 0,
+    }
+
+
 class HarnessDataModule(L.LightningDataModule):
     """Tokenizes the task's splits once and serves length-aware batches; resumable mid-epoch."""
 
@@ -156,15 +167,7 @@ class HarnessDataModule(L.LightningDataModule):
         return PadCollator(pad if pad is not None else 0, self.cfg.data.pad_to_multiple_of)
 
     def _loader(self, ds: TokenizedDataset, sampler: BucketBatchSampler) -> DataLoader:
-        d = self.cfg.data
-        return DataLoader(
-            ds,
-            batch_sampler=sampler,
-            collate_fn=self.collator(),
-            num_workers=d.num_workers,
-            pin_memory=d.pin_memory and torch.cuda.is_available(),
-            persistent_workers=d.num_workers > 0,
-        )
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=self.collator(), **loader_options(self.cfg.data))
 
     def split_set(self, split: str) -> TokenizedDataset:
         """The tokenized rows the train/validation/test loaders serve for `split` (a family may serve a view)."""

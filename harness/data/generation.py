@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from harness.config import RunConfig, TaskSpec
-from harness.data.base import HarnessDataModule, TokenizedDataset
+from harness.data.base import HarnessDataModule, TokenizedDataset, loader_options
 from harness.data.sampler import BucketBatchSampler
 from harness.data.sources import TaskData
 
@@ -175,7 +175,5 @@ class GenerationDataModule(HarnessDataModule):
             ds,
             batch_sampler=BucketBatchSampler(ds.lengths, size, shuffle=False, bucketing=d.bucketing),
             collate_fn=self.collator(side),
-            num_workers=d.num_workers,
-            pin_memory=d.pin_memory and torch.cuda.is_available(),
-            persistent_workers=d.num_workers > 0,
+            **loader_options(d),
         )

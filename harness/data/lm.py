@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from harness.config import RunConfig, TaskSpec
-from harness.data.base import HarnessDataModule, TokenizedDataset
+from harness.data.base import HarnessDataModule, TokenizedDataset, loader_options
 from harness.data.generation import SequenceCollator
 from harness.data.nsp import PairBuilder, split_sentences
 from harness.data.sampler import BucketBatchSampler
@@ -196,9 +196,7 @@ class LMDataModule(HarnessDataModule):
             ds,
             batch_sampler=BucketBatchSampler(ds.lengths, d.eval_batch_size, shuffle=False, bucketing=d.bucketing),
             collate_fn=self.collator(train=False),
-            num_workers=d.num_workers,
-            pin_memory=d.pin_memory and torch.cuda.is_available(),
-            persistent_workers=d.num_workers > 0,
+            **loader_options(d),
         )
 
 

@@ -16,6 +16,11 @@ from harness.data.files import read_text
 from harness.errors import DataError
 
 
+def is_v2(task: Any) -> bool:
+    """A task scored as SQuAD 2.0 (unanswerable questions count), from its `options.version`."""
+    return str(task.options.get("version", "1.1")) == "2.0"
+
+
 @dataclass
 class SquadFile:
     rows: dict[str, list]  # column -> values, one entry per question, in file order

@@ -10,15 +10,11 @@ import pandas as pd
 from harness.config import RunConfig, TaskSpec
 from harness.data.qa import QADataModule, first_sentence, gold_texts, postprocess, unlocatable_answers
 from harness.data.sources import SplitData, TaskData
-from harness.data.squad import check_version
+from harness.data.squad import check_version, is_v2
 from harness.families.base import EvalReport, Family
 from harness.metrics import squad
 from harness.metrics.bootstrap import Estimate, bootstrap
 from harness.models.qa import QuestionAnswerer
-
-
-def is_v2(task: TaskSpec) -> bool:
-    return str(task.options.get("version", "1.1")) == "2.0"
 
 
 class ExtractiveQAFamily(Family):

@@ -21,6 +21,7 @@ from transformers import AutoConfig, get_scheduler
 
 from harness.models import transfer as transfer_modes
 from harness.models.loading import ResolvedModel, load_pretrained, resolve_model
+from harness.runtime import resolve_fused
 
 _DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
 
@@ -41,6 +42,7 @@ class HarnessModule(L.LightningModule):
         self._eval_buffer: list[dict[str, torch.Tensor]] = []
         self.test_outputs: Optional[dict[str, torch.Tensor]] = None
         self._pending_rng: Optional[dict[str, Any]] = None
+        self.grad_norm: Optional[torch.Tensor] = None  # the last clipped step's gradient norm (a device tensor)
 
     # ---- backbone ------------------------------------------------------------------------------------------------
     def load_backbone(
@@ -116,7 +118,8 @@ class HarnessModule(L.LightningModule):
             {"params": decay, "weight_decay": o["weight_decay"]},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        fused = self.device.type == "cuda"
+        # "auto" reaches here from modules saved before the setting, and from callers that do not resolve it
+        fused = resolve_fused(o.get("fused", "auto"), self.device.type)
         opt = torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], fused=fused)
         total = int(self.trainer.estimated_stepping_batches)
         sched = get_scheduler(
@@ -124,13 +127,45 @@ class HarnessModule(L.LightningModule):
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "lr"}}
 
+    def clips_itself(self, trainer: Any) -> bool:
+        """Whether `configure_gradient_clipping` clips (and keeps the norm) itself on this trainer's steps."""
+        algorithm = str(getattr(trainer, "gradient_clip_algorithm", None) or "norm")
+        return bool(trainer.gradient_clip_val) and _clips_like_harness(trainer) and algorithm.endswith("norm")
+
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: Optional[float] = None, gradient_clip_algorithm: Optional[str] = None
+    ) -> None:
+        """Global-norm clipping (`trainer.gradient_clip_val`) that also works with a fused optimizer, under every
+        precision; the norm it computes is kept (`grad_norm`) for the divergence check, so no second pass reads the
+        gradients.
+
+        Lightning refuses to clip for an optimizer that unscales fp16 gradients inside its step (fused AdamW), even
+        under bf16 where there is no scaler. Under bf16 and float32 nothing needs unscaling: clip. Under 16-mixed,
+        Lightning leaves a fused optimizer's gradients scaled; they are unscaled here first (the scaler then tells the
+        fused step they are unscaled already, and still skips a step with inf/NaN gradients)."""
+        self.grad_norm = None
+        if not gradient_clip_val:
+            return
+        trainer = self.trainer
+        if not self.clips_itself(trainer):
+            # sharded strategies clip their own way (FSDP's norm spans ranks): Lightning's path, fused refused there
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        raw = getattr(optimizer, "_optimizer", optimizer)
+        if scaler is not None and getattr(raw, "_step_supports_amp_scaling", False):
+            scaler.unscale_(raw)
+        params = [p for group in raw.param_groups for p in group["params"] if p.grad is not None]
+        if params:
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
+
     # ---- exact resume --------------------------------------------------------------------------------------------
     # Lightning restores weights, optimizer, schedule and loop counters; the random state (dropout masks) is ours.
     # It is applied at the first training batch after a resume, not on load: creating the data iterator in between
     # draws from the generator, and an uninterrupted run made that draw before the checkpoint.
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
+        if torch.cuda.is_available():  # CUDA's generators exist only with a GPU (a CPU run has none to save)
             rng["cuda"] = torch.cuda.get_rng_state_all()
         checkpoint["harness_rng"] = rng
 
@@ -177,6 +212,14 @@ class HarnessModule(L.LightningModule):
         first[1:] = index_sorted[1:] != index_sorted[:-1]
         keep = order[first]
         return {k: v[keep].cpu() for k, v in local.items()}
+
+
+def _clips_like_harness(trainer: Any) -> bool:
+    """Strategies where every rank holds the whole gradient after backward (one device, DDP): the global norm is the
+    local one, and harness clips it itself."""
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+    return type(trainer.strategy) in (SingleDeviceStrategy, DDPStrategy)
 
 
 def _gather_uneven(module: L.LightningModule, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

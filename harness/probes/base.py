@@ -153,7 +153,7 @@ def load_lm(name: str, revision: Optional[str] = None, cache: Optional[Path] = N
     if tok.pad_token_id is None and tok.eos_token_id is not None:
         tok.pad_token = tok.eos_token
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # only placement differs (.to(device)) from a CPU run
     model.to(device).eval()
     return LM(kind, model, tok, name, resolved.source, resolved.run_id)
 

@@ -1,0 +1,212 @@
+"""Every choice the GPU path makes, forced on the CPU: CI has no GPU, and a green run proves nothing about a branch it
+never took. The first GPU run of harness failed at its first optimizer step (a fused AdamW with gradient clipping
+under bf16), a branch no CPU test had taken; these tests take each such branch here.
+
+Where a branch cannot run without a GPU, the code says why in a one-line comment beside it (README: GPU).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+from conftest import run_cli, tiny_args
+from mlflow.tracking import MlflowClient
+
+from harness.errors import ConfigError
+from harness.models.base import HarnessModule
+from harness.runtime import auto_precision, device_type, fused_devices, resolve_fused, set_sdpa_backend
+from harness.training import precision_plugins
+
+# ---- the fused optimizer with clipping, through `harness run` ------------------------------------------------------
+
+
+def _finished_run(uri: str):
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("imdb").experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+@pytest.mark.parametrize(
+    "precision",
+    [
+        # the GPU profile's own settings: bf16 autocast, fused AdamW, clipping at 1.0, loader workers, pinned memory
+        # (pinning itself needs a CUDA driver: torch leaves a CPU loader's batches unpinned), an SDPA kernel pinned
+        "bf16-mixed",
+        # float16 with its loss scaler: the scaler must unscale the fused optimizer's gradients before clipping
+        "16-mixed",
+    ],
+)
+def test_a_run_with_the_gpu_settings_trains_and_logs_the_choice(precision, data_dir, tiny_model, tracking_uri, capsys):
+    args = tiny_args(
+        data_dir,
+        tiny_model,
+        tracking_uri,
+        **{
+            "trainer.precision": precision,
+            "optim.fused": "true",
+            "trainer.gradient_clip_val": "1.0",
+            "data.num_workers": "2",
+            "data.pin_memory": "true",
+            "model.sdpa_backend": "math",
+        },
+    )
+    assert run_cli(["run", "imdb", *args]) == 0, capsys.readouterr().err
+    client, run = _finished_run(tracking_uri)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["optim.fused"] == "true" and params["trainer.precision"] == precision
+    assert params["trainer.gradient_clip_val"] == "1.0" and params["data.num_workers"] == "2"
+    losses = [m.value for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert losses and all(v == v and abs(v) < 100 for v in losses)
+    assert 0.0 <= run.data.metrics["test_accuracy"] <= 1.0
+
+
+def test_auto_logs_the_fused_choice_made_for_this_machine(data_dir, tiny_model, tracking_uri, capsys):
+    args = tiny_args(data_dir, tiny_model, tracking_uri, **{"data.train_size": "32", "data.test_size": "32"})
+    assert run_cli(["run", "imdb", *args]) == 0, capsys.readouterr().err
+    _, run = _finished_run(tracking_uri)
+    assert run.data.params["optim.fused"] == ("true" if "cpu" in fused_devices() else "false")
+
+
+# ---- the optimizer step itself: fused equals unfused, clipping included, under each precision ---------------------
+
+
+class _Linear(torch.nn.Module):
+    """A model with the interface a harness module expects (inputs -> an output with .loss)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 2))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> SimpleNamespace:
+        logits = self.body(input_ids.float())
+        return SimpleNamespace(loss=torch.nn.functional.cross_entropy(logits.float(), labels))
+
+
+class _Module(HarnessModule):
+    def __init__(self, fused: bool, bad_grad_at: int = -1):
+        super().__init__(
+            {"lr": 1e-2, "weight_decay": 0.01, "warmup_ratio": 0.0, "scheduler": "constant", "betas": [0.9, 0.999]}
+            | {"eps": 1e-8, "fused": fused}
+        )
+        self.model = _Linear()
+        self.bad_grad_at = bad_grad_at
+
+    def on_after_backward(self) -> None:
+        if self.trainer.global_step == self.bad_grad_at:  # one infinite gradient, the loss still finite
+            next(self.parameters()).grad[0, 0] = float("inf")
+
+
+def _train(
+    fused: bool, precision: str, clip: float, callbacks=(), bad_grad_at: int = -1
+) -> tuple[_Module, torch.Tensor]:
+    torch.manual_seed(1)
+    x = torch.randn(8, 16) * 4
+    batch = {"input_ids": x, "attention_mask": torch.ones(8, 16), "labels": (x[:, 0] > 0).long()}
+    module = _Module(fused, bad_grad_at)
+    lightning_precision, plugins = precision_plugins(precision, "cpu")
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision=lightning_precision,
+        plugins=plugins,
+        gradient_clip_val=clip,
+        max_steps=6,
+        logger=False,
+        callbacks=list(callbacks),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    # the same batch each step: the loss falls and the norms change
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([batch] * 6, batch_size=None))
+    return module, torch.cat([p.detach().flatten() for p in module.parameters()])
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed"])
+def test_fused_adamw_with_clipping_equals_the_unfused_step(precision):
+    """Clipping binds (0.05 is below every step's norm): a fused step that clipped scaled fp16 gradients, or skipped
+    clipping, would end far from the unfused one, which Lightning unscales and clips itself."""
+    fused, w_fused = _train(True, precision, clip=0.05)
+    plain, w_plain = _train(False, precision, clip=0.05)
+    start = torch.cat([p.detach().flatten() for p in _Module(False).parameters()])
+    assert fused.trainer.optimizers[0].defaults["fused"] and not plain.trainer.optimizers[0].defaults["fused"]
+    moved = float((w_plain - start).abs().max())
+    assert moved > 1e-3  # the steps were taken
+    assert float((w_fused - w_plain).abs().max()) < 1e-4 * max(1.0, moved), precision
+    _, w_looser = _train(True, precision, clip=1e-4)
+    assert float((w_looser - w_fused).abs().max()) > 1e-4  # another bound moves the weights otherwise: it clips
+
+
+def _cfg(precision: str = "32-true") -> SimpleNamespace:
+    return SimpleNamespace(
+        trainer=SimpleNamespace(precision=precision, gradient_clip_val=0.05), optim=SimpleNamespace(lr=1e-2)
+    )
+
+
+def test_one_gradient_norm_pass_per_step_serves_clipping_and_the_divergence_check(monkeypatch):
+    from harness.callbacks import DivergenceCheck
+
+    calls = []
+    norm = torch._foreach_norm
+    monkeypatch.setattr(torch, "_foreach_norm", lambda *a, **k: calls.append(1) or norm(*a, **k))
+    _train(True, "bf16-mixed", clip=0.05, callbacks=[DivergenceCheck(every=1, cfg=_cfg("bf16-mixed"))])
+    assert len(calls) == 6  # one per optimizer step (the check used to take a second pass of its own)
+
+
+def test_an_infinite_gradient_under_clipping_fails_the_run_at_its_step():
+    from harness.callbacks import DivergenceCheck
+    from harness.errors import RunFailed
+
+    with pytest.raises(RunFailed, match="the gradients became NaN or infinite at step 3"):
+        _train(True, "32-true", clip=0.05, callbacks=[DivergenceCheck(every=1, cfg=_cfg())], bad_grad_at=2)
+
+
+# ---- the decisions themselves -------------------------------------------------------------------------------------
+
+
+def test_fused_is_resolved_for_the_device_and_refused_where_torch_has_no_kernel():
+    assert resolve_fused("auto", "cuda") is True and resolve_fused("auto", "cpu") is ("cpu" in fused_devices())
+    assert resolve_fused(False, "cuda") is False and resolve_fused(True, "cpu") is True
+    assert resolve_fused("auto", "tpu") is False
+    with pytest.raises(ConfigError, match=r"optim.fused=true, but this torch .* no fused AdamW kernel for tpu"):
+        resolve_fused(True, "tpu")
+
+
+def test_auto_precision_for_each_device():
+    assert auto_precision("cuda", bf16=True) == "bf16-mixed"  # Ampere and later (the H200)
+    assert auto_precision("cuda", bf16=False) == "16-mixed"  # older GPUs: float16 with a loss scaler
+    assert auto_precision("cpu", bf16=True) == "bf16-mixed"
+    assert auto_precision("cpu", bf16=False) == "32-true"
+
+
+def test_device_type_follows_the_accelerator():
+    assert device_type("gpu") == device_type("cuda") == "cuda" and device_type("cpu") == "cpu"
+    assert device_type("auto") == ("cuda" if torch.cuda.is_available() else device_type("auto"))
+
+
+def test_16_mixed_gets_a_float16_plugin_on_every_device():
+    for accelerator, device in (("cpu", "cpu"), ("gpu", "cuda")):
+        precision, plugins = precision_plugins("16-mixed", accelerator)
+        assert precision is None and plugins[0].precision == "16-mixed" and plugins[0].device == device
+    assert precision_plugins("bf16-mixed", "gpu") == ("bf16-mixed", [])
+
+
+def test_the_sdpa_kernel_switch_applies_on_the_cpu_too():
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    q = torch.randn(1, 2, 8, 4)
+    try:
+        set_sdpa_backend("efficient")  # a GPU-only kernel: the CPU has none left to use
+        with pytest.raises(RuntimeError, match="No viable backend"):
+            sdpa(q, q, q)
+        set_sdpa_backend("math")
+        assert torch.allclose(sdpa(q, q, q), sdpa(q.double(), q.double(), q.double()).float(), atol=1e-5)
+    finally:
+        set_sdpa_backend("auto")
+    assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()

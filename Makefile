@@ -58,7 +58,8 @@ help:
 	@echo "make ui                     MLflow UI on http://127.0.0.1:$(PORT) over \$$MLFLOW_TRACKING_URI"
 	@echo "make dashboard              optuna-dashboard on http://127.0.0.1:$(DASHBOARD_PORT) over \$$OPTUNA_STORAGE"
 	@echo "make bench                  benchmarks, each against a baseline measured in the same run"
-	@echo "make bench-train            GPU training throughput: harness vs transformers Trainer (BERT-base shape, MiniLM)"
+	@echo "make bench-train            GPU training throughput: harness vs transformers Trainer (BERT-base shape, MiniLM);"
+	@echo "                            DEVICE=cpu: also host time and aten ops per step vs the Trainer and a plain loop"
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -159,7 +160,7 @@ bench:
 	$(BIN)/python benchmarks/rouge.py
 
 bench-train:
-	$(BIN)/python benchmarks/train_throughput.py $(ARGS)
+	$(BIN)/python benchmarks/train_throughput.py --device $(DEVICE) $(ARGS)
 
 clean:
 	rm -rf .harness lightning_logs .pytest_cache

@@ -39,7 +39,7 @@ def main() -> int:
     from harness.models.loading import resolve_model
     from harness.registry import get_task
     from harness.runner import RunState
-    from harness.runtime import configure_runtime, resolve_precision
+    from harness.runtime import configure_runtime, resolve_device_settings
     from harness.training import build_trainer
 
     task = get_task(args.task)
@@ -48,7 +48,8 @@ def main() -> int:
     import warnings
 
     warnings.filterwarnings("ignore", message=r".*no `val_dataloader`.*")
-    cfg.trainer.precision = resolve_precision(cfg.trainer.precision, "cpu")
+    cfg.trainer.accelerator = "cpu"
+    resolve_device_settings(cfg)
     cfg.tracking.output_dir = os.path.join("/tmp", f"harness-bench-{os.getpid()}")
     cfg.trainer.checkpoint_every_n_steps = 50
     family = get_family(task.family)
@@ -69,14 +70,16 @@ def main() -> int:
     bf16 = cfg.trainer.precision.startswith("bf16")
     print(
         f"{task.name}: {total} steps of batch {cfg.data.batch_size}, max length {cfg.data.max_length}, "
-        f"precision {cfg.trainer.precision}, {torch.get_num_threads()} threads",
+        f"precision {cfg.trainer.precision}, AdamW fused={cfg.optim.fused}, {torch.get_num_threads()} threads",
         flush=True,
     )
 
     # ---- plain PyTorch loop ----------------------------------------------------------------------------------------
     net = module.model
     net.train()
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    # the optimizer the harness resolved for this machine (fused AdamW where torch has the kernel)
+    fused = bool(cfg.optim.fused)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=fused)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, total // 10)))
     t0 = None
     for i, b in enumerate(batches):

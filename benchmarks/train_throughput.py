@@ -8,12 +8,16 @@ weights; `small`: the default MiniLM), both sides train sequence classification 
 tokenized once by the harness (truncated to `--max-length`, 512 by default), with batch size 32 for the same
 number of steps. What each side runs and how it is measured: harness/benchtrain.py (the GPU check's first phase
 runs the same code on the bundle's rows). Results also go to MLflow (experiment `bench-train`). On a CPU
-(`--device cpu`) the same code runs as a smoke test with small numbers (MFU against a float32 matmul).
+(`--device cpu`) the same code runs as a smoke test with small numbers (MFU against a float32 matmul), followed by
+the step profile (harness/stepprofile.py): host time, aten operations and syncs per optimizer step for the harness,
+the Trainer and a plain loop on a tiny BERT, the device-independent view of what a step costs besides its math.
+`--json` prints every result as one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -72,6 +76,16 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     ap.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     ap.add_argument("--data-dir", default=os.environ.get("HARNESS_DATA_DIR"))
     ap.add_argument("--tracking-uri", default=default_tracking_uri())
+    ap.add_argument(
+        "--step-profile",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="host time and aten operations per optimizer step, harness vs Trainer vs a plain loop, on a tiny BERT "
+        "(auto: on a CPU)",
+    )
+    ap.add_argument("--profile-batch-size", type=int, default=8)
+    ap.add_argument("--profile-steps", type=int, default=30, help="timed steps per side (then 10 profiled)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object with every result at the end")
     ap.add_argument("overrides", nargs="*", help="harness config overrides for its side (e.g. trainer.compile=true)")
     args = ap.parse_args(argv)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -101,8 +115,30 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             results[kind] = benchtrain.compare(model_dir, rows, spec, peak)
     print(benchtrain.table(results))
     flat = {f"{k}/{side}": v for k, res in results.items() for side, v in res.items()}
+    steps = None
+    if args.step_profile == "on" or (args.step_profile == "auto" and not cuda):
+        steps = step_profile(small, args, spec)
+        flat["step_profile"] = steps
     _log(flat, args, spec, name, peak, how)
+    if args.json:
+        print(json.dumps(flat, default=float))
     return flat
+
+
+def step_profile(small: Path, args: argparse.Namespace, spec: Any) -> dict[str, Any]:
+    """harness/stepprofile.py on a tiny BERT and IMDB rows cut to 64 tokens: per optimizer step, host time and aten
+    operations (a device-independent proxy for kernel launches) and syncs, for the three sides."""
+    from harness import stepprofile
+
+    b = args.profile_batch_size
+    window = stepprofile.StepWindow(5, args.profile_steps, 10)
+    print(f"-- step profile: tiny BERT (2 x 32), batch {b}, length <= 64 (harness / Trainer / plain loop)", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = stepprofile.tiny_bert(Path(tmp) / "tiny", small)
+        rows = training_rows(model, window.total * b, 64, args.data_dir)
+        steps = stepprofile.profile(model, rows, b, 5, args.profile_steps, 10, extra=list(spec.extra))
+    print(stepprofile.table(steps))
+    return steps
 
 
 def _log(results: dict[str, Any], args: argparse.Namespace, spec: Any, name: str, peak: float, how: str) -> None:
@@ -124,7 +160,17 @@ def _log(results: dict[str, Any], args: argparse.Namespace, spec: Any, name: str
             }
         )
         mlflow.log_metric("peak_tflops", peak / 1e12)
+        steps = results.get("step_profile")
+        if steps:
+            for side in ("harness", "trainer", "plain"):
+                for k in ("host_ms_per_step", "aten_ops_per_step", "syncs_per_step"):
+                    mlflow.log_metric(f"steps_{side}_{k}", steps[side][k])
+            mlflow.log_metrics(
+                {"steps_ops_vs_trainer": steps["ops_vs_trainer"], "steps_host_vs_plain": steps["host_vs_plain"]}
+            )
         for key, r in results.items():
+            if key == "step_profile" or key.endswith("/batch_size"):
+                continue
             if isinstance(r, float):
                 mlflow.log_metric(f"{key.replace('/', '_')}_samples_per_sec", r)
                 continue

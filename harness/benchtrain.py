@@ -294,15 +294,80 @@ def trainer_side(model_dir: Path, rows: Any, spec: BenchSpec) -> dict[str, Any]:
     }
 
 
-def compare(model_dir: Path, rows: Any, spec: BenchSpec, peak: float, say: Any = print) -> dict[str, Any]:
-    """Both sides on one model; results keyed by side, with MFU and the ratio of samples/s."""
-    out: dict[str, Any] = {}
-    for side, fn in (("trainer", trainer_side), ("harness", harness_side)):
+def plain_side(model_dir: Path, rows: Any, spec: BenchSpec) -> dict[str, Any]:
+    """A plain PyTorch loop on the harness's own batches (its loader: length buckets padded to the profile's
+    multiple) and settings (precision, fused AdamW, clipping at 1.0): forward, backward, clip, step, schedule, zero
+    the gradients; no framework. What the harness's loop is held against."""
+    from transformers import AutoTokenizer, get_scheduler
+
+    from harness.data.base import Pretokenized
+    from harness.data.classification import ClassificationDataModule
+    from harness.models.classification import SequenceClassifier
+    from harness.runtime import configure_runtime, resolve_device_settings
+
+    task, cfg = harness_config(model_dir, spec)
+    configure_runtime(cfg)
+    resolve_device_settings(cfg)
+    dm = ClassificationDataModule(cfg, task, Pretokenized(), AutoTokenizer.from_pretrained(str(model_dir)))  # type: ignore[arg-type]
+    dm.encoded = {"train": rows}
+    torch.manual_seed(cfg.seed)
+    net = SequenceClassifier(
+        labels=list(task.labels), optim={}, model_path=str(model_dir), attn_implementation=cfg.model.attn_implementation
+    ).model.to(spec.device)
+    net.train()
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, fused=bool(cfg.optim.fused))
+    sched = get_scheduler("linear", opt, num_warmup_steps=spec.total // 10, num_training_steps=spec.total)
+    bf16 = cfg.trainer.precision.startswith("bf16")
+    meter = Meter(spec.device)
+    if spec.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    for step, b in enumerate(dm.train_dataloader()):
+        if step == spec.total:
+            break
+        if step == spec.warmup:
+            meter.start()
+        b = {k: v.to(spec.device, non_blocking=True) for k, v in b.items()}
+        meter.add(b["attention_mask"])
+        with torch.autocast(spec.device, dtype=torch.bfloat16, enabled=bf16):
+            out = net(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["label"])
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0, foreach=True)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    meter.stop()
+    return {
+        **meter.result(),
+        "fit_seconds": time.perf_counter() - started,
+        "peak_memory_gib": _peak_memory(spec.device),
+        **model_shape(net),
+        "precision": cfg.trainer.precision,
+    }
+
+
+SIDES = {"trainer": "trainer_side", "harness": "harness_side", "plain": "plain_side"}
+
+
+def compare(
+    model_dir: Path,
+    rows: Any,
+    spec: BenchSpec,
+    peak: float,
+    say: Any = print,
+    sides: tuple[str, ...] = ("trainer", "harness"),
+) -> dict[str, Any]:
+    """The sides on one model; results keyed by side, with MFU, the ratio of the harness's samples/s to the
+    Trainer's (`ratio`) and, with the plain loop, to the plain loop's (`ratio_plain`)."""
+    out: dict[str, Any] = {"batch_size": spec.batch_size}
+    for side in sides:
         say(f"   {side}: {spec.warmup} warm-up + {spec.steps} measured steps of {spec.batch_size}")
-        r = fn(model_dir, rows, spec)
+        r = globals()[SIDES[side]](model_dir, rows, spec)
         r["mfu"] = training_flops_per_token(r) * r["tokens_per_sec"] / peak
         out[side] = r
     out["ratio"] = out["harness"]["samples_per_sec"] / out["trainer"]["samples_per_sec"]
+    if "plain" in out:
+        out["ratio_plain"] = out["harness"]["samples_per_sec"] / out["plain"]["samples_per_sec"]
     return out
 
 
@@ -310,13 +375,17 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     """The results of `compare` for each model, one line per side and one for the ratio."""
     lines = [f"{'model / side':22} {'samples/s':>10} {'tokens/s':>10} {'padding':>8} {'MFU':>7} {'peak GiB':>9}"]
     for kind, res in results.items():
-        for side in ("trainer", "harness"):
+        for side in ("trainer", "harness", "plain"):
+            if side not in res:
+                continue
             r = res[side]
             lines.append(
                 f"{kind + ' / ' + side:22} {r['samples_per_sec']:10.1f} {r['tokens_per_sec']:10.0f} "
                 f"{100 * r['padding_share']:7.1f}% {100 * r['mfu']:6.2f}% {r['peak_memory_gib']:9.2f}"
             )
         lines.append(f"{kind + ' ratio harness/Trainer':34} {res['ratio']:.2f}x samples/s")
+        if "ratio_plain" in res:
+            lines.append(f"{kind + ' ratio harness/plain loop':34} {res['ratio_plain']:.2f}x samples/s")
     return "\n".join(lines)
 
 
@@ -329,7 +398,7 @@ ATTENTION: dict[str, list[str]] = {
     **{b: [f"model.sdpa_backend={b}"] for b in SDPA_BACKENDS},
     "eager": ["model.attn_implementation=eager"],
 }
-VARIANTS = (*ATTENTION, "compile")
+VARIANTS = (*ATTENTION, "compile", "graphs")  # graphs: compile with CUDA graphs (reduce-overhead), GPU only
 MARGIN = 0.03  # a choice is kept when it is at least this much faster than the default (beyond run-to-run noise)
 
 
@@ -368,14 +437,24 @@ def measure_kernels(
     helps = _rate(results[best]) > _rate(results["auto"]) * (1 + MARGIN)
     kept = list(ATTENTION[best]) if helps else []
     ref = results[best] if helps else results["auto"]
-    if "compile" in variants:
-        say(f"   torch.compile{' with ' + ' '.join(kept) if kept else ''}")
-        c = results["compile"] = _attempt(model_dir, rows, spec, [*kept, "trainer.compile=true"])
+    compiled = {"compile": "trainer.compile=true", "graphs": "trainer.compile=reduce-overhead"}
+    best_compile = None
+    for name, setting in compiled.items():
+        if name not in variants:
+            continue
+        if name == "graphs" and spec.device != "cuda":
+            results[name] = {"skipped": "CUDA graphs need a GPU"}
+            continue
+        say(f"   torch.compile ({setting.split('=')[1]}){' with ' + ' '.join(kept) if kept else ''}")
+        c = results[name] = _attempt(model_dir, rows, spec, [*kept, setting])
         if _rate(c) > 0:
             c["overhead_seconds"] = (c["fit_seconds"] - c["seconds"]) - (ref["fit_seconds"] - ref["seconds"])
             c["saved_seconds"] = planned_samples * (1 / _rate(ref) - 1 / _rate(c))
-            if _rate(c) > _rate(ref) * (1 + MARGIN) and c["saved_seconds"] > c["overhead_seconds"]:
-                kept.append("trainer.compile=true")
+            pays = _rate(c) > _rate(ref) * (1 + MARGIN) and c["saved_seconds"] > c["overhead_seconds"]
+            if pays and (best_compile is None or c["saved_seconds"] - c["overhead_seconds"] > best_compile[0]):
+                best_compile = (c["saved_seconds"] - c["overhead_seconds"], setting)
+    if best_compile is not None:
+        kept.append(best_compile[1])
     for r in results.values():
         if _rate(r) > 0:
             r["speedup"] = _rate(r) / _rate(results["auto"])

@@ -16,22 +16,25 @@ from harness.errors import RunFailed
 class StepMonitor(Callback):
     """Logs the learning rate, samples/s, real (non-pad) tokens/s and the padding share every `every` steps.
 
-    Counts accumulate as device tensors and are read once per logging interval, so the step has no host sync.
+    Real tokens are counted on the host before the batch moves to the device (the module's `host_tokens`), so a
+    step costs the monitor no device work and no sync.
     """
 
     def __init__(self, every: int):
         self.every = every
-        self._reset()
+        self._tokens0 = 0
+        self._reset(None)
 
-    def _reset(self) -> None:
+    def _reset(self, pl_module: Any) -> None:
         self._t0 = time.perf_counter()
         self._samples = 0
-        self._tokens: Any = 0
         self._slots = 0
         self._batches = 0
+        self._tokens0 = getattr(pl_module, "host_tokens", 0)
+        self._device_tokens: Any = 0  # modules that do not count on the host (not harness's own)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._reset()
+        self._reset(pl_module)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -39,11 +42,13 @@ class StepMonitor(Callback):
         mask = batch["attention_mask"]
         self._samples += mask.shape[0]
         self._slots += mask.numel()
-        self._tokens = self._tokens + mask.sum()
+        if not hasattr(pl_module, "host_tokens"):
+            self._device_tokens = self._device_tokens + mask.sum()
         self._batches += 1
         if trainer.global_step % self.every == 0 and self._batches >= self.every:
             elapsed = time.perf_counter() - self._t0
-            tokens = float(self._tokens)
+            counted = getattr(pl_module, "host_tokens", None)
+            tokens = float(counted - self._tokens0 if counted is not None else self._device_tokens)
             metrics = {
                 "train_samples_per_sec": self._samples / elapsed,
                 "train_tokens_per_sec": tokens / elapsed,
@@ -54,7 +59,7 @@ class StepMonitor(Callback):
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
             pl_module._last_throughput = metrics  # read by LineProgress
-            self._reset()
+            self._reset(pl_module)
 
 
 class LineProgress(Callback):
@@ -130,44 +135,43 @@ class DivergenceCheck(Callback):
     """Stops training when the loss or the gradients stop being finite numbers: a diverged run is a failure, never
     a result, so the run fails (naming the step and the likely cause) before any test metric is computed.
 
-    The test stays on the device (no host sync per step): the first bad step is kept in a device tensor and read
-    every `every` steps and at the end of training; under DDP the ranks agree on it.
+    A step costs the check no device work: it keeps the step's loss and the gradient norm clipping computed (0-d
+    tensors, as they are), and every `every` steps and at the end of training tests them all at once (one kernel and
+    one read per check); under DDP the ranks agree on the first bad step. Without clipping it computes the norm
+    itself, once per step.
     """
 
     def __init__(self, every: int, cfg: Any):
         self.every = every
         self.cfg = cfg
-        self._first_bad: Any = None  # device tensor: the first optimizer step with a non-finite value, -1 if none
-        self._what: Any = None  # 0 loss, 1 gradients
+        self._values: list[torch.Tensor] = []  # losses and gradient norms since the last check
+        self._steps: list[int] = []  # the optimizer step of each
+        self._what: list[int] = []  # 0 loss, 1 gradients
 
-    def _flag(self, bad: Any, step: int, what: int) -> None:
-        if self._first_bad is None:
-            self._first_bad = torch.full((), -1, dtype=torch.long, device=bad.device)
-            self._what = torch.zeros((), dtype=torch.long, device=bad.device)
-        new = bad & (self._first_bad < 0)
-        self._first_bad = torch.where(new, torch.full_like(self._first_bad, step), self._first_bad)
-        self._what = torch.where(new, torch.full_like(self._what, what), self._what)
+    def _keep(self, value: torch.Tensor, step: int, what: int) -> None:
+        self._values.append(value.detach().reshape(-1))
+        self._steps.append(step)
+        self._what.append(what)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
         if self.cfg.trainer.precision == "16-mixed":
             return  # fp16's loss scaler skips steps with inf gradients by design
         clips = getattr(pl_module, "clips_itself", None)
         if clips is not None and clips(trainer):
-            return  # clipping computes the global norm next; it is read after the step (no second pass)
+            return  # clipping computes the global norm next; it is kept after the step (no second pass)
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
         if grads:
-            norms = torch._foreach_norm(grads)
-            self._flag(~torch.isfinite(torch.stack(norms)).all(), trainer.global_step + 1, 1)
+            self._keep(torch.stack(torch._foreach_norm(grads)), trainer.global_step + 1, 1)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
-            self._flag(~torch.isfinite(loss.detach()).all(), max(trainer.global_step, 1), 0)
+            self._keep(loss, max(trainer.global_step, 1), 0)
         norm = getattr(pl_module, "grad_norm", None)
         if norm is not None and self.cfg.trainer.precision != "16-mixed":
-            self._flag(~torch.isfinite(norm), max(trainer.global_step, 1), 1)  # the step just taken
+            self._keep(norm, max(trainer.global_step, 1), 1)  # the step just taken
             pl_module.grad_norm = None
         if trainer.global_step % self.every == 0:
             self.check(trainer)
@@ -176,13 +180,20 @@ class DivergenceCheck(Callback):
         self.check(trainer)
 
     def check(self, trainer: L.Trainer) -> None:
-        if self._first_bad is None:
+        if not self._values:
             return
-        step = int(trainer.strategy.reduce(self._first_bad.clone(), reduce_op="max"))
-        if step < 0:
+        values = torch.cat(self._values)  # type promotion covers a bf16 loss beside a float32 norm
+        bad = (~torch.isfinite(values)).cpu().tolist()  # the one read: a device sync once per check
+        firsts = [(s, w) for b, s, w in zip(bad, self._steps, self._what) if b]
+        self._values, self._steps, self._what = [], [], []
+        local = 2 * firsts[0][0] + firsts[0][1] if firsts else -1
+        if trainer.world_size > 1:  # every rank checks at the same steps; the one that saw a bad step tells them all
+            local = int(trainer.strategy.reduce(torch.tensor(local, device=values.device), reduce_op="max"))
+        if local < 0:
             return
-        what = "the loss" if int(self._what) == 0 else "the gradients"
-        raise RunFailed(f"training diverged: {what} became NaN or infinite at step {step}", _likely_cause(self.cfg))
+        step, what = divmod(local, 2)
+        name = "the loss" if what == 0 else "the gradients"
+        raise RunFailed(f"training diverged: {name} became NaN or infinite at step {step}", _likely_cause(self.cfg))
 
 
 def _likely_cause(cfg: Any) -> str:
@@ -206,12 +217,16 @@ def quiet_mode() -> bool:
 
 
 class CompileModel(Callback):
-    """`trainer.compile=true`: the model is compiled in place (`nn.Module.compile`) before fitting or testing, so
-    its weights keep their names in checkpoints and exports. The first steps of each new batch shape pay for
-    compiling; `make gpu-check` measures whether it pays off."""
+    """`trainer.compile=true` (or a mode): the model is compiled in place (`nn.Module.compile`) before fitting or
+    testing, so its weights keep their names in checkpoints and exports. The first steps of each new batch shape pay
+    for compiling; `make gpu-check` measures whether it pays off. `reduce-overhead` replays captured CUDA graphs on
+    a GPU (on a CPU inductor compiles the same graph without them)."""
+
+    def __init__(self, mode: Any = True):
+        self.mode = None if mode in (True, "default") else mode
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         model = getattr(pl_module, "model", None)
         if model is not None and getattr(model, "_compiled_call_impl", None) is None:
             torch._dynamo.reset()  # a model compiled earlier in this process (one per process) holds no cache slots
-            model.compile()
+            model.compile(mode=self.mode)

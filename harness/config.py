@@ -216,6 +216,10 @@ class DataConfig(Strict):
     test_file: Optional[str] = None  # evaluate on this file (task schema) instead of the test split
     batch_size: int = Field(default=16, gt=0)
     eval_batch_size: int = Field(default=64, gt=0)
+    # a token budget per batch instead of a count: as many examples as fit in this many padded tokens (then
+    # batch_size only sizes the length-sorted pools); eval_max_tokens likewise for evaluation (not generation)
+    max_tokens: Optional[int] = Field(default=None, gt=0)
+    eval_max_tokens: Optional[int] = Field(default=None, gt=0)
     bucketing: bool = True  # length-aware batches: shuffled buckets for training, sorted for evaluation
     bucket_multiplier: int = Field(default=50, gt=0)  # pool of batch_size*k examples sorted together
     pad_to_multiple_of: Optional[int] = Field(default=8, gt=0)
@@ -280,7 +284,10 @@ class TrainerConfig(Strict):
     checkpoint_every_n_steps: int = Field(default=50, gt=0)
     deterministic: bool = False
     num_threads: Optional[int] = Field(default=None, gt=0)  # torch intra-op threads on CPU; None = all cores
-    compile: bool = False  # torch.compile the model for training and testing (the first steps pay for compiling)
+    # torch.compile the model for training and testing (the first steps of each new shape pay for compiling): true
+    # (inductor's default mode) or a mode; reduce-overhead also captures CUDA graphs on a GPU (few shapes help:
+    # data.pad_to_multiple_of=64 gives at most 8 lengths up to 512)
+    compile: Union[bool, Literal["default", "reduce-overhead", "max-autotune"]] = False
 
     @field_validator("precision")
     @classmethod

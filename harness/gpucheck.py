@@ -11,14 +11,16 @@ Phases, in this order, each timed and recorded, one summary block at the end:
    for compile also saving more time over the `imdb` phase's training than compiling costs (harness/benchtrain.py);
 2. `bench-train`: the harness's training path against `transformers.Trainer`, same model, rows and batch size:
    samples/s, tokens/s, MFU, peak memory and the ratio, for the BERT-base shape (random weights) and the default
-   model;
+   model, at batch 32 and 128 on a GPU; at batch 32 the BERT-base shape also against a plain PyTorch loop on the
+   harness's own batches;
 3. `imdb`: the `full` profile on IMDB (harness's classification module, data module, sampler and Trainer, as
    `harness run imdb profile=full`; the same tokenized rows), trained on the training split and tested on all 25,000
    test reviews: accuracy, F1, AUROC, ECE with 95% bootstrap intervals, wall time, training samples/s;
 4. `imdb-no-bucketing`: the same with `data.bucketing=false`, to show what length bucketing does.
 
-The summary states the goals (bench-train >= 2x the Trainer at MFU >= 30%; >= 0.90 accuracy on 25,000 reviews in
-<= 5 minutes) against the numbers when the device is a GPU. What the image lacks is not imported: no MLflow, Optuna,
+The summary states the goals (bench-train >= 2x the Trainer at batch 32, at least the plain loop's speed, MFU >= 30%
+for the BERT-base shape at batch 128; the full IMDB profile >= 0.93 accuracy on 25,000 reviews in <= 30 s) against
+the numbers when the device is a GPU. What the image lacks is not imported: no MLflow, Optuna,
 datasets, evaluate or pandas. Each phase is recorded as a run in an offline journal (`<out>/runs/<phase>/`): copy
 the folder back and `harness sync <folder>` creates the runs in MLflow with their params, metrics (with intervals),
 tags and the summary. The console says what was left out. `--train-limit` / `--test-limit` / `--max-length` and the
@@ -281,7 +283,10 @@ def _params(cfg: Any, task: Any) -> dict[str, str]:
 
 
 PHASES = ("kernels", "bench-train", "imdb", "imdb-no-bucketing")
-GOALS = {"ratio": 2.0, "mfu": 0.30, "accuracy": 0.90, "imdb_minutes": 5.0}
+# the GPU-speed issue's goals: >= 2x the Trainer at batch 32 (both models), MFU >= 30% for the BERT-base shape at
+# batch 128, the harness at least as fast as a plain loop (BERT-base, batch 32), and the full IMDB profile in <= 30 s
+# at >= 0.93 accuracy with an interval no lower than before (0.9265, measured at f9840d8)
+GOALS = {"ratio": 2.0, "mfu": 0.30, "plain": 1.0, "accuracy": 0.93, "ci_low": 0.9265, "imdb_seconds": 30.0}
 
 
 def _bench_spec(device: str, opts: argparse.Namespace, extra: list[str]) -> Any:
@@ -324,37 +329,52 @@ def kernels_phase(bundle: Bundle, device: str, opts: argparse.Namespace, record:
 
 
 def bench_phase(bundle: Bundle, device: str, opts: argparse.Namespace, kept: list[str], record: Any) -> dict[str, Any]:
-    """harness vs transformers.Trainer on the bundle's training rows, the BERT-base shape and the default model."""
+    """harness vs transformers.Trainer on the bundle's training rows, the BERT-base shape and the default model, at
+    each batch size (32, the full profile's, and 128 on a GPU); at the first batch size the BERT-base shape also
+    against a plain PyTorch loop on the harness's own batches."""
     import tempfile
+    from dataclasses import replace
 
     from harness import benchtrain
 
-    spec = _bench_spec(device, opts, kept)
-    rows = bundle.split("train", spec.rows_needed, opts.max_length)
+    base = _bench_spec(device, opts, kept)
+    sizes = opts.bench_batch_sizes or ([32, 128] if device == "cuda" else [base.batch_size])
     peak, how = benchtrain.peak_flops(device)
     _say(
-        f"   peak {peak / 1e12:.1f} TFLOP/s ({how}) · batch {spec.batch_size} · {spec.steps} steps after {spec.warmup}"
+        f"   peak {peak / 1e12:.1f} TFLOP/s ({how}) · batch {', '.join(map(str, sizes))} · {base.steps} steps after "
+        f"{base.warmup}"
     )
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in opts.bench_models:
             small = bundle.model_dir
             model_dir = small if kind == "small" else benchtrain.bert_base_shape(small, Path(tmp) / kind)
-            _say(f"   {kind}")
-            results[kind] = benchtrain.compare(model_dir, rows, spec, peak, say=_say)
-    record.set_tags({"harness.gpu_check.kept": " ".join(kept) or "defaults"})
-    record.log_params({"batch_size": spec.batch_size, "steps": spec.steps, "warmup": spec.warmup, "peak_method": how})
+            for size in sizes:
+                spec = replace(base, batch_size=size)
+                rows = bundle.split("train", spec.rows_needed, opts.max_length)
+                plain = kind == "bert-base" and size == sizes[0]
+                sides = ("trainer", "harness", "plain") if plain else ("trainer", "harness")
+                _say(f"   {kind}, batch {size}")
+                results[bench_key(kind, size)] = benchtrain.compare(model_dir, rows, spec, peak, say=_say, sides=sides)
+    record.log_params({"batch_sizes": sizes, "steps": base.steps, "warmup": base.warmup, "peak_method": how})
     metrics = {"peak_tflops": peak / 1e12}
-    for kind, res in results.items():
-        metrics[f"{kind}_ratio_samples_per_sec"] = res["ratio"]
-        for side in ("trainer", "harness"):
+    for key, res in results.items():
+        metrics[f"{key}_ratio_samples_per_sec"] = res["ratio"]
+        if "ratio_plain" in res:
+            metrics[f"{key}_ratio_plain_samples_per_sec"] = res["ratio_plain"]
+        for side in ("trainer", "harness", "plain"):
             for m in ("samples_per_sec", "tokens_per_sec", "padding_share", "mfu", "peak_memory_gib"):
-                if res[side][m] == res[side][m]:
-                    metrics[f"{kind}_{side}_{m}"] = float(res[side][m])
+                if side in res and res[side][m] == res[side][m]:
+                    metrics[f"{key}_{side}_{m}"] = float(res[side][m])
     record.log_metrics(metrics)
     result = {"results": results, "peak_tflops": peak / 1e12, "peak_method": how, "kept": kept}
     record.log_json("bench_train.json", result)
     return result
+
+
+def bench_key(kind: str, batch_size: int) -> str:
+    """The results key (and MLflow metric prefix) of one model at one batch size, e.g. bert-base-b32."""
+    return f"{kind}-b{batch_size}"
 
 
 def _say(text: str) -> None:
@@ -399,16 +419,35 @@ def goals(done: dict[str, Any], device: str, failed: Optional[dict[str, str]] = 
     if device != "cuda":
         return "goals: not judged (they are set for a GPU; this was a dry run on the CPU)" + missing
     parts = []
-    for kind, res in done.get("bench-train", {}).get("results", {}).items():
-        h = res["harness"]
-        ok = res["ratio"] >= GOALS["ratio"] and h["mfu"] >= GOALS["mfu"]
-        parts.append(f"{kind} {res['ratio']:.2f}x the Trainer, MFU {100 * h['mfu']:.0f}% {'met' if ok else 'MISSED'}")
+    results = done.get("bench-train", {}).get("results", {})
+    for key, res in results.items():
+        if res.get("batch_size") == 32:
+            ok = res["ratio"] >= GOALS["ratio"]
+            parts.append(f"{key} {res['ratio']:.2f}x the Trainer {'met' if ok else 'MISSED'}")
+        if "ratio_plain" in res:
+            ok = res["ratio_plain"] >= GOALS["plain"]
+            parts.append(f"{key} {res['ratio_plain']:.2f}x the plain loop {'met' if ok else 'MISSED'}")
+    big = results.get(bench_key("bert-base", 128))
+    if big is not None:
+        mfu = big["harness"]["mfu"]
+        parts.append(f"bert-base-b128 MFU {100 * mfu:.1f}% {'met' if mfu >= GOALS['mfu'] else 'MISSED'}")
     if "imdb" in done:
         r = done["imdb"]
-        acc, minutes = r["estimates"]["accuracy"][0], r["wall_seconds"] / 60
-        ok = acc >= GOALS["accuracy"] and minutes <= GOALS["imdb_minutes"] and r["test_examples"] >= 25000
-        parts.append(f"imdb {acc:.4f} on {r['test_examples']:,} in {minutes:.2f} min {'met' if ok else 'MISSED'}")
-    return "goals (>= 2x and MFU >= 30%; >= 0.90 on 25,000 in <= 5 min): " + "; ".join(parts) + missing
+        acc, low, _ = r["estimates"]["accuracy"]
+        ok = (
+            acc >= GOALS["accuracy"]
+            and low >= GOALS["ci_low"]
+            and r["wall_seconds"] <= GOALS["imdb_seconds"]
+            and r["test_examples"] >= 25000
+        )
+        parts.append(
+            f"imdb {acc:.4f} [{low:.4f}, ...] on {r['test_examples']:,} in {r['wall_seconds']:.0f} s "
+            f"{'met' if ok else 'MISSED'}"
+        )
+    return (
+        "goals (>= 2x the Trainer at batch 32; >= the plain loop; MFU >= 30% at batch 128; imdb >= 0.93, CI low >= "
+        "0.9265, on 25,000 in <= 30 s): " + "; ".join(parts) + missing
+    )
 
 
 def _names(allowed: tuple[str, ...]) -> Any:
@@ -441,7 +480,12 @@ def _args(argv: Optional[list[str]]) -> argparse.Namespace:
     )
     ap.add_argument("--bench-steps", type=int, help="measured steps per side (default: 60 on a GPU, 2 on a CPU)")
     ap.add_argument("--bench-warmup", type=int, help="steps before measuring (default: 20 on a GPU, 1 on a CPU)")
-    ap.add_argument("--bench-batch-size", type=int, help="default: 32 on a GPU (the full profile's), 4 on a CPU")
+    ap.add_argument("--bench-batch-size", type=int, help="the kernels phase's batch (default: 32 on a GPU, 4 on a CPU)")
+    ap.add_argument(
+        "--bench-batch-sizes",
+        type=lambda t: [int(x) for x in t.split(",") if x.strip()],
+        help="bench-train's batch sizes, comma-separated (default: 32,128 on a GPU; the kernels batch on a CPU)",
+    )
     ap.add_argument(
         "--kernels", type=_names(VARIANTS), default=list(VARIANTS), help=f"comma-separated: {','.join(VARIANTS)}"
     )

@@ -49,7 +49,7 @@ def build_trainer(
         *extra_callbacks,
     ]
     if t.compile:
-        callbacks.append(CompileModel())
+        callbacks.append(CompileModel(t.compile))
     if quiet:
         callbacks.append(LineProgress(every=t.log_every_n_steps))
     try:

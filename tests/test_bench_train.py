@@ -3,6 +3,7 @@ the throughput table, ratio and MLflow run come out (the GPU numbers are measure
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -35,6 +36,9 @@ def test_bench_train_smoke_on_cpu(data_dir, tiny_model, tracking_uri, capsys):
             str(data_dir),
             "--tracking-uri",
             tracking_uri,
+            "--profile-steps",
+            "4",
+            "--json",
         ]
     )
     for side in ("trainer", "harness"):
@@ -50,3 +54,12 @@ def test_bench_train_smoke_on_cpu(data_dir, tiny_model, tracking_uri, capsys):
     run = client.search_runs([client.get_experiment_by_name("bench-train").experiment_id])[0]
     assert run.data.metrics["small_ratio_samples_per_sec"] == res["small/ratio"]
     assert run.data.metrics["small_harness_mfu"] > 0
+    # the step profile: host time and aten operations per optimizer step on the three sides, judged by the goals
+    steps = res["step_profile"]
+    for side in ("harness", "trainer", "plain"):
+        assert steps[side]["host_ms_per_step"] > 0 and steps[side]["aten_ops_per_step"] > 50
+        assert "aten::mm" in steps[side]["top_ops_per_step"]  # the model's matmuls are counted on every side
+    assert steps["ops_vs_trainer"] == steps["harness"]["aten_ops_per_step"] / steps["trainer"]["aten_ops_per_step"]
+    assert "host time/step" in out and run.data.metrics["steps_harness_aten_ops_per_step"] > 50
+    last = json.loads(out.strip().splitlines()[-1])  # --json: every result, one object
+    assert last["step_profile"]["plain"]["syncs_per_step"] == steps["plain"]["syncs_per_step"]

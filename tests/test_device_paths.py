@@ -52,6 +52,9 @@ def test_a_run_with_the_gpu_settings_trains_and_logs_the_choice(precision, data_
             "data.num_workers": "2",
             "data.pin_memory": "true",
             "model.sdpa_backend": "math",
+            # fewer, fuller steps: batches by a token budget, for training and evaluation
+            "data.max_tokens": "640",
+            "data.eval_max_tokens": "2048",
         },
     )
     assert run_cli(["run", "imdb", *args]) == 0, capsys.readouterr().err
@@ -62,7 +65,8 @@ def test_a_run_with_the_gpu_settings_trains_and_logs_the_choice(precision, data_
     assert params["trainer.gradient_clip_val"] == "1.0" and params["data.num_workers"] == "2"
     losses = [m.value for m in client.get_metric_history(run.info.run_id, "train_loss")]
     assert losses and all(v == v and abs(v) < 100 for v in losses)
-    assert 0.0 <= run.data.metrics["test_accuracy"] <= 1.0
+    assert 0.0 <= run.data.metrics["test_accuracy"] <= 1.0 and run.data.metrics["test_examples"] == 96
+    assert params["data.max_tokens"] == "640"
 
 
 def test_auto_logs_the_fused_choice_made_for_this_machine(data_dir, tiny_model, tracking_uri, capsys):
@@ -210,3 +214,28 @@ def test_the_sdpa_kernel_switch_applies_on_the_cpu_too():
     finally:
         set_sdpa_backend("auto")
     assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+
+
+def test_the_monitors_dispatch_no_device_work_on_an_ordinary_step():
+    """The divergence check and the step monitor keep what a step gives them (its loss, clipping's norm, the host's
+    token count) and read it every `every` steps: an ordinary step dispatches no aten operation of theirs at all."""
+    from harness.callbacks import DivergenceCheck, StepMonitor
+
+    check, monitor = DivergenceCheck(every=10, cfg=_cfg("bf16-mixed")), StepMonitor(every=10)
+    module = SimpleNamespace(grad_norm=torch.tensor(0.5), host_tokens=0, _last_throughput={})
+    trainer = SimpleNamespace(global_step=3, world_size=1, optimizers=[], loggers=[])
+    batch = {"attention_mask": torch.ones(8, 64, dtype=torch.long)}
+    loss = torch.tensor(0.69, requires_grad=True) * 1.0
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        check.on_train_batch_end(trainer, module, {"loss": loss}, batch, 3)
+        monitor.on_train_batch_end(trainer, module, {"loss": loss}, batch, 3)
+    views = ("aten::detach", "aten::view", "aten::reshape", "aten::_reshape_alias", "aten::alias")
+    ops = [e.name for e in prof.events() if e.name.startswith("aten::") and e.name not in views]
+    assert ops == [] and len(check._values) == 2 and module.grad_norm is None
+    # the check step reads them all at once, and a bad value there fails the run at its own step
+    check._keep(torch.tensor(float("nan")), 5, 1)
+    trainer.global_step = 10
+    from harness.errors import RunFailed
+
+    with pytest.raises(RunFailed, match="the gradients became NaN or infinite at step 5"):
+        check.on_train_batch_end(trainer, module, {"loss": loss}, batch, 10)

@@ -109,7 +109,7 @@ def test_check_phases_record_runs_that_sync_into_mlflow(bundle, tmp_path, capsys
     )
     text = capsys.readouterr().out
     assert rc == 0 and "== gpu-check summary (cpu" in text and "bucketing:" in text and "left out:" in text
-    assert "small ratio harness/Trainer" in text and "goals: not judged" in text
+    assert "small-b4 ratio harness/Trainer" in text and "goals: not judged" in text
     assert "flash" in text and "efficient" not in text  # the CPU's own flash kernel is measured
     assert (out / "summary.txt").read_text().startswith("== gpu-check summary")
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
@@ -120,10 +120,10 @@ def test_check_phases_record_runs_that_sync_into_mlflow(bundle, tmp_path, capsys
         r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("bench-train").experiment_id])
     }
     m = bench["gpu-check-bench-train"].data.metrics
-    assert m["small_ratio_samples_per_sec"] == pytest.approx(
-        m["small_harness_samples_per_sec"] / m["small_trainer_samples_per_sec"]
+    assert m["small-b4_ratio_samples_per_sec"] == pytest.approx(
+        m["small-b4_harness_samples_per_sec"] / m["small-b4_trainer_samples_per_sec"]
     )
-    assert 0 < m["small_harness_mfu"] and 0 <= m["small_trainer_padding_share"] < 1
+    assert 0 < m["small-b4_harness_mfu"] and 0 <= m["small-b4_trainer_padding_share"] < 1
     k = bench["gpu-check-kernels"]
     assert k.data.metrics["kernels_auto_speedup"] == 1.0 and "kernels_eager_samples_per_sec" in k.data.metrics
     assert k.data.tags["harness.gpu_check.kept"] in ("defaults", "model.attn_implementation=eager")
@@ -185,14 +185,16 @@ def _fake_side(rates: dict, fit_extra: dict):
 
 
 @pytest.mark.parametrize(
-    "compile_rate, compile_warmup, kept",
+    "compile_rate, compile_warmup, graphs_rate, kept",
     [
-        (1300.0, 10.0, ["model.sdpa_backend=efficient", "trainer.compile=true"]),  # saves 14 s, costs 10 s: kept
-        (1300.0, 60.0, ["model.sdpa_backend=efficient"]),  # faster, but compiling costs more than it saves
-        (1110.0, 1.0, ["model.sdpa_backend=efficient"]),  # within the 3% margin: not kept
+        (1300.0, 10.0, None, ["model.sdpa_backend=efficient", "trainer.compile=true"]),  # saves 14 s, costs 10 s
+        (1300.0, 60.0, None, ["model.sdpa_backend=efficient"]),  # faster, but compiling costs more than it saves
+        (1110.0, 1.0, None, ["model.sdpa_backend=efficient"]),  # within the 3% margin: not kept
+        # CUDA graphs on top save more than plain compiling, for the same compile time: they are kept instead
+        (1300.0, 10.0, 1600.0, ["model.sdpa_backend=efficient", "trainer.compile=reduce-overhead"]),
     ],
 )
-def test_kernel_choices_are_kept_only_where_they_help(monkeypatch, compile_rate, compile_warmup, kept):
+def test_kernel_choices_are_kept_only_where_they_help(monkeypatch, compile_rate, compile_warmup, graphs_rate, kept):
     from harness import benchtrain
 
     rates = {
@@ -203,8 +205,12 @@ def test_kernel_choices_are_kept_only_where_they_help(monkeypatch, compile_rate,
         "model.sdpa_backend=math": 600.0,
         "model.attn_implementation=eager": 700.0,
         "model.sdpa_backend=efficient trainer.compile=true": compile_rate,
+        "model.sdpa_backend=efficient trainer.compile=reduce-overhead": graphs_rate,
     }
-    warm = {"model.sdpa_backend=efficient trainer.compile=true": compile_warmup}
+    warm = {
+        "model.sdpa_backend=efficient trainer.compile=true": compile_warmup,
+        "model.sdpa_backend=efficient trainer.compile=reduce-overhead": compile_warmup,
+    }
     monkeypatch.setattr(benchtrain, "harness_side", _fake_side(rates, warm))
     spec = benchtrain.BenchSpec(device="cuda")
     k = benchtrain.measure_kernels(Path("m"), None, spec, list(benchtrain.VARIANTS), 50_000 * 2, say=lambda s: None)
@@ -247,18 +253,31 @@ def test_the_summary_judges_the_goals_on_a_gpu_only():
     done = {
         "bench-train": {
             "results": {
-                "bert-base": {"trainer": side(560.0, 0.14), "harness": side(1200.0, 0.31), "ratio": 1200 / 560},
-                "small": {"trainer": side(2000.0, 0.05), "harness": side(3000.0, 0.08), "ratio": 1.5},
+                "bert-base-b32": {
+                    "batch_size": 32,
+                    "trainer": side(447.0, 0.08),
+                    "harness": side(900.0, 0.17),
+                    "plain": side(705.0, 0.15),
+                    "ratio": 900 / 447,
+                    "ratio_plain": 900 / 705,
+                },
+                "bert-base-b128": {"batch_size": 128, "trainer": side(669.0, 0.13), "harness": side(1600.0, 0.31)}
+                | {"ratio": 1600 / 669},
+                "small-b32": {"batch_size": 32, "trainer": side(816.0, 0.02), "harness": side(1224.0, 0.03)}
+                | {"ratio": 1.5},
             }
         },
-        "imdb": {"estimates": {"accuracy": [0.912, 0.908, 0.915]}, "wall_seconds": 250.0, "test_examples": 25000},
+        "imdb": {"estimates": {"accuracy": [0.9312, 0.9281, 0.9343]}, "wall_seconds": 29.0, "test_examples": 25000},
     }
     line = goals(done, "cuda")
-    assert "bert-base 2.14x the Trainer, MFU 31% met" in line
-    assert "small 1.50x the Trainer, MFU 8% MISSED" in line
-    assert "imdb 0.9120 on 25,000 in 4.17 min met" in line
-    done["imdb"]["wall_seconds"] = 301.0
-    assert "imdb 0.9120 on 25,000 in 5.02 min MISSED" in goals(done, "cuda")
+    assert "bert-base-b32 2.01x the Trainer met" in line and "bert-base-b32 1.28x the plain loop met" in line
+    assert "small-b32 1.50x the Trainer MISSED" in line and "bert-base-b128 MFU 31.0% met" in line
+    assert "bert-base-b128" not in line.split("MFU")[0]  # batch 128 is judged on MFU, not on the ratio
+    assert "imdb 0.9312 [0.9281, ...] on 25,000 in 29 s met" in line
+    done["imdb"]["wall_seconds"] = 31.0
+    assert "imdb 0.9312 [0.9281, ...] on 25,000 in 31 s MISSED" in goals(done, "cuda")
+    done["imdb"]["wall_seconds"], done["imdb"]["estimates"]["accuracy"][1] = 29.0, 0.9250  # the interval fell
+    assert "in 29 s MISSED" in goals(done, "cuda")
     assert goals(done, "cpu").startswith("goals: not judged")
 
 

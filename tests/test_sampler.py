@@ -79,3 +79,43 @@ def test_eval_shards_examples_so_every_rank_has_a_batch(monkeypatch):
         assert len(batches) == len(s) == 1
         seen += batches[0]
     assert sorted(seen) == list(range(40))
+
+
+def test_a_token_budget_fills_each_batch_and_keeps_every_example_once():
+    s = BucketBatchSampler(LENGTHS, 16, shuffle=True, seed=1, max_tokens=4096, multiple=8)
+    batches = _epoch(s, 0)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(LENGTHS))) and len(batches) == len(s)
+    padded = [-(-int(LENGTHS[b].max()) // 8) * 8 * len(b) for b in batches]
+    assert max(padded) <= 4096  # no batch over the budget (no example here is longer than it)
+    sizes = [len(b) for b in batches]
+    assert min(sizes) < 16 < max(sizes)  # long examples in small batches, short ones in large
+    assert np.mean(padded) > 0.8 * 4096  # and the batches are full: few, full steps
+    # every step does about the same work; with a fixed count a step of long examples does many times more
+    fixed = [
+        -(-int(LENGTHS[b].max()) // 8) * 8 * len(b) for b in _epoch(BucketBatchSampler(LENGTHS, 16, shuffle=True), 0)
+    ]
+    assert np.std(padded) / np.mean(padded) < 0.2 < np.std(fixed) / np.mean(fixed)
+
+
+def test_a_token_budget_for_evaluation_longest_first_and_an_over_long_example_alone():
+    lengths = np.array([600, 10, 20, 30, 300, 290])
+    s = BucketBatchSampler(lengths, 64, shuffle=False, max_tokens=512)
+    assert list(s) == [[0], [4], [5], [3, 2, 1]]
+
+
+def test_a_token_budget_resumes_to_the_same_batches_and_splits_across_ranks(monkeypatch):
+    s = BucketBatchSampler(LENGTHS, 16, shuffle=True, seed=1, max_tokens=4096)
+    full = _epoch(s, 2)
+    r = BucketBatchSampler(LENGTHS, 16, shuffle=True, seed=1, max_tokens=4096)
+    r.sampler.set_epoch(2)
+    r.resume(2, 10)
+    assert list(r) == full[10:]
+    # two ranks: each step's global batch (twice the budget) in two slices; together every example once
+    ranks = []
+    for rank in (0, 1):
+        monkeypatch.setattr(sampler_mod, "_world", lambda rank=rank: (2, rank))
+        ranks.append(_epoch(BucketBatchSampler(LENGTHS, 16, shuffle=True, seed=1, max_tokens=4096), 0))
+    assert len(ranks[0]) == len(ranks[1])
+    seen = sorted(i for rb in ranks for b in rb for i in b)
+    assert set(seen) == set(range(len(LENGTHS)))

@@ -183,6 +183,8 @@ class HarnessDataModule(L.LightningDataModule):
             seed=self.cfg.seed,
             bucketing=d.bucketing,
             multiplier=d.bucket_multiplier,
+            max_tokens=d.max_tokens,
+            multiple=d.pad_to_multiple_of,
         )
         if self._resume:
             sampler.resume(self._resume["epoch"], self._resume["batches_done"])
@@ -195,7 +197,15 @@ class HarnessDataModule(L.LightningDataModule):
     def eval_dataloader(self, split: str) -> DataLoader:
         ds = self.split_set(split)
         d = self.cfg.data
-        return self._loader(ds, BucketBatchSampler(ds.lengths, d.eval_batch_size, shuffle=False, bucketing=d.bucketing))
+        sampler = BucketBatchSampler(
+            ds.lengths,
+            d.eval_batch_size,
+            shuffle=False,
+            bucketing=d.bucketing,
+            max_tokens=d.eval_max_tokens,
+            multiple=d.pad_to_multiple_of,
+        )
+        return self._loader(ds, sampler)
 
     def val_dataloader(self) -> Any:
         return self.eval_dataloader("validation") if "validation" in self.encoded else []

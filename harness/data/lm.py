@@ -194,7 +194,14 @@ class LMDataModule(HarnessDataModule):
         d = self.cfg.data
         return DataLoader(
             ds,
-            batch_sampler=BucketBatchSampler(ds.lengths, d.eval_batch_size, shuffle=False, bucketing=d.bucketing),
+            batch_sampler=BucketBatchSampler(
+                ds.lengths,
+                d.eval_batch_size,
+                shuffle=False,
+                bucketing=d.bucketing,
+                max_tokens=d.eval_max_tokens,
+                multiple=d.pad_to_multiple_of,
+            ),
             collate_fn=self.collator(train=False),
             **loader_options(d),
         )

@@ -43,6 +43,7 @@ class HarnessModule(L.LightningModule):
         self.test_outputs: Optional[dict[str, torch.Tensor]] = None
         self._pending_rng: Optional[dict[str, Any]] = None
         self.grad_norm: Optional[torch.Tensor] = None  # the last clipped step's gradient norm (a device tensor)
+        self.host_tokens = 0  # real tokens of the training batches so far (StepMonitor)
 
     # ---- backbone ------------------------------------------------------------------------------------------------
     def load_backbone(
@@ -83,6 +84,15 @@ class HarnessModule(L.LightningModule):
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps whatever mode it finds
 
     # ---- training ------------------------------------------------------------------------------------------------
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """A training batch's real (non-pad) tokens, counted on the host before it moves to the device (numpy on the
+        loader's tensor: no device work, no aten call), for the step monitor's tokens/s."""
+        trainer = self._trainer
+        if trainer is not None and trainer.training and isinstance(batch, dict) and "attention_mask" in batch:
+            mask = batch["attention_mask"]
+            self.host_tokens += int(mask.numpy().sum() if mask.device.type == "cpu" else mask.sum())
+        return batch
+
     def forward(self, batch: dict[str, torch.Tensor]) -> Any:
         inputs = {k: batch[k] for k in self.inputs if k in batch}
         return self.model(**inputs, **{arg: batch.get(key) for arg, key in self.targets.items()})

@@ -218,7 +218,7 @@ def harness_side(model_dir: Path, rows: Any, spec: BenchSpec) -> dict[str, Any]:
     }
 
 
-class _Rows(torch.utils.data.Dataset):
+class Rows(torch.utils.data.Dataset):
     """The same tokenized rows, as the Trainer's data collator takes them."""
 
     def __init__(self, rows: Any):
@@ -284,7 +284,7 @@ def trainer_side(model_dir: Path, rows: Any, spec: BenchSpec) -> dict[str, Any]:
         if spec.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         collator = DataCollatorWithPadding(tok)
-        Trainer(model=model, args=targs, train_dataset=_Rows(rows), data_collator=collator, callbacks=[Clock()]).train()
+        Trainer(model=model, args=targs, train_dataset=Rows(rows), data_collator=collator, callbacks=[Clock()]).train()
     return {
         **meter.result(),
         "peak_memory_gib": _peak_memory(spec.device),

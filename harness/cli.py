@@ -154,6 +154,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from harness.compress.run import DistillSpec, compress
+    from harness.metrics.paired import p_text
 
     spec = DistillSpec(args.layers, args.student, args.temperature, args.alpha)
     done = compress(args.run, args.method, args.overrides, args.sparsity, args.threads, spec)
@@ -172,7 +173,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     if f"paired_delta_{main}" in measured:
         print(
             f"vs the source on the same examples: {main} {measured[f'paired_delta_{main}']:+.4f} "
-            f"(paired test p={measured[f'paired_p_{main}']:.3g})"
+            f"(paired test {p_text(measured[f'paired_p_{main}'])})"
         )
     print(f"every variant of this run: artifact compression/variants.md of run {run_id}")
     return 0
@@ -187,7 +188,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.task in TEXT_METRICS:
         if not args.references:
             raise ConfigError(f"`harness score {args.task}` needs --references", "pass the reference file")
-        res = score_texts(args.task, Path(args.predictions), Path(args.references), field=args.field, split=args.split)
+        res = score_texts(
+            args.task,
+            Path(args.predictions),
+            Path(args.references),
+            field=args.field,
+            split=args.split,
+            engine=args.engine,
+        )
         for w in res.notes:
             print(f"warning: {w}", file=sys.stderr)
         if args.json:
@@ -246,6 +254,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             names=args.metric,
             field=args.field,
             split=args.split,
+            engine=args.engine,
         )
     else:
         if len(args.runs) < 2:
@@ -281,6 +290,7 @@ def _log_comparison(result: Any, uri: str, args: argparse.Namespace) -> str:
     everyone = [result.baseline, *result.systems]
     tags = {
         "mode": "compare",
+        **{f"metric.{name}.signature": sig for name, sig in result.signatures.items()},
         "compare.baseline": everyone[0].run_id or everyone[0].name,
         "compare.runs": ",".join(s.run_id or s.name for s in everyone),
     }
@@ -295,6 +305,11 @@ def _log_comparison(result: Any, uri: str, args: argparse.Namespace) -> str:
         "resamples": args.resamples,
         "seed": args.seed,
         "holm": result.holm,
+        **(
+            {"rouge_split": args.split, "rouge_engine": args.engine}
+            if args.predictions and "rouge1" in result.signatures
+            else {}
+        ),
     }
     metrics = {}
     for i, s in enumerate(result.systems, 1):
@@ -333,7 +348,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     uri = args.tracking_uri or default_tracking_uri()
     check_store(uri)
-    built = R.build(R.collect(uri, args.experiment, args.runs), uri)
+    built = R.build(R.collect(uri, args.experiment, args.runs), uri, pick=args.pick)
     html_path, md_path = R.write(built, Path(args.out))
     print(R.markdown(built).split("\n## ", 2)[1].split("\n", 1)[1].strip())  # the leaderboard, as Markdown
     print(f"report: {html_path} (and {md_path.name})")
@@ -348,6 +363,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                 "report",
                 tags={"mode": "report"},
                 params={
+                    "pick": args.pick,
                     "tasks": ",".join(built.tasks),
                     "systems": ",".join(built.systems)[:5000],
                     "runs": sum(len(v) for v in built.runs.values()),
@@ -451,8 +467,11 @@ def print_report(console: Any, cfg: Any, task: Any, result: Any) -> None:
     report = result.report
     minutes, seconds = divmod(int(result.wall_seconds), 60)
     conf = int(round(cfg.eval.confidence * 100))
+    from harness.report import comparability_reasons, verdict
+
+    label = result.test_label or report.split
     table = Table(
-        title=f"{task.name} · {report.split} · {report.n:,} examples · profile {cfg.profile} · {result.device} · "
+        title=f"{task.name} · {label} · {report.n:,} examples · profile {cfg.profile} · {result.device} · "
         f"{minutes}m{seconds:02d}s",
         title_justify="left",
     )
@@ -466,7 +485,13 @@ def print_report(console: Any, cfg: Any, task: Any, result: Any) -> None:
         if name != "examples":
             table.add_row(name, f"{value:.4f}", "")
     console.print(table)
-    caveat = "" if result.official else " [yellow](not comparable: this run is not on the official split)[/]"
+    engine = getattr(cfg.eval, "rouge_engine", "rouge-score")
+    facts = {
+        "official": result.official,
+        "subset": result.subset,
+        "test_file": result.test_file,
+        "rouge_engines": {engine},
+    }
     for ref in task.references:
         how = "".join(
             f"; {x}"
@@ -476,9 +501,9 @@ def print_report(console: Any, cfg: Any, task: Any, result: Any) -> None:
             )
             if x
         )
-        console.print(
-            f"  published: {ref.metric} {ref.value} — {ref.model} ({ref.source}{how}){caveat}", highlight=False
-        )
+        reasons = comparability_reasons(ref, task, **facts)
+        mark = "" if not reasons else f" [yellow]({verdict(reasons)})[/]"
+        console.print(f"  published: {ref.metric} {ref.value} — {ref.model} ({ref.source}{how}){mark}", highlight=False)
     from harness.config import redact_uri
 
     uri = result.tracking_uri
@@ -561,13 +586,7 @@ def _add_score_command(sub: Any) -> None:
     s.add_argument("--gold", help="QA gold data file (default: the task's official evaluation file)")
     s.add_argument("--references", help="rouge/bleu/chrf: reference file, same format and order as --predictions")
     s.add_argument("--field", default="text", help="rouge/bleu/chrf .jsonl: the field holding the text")
-    s.add_argument(
-        "--split",
-        default="auto",
-        choices=["auto", "none", "newline"],
-        help="rouge: ROUGE-Lsum's sentences: auto splits a text without line breaks (default); none (or "
-        "newline) takes each text's lines as they are, exactly as rouge-score does",
-    )
+    _rouge_options(s)
     s.add_argument("--na-probs", help="SQuAD 2.0: JSON object question id -> no-answer probability")
     s.add_argument(
         "--na-prob-thresh",
@@ -577,6 +596,25 @@ def _add_score_command(sub: Any) -> None:
     )
     s.add_argument("--json", action="store_true", help="print only one JSON object with the official keys")
     s.set_defaults(func=cmd_score)
+
+
+def _rouge_options(p: Any) -> None:
+    """ROUGE's split and engine, with the vocabulary runs use (eval.rouge_split, eval.rouge_engine)."""
+    from harness.config import ROUGE_ENGINES, ROUGE_SPLITS
+
+    p.add_argument(
+        "--split",
+        default="auto",
+        choices=ROUGE_SPLITS,
+        help="rouge: ROUGE-Lsum's sentences: auto splits a text without line breaks (default); newline (or none) "
+        "takes each text's lines as they are, exactly as rouge-score does",
+    )
+    p.add_argument(
+        "--engine",
+        default="rouge-score",
+        choices=ROUGE_ENGINES,
+        help="rouge: rouge-score (default) or pyrouge (Perl ROUGE-1.5.5 as summarization papers ran it)",
+    )
 
 
 def _add_compare_command(sub: Any) -> None:
@@ -590,7 +628,7 @@ def _add_compare_command(sub: Any) -> None:
     c.add_argument("--gold", help="with --predictions: SQuAD gold data (the files map question id -> answer)")
     c.add_argument("--metric", nargs="+", help="metrics to compare (default: the task's; files: bleu chrf)")
     c.add_argument("--field", default="text", help="files in .jsonl: the field holding the text")
-    c.add_argument("--split", default="auto", choices=["auto", "none", "newline"], help="rouge: Lsum's sentences")
+    _rouge_options(c)
     c.add_argument("--resamples", type=int, default=BOOTSTRAP_RESAMPLES, help="paired-bootstrap resamples")
     c.add_argument("--seed", type=int, default=SEED, help="resampling seed (sacreBLEU's default: 12345)")
     c.add_argument("--json", action="store_true", help="print one JSON object (scripts and CI can gate on it)")
@@ -617,6 +655,13 @@ def _add_report_command(sub: Any) -> None:
     r.add_argument("--runs", nargs="+", help="run ids to report instead of experiments")
     r.add_argument("--out", default="report.html", help="the HTML file to write (a .md beside it)")
     r.add_argument("--no-log", action="store_true", help="do not record the report as an MLflow run")
+    r.add_argument(
+        "--pick",
+        choices=["latest", "best"],
+        default="latest",
+        help="which of a system's runs on the row's test examples a cell shows: the latest (default) or the best on "
+        "the validation metric (never the test metric)",
+    )
     r.add_argument(
         "--tracking-uri", help=f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI})"
     )

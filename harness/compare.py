@@ -47,6 +47,7 @@ class Metric:
     score: paired.Score
     test: str = "bootstrap"  # bootstrap | mcnemar | sacrebleu
     trials: int = paired.AR_TRIALS  # approximate-randomization shuffles
+    signature: str = ""  # how the number is computed (ROUGE's engine and split, sacreBLEU's signature); "" if fixed
 
 
 @dataclass
@@ -61,6 +62,7 @@ class System:
     digest: Optional[str] = None
     signatures: dict[str, str] = field(default_factory=dict)
     texts: Optional[list[list[str]]] = None  # translation: hypotheses per seed (sacreBLEU scores the text itself)
+    test_data: Optional[str] = None  # a user's file the run scored in place of the test split, in words
 
 
 # ---- the comparison --------------------------------------------------------------------------------------------------
@@ -76,14 +78,33 @@ class Comparison:
     holm: bool
     draws: dict[str, dict[str, np.ndarray]]  # system -> metric -> bootstrap differences
 
+    @property
+    def signatures(self) -> dict[str, str]:
+        """metric -> the signature its numbers were computed under (only metrics that have one)."""
+        return {m.name: m.signature for m in self.metrics if m.signature}
+
     def as_json(self) -> dict[str, Any]:
+        sig = self.signatures
         return {
             "baseline": self.baseline.name,
             "examples": self.examples,
+            "test_data": self.baseline.test_data or "the task's test split",
             "baseline_values": {m.name: self.results["__baseline__"][m.name] for m in self.metrics},
             "holm": self.holm,
-            "systems": [{"name": s.name, "metrics": self.results[s.name]} for s in self.systems],
+            "signatures": sig,
+            "systems": [
+                {
+                    "name": s.name,
+                    "metrics": {
+                        k: {**v, **({"signature": sig[k]} if k in sig else {})} for k, v in self.results[s.name].items()
+                    },
+                }
+                for s in self.systems
+            ],
         }
+
+
+P_VALUES = ("p_value", "p_approximate_randomization", "p_paired_bootstrap")  # what a comparison reports
 
 
 def compare(
@@ -106,13 +127,16 @@ def compare(
             r, d = _one(m, base, s, references, resamples, seed, confidence)
             results[s.name][m.name], draws[s.name][m.name] = r, d
     use_holm = len(others) > 1
-    if use_holm:
+    if use_holm:  # every p-value a row shows is adjusted over the systems, the approximate-randomization ones too
         for m in metrics:
-            adjusted = paired.holm([results[s.name][m.name]["p_value"] for s in others])
-            for s, p in zip(others, adjusted):
-                r = results[s.name][m.name]
-                r["p_value_unadjusted"], r["p_value"] = r["p_value"], p
-                r["test"] += f"; Holm-adjusted over {len(others)} systems"
+            for key in P_VALUES:
+                rs = [results[s.name][m.name] for s in others]
+                if not all(paired.is_finite(r.get(key)) for r in rs):
+                    continue
+                for r, p in zip(rs, paired.holm([r[key] for r in rs])):
+                    r[f"{key}_unadjusted"], r[key] = r[key], p
+            for s in others:
+                results[s.name][m.name]["test"] += f"; every p Holm-adjusted over {len(others)} systems"
     for s in others:
         for m in metrics:
             r = results[s.name][m.name]
@@ -275,16 +299,17 @@ def _subset_mean(key: str, has: bool) -> paired.Score:
     return score
 
 
-def rouge_metrics(hyps: list[str], refs: list[str], split: str) -> tuple[paired.Arrays, list[Metric]]:
-    """ROUGE-1/2/L/Lsum per example (mean F x100, as runs report it), recomputed from the texts."""
-    from harness.metrics.generation import split_sentences
-    from harness.metrics.rouge import ROUGE_TYPES, score_pairs
+def rouge_metrics(
+    hyps: list[str], refs: list[str], split: str, engine: str = "rouge-score"
+) -> tuple[paired.Arrays, list[Metric]]:
+    """ROUGE-1/2/L/Lsum per example (mean F x100, as runs report it), recomputed from the texts by `engine`, each
+    metric signed (engine, split)."""
+    from harness.metrics.generation import rouge_scores, rouge_signature
 
-    if split == "auto":
-        hyps, refs = [split_sentences(h) for h in hyps], [split_sentences(r) for r in refs]
-    scores = score_pairs(refs, hyps, ROUGE_TYPES)
-    arrays = {k: np.array([f for _, _, f in scores[k]]) for k in ROUGE_TYPES}
-    return arrays, [Metric(k, paired.mean_of(k, 100.0)) for k in ROUGE_TYPES]
+    scores = rouge_scores(refs, hyps, split, engine)
+    arrays = {k: np.asarray(v)[:, 2] for k, v in scores.items()}
+    sig = rouge_signature(split, engine) + "|scale:x100"
+    return arrays, [Metric(k, paired.mean_of(k, 100.0), signature=sig) for k in scores]
 
 
 def sacre_metrics(hyps: list[str], refs: list[str], names: list[str]) -> tuple[paired.Arrays, list[Metric]]:
@@ -302,7 +327,7 @@ def sacre_metrics(hyps: list[str], refs: list[str], names: list[str]) -> tuple[p
         def score(x: paired.Arrays, metric: Any = metric, key: str = f"{name}_stats") -> float:
             return float(metric._compute_score_from_stats(x[key].sum(0)).score)
 
-        metrics.append(Metric(name, score, test="sacrebleu"))
+        metrics.append(Metric(name, score, test="sacrebleu", signature=str(metric.get_signature())))
     return arrays, metrics
 
 
@@ -334,7 +359,9 @@ def print_table(c: Comparison, say: Callable[[str], None]) -> None:
 
     console = Console(soft_wrap=True, width=max(150, Console().width))  # a table that fits, even when piped
     for s in c.systems:
-        table = Table(title=f"{s.name} vs {c.baseline.name} (baseline) · {c.examples:,} examples", title_justify="left")
+        data = f" of {c.baseline.test_data}" if c.baseline.test_data else ""
+        title = f"{s.name} vs {c.baseline.name} (baseline) · {c.examples:,} examples{data}"
+        table = Table(title=title, title_justify="left")
         for col, justify in (
             ("metric", "left"),
             ("A", "right"),
@@ -356,8 +383,8 @@ def print_table(c: Comparison, say: Callable[[str], None]) -> None:
                 fmt(c.results["__baseline__"][m.name]),
                 fmt(r["value"]),
                 f"{r['delta']:+.4f}  [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]",
-                f"{r['p_value']:.4f}",
-                fmt(r.get("p_approximate_randomization")),
+                paired.format_p(r["p_value"]),
+                paired.format_p(r.get("p_approximate_randomization")),
                 r["method"] + (" (Holm)" if c.holm else ""),
                 verdict,
             )
@@ -365,6 +392,11 @@ def print_table(c: Comparison, say: Callable[[str], None]) -> None:
     tests = sorted({c.results[s.name][m.name]["test"] for s in c.systems for m in c.metrics})
     for t in tests:
         say(f"  test: {t}")
+    signed: dict[str, list[str]] = {}
+    for name, sig in c.signatures.items():
+        signed.setdefault(sig, []).append(name)
+    for sig, names in signed.items():
+        say(f"  signature ({', '.join(names)}): {sig}")
     say("  p (AR): approximate randomization, the same question asked by shuffling the two systems' outputs")
 
 

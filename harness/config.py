@@ -164,6 +164,9 @@ class TaskSpec(Strict):
 # --------------------------------------------------------------------------------------------------------------------
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# ROUGE-Lsum's sentences and ROUGE's implementation: one vocabulary for runs, `harness score` and `harness compare`
+ROUGE_SPLITS = ("auto", "newline", "none")  # none: another name for newline (each line is a sentence)
+ROUGE_ENGINES = ("rouge-score", "pyrouge")
 
 
 class ModelConfig(Strict):
@@ -302,8 +305,12 @@ class EvalConfig(Strict):
     confidence: float = Field(default=0.95, gt=0, lt=1)
     ece_bins: int = only_for("classification", default=15, gt=1)
     prediction_text_chars: int = Field(default=200, ge=0)  # text prefix kept in the predictions table
-    # summarization: ROUGE-Lsum's sentences; auto splits an output without line breaks, none takes the lines as given
-    rouge_split: Literal["auto", "none"] = only_for("summarization", default="auto")
+    # summarization: ROUGE-Lsum's sentences; auto splits an output without line breaks, newline (or none, the same)
+    # takes the lines as given
+    rouge_split: Literal["auto", "newline", "none"] = only_for("summarization", default="auto")
+    # summarization: rouge-score (Google's implementation, in Rust) or pyrouge (Perl ROUGE-1.5.5 as summarization
+    # papers ran it through pyrouge; needs perl and its XML::DOM module)
+    rouge_engine: Literal["rouge-score", "pyrouge"] = only_for("summarization", default="rouge-score")
     # extractive QA post-processing: candidate spans kept per context window, longest answer (tokens), and for
     # SQuAD 2.0 the margin: answer "" when null score - best span score > null_threshold
     n_best: int = only_for("extractive_qa", default=20, gt=0)

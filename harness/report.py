@@ -3,9 +3,12 @@
 One static, self-contained HTML page (and the same tables as Markdown beside it):
 
 - the leaderboard: tasks × systems (a system is the model a run evaluated: a hub id, a folder, a baseline, the model
-  of an earlier run), each cell the task's main metric with its 95% interval, from the latest finished run; the
-  row's best is in bold, and a cell marked ▼ is worse than the best by a paired test on the same test examples
-  (harness compare's tests, Holm-adjusted across the row); cells on other examples are not tested (≠);
+  of an earlier run), each cell the task's main metric with its 95% interval from one finished run, named in the
+  cell with how many runs the system has. The row's test set is the one most of its systems were scored on; a
+  system's cell is its run on that set when it has one, chosen by `--pick`: `latest` (the default), or `best` on
+  the validation metric (never on the test metric). The row's best is in bold, a cell marked ▼ is worse than the
+  best by a paired test on the same test examples (harness compare's tests, Holm-adjusted across the row), and a
+  cell on other test examples is never shown unmarked (≠ other test examples: not tested, not ranked);
 - per task, its published reference numbers with their sources, and for each whether it is comparable with these
   runs — same official split, same metric implementation, same test set — or why not;
 - per task, every run shown with its settings that matter.
@@ -23,6 +26,7 @@ from typing import Any, Optional
 
 from harness.config import redact_uri
 from harness.errors import DataError
+from harness.metrics.paired import p_text
 
 RUN_MODES = ("train+eval", "eval", "baseline", "seeds")
 IMPLEMENTATION = {
@@ -34,9 +38,10 @@ IMPLEMENTATION = {
     "chrf": "sacreBLEU",
 }
 ROUGE_NOTE = (
-    "rouge-score-style numbers run about 0.2–0.3 R-1 lower than Perl ROUGE-1.5.5 on CNN/DailyMail, so the "
-    "difference is not only the model's"
+    "on See et al.'s CNN/DailyMail outputs rouge-score gives 39.26 R-1 where ROUGE-1.5.5 through pyrouge gives the "
+    "paper's 39.53 (Perl's stemmer maps WordNet's irregular forms); run with eval.rouge_engine=pyrouge to compare"
 )
+PICKS = ("latest", "best")
 
 
 @dataclass
@@ -53,6 +58,8 @@ class RunRow:
     digest: Optional[str]
     test_rows: Optional[str]
     start: int
+    signatures: dict[str, str] = field(default_factory=dict)  # metric -> how it was computed (metric.*.signature)
+    test_file: Optional[str] = None  # a user's file scored in place of the test split (tag data.test_file)
 
     def main(self, metric: str) -> tuple[Optional[float], Optional[float], Optional[float]]:
         m = self.metrics
@@ -70,6 +77,9 @@ class Cell:
     best: bool = False
     worse: Optional[float] = None  # Holm-adjusted p-value when worse than the best by a paired test
     not_tested: Optional[str] = None  # why it was not tested against the best
+    runs: int = 1  # finished runs of this system on this task
+    index: int = 1  # which of them (by start time) the cell shows
+    on_row_set: bool = True  # scored on the row's test examples
 
 
 @dataclass
@@ -81,6 +91,7 @@ class Report:
     references: dict[str, list[tuple[Any, str]]]  # task -> [(Reference, comparability)]
     store: str
     notes: list[str] = field(default_factory=list)
+    pick: str = "latest"
 
 
 def system_name(tags: dict[str, str]) -> str:
@@ -141,6 +152,8 @@ def collect(uri: str, experiments: Optional[list[str]], run_ids: Optional[list[s
                 r.data.params.get("split.test.digest"),
                 r.data.params.get("split.test.rows"),
                 r.info.start_time,
+                {k.split(".")[1]: v for k, v in t.items() if k.startswith("metric.") and k.endswith(".signature")},
+                t.get("data.test_file"),
             )
         )
     if not rows:
@@ -152,19 +165,27 @@ def collect(uri: str, experiments: Optional[list[str]], run_ids: Optional[list[s
     return rows
 
 
-def build(rows: list[RunRow], uri: str, resamples: int = 1000) -> Report:
+def build(rows: list[RunRow], uri: str, resamples: int = 1000, pick: str = "latest") -> Report:
     from harness.registry import registry
 
+    if pick not in PICKS:
+        raise ValueError(f"pick must be one of {PICKS}")
     tasks = {n: t for n, t in registry().items() if any(r.task == n for r in rows)}
     systems = sorted({r.system for r in rows if r.task in tasks})
     cells: dict[tuple[str, str], Cell] = {}
     runs: dict[str, list[RunRow]] = {}
     for r in sorted(rows, key=lambda r: r.start):
-        if r.task not in tasks:
-            continue
-        runs.setdefault(r.task, []).append(r)
-        cells[(r.task, r.system)] = Cell(r, *r.main(tasks[r.task].main_metric))  # the latest run wins
-    report = Report(tasks, systems, cells, runs, {}, redact_uri(uri))
+        if r.task in tasks:
+            runs.setdefault(r.task, []).append(r)
+    for name, task_runs in runs.items():
+        row_set = row_test_set(task_runs)
+        for system in sorted({r.system for r in task_runs}):
+            mine = [r for r in task_runs if r.system == system]  # by start time
+            chosen = choose(mine, row_set, pick, tasks[name])
+            cell = Cell(chosen, *chosen.main(tasks[name].main_metric), runs=len(mine), index=mine.index(chosen) + 1)
+            cell.on_row_set = chosen.digest == row_set
+            cells[(name, system)] = cell
+    report = Report(tasks, systems, cells, runs, {}, redact_uri(uri), pick=pick)
     for name, task in tasks.items():
         _mark_row(report, name, task, uri, resamples)
         best = [c.run for (t, _), c in cells.items() if t == name and c.best]
@@ -172,12 +193,44 @@ def build(rows: list[RunRow], uri: str, resamples: int = 1000) -> Report:
     return report
 
 
+def row_test_set(task_runs: list[RunRow]) -> Optional[str]:
+    """The test set a row is about: the split digest the most systems have a run on (ties: the more test rows, then
+    the most recent)."""
+    score: dict[Optional[str], tuple[int, int, int]] = {}
+    for d in {r.digest for r in task_runs}:
+        on = [r for r in task_runs if r.digest == d]
+        rows = max(int(r.test_rows) if (r.test_rows or "").isdigit() else 0 for r in on)
+        score[d] = (len({r.system for r in on}), rows, max(r.start for r in on))
+    return max(score, key=lambda d: score[d])
+
+
+def choose(mine: list[RunRow], row_set: Optional[str], pick: str, task: Any) -> RunRow:
+    """A system's run for its cell: among its runs on the row's test set (all of its runs when it has none there),
+    the latest, or with `best` the best on the validation metric (never the test metric; runs without a validation
+    score, e.g. evaluations of a logged model, come after those with one, latest first)."""
+    pool = [r for r in mine if r.digest == row_set] or mine
+    if pick == "latest":
+        return pool[-1]
+    sign = -1 if task.direction == "minimize" else 1
+    key = f"val_{task.main_metric}"
+
+    def rank(r: RunRow) -> tuple[int, float, int]:
+        v = r.metrics.get(key)
+        return (1, sign * v, r.start) if v is not None and math.isfinite(v) else (0, 0.0, r.start)
+
+    return max(pool, key=rank)
+
+
 def _mark_row(report: Report, name: str, task: Any, uri: str, resamples: int) -> None:
     from harness import compare as C
     from harness.metrics.paired import holm
     from harness.systems import from_runs
 
-    row = [c for (t, _), c in report.cells.items() if t == name and c.value is not None]
+    every = [c for (t, _), c in report.cells.items() if t == name and c.value is not None]
+    for c in every:
+        if not c.on_row_set:
+            c.not_tested = f"other test examples than the row's ({c.run.test_rows or '?'} rows): not tested, not ranked"
+    row = [c for c in every if c.on_row_set]
     if not row:
         return
     sign = -1 if task.direction == "minimize" else 1
@@ -186,9 +239,6 @@ def _mark_row(report: Report, name: str, task: Any, uri: str, resamples: int) ->
     tested, pvalues = [], []
     for c in row:
         if c is best:
-            continue
-        if c.run.digest != best.run.digest:
-            c.not_tested = "other test examples"
             continue
         try:
             systems, metrics, refs = from_runs([best.run.run_id, c.run.run_id], uri, [task.main_metric])
@@ -209,8 +259,32 @@ def _mark_row(report: Report, name: str, task: Any, uri: str, resamples: int) ->
 
 def comparability(ref: Any, task: Any, runs: list[RunRow]) -> str:
     """Whether a published number can be put beside these runs (the row's best), or why not."""
+    engines = {"pyrouge" if "engine:ROUGE-1.5.5" in r.signatures.get("rouge", "") else "rouge-score" for r in runs}
+    return verdict(
+        comparability_reasons(
+            ref,
+            task,
+            official=all(r.official for r in runs),
+            subset=any(r.subset for r in runs),
+            test_file=next((r.test_file for r in runs if r.test_file), None),
+            rouge_engines=engines,
+        )
+    )
+
+
+def comparability_reasons(
+    ref: Any, task: Any, *, official: bool, subset: bool, test_file: Optional[str], rouge_engines: set[str]
+) -> list[str]:
+    """Why a published reference cannot stand beside a run's numbers (empty: it can). The one rule, used by the
+    report and by a run's own console summary."""
     reasons = []
+    if test_file:
+        reasons.append(
+            f"another test set (the run scored your file {Path(test_file).name}, not {task.name}'s test split)"
+        )
     ours = IMPLEMENTATION.get(ref.metric)
+    if ref.metric.startswith("rouge") and rouge_engines == {"pyrouge"}:
+        ours = "ROUGE-1.5.5"  # eval.rouge_engine=pyrouge
     if ref.implementation and (ours is None or ours.lower() not in ref.implementation.lower()):
         why = f"computed with {ref.implementation}" + (f", harness uses {ours}" if ours else "")
         if ref.metric.startswith("rouge") and "1.5.5" in ref.implementation:
@@ -220,14 +294,24 @@ def comparability(ref: Any, task: Any, runs: list[RunRow]) -> str:
         reasons.append(f"reported on {ref.test_set}")
     if ref.metric not in (task.metrics or []):
         reasons.append(f"the task does not report {ref.metric}")
-    if any(not r.official for r in runs):
+    if not official and not test_file:
         reasons.append("the run used a fallback split, not the official one")
-    if any(r.subset for r in runs):
+    if subset:
         reasons.append("the run scored a subset of the test split")
+    return reasons
+
+
+def verdict(reasons: list[str]) -> str:
     return "comparable" if not reasons else "not comparable: " + "; ".join(reasons)
 
 
 # ---- rendering -------------------------------------------------------------------------------------------------------
+
+
+def _official(run: RunRow) -> str:
+    if run.test_file:
+        return f"no: your file {Path(run.test_file).name}"
+    return "yes" if run.official else "no"
 
 
 def _num(v: Optional[float]) -> str:
@@ -241,8 +325,23 @@ def _cell_text(c: Optional[Cell]) -> tuple[str, str]:
     if c is None:
         return "", ""
     text = _num(c.value) + (f" [{_num(c.low)}, {_num(c.high)}]" if c.low is not None else "")
-    mark = "best" if c.best else (f"▼ p={c.worse:.3f}" if c.worse is not None else ("≠" if c.not_tested else ""))
+    if not c.on_row_set:
+        return text, "≠ other test examples"
+    mark = "best" if c.best else (f"▼ {p_text(c.worse)}" if c.worse is not None else ("≠" if c.not_tested else ""))
     return text, mark
+
+
+def _which(c: Cell) -> str:
+    """Which run a cell shows, and how many the system has."""
+    return f"run {c.run.name} · {c.index} of {c.runs} run{'s' if c.runs > 1 else ''}"
+
+
+def _rule(r: Report) -> str:
+    how = "the latest" if r.pick == "latest" else "the best on the validation metric (never the test metric)"
+    return (
+        f"Each cell is {how} of the system's finished runs on the row's test examples (the set most systems were "
+        "scored on; --pick latest|best)"
+    )
 
 
 def markdown(r: Report) -> str:
@@ -259,13 +358,15 @@ def markdown(r: Report) -> str:
     for name, task in r.tasks.items():
         cells = []
         for s in r.systems:
-            text, mark = _cell_text(r.cells.get((name, s)))
-            cells.append(f"**{text}**" if mark == "best" else f"{text} {mark}".strip())
+            c = r.cells.get((name, s))
+            text, mark = _cell_text(c)
+            which = f" <sub>{_which(c)}</sub>" if c is not None else ""
+            cells.append((f"**{text}**" if mark == "best" else f"{text} {mark}".strip()) + which)
         lines.append(f"| {name} | {task.main_metric} ({task.direction[:3]}) | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "**bold**: the row's best; ▼: worse than the best by a paired test on the same examples (Holm-"
-        "adjusted p); ≠: scored on other examples, not tested.",
+        f"{_rule(r)}. **bold**: the row's best; ▼: worse than the best by a paired test on the same examples "
+        "(Holm-adjusted p); ≠ other test examples: scored on other examples than the row's, not tested or ranked.",
         "",
     ]
     for name, task in r.tasks.items():
@@ -283,7 +384,7 @@ def markdown(r: Report) -> str:
             v, lo, hi = run.main(task.main_metric)
             lines.append(
                 f"| {run.name} | {run.system} | {run.mode} | {run.profile} | {_num(v)} [{_num(lo)}, "
-                f"{_num(hi)}] | {run.test_rows or '?'} | {'yes' if run.official else 'no'} | {run.run_id} |"
+                f"{_num(hi)}] | {run.test_rows or '?'} | {_official(run)} | {run.run_id} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -312,11 +413,13 @@ def html_page(r: Report) -> str:
             cls = "best" if mark == "best" else ("worse" if mark.startswith("▼") else ("untested" if mark else ""))
             title = f" title='{e(c.not_tested)}'" if c is not None and c.not_tested else ""
             extra = f" <small>{e(mark)}</small>" if mark and mark != "best" else ""
-            out.append(f"<td class='num {cls}'{title}>{e(text)}{extra}</td>")
+            which = f"<br><small class='which' title='{e(c.run.run_id)}'>{e(_which(c))}</small>" if c else ""
+            out.append(f"<td class='num {cls}'{title}>{e(text)}{extra}{which}</td>")
         out.append("</tr>")
     out.append(
-        "</table><p><small><b>bold</b>: the row's best · ▼: worse than the best by a paired test on the same "
-        "examples (Holm-adjusted p) · ≠: scored on other examples, not tested</small></p>"
+        f"</table><p><small>{e(_rule(r))}. <b>bold</b>: the row's best · ▼: worse than the best by a paired test "
+        "on the same examples (Holm-adjusted p) · ≠ other test examples: scored on other examples than the row's, "
+        "not tested or ranked</small></p>"
     )
     for name, task in r.tasks.items():
         out.append(f"<h2 id='{e(name)}'>{e(name)}</h2><p>{e(task.description)}</p>")
@@ -334,7 +437,7 @@ def html_page(r: Report) -> str:
             out.append("</table>")
         out.append(
             f"<table class='runs'><tr><th>run</th><th>system</th><th>mode</th><th>profile</th>"
-            f"<th>{e(task.main_metric)} [95% CI]</th><th>test rows</th><th>official split</th><th>run id</th>"
+            f"<th>{e(task.main_metric)} [95% CI]</th><th>test rows</th><th>official test split</th><th>run id</th>"
             "</tr>"
         )
         for run in r.runs[name]:
@@ -342,7 +445,7 @@ def html_page(r: Report) -> str:
             out.append(
                 f"<tr><td>{e(run.name)}</td><td>{e(run.system)}</td><td>{e(run.mode)}</td>"
                 f"<td>{e(run.profile)}</td><td class='num'>{_num(v)} [{_num(lo)}, {_num(hi)}]</td>"
-                f"<td class='num'>{e(run.test_rows or '?')}</td><td>{'yes' if run.official else 'no'}</td>"
+                f"<td class='num'>{e(run.test_rows or '?')}</td><td>{_official(run)}</td>"
                 f"<td><small>{e(run.run_id)}</small></td></tr>"
             )
         out.append("</table>")

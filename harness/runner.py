@@ -60,6 +60,9 @@ class RunResult:
     tracking_uri: str
     official: bool = True  # every split is the official one (no fallback was used)
     validation: Optional[dict[str, float]] = None  # last validation metrics (objective runs)
+    test_label: str = "test"  # what the test rows are, in words (`your file x.jsonl (sha256 ...)` for a user's file)
+    test_file: Optional[str] = None  # the user's file scored in place of the test split
+    subset: bool = False  # the test rows are a subset of the split (a profile's test_size)
 
 
 # ---- resume state ----------------------------------------------------------------------------------------------------
@@ -166,6 +169,7 @@ class RunContext:
         return self.data is None or all(s.official for s in self.data.splits.values())
 
     def result(self, report: Optional[EvalReport], validation: Optional[dict[str, float]] = None) -> RunResult:
+        test = self.data.splits.get("test") if self.data is not None else None
         return RunResult(
             self.run_id,
             self.cfg.tracking.experiment or self.task.name,
@@ -176,6 +180,9 @@ class RunContext:
             self.cfg.tracking.uri,
             self.official,
             validation,
+            test.label if test is not None else "test",
+            test.source if test is not None and test.user_file else None,
+            bool(test is not None and test.subset),
         )
 
 
@@ -320,6 +327,12 @@ def _load_data(ctx: RunContext) -> None:
     """The splits this run needs, checked by the family; their lineage and what is unusual about them on the run."""
     ctx.data = data = load_task_data(ctx.task, ctx.cfg, _needed_splits(ctx))
     ctx.say("data: " + ", ".join(f"{n} {s.rows:,} rows ({s.source_kind})" for n, s in data.splits.items()))
+    for s in data.splits.values():
+        if s.user_file:
+            ctx.say(
+                f"scoring your file {s.source} (sha256 {s.source_sha256}, {s.rows:,} rows) in place of "
+                f"{ctx.task.name}'s {s.name} split: published numbers for {ctx.task.name} do not apply to it"
+            )
     data_tags, warnings = ctx.family.check_data(ctx.cfg, ctx.task, data)
     warnings += data.quality_warnings()
     unofficial = [n for n, s in data.splits.items() if not s.official]
@@ -339,10 +352,13 @@ def _load_data(ctx: RunContext) -> None:
         return
     ctx.tracker.log_datasets(data)
     # subsets are fine for development, but not comparable with full-split numbers: say so on the run
+    files = {f"data.{n}_file": s.source for n, s in data.splits.items() if s.user_file}
+    files.update({f"data.{n}_file.sha256": s.source_sha256 for n, s in data.splits.items() if s.user_file})
     ctx.tracker.set_tags(
         {
             "data.subset": str(any(s.subset for s in data.splits.values())).lower(),
             "data.official_split": str(not unofficial).lower(),
+            **files,
             **data_tags,
         }
     )

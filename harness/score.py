@@ -202,6 +202,7 @@ def score_texts(
     resamples: int = 1000,
     seed: int = 0,
     split: str = "auto",
+    engine: str = "rouge-score",
 ) -> Any:
     from harness.metrics import generation
 
@@ -218,6 +219,6 @@ def score_texts(
             "give exactly one prediction per reference, in the same order",
         )
     if metric == "rouge":
-        return generation.rouge(hyps, refs, resamples=resamples, seed=seed, split=split)
+        return generation.rouge(hyps, refs, resamples=resamples, seed=seed, split=split, engine=engine)
     fn = {"bleu": generation.bleu, "chrf": generation.chrf}[metric]
     return fn(hyps, refs, resamples=resamples, seed=seed)

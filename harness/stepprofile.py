@@ -256,7 +256,7 @@ def trainer_steps(model_dir: Path, rows: Any, window: StepWindow, batch_size: in
         TrainingArguments,
     )
 
-    from harness.benchtrain import _Rows
+    from harness.benchtrain import Rows
 
     _, cfg = _config(model_dir, batch_size, window.total, [])
     torch.manual_seed(cfg.seed)
@@ -284,7 +284,7 @@ def trainer_steps(model_dir: Path, rows: Any, window: StepWindow, batch_size: in
             disable_tqdm=True,
         )
         collator = DataCollatorWithPadding(AutoTokenizer.from_pretrained(str(model_dir)))
-        Trainer(model=model, args=targs, train_dataset=_Rows(rows), data_collator=collator, callbacks=[Tick()]).train()
+        Trainer(model=model, args=targs, train_dataset=Rows(rows), data_collator=collator, callbacks=[Tick()]).train()
     return {**window.result(), "optimizer": str(targs.optim)}
 
 

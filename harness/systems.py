@@ -102,10 +102,17 @@ def from_runs(
                     if k.startswith("metric.") and k.endswith(".signature")
                 },
                 texts=[b[5] for b in built] if task.family == "translation" else None,
+                test_data=_user_file(parts[0].data.tags),
             )
         )
         _same_seed_examples(systems[-1], built)
     return systems, metrics or [], references
+
+
+def _user_file(tags: dict[str, str]) -> Optional[str]:
+    """`your file x.jsonl (sha256 ...)` for a run that scored a user's file in place of the test split."""
+    path = tags.get("data.test_file")
+    return f"your file {Path(path).name} (sha256 {tags.get('data.test_file.sha256', '?')[:12]})" if path else None
 
 
 def _same_seed_examples(system: C.System, built: list) -> None:
@@ -133,7 +140,9 @@ def family_arrays(task: Any, table: pd.DataFrame, run: Any, names: Optional[list
         refs = [str(r) for r in table["reference"]]
         if fam == "summarization":
             sig = run.data.tags.get("metric.rouge.signature", "")
-            arrays, metrics = C.rouge_metrics(hyps, refs, "none" if "lsum-split:newline" in sig else "auto")
+            split = "newline" if "lsum-split:newline" in sig else "auto"
+            engine = "pyrouge" if "engine:ROUGE-1.5.5" in sig else "rouge-score"
+            arrays, metrics = C.rouge_metrics(hyps, refs, split, engine)
         else:
             arrays, metrics = C.sacre_metrics(hyps, refs, want or ["bleu", "chrf"])
         return arrays, _only(metrics, want), keys, hyps, refs, hyps
@@ -159,6 +168,7 @@ def from_files(
     names: Optional[list[str]],
     field: str = "text",
     split: str = "auto",
+    engine: str = "rouge-score",
 ) -> tuple[list[C.System], list[C.Metric], Optional[list[str]]]:
     if (references is None) == (gold is None):
         raise ConfigError(
@@ -185,7 +195,7 @@ def from_files(
         arrays: dict = {}
         metrics = []
         if "rouge" in want:
-            a, m = C.rouge_metrics(hyps, refs, split)
+            a, m = C.rouge_metrics(hyps, refs, split, engine)
             arrays.update(a)
             metrics += m
         if {"bleu", "chrf"} & set(want):

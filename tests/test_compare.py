@@ -148,6 +148,36 @@ def test_several_systems_get_holm_adjusted_p_values(mt_files, capsys):
     assert out["holm"] is True and [s["name"] for s in out["systems"]] == ["third.txt", "half.txt"]
     r = out["systems"][0]["metrics"]["chrf"]
     assert r["p_value"] >= r["p_value_unadjusted"] and "Holm-adjusted over 2 systems" in r["test"]
+    # every p-value the row shows is adjusted: the approximate-randomization ones too, with the same procedure
+    ar = [s["metrics"]["chrf"]["p_approximate_randomization_unadjusted"] for s in out["systems"]]
+    assert [s["metrics"]["chrf"]["p_approximate_randomization"] for s in out["systems"]] == paired.holm(ar)
+
+
+def test_file_comparisons_are_signed_everywhere(mt_files, tmp_path, capsys):
+    """A comparison of files says how each metric was computed: sacreBLEU's signature for BLEU/chrF, ROUGE's
+    engine and Lsum split, in the JSON, on the console and on the MLflow run."""
+    from sacrebleu.metrics import BLEU
+
+    files = [str(mt_files["copy"]), str(mt_files["half"]), "--references", str(mt_files["ref"])]
+    args = ["compare", "--predictions", *files, "--metric", "bleu", "rouge", "--split", "newline"]
+    assert run_cli([*args, "--json", "--no-log"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    refs = mt_files["ref"].read_text().splitlines()
+    bleu = BLEU()
+    bleu.corpus_score(mt_files["half"].read_text().splitlines(), [refs])
+    assert out["signatures"]["bleu"] == str(bleu.get_signature())
+    assert out["systems"][0]["metrics"]["bleu"]["signature"] == str(bleu.get_signature())
+    rouge = out["signatures"]["rougeLsum"]
+    assert "engine:rouge-score-rs" in rouge and "lsum-split:newline" in rouge and rouge == out["signatures"]["rouge1"]
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    assert run_cli([*args, "--tracking-uri", uri]) == 0
+    printed = capsys.readouterr().out
+    assert f"signature (rouge1, rouge2, rougeL, rougeLsum): {rouge}" in printed and str(bleu.get_signature()) in printed
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("compare").experiment_id])
+    assert run.data.tags["metric.rougeLsum.signature"] == rouge and run.data.params["rouge_split"] == "newline"
+    saved = json.loads(Path(client.download_artifacts(run.info.run_id, "compare/result.json")).read_text())
+    assert saved["signatures"] == out["signatures"]
 
 
 # ---- runs: the same examples, or refused -----------------------------------------------------------------------------

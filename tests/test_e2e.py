@@ -137,9 +137,12 @@ def test_eval_from_mlflow_run_reproduces_test_metrics(trained):
     }
 
 
-def test_eval_on_a_user_file_with_label_names(trained, data_dir, tmp_path):
-    """Cross-domain check: the IMDB model on SST-2 sentences written as a user file with label names."""
+def test_eval_on_a_user_file_with_label_names(trained, data_dir, tmp_path, capsys):
+    """Cross-domain check: the IMDB model on SST-2 sentences written as a user file with label names. The file is
+    named (path and digest) on the console, in the run and in report and compare, never as IMDB's test split, and
+    IMDB's published number is marked not comparable beside it (by the report's own rule)."""
     import gzip
+    import hashlib
 
     rows = [json.loads(line) for line in gzip.open(data_dir / "sentiment/sst2/validation.jsonl.gz", "rt")][:40]
     f = tmp_path / "mine.jsonl"
@@ -148,13 +151,42 @@ def test_eval_on_a_user_file_with_label_names(trained, data_dir, tmp_path):
     )
     run = trained["run"]
     args = [a for a in tiny_args(data_dir, Path("."), trained["uri"]) if not a.startswith("model.")]
+    capsys.readouterr()
     rc = run_cli(["eval", "imdb", "--model", f"runs:/{run.info.run_id}", "--data", str(f), *args])
     assert rc == 0
+    out = " ".join(capsys.readouterr().out.split())
+    sha = hashlib.sha256(f.read_bytes()).hexdigest()
+    assert f"scoring your file {f.resolve()} (sha256 {sha}, 40 rows) in place of imdb's test split" in out
+    assert f"imdb · your file mine.jsonl (sha256 {sha[:12]}) · 40 examples" in out and "imdb · test ·" not in out
+    published = [line for line in out.split("published: ")[1:]]
+    assert published and all(
+        "(not comparable: another test set (the run scored your file mine.jsonl, not imdb's test split)" in p
+        for p in published
+    )
     client = trained["client"]
     ev = client.search_runs([trained["exp"].experiment_id], order_by=["attributes.start_time DESC"])[0]
     assert ev.data.metrics["test_examples"] == 40
-    tags = {t.key: t.value for t in ev.inputs.dataset_inputs[0].tags}
+    assert ev.data.tags["data.test_file"] == str(f.resolve()) and ev.data.tags["data.test_file.sha256"] == sha
+    assert ev.data.params["data.test_file"] == str(f.resolve())
+    (di,) = ev.inputs.dataset_inputs
+    tags = {t.key: t.value for t in di.tags}
     assert tags["source_kind"] == "file" and tags["source"].endswith("mine.jsonl")
+    assert di.dataset.name == "file:mine.jsonl" and tags["mlflow.data.context"] == "test (user file)"
+    # the report: its own row (other test examples), the file named, IMDB's reference not comparable beside it
+    from harness import report as R
+
+    rows = [r for r in R.collect(trained["uri"], ["imdb"], None) if r.run_id == ev.info.run_id]
+    assert rows and rows[0].test_file == str(f.resolve())
+    ref = next(iter(R.build(rows, trained["uri"]).references["imdb"]))
+    assert ref[1].startswith("not comparable: another test set (the run scored your file mine.jsonl")
+    assert "no: your file mine.jsonl" in R.markdown(R.build(rows, trained["uri"]))
+    # compare names the file too
+    assert (
+        run_cli(["compare", ev.info.run_id, ev.info.run_id, "--tracking-uri", trained["uri"], "--json", "--no-log"])
+        == 0
+    )
+    compared = json.loads(capsys.readouterr().out)
+    assert compared["test_data"] == f"your file mine.jsonl (sha256 {sha[:12]})"
 
 
 def test_eval_from_checkpoint_matches(trained):

@@ -385,6 +385,30 @@ def test_lead3_baseline_run_equals_rouge_score(data_dir, tracking_uri):
     assert all(r["hypothesis"].count("\n") == 2 for r in rows)
 
 
+def test_a_run_scores_rouge_as_papers_did_with_the_same_split_vocabulary(data_dir, tracking_uri):
+    """`eval.rouge_split=newline` (the word `score` and `compare` take too) and `eval.rouge_engine=pyrouge`: the run's
+    ROUGE is Perl ROUGE-1.5.5 through pyrouge's pipeline, signed as such."""
+    from harness.metrics import pyrouge
+
+    if pyrouge.available():
+        from conftest import require
+
+        require(pyrouge.available())
+    argv = ["run", "cnn_dailymail", "model.name=baseline:lead-3", f"data.data_dir={data_dir}", "data.test_size=40"]
+    argv += ["profile=quick", f"tracking.tracking_uri={tracking_uri}", "eval.bootstrap_resamples=200"]
+    assert run_cli([*argv, "eval.rouge_split=newline", "eval.rouge_engine=pyrouge"]) == 0
+    client = MlflowClient(tracking_uri)
+    run = client.search_runs([client.get_experiment_by_name("cnn_dailymail").experiment_id])[0]
+    sig = run.data.tags["metric.rouge.signature"]
+    assert sig.startswith("engine:ROUGE-1.5.5|pipeline:pyrouge") and "lsum-split:newline" in sig
+    assert run.data.params["eval.rouge_engine"] == "pyrouge" and run.data.params["eval.rouge_split"] == "newline"
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "predictions/test.json")).read_text())
+    rows = [dict(zip(table["columns"], r)) for r in table["data"]]
+    perl = pyrouge.score_pairs([r["reference"] for r in rows], [r["hypothesis"] for r in rows])
+    for k in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+        assert run.data.metrics[f"test_{k}"] == pytest.approx(100 * perl[k][:, 2].mean(), abs=1e-9), k
+
+
 def test_encoder_only_model_is_refused(data_dir, tiny_model, tracking_uri, capsys):
     args = _gen_args(data_dir, str(tiny_model), tracking_uri)
     assert run_cli(["run", "cnn_dailymail", *args]) == 2

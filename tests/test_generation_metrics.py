@@ -118,4 +118,7 @@ def test_rouge_split_is_chosen_and_signed(cli, tmp_path: Path, data_dir: Path) -
     want = np.mean([reference.score(r, h)["rougeLsum"].fmeasure for r, h in zip(refs, hyps)])
     assert none["rougeLsum"] == pytest.approx(want, abs=1e-12) and "lsum-split:newline" in none["signature"]
     assert auto["rougeLsum"] != none["rougeLsum"] and "lsum-split:auto" in auto["signature"]
+    # newline is none's other name: the same numbers, signed the same (it used to be signed lsum-split:auto)
+    newline = json.loads(cli(*args, "--split", "newline").stdout)
+    assert newline == none
     assert auto["rouge1"] == none["rouge1"]  # only Lsum depends on the sentences

@@ -26,6 +26,7 @@ from harness.compress.distill import DistillSpec, DistillStudent
 from harness.compress.engines import ONNX_TOLERANCE, Variant, make_variant, plain_model, save_dense
 from harness.compress.measure import Inputs, speed
 from harness.errors import ConfigError, RunFailed
+from harness.metrics.paired import p_text
 
 __all__ = ["METHODS", "DistillSpec", "compress", "source_threads"]
 
@@ -233,7 +234,9 @@ def _paired(uri: str, source: str, run_id: str, main: str) -> dict[str, float]:
     r = result.results[systems[1].name].get(main)
     if r is not None:
         client.set_tag(
-            run_id, "harness.compress.paired", f"{main} {r['delta']:+.4f} vs source, {r['test']}, p={r['p_value']:.3g}"
+            run_id,
+            "harness.compress.paired",
+            f"{main} {r['delta']:+.4f} vs source, {r['test']}, {p_text(r['p_value'])}",
         )
     return out
 
@@ -311,7 +314,7 @@ def markdown(rows: list[dict[str, Any]], main: str) -> str:
     lines = [head, "|" + "---|" * 9]
     for r in rows:
         ci = r.get("ci") or [None, None]
-        delta = "" if r.get("delta") is None else f"{r['delta']:+.4f} (p={r['p']:.3g})"
+        delta = "" if r.get("delta") is None else f"{r['delta']:+.4f} ({p_text(r['p'])})"
         lines.append(
             f"| {r['method']} | {_f(r['main'], '.4f')} [{_f(ci[0], '.4f')}, {_f(ci[1], '.4f')}] | {delta} | "
             f"{_f(r.get('size_mb'), '.1f')} | {_f(r.get('size_x'), '.2f')} | {_f(r.get('p50_ms'), '.1f')} | "

@@ -44,6 +44,18 @@ class SplitData:
     def rows(self) -> int:
         return len(self.dataset)
 
+    @property
+    def user_file(self) -> bool:
+        """The rows come from a file the user gave (`harness eval --data`, `data.test_file`), not the task's split."""
+        return self.source_kind == "file"
+
+    @property
+    def label(self) -> str:
+        """How the split is named to people: `test`, or `your file reviews.jsonl (sha256 1a2b3c4d5e6f)`."""
+        if not self.user_file:
+            return self.name
+        return f"your file {Path(self.source).name} (sha256 {(self.source_sha256 or '?')[:12]})"
+
     def digest(self) -> str:
         h = hashlib.sha256()
         h.update((self.source_sha256 or self.source).encode())

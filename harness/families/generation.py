@@ -237,6 +237,7 @@ class SummarizationFamily(GenerationFamily):
             confidence=cfg.eval.confidence,
             seed=cfg.seed,
             split=cfg.eval.rouge_split,
+            engine=cfg.eval.rouge_engine,
         )
         # runs report ROUGE x100, as papers do (harness score rouge --json keeps rouge-score's 0-1)
         res.estimates = {k: type(v)(100 * v.value, 100 * v.low, 100 * v.high) for k, v in res.estimates.items()}

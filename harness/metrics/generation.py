@@ -61,7 +61,52 @@ def lead(text: str, k: int = 3) -> str:
     return "\n".join(sentences(text)[:k])
 
 
-ROUGE_SPLITS = ("auto", "none", "newline")  # newline: another name for none (each line is a sentence)
+from harness.config import ROUGE_ENGINES, ROUGE_SPLITS  # noqa: E402  (one vocabulary: runs, score, compare)
+
+
+def rouge_split_name(split: str) -> str:
+    """The split as signatures name it: `auto`, or `newline` (also for its other name, `none`)."""
+    if split not in ROUGE_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(ROUGE_SPLITS)}")
+    return "auto" if split == "auto" else "newline"
+
+
+def rouge_signature(split: str, engine: str = "rouge-score") -> str:
+    """What computed a ROUGE number: the implementation and its settings, and where Lsum's sentences came from.
+
+    >>> rouge_signature("none", "pyrouge").split("|")[:2]
+    ['engine:ROUGE-1.5.5', 'pipeline:pyrouge-0.1.3(see,html-safe)']
+    >>> rouge_signature("newline") == rouge_signature("none")
+    True
+    """
+    from importlib.metadata import version
+
+    name = rouge_split_name(split)
+    if engine == "pyrouge":
+        return (
+            "engine:ROUGE-1.5.5|pipeline:pyrouge-0.1.3(see,html-safe)|options:-m -n 2 (R-1/2/L as pyrouge's "
+            f"-c 95 -2 -1 -U -r 1000 -n 4 -w 1.2 -a -m)|lsum-split:{name}|agg:mean-f"
+        )
+    if engine != "rouge-score":
+        raise ValueError(f"engine must be one of {', '.join(ROUGE_ENGINES)}")
+    return (
+        f"rouge-score:{version('rouge-score')}-compatible|engine:rouge-score-rs:{version('rouge-score-rs')}"
+        f"|stemmer:porter|lsum-split:{name}|agg:mean-f"
+    )
+
+
+def rouge_scores(refs: Sequence[str], hyps: Sequence[str], split: str, engine: str) -> dict[str, np.ndarray]:
+    """[n, (precision, recall, F)] per ROUGE type from the chosen engine, after `split`."""
+    if rouge_split_name(split) == "auto":
+        hyps = [split_sentences(h) for h in hyps]
+        refs = [split_sentences(r) for r in refs]
+    if engine == "pyrouge":
+        from harness.metrics import pyrouge
+
+        return pyrouge.score_pairs(refs, hyps)
+    from harness.metrics.rouge import ROUGE_TYPES, score_pairs
+
+    return {k: np.asarray(v, dtype=np.float64) for k, v in score_pairs(refs, hyps, ROUGE_TYPES).items()}
 
 
 @dataclass
@@ -106,32 +151,22 @@ def rouge(
     confidence: float = 0.95,
     seed: int = 0,
     split: str = "auto",
+    engine: str = "rouge-score",
 ) -> MetricResult:
     """ROUGE-1/2/L/Lsum, mean F (with P and R), bootstrap intervals. `split` says where ROUGE-Lsum's sentences come
-    from: `none` — the texts as given, their lines (exactly `rouge-score`); `auto` — also split a text that has no
-    line break into sentences (see `sentences`), so Lsum does not silently equal ROUGE-L. The signature says which."""
-    from importlib.metadata import version
-
-    from harness.metrics.rouge import ROUGE_TYPES, score_pairs
-
+    from: `newline` (or `none`) — the texts as given, their lines (exactly `rouge-score`); `auto` — also split a text
+    that has no line break into sentences (see `sentences`), so Lsum does not silently equal ROUGE-L. `engine`:
+    `rouge-score` (Google's implementation) or `pyrouge` (Perl ROUGE-1.5.5 as papers ran it: harness/metrics/
+    pyrouge.py). The signature says which of each."""
     _check_lengths(hyps, refs)
-    if split not in ROUGE_SPLITS:
-        raise ValueError(f"split must be one of {ROUGE_SPLITS}")
-    if split == "auto":
-        hyps = [split_sentences(h) for h in hyps]
-        refs = [split_sentences(r) for r in refs]
-    scores = score_pairs(refs, hyps, ROUGE_TYPES)
+    sig = rouge_signature(split, engine)
+    scores = rouge_scores(refs, hyps, split, engine)
     values: dict[str, np.ndarray] = {}
-    for k in ROUGE_TYPES:
-        arr = np.asarray(scores[k], dtype=np.float64)  # [n, (p, r, f)]
+    for k, arr in scores.items():  # [n, (p, r, f)]
         values[k] = arr[:, 2]
         values[f"{k}_precision"] = arr[:, 0]
         values[f"{k}_recall"] = arr[:, 1]
     est = _bootstrap_means(values, resamples, confidence, seed)
-    sig = (
-        f"rouge-score:{version('rouge-score')}-compatible|engine:rouge-score-rs:{version('rouge-score-rs')}"
-        f"|stemmer:porter|lsum-split:{'newline' if split == 'none' else 'auto'}|agg:mean-f"
-    )
     return MetricResult(
         "rouge", est, sig, {"rougeL": values["rougeL"], "rougeLsum": values["rougeLsum"]}, _counts(hyps, refs)
     )

@@ -157,6 +157,28 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
     return float(binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue)
 
 
+def format_p(p: Any) -> str:
+    """A p-value as printed anywhere by harness: never 0 (a resampling or exact test gives a small positive number,
+    not zero), `< 0.001` below a thousandth, else three decimals.
+
+    >>> [format_p(x) for x in (2.6e-8, 0.0009999, 0.001, 0.04567, 1.0)]
+    ['< 0.001', '< 0.001', '0.001', '0.046', '1.000']
+    """
+    if not is_finite(p):
+        return "-"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def p_text(p: Any) -> str:
+    """`p=0.046` or `p < 0.001`, for a sentence.
+
+    >>> p_text(0.04567), p_text(2.6e-8)
+    ('p=0.046', 'p < 0.001')
+    """
+    shown = format_p(p)
+    return f"p {shown}" if shown.startswith("<") else f"p={shown}"
+
+
 def holm(p_values: list[float]) -> list[float]:
     """Holm's step-down adjustment of several p-values (family-wise error rate)."""
     m = len(p_values)

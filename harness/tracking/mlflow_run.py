@@ -234,13 +234,16 @@ class Tracker:
             lin = lineages[name]
             src = _dataset_source(split)
             # the lineage record: source, digest of exactly the rows used, and their count
-            ds = MetaDataset(source=src, name=f"{self.task.name}-{name}", digest=lin["digest"])
+            # a user's file is named as what it is, never as the task's split
+            title = f"{self.task.name}-{name}" if not split.user_file else f"file:{Path(split.source).name}"
+            context = name if not split.user_file else f"{name} (user file)"
+            ds = MetaDataset(source=src, name=title, digest=lin["digest"])
             tags = {k: str(v) for k, v in lin.items() if v is not None}
             entity = ds._to_mlflow_entity().to_dictionary()
             self._send(
                 "log_input",
-                lambda e=entity, c=name, t=tags: send_input(self.client, self.run_id, e, c, t),
-                {"dataset": entity, "context": name, "tags": tags},
+                lambda e=entity, c=context, t=tags: send_input(self.client, self.run_id, e, c, t),
+                {"dataset": entity, "context": context, "tags": tags},
             )
             params = [
                 Param(f"split.{name}.rows", str(split.rows)),

@@ -102,9 +102,9 @@ tune:
 	$(BIN)/harness tune $(TASK) --trials $(TRIALS) --workers $(WORKERS) $(ARGS)
 
 # RUN=<run id> (or MODEL=models:/<name>/<version>): the logged model over REST on 127.0.0.1:$(SERVE_PORT)
-# (/invocations, /ping), with MLflow's scoring server in this environment (--env-manager local)
+# (/invocations, /ping), MLflow's scoring app in this environment (empty requests answered, no stack traces)
 serve:
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/mlflow models serve -m $(or $(MODEL),runs:/$(RUN)/model) --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
+	$(BIN)/harness serve $(or $(MODEL),runs:/$(RUN)/model) --port $(SERVE_PORT)
 
 # METHOD=onnx|onnx-int8|torch-int8|prune (SPARSITY=0.5)|distill (LAYERS=half): a compressed variant of RUN's logged model, nested under it
 compress:

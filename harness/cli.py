@@ -401,6 +401,13 @@ def cmd_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from harness.serve import serve
+
+    serve(args.model, host=args.host, port=args.port)
+    return 0
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -547,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_suite_command,
         _add_report_command,
         _add_server_command,
+        _add_serve_command,
         _add_sync_command,
         _add_compress_command,
         _add_tune_command,
@@ -685,6 +693,14 @@ def _add_server_command(sub: Any) -> None:
     sv.set_defaults(func=cmd_server)
 
 
+def _add_serve_command(sub: Any) -> None:
+    sv = sub.add_parser("serve", help="a logged model over REST (MLflow's scoring protocol) on 127.0.0.1")
+    sv.add_argument("model", help="runs:/<run id>/model or models:/<name>/<version>")
+    sv.add_argument("--port", type=int, default=5001)
+    sv.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
+    sv.set_defaults(func=cmd_serve)
+
+
 def _add_sync_command(sub: Any) -> None:
     from harness.config import DEFAULT_TRACKING_URI
 
@@ -796,10 +812,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             return args.func(args)
         except KeyboardInterrupt:
             how = "terminated (SIGTERM)" if interrupts.terminated else "interrupted"
-            print(
-                f"{how}: every run this command started is closed as KILLED; run the same command again to resume",
-                file=sys.stderr,
-            )
+            if not os.environ.get("HARNESS_TUNE_WORKER"):  # a study's worker: its coordinator says it, once
+                print(
+                    f"{how}: every run this command started is closed as KILLED; run the same command again to resume",
+                    file=sys.stderr,
+                )
             return 143 if interrupts.terminated else 130
         except Exception as e:
             err = user_error(e)

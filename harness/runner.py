@@ -124,6 +124,34 @@ class RunState:
     def clear_checkpoints(self) -> None:
         shutil.rmtree(self.dir / CHECKPOINT_DIR, ignore_errors=True)
 
+    def lock(self) -> None:
+        """Hold the folder for this process: a second identical command started meanwhile must neither resume nor
+        overwrite this one's checkpoints. The lock goes with the process (a kill -9 frees it too)."""
+        import fcntl
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(
+                f"the same command is already running (pid {holder}) and holds its run folder {self.dir.resolve()}",
+                "wait for it to finish (running this again then resumes or reuses its result), or make this run "
+                "differ (another seed=..., or tracking.output_dir=<another folder>)",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        fd = getattr(self, "_lock_fd", None)
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the lock
+            self._lock_fd = None
+
 
 def uri_key(uri: str) -> str:
     """The tracking URI as the state file stores it: a hash, so no credential lands on disk."""
@@ -223,6 +251,8 @@ def run(
         if err is not None and err is not e:
             raise err from e
         raise
+    finally:
+        ctx.state.unlock()
 
 
 def _context(cfg: RunConfig, task: TaskSpec, console: Any, objective: bool, callbacks: list) -> RunContext:
@@ -246,6 +276,8 @@ def _context(cfg: RunConfig, task: TaskSpec, console: Any, objective: bool, call
     if zero:
         check_store(cfg.tracking.uri)
     state = RunState(cfg)
+    if zero:
+        state.lock()
     return RunContext(
         cfg,
         task,

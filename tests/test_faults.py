@@ -647,16 +647,18 @@ def test_empty_texts_and_duplicate_rows_are_counted_and_reported(store, capsys, 
 # ---- stopped from outside: SIGTERM closes what it owns ---------------------------------------------------------------
 
 
-def test_sigterm_stops_a_study_cleanly_and_it_resumes(store, tiny_model, tmp_path):
-    """A scheduler's time limit: the trial's run and the study's parent run are KILLED, one line is printed, and
-    the same command carries on with the study."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_stops_a_study_cleanly_and_it_resumes(store, tiny_model, tmp_path, workers):
+    """A scheduler's time limit: the trials' runs and the study's parent run are KILLED, one line is printed (with
+    two workers too: neither they nor Optuna add their own), and the same command carries on with the study."""
     space = tmp_path / "space.yaml"
     space.write_text(
         "params:\n  optim.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}\n"
         "config:\n  trainer: {max_epochs: 1000}\n"  # still training when the signal comes, on any machine
     )
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    args = ["tune", "imdb", "--trials", "1", "--space", str(space), "--storage", storage, *_args(store, tiny_model)]
+    args = ["tune", "imdb", "--trials", str(workers), "--workers", str(workers), "--space", str(space)]
+    args += ["--storage", storage, *_args(store, tiny_model)]
     before = _snapshot(store.uri)
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness.cli", *args],
@@ -666,22 +668,26 @@ def test_sigterm_stops_a_study_cleanly_and_it_resumes(store, tiny_model, tmp_pat
         text=True,
     )
     deadline = time.time() + 120
-    while time.time() < deadline and not any(
-        s[0] == "RUNNING" and "optuna.trial" in s[3] for r, s in _snapshot(store.uri).items() if r not in before
+    while time.time() < deadline and (
+        sum(s[0] == "RUNNING" and "optuna.trial" in s[3] for r, s in _snapshot(store.uri).items() if r not in before)
+        < workers
     ):
         time.sleep(0.5)
     time.sleep(2)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=180)
     o = judge(store, proc.returncode, out, err, before)
     assert o.rc == 143
-    assert err.strip().splitlines()[-1] == (
+    line = (
         "terminated (SIGTERM): every run this command started is closed as KILLED; run the same command again to resume"
     )
+    assert err.strip().splitlines()[-1] == line and (out + err).count("terminated (SIGTERM)") == 1, err[-2000:]
+    assert not re.search(r"^\[W ", out + err, re.M), err[-2000:]  # no Optuna warning about the stopped study
     statuses = sorted((s[0], "optuna.trial" in s[3]) for s in o.new_runs.values())
-    assert statuses == [("KILLED", False), ("KILLED", True)]  # the study's parent run and the trial's run
-    with in_dir(tmp_path):
-        assert run_cli([*args, "trainer.max_epochs=1"]) == 0  # the same study goes on
+    assert statuses == [("KILLED", False)] + [("KILLED", True)] * workers  # the study's parent run, each trial's run
+    if workers == 1:
+        with in_dir(tmp_path):
+            assert run_cli([*args, "trainer.max_epochs=1"]) == 0  # the same study goes on
 
 
 # ---- several nodes: a launch that cannot come together ---------------------------------------------------------------
@@ -851,3 +857,105 @@ def test_library_errors_become_user_errors_in_one_place():
     unsafe = user_error(pickle.UnpicklingError("Weights only load failed. ... GLOBAL posix.system ..."))
     assert "refused as unsafe" in unsafe.message and "weights_only" not in unsafe.message
     assert user_error(ZeroDivisionError("a bug")) is None
+
+
+# ---- round two: sync, the run folder, signals, small ones ------------------------------------------------------------
+
+
+def _journal(folder: Path) -> Path:
+    """An offline record (as the GPU check writes one) of a run with two metric batches, then its end."""
+    from harness.tracking.offline import OfflineRun
+
+    rec = OfflineRun(folder, "synced", "kept-run", {"k": "v"})
+    rec.log_params({"a": 1})
+    rec.log_metrics({"m": 0.5}, step=1)
+    rec.log_metrics({"m": 0.25}, step=2)
+    rec.end()
+    return folder / "pending.jsonl"
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        ("{not json", "is not JSON (Expecting property name enclosed in double quotes at column 2)"),
+        ('{"op": "log_batch", "metrics": [["m", 9.0, 0, 9]]}', "is not a journal record (no run_id)"),
+    ],
+)
+def test_sync_of_a_damaged_journal_sends_what_comes_before_once_and_names_the_line(
+    store, capsys, tmp_path, damage, problem
+):
+    """A damaged line (not JSON; a record without run_id) stops `harness sync` with one line naming the file and the
+    line; what came before it is sent, once; the damaged line and what follows stay in the journal."""
+    journal = _journal(tmp_path / "rec")
+    lines = journal.read_text().splitlines()
+    journal.write_text("\n".join([*lines[:3], damage, *lines[3:]]) + "\n")  # after create, params, first metrics
+    o = attempt(store, capsys, ["sync", str(tmp_path / "rec"), "--tracking-uri", store.uri])
+    assert o.rc == 2
+    assert o.error == (
+        f"{journal}, line 1: {problem} — the 2 record(s) before it were sent; fix or delete that line, then run "
+        "harness sync again (nothing is sent twice)"
+    )
+    ((status, metrics, params, tags),) = o.new_runs.values()
+    assert status == "RUNNING" and params == {"a": "1"} and metrics == {"m": 0.5} and tags["k"] == "v"
+    assert journal.read_text().splitlines()[0] == damage  # the damaged record now comes first; nothing was lost
+    again = attempt(store, capsys, ["sync", str(tmp_path / "rec"), "--tracking-uri", store.uri])
+    assert again.rc == 2 and again.error.startswith(f"{journal}, line 1: {problem} — fix or delete that line")
+    assert again.new_runs == {}  # nothing sent twice (the run above is unchanged: judged by attempt)
+    journal.write_text("\n".join(journal.read_text().splitlines()[1:]) + "\n")  # the user deletes the line
+    assert run_cli(["sync", str(tmp_path / "rec"), "--tracking-uri", store.uri]) == 0  # the rest goes to that run
+    run = MlflowClient(store.uri).get_run(next(iter(o.new_runs)))
+    assert run.info.status == "FINISHED"
+    assert [p.value for p in MlflowClient(store.uri).get_metric_history(run.info.run_id, "m")] == [0.5, 0.25]
+
+
+def test_a_synced_run_ends_when_it_ended_not_when_it_was_synced(store, capsys, tmp_path):
+    journal = _journal(tmp_path / "rec")
+    ended = json.loads(journal.read_text().splitlines()[-1])["end_time"]
+    time.sleep(1.5)
+    o = attempt(store, capsys, ["sync", str(tmp_path / "rec"), "--tracking-uri", store.uri])
+    assert o.rc == 0
+    run = MlflowClient(store.uri).get_run(next(iter(o.new_runs)))
+    assert run.info.end_time == ended and run.info.end_time < int(time.time() * 1000) - 1000
+
+
+def test_a_second_identical_command_does_not_touch_the_first_ones_folder(store, capsys, tiny_model):
+    """While a run holds its folder (`.harness/runs/<task>/<hash>`), the same command started again stops in one line
+    before it starts a run or reads a checkpoint; once the first is gone (even killed), the folder is free."""
+    from harness.config import resolve_run_config
+    from harness.runner import RunState
+    from harness.runtime import resolve_device_settings
+
+    args = _args(store, tiny_model, **{"seed": "7"})
+    with in_dir(store.work):
+        cfg = resolve_run_config(registry()["imdb"], args)
+        resolve_device_settings(cfg)  # as the run does before it names its folder
+        folder = RunState(cfg).dir.resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode()); print('held', flush=True); "
+            "time.sleep(120)",
+            str(folder / "lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        o = attempt(store, capsys, ["run", "imdb", *args])
+        assert o.rc == 2
+        assert o.error == (
+            f"the same command is already running (pid {holder.pid}) and holds its run folder {folder} — wait for it "
+            "to finish (running this again then resumes or reuses its result), or make this run differ (another "
+            "seed=..., or tracking.output_dir=<another folder>)"
+        )
+        no_run(o)
+        assert sorted(p.name for p in folder.iterdir()) == ["lock"]  # no state, no checkpoint written
+    finally:
+        holder.kill()
+        holder.wait()
+    done = attempt(store, capsys, ["run", "imdb", *args])  # the holder was killed: its lock went with it
+    assert done.rc == 0 and len(done.new_runs) == 1

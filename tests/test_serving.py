@@ -71,6 +71,8 @@ def _post(url: str, body: bytes) -> tuple[int, dict]:
 
 
 def test_make_serve_answers_over_rest_and_refuses_a_malformed_request(logged):
+    """`make serve` (harness serve: MLflow's scoring app on 127.0.0.1) answers, refuses malformed requests with a 4xx
+    that says what to send and never the server's stack trace, and answers an empty request with no predictions."""
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": logged["uri"]}
     proc = subprocess.Popen(
@@ -109,6 +111,18 @@ def test_make_serve_answers_over_rest_and_refuses_a_malformed_request(logged):
         assert status == 400, body
         status, body = _post(f"{base}/invocations", b"{not json")
         assert 400 <= status < 500
+        # empty in, empty out: every way of sending no records answers 200 with no predictions
+        # (MLflow's own app answers the first two with a 400 and its stack trace)
+        empties = ({"inputs": []}, {"inputs": {"text": []}}, {"dataframe_records": []})
+        for empty in (*empties, {"dataframe_split": {"columns": ["text"], "data": []}}):
+            status, body = _post(f"{base}/invocations", json.dumps(empty).encode())
+            assert (status, body) == (200, {"predictions": []}), (empty, body)
+        # malformed requests: a 4xx with a message, and never the server's traceback
+        for bad in ({"inputs": [[1, 2], [3]]}, {"dataframe_records": [{}]}, {"inputs": {"text": [[]]}}):
+            status, body = _post(f"{base}/invocations", json.dumps(bad).encode())
+            text = json.dumps(body)
+            assert 400 <= status < 500 and body.get("message"), (bad, body)
+            assert "stack_trace" not in body and "Traceback" not in text and "site-packages" not in text, text
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)

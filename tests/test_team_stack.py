@@ -379,6 +379,7 @@ def test_harness_sync_sends_what_a_run_kept_when_the_server_stayed_away(
     crash = _ServerCrash(stack, at_step=6, back_after=None)
     try:
         run_id, out = _run_with_crash(stack, data_dir, tiny_model, tmp_path, crash)
+        finished_by = int(time.time() * 1000)
         assert crash.killed
         line = [ln for ln in out.splitlines() if "is away" in ln]
         assert len(line) == 1 and "harness sync" in line[0] and run_id in line[0], out
@@ -394,6 +395,8 @@ def test_harness_sync_sends_what_a_run_kept_when_the_server_stayed_away(
         assert run_cli(["sync", "--tracking-uri", stack.tracking_uri]) == 0
     assert f"run {run_id}: {kept} records sent" in capsys.readouterr().out
     _assert_complete(stack.tracking_uri, run_id)
+    # the run ends when it ended, not when it was synced (the server was restarted after it)
+    assert MlflowClient(stack.tracking_uri).get_run(run_id).info.end_time <= finished_by
     with in_dir(tmp_path):  # a second sync has nothing left to send
         assert run_cli(["sync", "--tracking-uri", stack.tracking_uri]) == 0
     assert "nothing to send" in capsys.readouterr().out

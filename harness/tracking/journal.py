@@ -79,14 +79,15 @@ class Journal:
         return False
 
     def replay(self, client: Any, retry_in: float = 15.0) -> bool:
-        """Send what is kept, in order; True when nothing is left. Stops at the first call the server cannot take."""
+        """Send what is kept, in order; True when nothing is left. Stops at the first call the server cannot take,
+        and at a damaged record (one line naming the file and the line; what came before it is sent, once)."""
         if not self.pending():
             return True
         lines = [ln for ln in self.file.read_text(encoding="utf-8").splitlines() if ln.strip()]
         done = 0
         try:
             for line in lines:
-                send(client, json.loads(line), self.folder)
+                send(client, record(line, self.file, done + 1, sent=done), self.folder)
                 done += 1
         except Exception as e:
             if not unreachable(e):
@@ -101,6 +102,36 @@ class Journal:
             shutil.rmtree(self.folder / "files", ignore_errors=True)
             return True
         return False
+
+
+RECORD_OPS = ("create_run", "log_batch", "log_artifact", "log_input", "set_terminated", "delete_tag")
+
+
+def record(line: str, file: Path, number: int, sent: int = 0) -> dict:
+    """One journal line as a record, or one line saying which line of which file is damaged and what to do (the
+    records before it were sent, the file keeps it and what follows; nothing is sent twice)."""
+    from harness.errors import DataError
+
+    try:
+        rec = json.loads(line)
+    except ValueError as e:
+        problem = f"is not JSON ({e.msg} at column {e.colno})"
+    else:
+        missing = [k for k in ("op", "run_id") if not isinstance(rec, dict) or k not in rec]
+        if isinstance(rec, dict) and rec.get("op") == "create_run":
+            missing = [k for k in ("experiment", "run_name") if k not in rec]
+        if not missing and rec["op"] in RECORD_OPS:
+            return rec
+        problem = (
+            f"is not a journal record (no {' or '.join(missing)})"
+            if missing
+            else f"is a record of an unknown kind ('{rec['op']}')"
+        )
+    before = f"the {sent} record(s) before it were sent; " if sent else ""
+    raise DataError(
+        f"{file}, line {number - sent}: {problem}",
+        f"{before}fix or delete that line, then run harness sync again (nothing is sent twice)",
+    )
 
 
 def answers(uri: str, timeout: float = 3.0) -> bool:
@@ -135,8 +166,8 @@ def send(client: Any, rec: dict, folder: Optional[Path] = None) -> None:
             client.log_artifact(run_id, str(local), rec.get("path"))
     elif op == "log_input":
         send_input(client, run_id, rec["dataset"], rec["context"], rec["tags"])
-    elif op == "set_terminated":
-        client.set_terminated(run_id, rec["status"])
+    elif op == "set_terminated":  # the end time the run had, not the time it was synced (journals before it: now)
+        client.set_terminated(run_id, rec["status"], end_time=rec.get("end_time"))
     elif op == "delete_tag":
         client.delete_tag(run_id, rec["key"])
     else:  # pragma: no cover - a journal written by a newer harness

@@ -172,6 +172,7 @@ class Tracker:
         status. If the server does not come back, the status is kept too, for `harness sync`."""
         from mlflow.tracking.fluent import run_id_to_system_metrics_monitor
 
+        ended = int(time.time() * 1000)  # the run's end, whenever the server takes it
         j = self.journal
         deadline = time.monotonic() + (float(os.environ.get(WAIT_ENV, "60")) if wait else 0)
         while j is not None and j.pending():
@@ -189,7 +190,7 @@ class Tracker:
                 if j is None or not unreachable(e):
                     raise
         self.went_away = True
-        j.add("set_terminated", status=status)
+        j.add("set_terminated", status=status, end_time=ended)
         monitor = run_id_to_system_metrics_monitor.pop(self.run_id, None)
         if monitor is not None:
             monitor._shutdown_event.set()  # stop sampling; what it could not send is not retried by MLflow

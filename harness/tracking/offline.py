@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional
 
-from harness.tracking.journal import PENDING, Journal
+from harness.tracking.journal import PENDING, Journal, record
 
 CREATE = "create_run"
 
@@ -50,7 +50,7 @@ class OfflineRun:
         tmp.unlink()
 
     def end(self, status: str = "FINISHED") -> None:
-        self.journal.add("set_terminated", status=status)
+        self.journal.add("set_terminated", status=status, end_time=_now())
 
 
 def _now() -> int:
@@ -71,10 +71,13 @@ def adopt(folder: Path, client: Any) -> Optional[str]:
     (the record dropped, every other record addressed to the new run). Returns the new run id, or None."""
     file = folder / PENDING
     lines = [ln for ln in file.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if not lines or json.loads(lines[0]).get("op") != CREATE:
+    first = record(lines[0], file, 1) if lines else None
+    if first is None or first.get("op") != CREATE:
         return None
-    run_id = create_run(client, json.loads(lines[0]))
-    rest = [json.dumps({**json.loads(ln), "run_id": run_id}) for ln in lines[1:]]
+    run_id = create_run(client, first)
+    # every record is addressed to the new run; a damaged line keeps its text (with the id replaced where it can be
+    # read), so the replay sends what comes before it and then names it
+    rest = [ln.replace(first["run_id"], run_id) for ln in lines[1:]]
     tmp = file.with_suffix(".tmp")
     tmp.write_text("".join(ln + "\n" for ln in rest), encoding="utf-8")
     tmp.replace(file)

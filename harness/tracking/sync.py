@@ -17,7 +17,7 @@ from typing import Optional
 from harness.config import redact_uri
 from harness.errors import ConfigError, TrackingError
 from harness.tracking import offline
-from harness.tracking.journal import PENDING, Journal, answers, find
+from harness.tracking.journal import PENDING, Journal, answers, find, record
 
 
 @dataclass
@@ -51,17 +51,18 @@ def sync(folder: Path, uri: str) -> Synced:
 
     from harness.runner import uri_key
 
-    lines = [ln for ln in (folder / PENDING).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    file = folder / PENDING
+    lines = [ln for ln in file.read_text(encoding="utf-8").splitlines() if ln.strip()]
     if not lines:
         return Synced(folder, "", 0, 0)
-    if json.loads(lines[0]).get("op") == offline.CREATE:  # recorded without a store (harness gpu-check)
+    if record(lines[0], file, 1).get("op") == offline.CREATE:  # recorded without a store (harness gpu-check)
         if not answers(uri):
             raise _away(uri, len(lines), folder)
         created = offline.adopt(folder, MlflowClient(uri))
         lines = [ln for ln in (folder / PENDING).read_text(encoding="utf-8").splitlines() if ln.strip()]
         if not lines:
             return Synced(folder, created or "", 1, 0)
-    run_id = json.loads(lines[0])["run_id"]
+    run_id = record(lines[0], file, 1)["run_id"]
     state = _state(folder.parent)
     if state.get("tracking") and state["tracking"] != uri_key(uri):
         raise ConfigError(

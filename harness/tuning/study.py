@@ -429,9 +429,13 @@ def join(study: Study) -> None:
     worker_main(study, worker=1000 + os.getpid() % 100000)
 
 
+WORKER_ENV = "HARNESS_TUNE_WORKER"
+
+
 def _run_workers(study: Study) -> None:
     threads = max(1, (os.cpu_count() or 1) // study.workers)
     env = {**os.environ, "OPTUNA_STORAGE": study.storage_url}  # not on the command line: it may hold a password
+    env[WORKER_ENV] = "1"  # a worker stopped by a signal leaves the one line about it to this process
     procs = [subprocess.Popen(study.worker_command(w, threads), env=env) for w in range(study.workers)]
     try:
         codes = [p.wait() for p in procs]
@@ -536,6 +540,8 @@ def summarize(study: Study, tracker: StudyTracker, parent: str, seconds: float) 
     import optuna
     from optuna.trial import TrialState
 
+    # the summary says itself what there is (no complete trial yet, say); Optuna's own warnings would repeat it
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     optuna_study = optuna.load_study(study_name=study.name, storage=study.storage)
     all_trials = optuna_study.get_trials(deepcopy=False)
     counts = {s.name: sum(1 for t in all_trials if t.state == s) for s in TrialState}

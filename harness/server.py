@@ -2,7 +2,7 @@
 
 - PostgreSQL from the Debian package, as a cluster of its own in a project folder (`.server/pg`, run by the
   `postgres` user when started as root), listening on 127.0.0.1 only, with a generated password kept in
-  `.server/secret` (mode 600, git-ignored), and two databases: `mlflow` and `optuna`;
+  `.server/pg.secret` (mode 600, git-ignored), and two databases: `mlflow` and `optuna`;
 - `mlflow server` over it (`postgresql+psycopg://...`), its schema upgraded once before it starts, artifacts proxied
   to a local folder (`.server/artifacts`; `--artifacts-destination s3://...` works the same with MinIO/S3), bound to
   127.0.0.1; optionally with MLflow's basic-auth app and a generated admin password (`--auth`).
@@ -220,6 +220,9 @@ def start_mlflow(stack: Stack, workers: int = 2) -> None:
 
 def _auth_config(folder: Path) -> Path:
     """MLflow's basic-auth app with an admin password of our own (never the documented default)."""
+    db = folder / "auth.db"  # its users and password hashes: readable by the owner only, as the other secrets
+    os.close(os.open(db, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.chmod(db, 0o600)
     path = folder / "basic_auth.ini"
     path.write_text(
         "[mlflow]\ndefault_permission = READ\n"

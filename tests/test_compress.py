@@ -136,6 +136,14 @@ def test_compress_refuses_what_it_cannot_do(source, capsys):
     assert rc == 2 and "error: --sparsity 1.5 is not between 0 and 1" in err
 
 
+def test_the_default_student_depth_is_named_from_the_teacher(source):
+    """Without --layers the student has half the teacher's layers, and its variant says how many (not "LNone")."""
+    from harness.compress.run import _half_depth
+
+    assert _half_depth(source["client"], source["run"].info.run_id) == 1  # the tiny teacher has 2 layers
+    assert _half_depth(source["client"], "0" * 32) is None
+
+
 def test_distill_a_shallower_student(source):
     run = _compress(source, "distill", "--layers", "1", "--temperature", "3")
     m = _check_common(source, run, "distill")

@@ -72,4 +72,5 @@ def test_variants_of_one_method_are_told_apart():
     assert tags("distill", 0.5, DistillSpec(layers=3), {}) == {"student_spec": "L3"}
     assert tags("distill", 0.5, DistillSpec(layers=2), {"trainer.max_epochs": 2}) == {"student_spec": "L2-2ep"}
     assert tags("distill", 0.5, DistillSpec(student="org/tiny-bert"), {}) == {"student_spec": "tiny-bert"}
+    assert tags("distill", 0.5, DistillSpec(), {}) == {"student_spec": "Lhalf"}  # never "LNone"
     assert tags("onnx-int8", 0.5, DistillSpec(), {}) == {}

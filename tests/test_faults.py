@@ -493,6 +493,34 @@ def test_unsafe_checkpoint_is_refused_unread(store, capsys, tiny_model, tmp_path
     failed_run(o)
 
 
+def test_unsafe_checkpoint_in_torchs_legacy_format_is_refused_as_unsafe(store, capsys, tiny_model, tmp_path):
+    """A raw-pickle .ckpt (torch's legacy format, which cannot be memory-mapped): refused as unsafe, in those words,
+    not with torch's mmap message."""
+    ckpt = tmp_path / "legacy.ckpt"
+    torch.save(
+        {"hyper_parameters": {"model_path": str(tiny_model)}, "x": _Payload(tmp_path / "pwned")},
+        ckpt,
+        _use_new_zipfile_serialization=False,
+    )
+    o = attempt(store, capsys, ["eval", "imdb", "--model", str(ckpt), *_args(store, tiny_model)[1:]])
+    assert (o.rc, o.error) == (2, f"{ckpt}: {UNSAFE}")
+    assert "mmap" not in o.output and not (tmp_path / "pwned").exists()
+    failed_run(o)
+
+
+def test_model_folder_without_weights(store, capsys, tiny_model, tmp_path):
+    folder = tmp_path / "weightless"
+    shutil.copytree(tiny_model, folder)
+    (folder / "model.safetensors").unlink()
+    o = attempt(store, capsys, ["run", "imdb", *_args(store, folder)])
+    assert (o.rc, o.error) == (
+        2,
+        f"{folder} holds no weights (no model.safetensors or pytorch_model.bin beside its config) — save the model "
+        "there with save_pretrained, or point model.name at a folder that has its weights",
+    )
+    failed_run(o)
+
+
 def test_model_that_needs_its_own_code(store, capsys, tiny_model, tmp_path):
     folder = tmp_path / "custom"
     shutil.copytree(tiny_model, folder)
@@ -959,3 +987,32 @@ def test_a_second_identical_command_does_not_touch_the_first_ones_folder(store, 
         holder.wait()
     done = attempt(store, capsys, ["run", "imdb", *args])  # the holder was killed: its lock went with it
     assert done.rc == 0 and len(done.new_runs) == 1
+
+
+def test_read_only_study_storage(store, capsys, tiny_model, tmp_path):
+    """The study's sqlite file on a read-only filesystem: "read-only", as for the tracking store, not SQLite's
+    "unable to open database file"; nothing written, no run."""
+    from harness.tuning.study import open_storage
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a filesystem here to make read-only ({mounted.stderr.decode().strip()[:120]})")
+    try:
+        db = folder / "optuna.db"
+        open_storage(f"sqlite:///{db}").engine.dispose()  # a real, empty study database
+        before = db.read_bytes()
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True, capture_output=True)
+        o = attempt(
+            store, capsys, ["tune", "imdb", "--trials", "1", "--storage", f"sqlite:///{db}", *_args(store, tiny_model)]
+        )
+        assert o.rc == 2
+        assert o.error == (
+            f"cannot use the study storage sqlite:///{db}: {db} is read-only (trials cannot be recorded) — make {db} "
+            "writable, or pass --storage (or OPTUNA_STORAGE) a storage that works; sqlite:///optuna.db needs no server"
+        )
+        no_run(o)
+        assert db.read_bytes() == before
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)

@@ -249,6 +249,9 @@ def test_basic_auth_server(stack, data_dir, tiny_model, tmp_path):
     try:
         password = (folder / "admin.secret").read_text().strip()
         assert password != "password1234"  # not MLflow's documented default
+        # every secret of the stack is readable by its owner only: the admin's hash in auth.db too
+        modes = {p.name: oct(p.stat().st_mode & 0o777) for p in folder.iterdir() if p.suffix in (".secret", ".db")}
+        assert modes and set(modes.values()) == {"0o600"} and "auth.db" in modes, modes
         args = ["run", "imdb", *tiny_args(data_dir, tiny_model, auth.tracking_uri)]
         base = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
         refused = subprocess.run(

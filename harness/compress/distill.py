@@ -37,7 +37,9 @@ class DistillSpec:
             raise ConfigError("--layers and --student both given", "give one: a depth, or a student model")
 
     def label(self) -> str:
-        return f"L{self.layers}" if self.student is None else self.student.rsplit("/", 1)[-1]
+        if self.student is not None:
+            return self.student.rsplit("/", 1)[-1]
+        return f"L{self.layers}" if self.layers is not None else "Lhalf"
 
 
 def given_student(name: str, teacher: Any, tokenizer: Any) -> Any:

@@ -109,6 +109,19 @@ def _source_overrides(run: Any, more: tuple[str, ...] = ()) -> list[str]:
     return [f"{k}={v}" for k, v in sorted(run.data.params.items()) if k.startswith(keep)]
 
 
+def _half_depth(client: Any, run_id: str) -> Optional[int]:
+    """Half the layers of the run's logged model (distillation's default student depth), from its config."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, "model/artifacts/weights/config.json", tmp)
+            layers = json.loads(Path(path).read_text()).get("num_hidden_layers")
+        except Exception:  # no logged model (refused later, with its own message) or no such field
+            return None
+    return max(int(layers) // 2, 1) if layers else None
+
+
 def _variant_tags(method: str, sparsity: float, distill: DistillSpec, given: dict[str, Any]) -> dict[str, str]:
     """What tells variants of one method apart (their key in the variants table)."""
     if method == "prune":
@@ -159,6 +172,8 @@ def compress(
             "compress a classification run (e.g. make eval TASK=imdb ARGS=log_model=true)",
         )
     threads = threads or source_threads(src.data.params) or torch_threads()
+    if method == "distill" and distill.layers is None and distill.student is None:
+        distill.layers = _half_depth(MlflowClient(uri), source)  # the default, named (not "LNone")
     variant_tags = _variant_tags(method, sparsity, distill, given)
     name = "-".join([src.info.run_name or source[:8], method, *variant_tags.values()])
     if method == "distill":  # the student trains like the source did, wherever the user trains

@@ -254,7 +254,16 @@ def load_pretrained(loader: Callable[..., Any], resolved: ResolvedModel, **kwarg
                 "use a model whose architecture transformers ships (its config.json names a known model_type)",
             ) from None
         if resolved.source != "hub":
-            raise ModelError(f"could not load model from {resolved.path}: {str(e).splitlines()[0][:300]}") from None
+            first = str(e).splitlines()[0][:300]
+            if "no file named" in first:  # a folder with a config but no weights file
+                raise ModelError(
+                    f"{resolved.path} holds no weights (no model.safetensors or pytorch_model.bin beside its config)",
+                    "save the model there with save_pretrained, or point model.name at a folder that has its weights",
+                ) from None
+            raise ModelError(
+                f"could not load model from {resolved.path}: {first}",
+                "point model.name at a folder saved with save_pretrained (config.json, weights, tokenizer files)",
+            ) from None
         reason = (
             "HF_HUB_OFFLINE is set" if hub.offline() else "the Hugging Face hub is unreachable or has no such model"
         )
@@ -335,7 +344,13 @@ def load_checkpoint(path: str, **kwargs: Any) -> dict[str, Any]:
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
+        except RuntimeError as e:
+            if not (kwargs.get("mmap") and "mmap can only be used" in str(e)):
+                raise
+            # a file in torch's legacy (raw pickle) format: read whole, by the same safe unpickler
+            return torch.load(path, map_location="cpu", weights_only=True, **{**kwargs, "mmap": False})
     except pickle.UnpicklingError as e:
         raise unsafe_weights_error(path, str(e)) from None
     except (RuntimeError, EOFError, OSError) as e:  # a truncated or overwritten file

@@ -204,6 +204,7 @@ def open_storage(url: str) -> Any:
         path = url.split(":///", 1)[-1]
         if path and path != ":memory:":
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            _check_writable(url, Path(path).expanduser())
     else:  # a server database shared by workers on many hosts: keep each worker's pool small and bounded
         engine_kwargs = {"pool_pre_ping": True, "pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW}
     try:
@@ -218,6 +219,18 @@ def open_storage(url: str) -> Any:
         ) from None
     finally:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _check_writable(url: str, path: Path) -> None:
+    """A study file (or its folder) that cannot be written, named as such (SQLite would say "unable to open")."""
+    where = path if path.exists() else path.parent
+    if not os.access(where, os.W_OK):
+        what = f"{path} is read-only" if path.exists() else f"the folder {where} is read-only"
+        raise ConfigError(
+            f"cannot use the study storage {redact_uri(url)}: {what} (trials cannot be recorded)",
+            f"make {where} writable, or pass --storage (or OPTUNA_STORAGE) a storage that works; "
+            "sqlite:///optuna.db needs no server",
+        )
 
 
 def _journal(path: str) -> Any:

@@ -96,7 +96,7 @@ def test_onnx_agrees_with_pytorch_on_every_test_example(source):
 
 
 def test_onnx_int8_is_smaller_and_compared_with_its_source(source):
-    run = _compress(source, "onnx-int8")
+    run = _compress(source, "onnx-int8", "log_model=true", "eval.prediction_text_chars=100000")
     m = _check_common(source, run, "onnx-int8")
     assert m["size_ratio"] > 2.5  # int8 weights (the tiny model is mostly its embedding table, quantized too)
     assert 0 < m["logits_max_abs_diff_vs_torch"] < 0.5  # close, not equal
@@ -104,6 +104,26 @@ def test_onnx_int8_is_smaller_and_compared_with_its_source(source):
     text = Path(md).read_text()
     assert "| source (PyTorch fp32) |" in text and "| onnx-int8 |" in text
     assert Path(source["client"].download_artifacts(run.info.run_id, "compression/variants.png")).stat().st_size > 0
+    # its activation scales are computed at run time: a text's answer must not depend on the texts beside it. The
+    # served model gives the same probabilities for a text alone and inside requests of 10 and 100, and what the
+    # run logged for it
+    import mlflow
+    import pandas as pd
+
+    mlflow.set_tracking_uri(source["uri"])
+    table = json.loads(Path(source["client"].download_artifacts(run.info.run_id, "predictions/test.json")).read_text())
+    table = pd.DataFrame(table["data"], columns=table["columns"])
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    texts = list(table["text"])
+    alone = pd.concat([model.predict(pd.DataFrame({"text": [t]})) for t in texts[:12]], ignore_index=True)
+    for size in (10, 100):
+        for probe in range(3):
+            batch = texts[-(size - 1) :] if size <= len(texts) else (texts * 2)[: size - 1]
+            batch = batch[:probe] + [texts[probe]] + batch[probe:]
+            got = model.predict(pd.DataFrame({"text": batch})).iloc[probe]
+            assert got["prob_positive"] == alone["prob_positive"][probe], (size, probe)
+    logged = table.set_index("text")["p_positive"]
+    assert (alone["prob_positive"] - logged[texts[:12]].to_numpy()).abs().max() <= 1e-6
 
 
 @pytest.mark.slow

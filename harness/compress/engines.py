@@ -64,9 +64,42 @@ def save_dense(model: torch.nn.Module, folder: Path) -> list[Path]:
 # ---- ONNX ------------------------------------------------------------------------------------------------------------
 
 
+def row_by_row(call: Callable[..., Any], batch: dict[str, Any], mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Logits of each row alone, cut to its own length (no padding, no neighbours). For dynamically quantized models,
+    whose activation scales are computed over the whole input tensor: batched, a text's answer would depend on the
+    other texts in the request and on their padding; alone it never does."""
+    mask = batch["attention_mask"] if mask is None else mask
+    out = []
+    for i in range(mask.shape[0]):
+        n = int(mask[i].sum())
+        out.append(call(**{k: v[i : i + 1, :n] if v.dim() == 2 else v[i : i + 1] for k, v in batch.items()}))
+    return torch.cat(out) if out else torch.zeros((0, 0))
+
+
+class RowByRow(torch.nn.Module):
+    """A classifier answered one text at a time (see `row_by_row`), behind the same call signature."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.config = getattr(model, "config", None)
+
+    def forward(self, **batch: Any) -> SequenceClassifierOutput:
+        return SequenceClassifierOutput(logits=row_by_row(lambda **b: self.model(**b).logits, batch))
+
+
+def dynamically_quantized(path: Path) -> bool:
+    """Whether an ONNX graph quantizes its activations at run time (onnxruntime's quantize_dynamic)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(n.op_type in ("DynamicQuantizeLinear", "DynamicQuantizeMatMul", "MatMulInteger") for n in graph.node)
+
+
 class OnnxClassifier(torch.nn.Module):
     """An ONNX Runtime session behind the call signature of a transformers classifier. With `reference`, every
-    batch also runs through PyTorch and the largest logit difference is kept (`max_abs_diff`)."""
+    batch also runs through PyTorch and the largest logit difference is kept (`max_abs_diff`). A dynamically
+    quantized graph answers one text at a time (`row_by_row`), so no text's answer depends on its neighbours."""
 
     def __init__(self, path: Path, threads: int, reference: Optional[torch.nn.Module] = None, config: Any = None):
         super().__init__()
@@ -81,12 +114,18 @@ class OnnxClassifier(torch.nn.Module):
         self.names = [i.name for i in self.session.get_inputs()]
         self.reference = reference
         self.max_abs_diff = 0.0
+        self.per_row = dynamically_quantized(self.path)
+
+    def _run(self, **batch: Any) -> torch.Tensor:
+        feed = {k: batch[k].cpu().numpy().astype(np.int64) for k in self.names}
+        return torch.from_numpy(self.session.run(None, feed)[0])
 
     def forward(self, **batch: Any) -> SequenceClassifierOutput:
         if "token_type_ids" in self.names and "token_type_ids" not in batch:  # single texts: one segment
             batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
-        feed = {k: batch[k].cpu().numpy().astype(np.int64) for k in self.names}
-        logits = torch.from_numpy(self.session.run(None, feed)[0])
+        mask = batch["attention_mask"]
+        batch = {k: batch[k] for k in self.names}
+        logits = row_by_row(self._run, batch, mask) if self.per_row else self._run(**batch)
         if self.reference is not None:
             with torch.no_grad():
                 ref = self.reference(**{k: batch[k] for k in self.names}).logits.float()
@@ -166,14 +205,18 @@ def make_variant(
         int8 = folder / "int8" / "model.onnx"
         int8.parent.mkdir()
         _quantize_onnx(fp32, int8)
-        notes = {"engine": _ort(), "quantization": "onnxruntime quantize_dynamic, QInt8 weights"}
+        notes = {
+            "engine": _ort(),
+            "quantization": "onnxruntime quantize_dynamic, QInt8 weights; dynamic activation scales, so one text "
+            "at a time (a text's answer never depends on the others in a batch)",
+        }
         return Variant(method, OnnxClassifier(int8, threads, reference=base), _files(int8.parent), notes)
     if method == "torch-int8":
         quantized = _torch_int8(base)
         path = folder / "model.int8.pt"
         torch.save(quantized.state_dict(), path)
-        notes = {"engine": f"torch {torch.__version__}", "quantization": _TORCH_INT8}
-        return Variant(method, quantized, [path], notes)
+        notes = {"engine": f"torch {torch.__version__}", "quantization": _TORCH_INT8 + "; one text at a time"}
+        return Variant(method, RowByRow(quantized), [path], notes)
     if method == "prune":
         pruned, kept = _prune(copy.deepcopy(base), sparsity)
         files = save_dense(pruned, folder)

@@ -389,10 +389,16 @@ def cmd_server(args: argparse.Namespace) -> int:
         print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
     elif args.action == "status":
         stack = server.status(folder)
-        if stack is None:
-            print(f"no stack is running from {folder.resolve()} (make server starts one)")
-            return 1
-        print(server.describe(stack))
+        if stack is not None:
+            print(server.describe(stack))
+            return 0
+        state = server.parts(folder)
+        for part, how in state.items():
+            print(f"{part}: {how}")
+        print(
+            f"the stack of {folder.resolve()} is not up: make server starts (or repairs) it, make server-stop stops it"
+        )
+        return 1
     else:  # url
         stack = server.status(folder)
         if stack is None:

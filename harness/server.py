@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import os
 import secrets
@@ -115,14 +116,61 @@ def _fail(what: str, proc: subprocess.CompletedProcess, secret: str = "") -> Run
     )
 
 
+def _postgres_can_enter(path: Path) -> bool:
+    """Whether PostgreSQL's user can reach `path` (as root it is the `postgres` user; otherwise it is us)."""
+    if os.geteuid() != 0:
+        return True
+    return _as_postgres(["test", "-x", str(path)]).returncode == 0
+
+
+def cluster_dir(folder: Path) -> Path:
+    """The project's cluster: `<folder>/pg`, or, when PostgreSQL's user cannot enter that folder (a checkout under
+    root's 0700 home, a `mktemp -d` folder), a folder of its own under /var/lib/harness (HARNESS_PG_ROOT) named after
+    the stack folder's path. The choice is kept in `<folder>/pg.location`, so stop and status find it."""
+    marker = folder / "pg.location"
+    if marker.exists():
+        return Path(marker.read_text().strip())
+    data = (folder / "pg").resolve()
+    if _postgres_can_enter(folder.resolve()):
+        return data
+    given = os.environ.get("HARNESS_PG_ROOT")
+    root = Path(given or "/var/lib/harness")
+    home = root / f"pg-{hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]}"
+    home.mkdir(parents=True, exist_ok=True)
+    if not given:
+        os.chmod(root, 0o755)  # ours: the postgres user passes through it to its own folder
+    subprocess.run(["chown", "postgres", str(home)], check=True)
+    os.chmod(home, 0o700)
+    if not _postgres_can_enter(home):
+        raise ConfigError(
+            f"PostgreSQL's user cannot enter {folder.resolve()} (a folder above it is closed to other users, such as "
+            f"a home folder with mode 700), nor {home}",
+            "run make server from a folder other users can enter, or set HARNESS_PG_ROOT to a folder postgres can",
+        )
+    marker.write_text(str(home / "pg"))
+    return home / "pg"
+
+
+def _pg_running(data: Path) -> Optional[int]:
+    """The port of the project's cluster if its postmaster is alive (postmaster.pid: pid on line 1, port on 4)."""
+    try:
+        lines = (data / "postmaster.pid").read_text().splitlines()
+        pid, port = int(lines[0]), int(lines[3])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return None
+    return port
+
+
 def start_postgres(folder: Path, port: int) -> str:
     """The project's own cluster (initialised once), started on 127.0.0.1; returns its URL (with the password)."""
     password = _secret(folder, "pg")
-    data = (folder / "pg").resolve()
+    data = cluster_dir(folder)
+    home = data.parent  # the stack folder, or the cluster's own folder when postgres cannot enter that one
     if os.geteuid() == 0:
-        subprocess.run(["chown", "postgres", str(folder.resolve())], check=True)
+        subprocess.run(["chown", "postgres", str(home)], check=True)
     if not (data / "PG_VERSION").exists():
-        pwfile = folder / "pg.pwfile"
+        pwfile = home / "pg.pwfile"
         pwfile.write_text(password + "\n")
         os.chmod(pwfile, 0o600)
         if os.geteuid() == 0:
@@ -146,7 +194,7 @@ def start_postgres(folder: Path, port: int) -> str:
             pwfile.unlink(missing_ok=True)
         if proc.returncode != 0:
             raise _fail("initdb", proc, password)
-    log = (folder / "pg.log").resolve()
+    log = (home / "pg.log").resolve()
     if os.geteuid() == 0 and log.exists():
         subprocess.run(["chown", "postgres", str(log)], check=True)
     proc = _as_postgres(
@@ -184,6 +232,14 @@ def _create_databases(url: str) -> None:
             for name in DATABASES:
                 if name not in have:
                     con.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    except sqlalchemy.exc.SQLAlchemyError as e:  # refused, wrong password, gone: one line, the password masked
+        lines = str(getattr(e, "orig", e) or e).strip().splitlines()
+        first = lines[0][:200] if lines else type(e).__name__
+        raise RunFailed(
+            f"PostgreSQL at {redact_uri(url)} does not take connections ({first})",
+            "see its log (.server/pg.log, or the folder pg.location names); make server-stop, then make server, "
+            "starts it again",
+        ) from None
     finally:
         engine.dispose()
 
@@ -247,6 +303,8 @@ def _wait_for(url: str, proc: subprocess.Popen, seconds: float, log: Path) -> No
 
 
 def start(folder: Path = FOLDER, mlflow_port: int = 5000, pg_port: int = 5433, auth: bool = False) -> Stack:
+    """Start what is not running, reuse what is: a cluster left running (its MLflow server died) keeps its port,
+    and a server process that no longer answers is stopped before a new one starts."""
     folder.mkdir(parents=True, exist_ok=True)
     running = status(folder)
     if running is not None:
@@ -254,10 +312,16 @@ def start(folder: Path = FOLDER, mlflow_port: int = 5000, pg_port: int = 5433, a
     pg_url = os.environ.get("PG_URL")
     port = None
     if not pg_url:
-        port = _free_port(pg_port)
-        pg_url = start_postgres(folder, port)
+        port = _pg_running(cluster_dir(folder))
+        if port is None:
+            port = _free_port(pg_port)
+            pg_url = start_postgres(folder, port)
+        else:
+            pg_url = f"postgresql://{USER}:{_secret(folder, 'pg')}@127.0.0.1:{port}"
+            _create_databases(pg_url)
     else:
         _create_databases(pg_url.rstrip("/"))
+    _stop_mlflow(folder)  # a server process that no longer answers
     stack = Stack(folder, _free_port(mlflow_port), port, pg_url.rstrip("/"), auth)
     start_mlflow(stack)
     _state_file(folder).write_text(
@@ -286,30 +350,69 @@ def _pg_url(folder: Path, info: dict) -> str:
     return f"postgresql://{USER}:{_secret(folder, 'pg')}@127.0.0.1:{info['pg_port']}"
 
 
+def _mlflow_pid(folder: Path) -> Optional[int]:
+    """The MLflow server process this folder started, if it is alive."""
+    try:
+        pid = int((folder / "mlflow.pid").read_text())
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # a child of this process that died is reaped, not counted as alive
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def _stop_mlflow(folder: Path) -> bool:
+    pid = _mlflow_pid(folder)
+    (folder / "mlflow.pid").unlink(missing_ok=True)
+    if pid is None:
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+        for _ in range(100):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # reap it when this process started it (else it lingers as a zombie)
+            os.kill(pid, 0)
+            time.sleep(0.1)
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return True
+
+
 def stop(folder: Path = FOLDER) -> list[str]:
-    """Stop the MLflow server (by its pid file) and the project's PostgreSQL cluster."""
+    """Stop whatever part of the stack is running: the MLflow server (by its pid file) and the project's cluster."""
     stopped = []
-    pid_file = folder / "mlflow.pid"
-    if pid_file.exists():
-        pid = int(pid_file.read_text())
-        try:
-            os.killpg(pid, signal.SIGTERM)
-            for _ in range(100):
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, os.WNOHANG)  # reap it when this process started it (else it lingers as a zombie)
-                os.kill(pid, 0)
-                time.sleep(0.1)
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        pid_file.unlink(missing_ok=True)
+    if _stop_mlflow(folder):
         stopped.append("mlflow server")
-    data = folder / "pg"
+    data = cluster_dir(folder) if folder.exists() else folder / "pg"
     if (data / "postmaster.pid").exists():
         _as_postgres([_pg_bin("pg_ctl"), "-D", str(data.resolve()), "-m", "fast", "-w", "stop"], timeout=60)
         stopped.append("postgresql")
     _state_file(folder).unlink(missing_ok=True)
     return stopped
+
+
+def parts(folder: Path = FOLDER) -> dict[str, str]:
+    """Each part of this folder's stack as it is now, in words (`harness server status`)."""
+    info = json.loads(_state_file(folder).read_text()) if _state_file(folder).exists() else {}
+    out = {}
+    stack = status(folder)
+    pid = _mlflow_pid(folder)
+    if stack is not None:
+        out["mlflow server"] = f"answering at {stack.tracking_uri}"
+    elif pid is not None:
+        out["mlflow server"] = f"process {pid} is alive but does not answer on port {info.get('mlflow_port', '?')}"
+    else:
+        out["mlflow server"] = "not running"
+    if info.get("external_pg"):
+        out["postgresql"] = "an existing server (PG_URL)"
+    else:
+        data = cluster_dir(folder) if folder.exists() else folder / "pg"
+        port = _pg_running(data)
+        where = f"cluster {data}"
+        out["postgresql"] = f"running on 127.0.0.1:{port} ({where})" if port else f"not running ({where})"
+    return out
 
 
 def describe(stack: Stack) -> str:

@@ -289,6 +289,52 @@ def test_basic_auth_server(stack, data_dir, tiny_model, tmp_path):
         shutil.rmtree(folder.parent, ignore_errors=True)
 
 
+def test_a_stack_under_a_closed_folder_and_half_dead_is_reported_and_repaired(monkeypatch, capsys):
+    """As root, a checkout under a folder PostgreSQL's user cannot enter (root's 0700 home, a mktemp -d folder): the
+    cluster goes where it can reach it. Then the MLflow server dies while PostgreSQL runs on: status says so part by
+    part, start reuses the cluster (same port) and starts the server again, stop stops every part."""
+    import signal
+
+    from harness import server
+
+    if os.geteuid() != 0:
+        require("runs as root (PostgreSQL then runs as its own user, who cannot enter a 0700 folder)")
+    home = Path(tempfile.mkdtemp(prefix="harness-home-"))  # mode 0700, like /root
+    pg_root = Path(tempfile.mkdtemp(prefix="harness-pgroot-"))
+    pg_root.chmod(0o755)
+    monkeypatch.setenv("HARNESS_PG_ROOT", str(pg_root))
+    monkeypatch.delenv("PG_URL", raising=False)
+    folder = home / "checkout" / ".server"
+    try:
+        stack = server.start(folder, mlflow_port=free_port(), pg_port=free_port())
+        data = server.cluster_dir(folder)
+        assert data.parent.parent == pg_root and (data / "PG_VERSION").is_file()
+        assert (folder / "pg.location").read_text() == str(data)
+        pg_port = stack.pg_port
+        os.killpg(int((folder / "mlflow.pid").read_text()), signal.SIGKILL)  # the server dies, PostgreSQL runs on
+        time.sleep(1)
+        assert server.parts(folder) == {
+            "mlflow server": "not running",
+            "postgresql": f"running on 127.0.0.1:{pg_port} (cluster {data})",
+        }
+        assert run_cli(["server", "status", "--folder", str(folder)]) == 1
+        out = capsys.readouterr().out
+        assert f"postgresql: running on 127.0.0.1:{pg_port}" in out and "mlflow server: not running" in out
+        again = server.start(folder, mlflow_port=free_port(), pg_port=free_port())
+        assert again.pg_port == pg_port and server.status(folder) is not None
+        MlflowClient(again.tracking_uri).search_experiments()  # it answers, on the same database
+        assert run_cli(["server", "status", "--folder", str(folder)]) == 0
+    finally:
+        stopped = server.stop(folder)
+    assert stopped == ["mlflow server", "postgresql"]
+    assert not (data / "postmaster.pid").exists() and server.parts(folder) == {
+        "mlflow server": "not running",
+        "postgresql": f"not running (cluster {data})",
+    }
+    shutil.rmtree(home, ignore_errors=True)
+    shutil.rmtree(pg_root, ignore_errors=True)
+
+
 # ---- the server goes away in the middle of a run ---------------------------------------------------------------------
 
 

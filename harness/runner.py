@@ -307,6 +307,15 @@ def _start(ctx: RunContext) -> None:
         f"[bold]{ctx.task.name}[/] · profile [bold]{cfg.profile}[/] · device [bold]{ctx.device}[/] · model "
         f"{cfg.model.name} · seed {cfg.seed}" + (f" · [yellow]resuming run {ctx.run_id}[/]" if ctx.resumed else "")
     )
+    processes = cfg.trainer.num_nodes * (cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1)
+    if processes > 1 and cfg.model.dropout != 0 and cfg.train:
+        note = (
+            f"each of the {processes} processes draws its own dropout masks for its slice of a step, so this run "
+            "takes the steps one process would take with the same global batch exactly only with model.dropout=0"
+        )
+        ctx.say(f"note: {note}")
+        if ctx.tracker is not None:
+            ctx.tracker.set_tags({"ddp.dropout": note})
 
 
 def _open_run(ctx: RunContext) -> dict[str, Any]:

@@ -40,6 +40,10 @@ def test_ddp_two_cpu_processes(data_dir, tiny_model, tracking_uri, tmp_path):
     assert m["test_examples"] == 96  # gathered from both ranks, no example lost or counted twice
     assert m["test_accuracy_ci_low"] <= m["test_accuracy"] <= m["test_accuracy_ci_high"]
     assert "val_accuracy" in m and len(client.get_metric_history(run.info.run_id, "train_loss")) >= 2
+    # dropout is on here: each rank draws its own masks, which the run says (the steps match one process's only
+    # with model.dropout=0, as the next test checks)
+    assert proc.stdout.count("note: each of the 2 processes draws its own dropout masks") == 1
+    assert run.data.tags["ddp.dropout"].startswith("each of the 2 processes draws its own dropout masks")
 
 
 def test_two_nodes_train_as_one_process_with_the_same_global_batch(data_dir, tiny_model, tmp_path):

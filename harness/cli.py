@@ -724,9 +724,18 @@ def _add_compress_command(sub: Any) -> None:
     c = sub.add_parser("compress", help="a compressed variant of a run's model: accuracy, size and latency")
     c.add_argument("run", help="the MLflow run whose logged model is compressed (trained with log_model=true)")
     c.add_argument("--method", required=True, choices=METHODS)
-    c.add_argument("--sparsity", type=float, default=0.5, help="prune: the share of backbone weights set to 0")
+    c.add_argument(
+        "--sparsity",
+        type=float,
+        default=0.5,
+        help="prune: the share of backbone weights set to 0; prune-structured: of feed-forward neurons removed",
+    )
     c.add_argument("--threads", type=int, help="CPU threads for inference and timing (default: the source run's)")
-    c.add_argument("--layers", type=int, help="distill: the student's layers, taken from the teacher (default: half)")
+    c.add_argument(
+        "--layers",
+        type=int,
+        help="distill: the student's layers, taken from the teacher (default: half); prune-structured: keep only N",
+    )
     c.add_argument("--student", help="distill: a student model sharing the teacher's tokenizer (instead of --layers)")
     c.add_argument("--temperature", type=float, default=2.0, help="distill: softmax temperature T (default 2)")
     c.add_argument("--alpha", type=float, default=0.5, help="distill: weight of the teacher's soft targets (0.5)")

@@ -126,6 +126,38 @@ def test_onnx_int8_is_smaller_and_compared_with_its_source(source):
     assert (alone["prob_positive"] - logged[texts[:12]].to_numpy()).abs().max() <= 1e-6
 
 
+def test_prune_structured_removes_neurons_and_vocabulary_for_real(source):
+    """Half the feed-forward neurons and every vocabulary row the training data does not use are gone from the saved
+    model (not zeros in a dense file), the pruned model recovers with the teacher, and, logged, it evaluates and
+    serves through the original tokenizer (its vocab_map)."""
+    import mlflow
+    import pandas as pd
+    from safetensors import safe_open
+
+    extra = ("log_model=true", "eval.prediction_text_chars=100000", "trainer.precision=32-true")  # served in fp32
+    run = _compress(source, "prune-structured", "--sparsity", "0.5", *extra)
+    m = _check_common(source, run, "prune-structured")
+    t = run.data.tags
+    assert t["harness.compress.feed_forward"] == "32 of 64 neurons per layer kept (norm importance)"
+    kept = int(t["harness.compress.vocabulary"].split(" of ")[0])
+    assert 1000 < kept < 30522 and t["harness.compress.vocabulary"].endswith("any other maps to [UNK])")
+    assert m["size_ratio"] > 1.5  # the tiny model is mostly its embedding table
+    assert "train_soft_loss" in run.data.metrics  # recovered against the teacher
+    client = source["client"]
+    weights = Path(client.download_artifacts(run.info.run_id, "model/artifacts/weights"))
+    with safe_open(str(weights / "model.safetensors"), "pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    assert shapes["bert.embeddings.word_embeddings.weight"] == (kept, 32)
+    assert shapes["bert.encoder.layer.0.intermediate.dense.weight"] == (32, 32)
+    assert (weights / "vocab_map.npy").is_file()
+    mlflow.set_tracking_uri(source["uri"])
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "predictions/test.json")).read_text())
+    table = pd.DataFrame(table["data"], columns=table["columns"])
+    out = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").predict(pd.DataFrame({"text": table["text"]}))
+    assert list(out["label"]) == list(table["prediction"])
+    assert (out["prob_positive"] - table["p_positive"]).abs().max() <= 1e-5
+
+
 @pytest.mark.slow
 def test_torch_int8(source):
     run = _compress(source, "torch-int8")

@@ -14,4 +14,7 @@ the command itself is `harness.compress.run.compress`.
 
 from __future__ import annotations
 
-METHODS = ("onnx", "onnx-int8", "torch-int8", "prune", "distill")  # distill: harness/compress/distill.py
+# distill: harness/compress/distill.py; prune-structured (neurons, vocabulary rows, layers, then a recovery fine-tune):
+# harness/compress/structured.py; prune: unstructured zeros in a dense file (no smaller, no faster; for comparison)
+METHODS = ("onnx", "onnx-int8", "torch-int8", "prune", "prune-structured", "distill")
+TRAINED = ("distill", "prune-structured")  # methods whose variant trains (on the source run's data and schedule)

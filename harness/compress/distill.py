@@ -71,8 +71,8 @@ class DistillStudent(L.Callback):
     """Before fitting: the module's model (the source run's, now the teacher) is replaced by the student, and the
     module trains on the distillation loss. At test start the trained student is the variant measured."""
 
-    def __init__(self, spec: DistillSpec, folder: Path, measure: Any):
-        self.spec, self.folder, self.measure = spec, folder, measure
+    def __init__(self, spec: DistillSpec, folder: Path, measure: Any, prune: Optional[float] = None):
+        self.spec, self.folder, self.measure, self.prune = spec, folder, measure, prune
         self.notes: dict[str, str] = {}
 
     def setup(self, trainer: L.Trainer, module: L.LightningModule, stage: str) -> None:
@@ -81,7 +81,16 @@ class DistillStudent(L.Callback):
         teacher = plain_model(module.model)
         teacher = copy.deepcopy(teacher) if teacher is module.model else teacher
         spec = self.spec
-        if spec.student:
+        if self.prune is not None:  # prune-structured: the teacher with neurons, vocabulary rows (and layers) removed
+            from transformers import AutoTokenizer
+
+            from harness.compress.structured import build_student
+
+            tokenizer = AutoTokenizer.from_pretrained(module.hparams["model_path"])
+            rows = trainer.datamodule.split_set("train")
+            student, removed = build_student(teacher, rows, tokenizer, self.prune, spec.layers)
+            self.notes.update(removed)
+        elif spec.student:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(module.hparams["model_path"])
@@ -105,10 +114,12 @@ class DistillStudent(L.Callback):
         )
 
     def on_test_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        method = "distill" if self.prune is None else "prune-structured"
         if self.measure.source is None:  # no training happened (train=false): nothing was distilled
-            raise ConfigError("--method distill trains a student", "leave train at its default (true)")
-        files = save_dense(module.model, self.folder)
-        self.measure.variant = Variant("distill", module.model, files, self.notes)
+            raise ConfigError(f"--method {method} trains a student", "leave train at its default (true)")
+        save_dense(module.model, self.folder)
+        files = sorted(p for p in self.folder.glob("*") if p.suffix in (".safetensors", ".npy"))
+        self.measure.variant = Variant(method, module.model, files, self.notes)
         self.measure.inputs = Inputs(module.inputs)
 
     def on_test_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Optional
 import lightning as L
 from mlflow.tracking import MlflowClient
 
-from harness.compress import METHODS
+from harness.compress import METHODS, TRAINED
 from harness.compress.distill import DistillSpec, DistillStudent
 from harness.compress.engines import ONNX_TOLERANCE, Variant, make_variant, plain_model, save_dense
 from harness.compress.measure import Inputs, speed
@@ -44,7 +44,7 @@ class SwapModel(L.Callback):
         self.inputs: Optional[Inputs] = None
 
     def on_test_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if self.method == "distill":  # the trained student is the variant (DistillStudent set it)
+        if self.method in TRAINED:  # the trained student is the variant (DistillStudent set it)
             return
         from transformers import AutoTokenizer
 
@@ -126,9 +126,13 @@ def _variant_tags(method: str, sparsity: float, distill: DistillSpec, given: dic
     """What tells variants of one method apart (their key in the variants table)."""
     if method == "prune":
         return {"sparsity": f"{sparsity:g}"}
+    epochs = given.get("trainer.max_epochs")
+    trained = f"-{epochs}ep" if epochs is not None else ""
     if method == "distill":
-        epochs = given.get("trainer.max_epochs")
-        return {"student_spec": distill.label() + (f"-{epochs}ep" if epochs is not None else "")}
+        return {"student_spec": distill.label() + trained}
+    if method == "prune-structured":
+        depth = f"-L{distill.layers}" if distill.layers is not None else ""
+        return {"sparsity": f"{sparsity:g}", "student_spec": f"ffn{sparsity:g}{depth}{trained}"}
     return {}
 
 
@@ -157,7 +161,7 @@ def compress(
 
     if method not in METHODS:
         raise ConfigError(f"unknown compression method '{method}'", f"use one of {', '.join(METHODS)}")
-    if method == "prune" and not 0 < sparsity < 1:
+    if method in ("prune", "prune-structured") and not 0 < sparsity < 1:
         raise ConfigError(f"--sparsity {sparsity:g} is not between 0 and 1", "e.g. --sparsity 0.5 (half the weights)")
     distill = distill or DistillSpec()
     distill.check()
@@ -176,7 +180,7 @@ def compress(
         distill.layers = _half_depth(MlflowClient(uri), source)  # the default, named (not "LNone")
     variant_tags = _variant_tags(method, sparsity, distill, given)
     name = "-".join([src.info.run_name or source[:8], method, *variant_tags.values()])
-    if method == "distill":  # the student trains like the source did, wherever the user trains
+    if method in TRAINED:  # the student trains like the source did, wherever the user trains
         fixed = ["train=true", f"model.name=runs:/{source}", f"trainer.num_threads={threads}"]
         cfg = resolve_run_config(
             task, [*_source_overrides(src, _TRAINING), *fixed, *overrides, f"tracking.run_name={name}"]
@@ -206,8 +210,9 @@ def compress(
     with tempfile.TemporaryDirectory(prefix="harness-compress-") as tmp:
         swap = SwapModel(method, Path(tmp), threads, sparsity)
         callbacks: list[Any] = [swap]
-        if method == "distill":
-            callbacks.insert(0, DistillStudent(distill, Path(tmp), swap))
+        if method in TRAINED:
+            prune = sparsity if method == "prune-structured" else None
+            callbacks.insert(0, DistillStudent(distill, Path(tmp), swap, prune=prune))
         result = run(cfg, task, extra_callbacks=callbacks)
     measured = dict(getattr(swap, "metrics", {}))
     if result.run_id:

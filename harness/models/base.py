@@ -13,12 +13,14 @@ layout load alike.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
 import torch
 from transformers import AutoConfig, get_scheduler
 
+from harness.compress.structured import Remapped, load_vocab_map
 from harness.models import transfer as transfer_modes
 from harness.models.loading import ResolvedModel, load_pretrained, resolve_model
 from harness.runtime import resolve_fused
@@ -81,6 +83,9 @@ class HarnessModule(L.LightningModule):
             self.newly_initialized = []
             transfer = None
         self.model, self.transfer_info = transfer_modes.apply(self.model, transfer, self.peft_task)
+        vocab_map = load_vocab_map(Path(weights.path))  # a model whose vocabulary was trimmed (prune-structured)
+        if vocab_map is not None:
+            self.model = Remapped(self.model, vocab_map)
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps whatever mode it finds
 
     # ---- training ------------------------------------------------------------------------------------------------

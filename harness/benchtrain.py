@@ -294,6 +294,17 @@ def trainer_side(model_dir: Path, rows: Any, spec: BenchSpec) -> dict[str, Any]:
     }
 
 
+def plain_step(net: Any, opt: Any, sched: Any, b: dict[str, Any], device: str, bf16: bool) -> None:
+    """One step of a bare loop: forward, backward, clip at 1.0, step, schedule, zero the gradients."""
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+        out = net(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["label"])
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0, foreach=True)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def plain_side(model_dir: Path, rows: Any, spec: BenchSpec) -> dict[str, Any]:
     """A plain PyTorch loop on the harness's own batches (its loader: length buckets padded to the profile's
     multiple) and settings (precision, fused AdamW, clipping at 1.0): forward, backward, clip, step, schedule, zero
@@ -329,13 +340,7 @@ def plain_side(model_dir: Path, rows: Any, spec: BenchSpec) -> dict[str, Any]:
             meter.start()
         b = {k: v.to(spec.device, non_blocking=True) for k, v in b.items()}
         meter.add(b["attention_mask"])
-        with torch.autocast(spec.device, dtype=torch.bfloat16, enabled=bf16):
-            out = net(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["label"])
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0, foreach=True)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        plain_step(net, opt, sched, b, spec.device, bf16)
     meter.stop()
     return {
         **meter.result(),

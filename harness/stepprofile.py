@@ -222,6 +222,8 @@ def plain_steps(model_dir: Path, rows: Any, window: StepWindow, batch_size: int)
     clip, step, schedule, zero the gradients."""
     from transformers import get_scheduler
 
+    from harness.benchtrain import plain_step
+
     task, cfg = _config(model_dir, batch_size, window.total, [])
     dm, module = _harness_parts(model_dir, rows, cfg, task)
     net = module.model
@@ -234,12 +236,7 @@ def plain_steps(model_dir: Path, rows: Any, window: StepWindow, batch_size: int)
             if step == window.total:
                 break
             window.tick(step)
-            out = net(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["label"])
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0, foreach=True)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            plain_step(net, opt, sched, b, "cpu", bf16=False)
             step += 1
     window.tick(step)
     return {**window.result(), "optimizer": f"AdamW (fused={cfg.optim.fused})"}

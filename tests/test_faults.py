@@ -9,6 +9,7 @@ unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -23,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -298,18 +300,26 @@ def test_missing_database_driver_for_the_store(store, capsys, tiny_model):
     assert "pip install pymysql" in o.error
 
 
-def test_read_only_sqlite_store(store, capsys, tiny_model, tmp_path):
-    """The store's file on a read-only filesystem (which stops root too): named, nothing written."""
-    folder = tmp_path / "ro"
+@contextlib.contextmanager
+def _read_only(folder: Path, fill: Any):
+    """A tmpfs at `folder`, filled by `fill(folder)`, then remounted read-only (which stops root too)."""
     folder.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)], capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a filesystem here to make read-only ({mounted.stderr.decode().strip()[:120]})")
     try:
-        db = folder / "mlruns.db"
-        shutil.copy(store.work / "mlruns.db", db)
-        before = db.read_bytes()
+        fill(folder)
         subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True, capture_output=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def test_read_only_sqlite_store(store, capsys, tiny_model, tmp_path):
+    """The store's file on a read-only filesystem (which stops root too): named, nothing written."""
+    db = tmp_path / "ro" / "mlruns.db"
+    with _read_only(db.parent, lambda f: shutil.copy(store.work / "mlruns.db", db)):
+        before = db.read_bytes()
         o = _store_case(store, capsys, tiny_model, f"sqlite:///{db}")
         assert o.error == (
             f"cannot use the tracking store sqlite:///{db}: {db} is read-only (runs cannot be "
@@ -317,8 +327,6 @@ def test_read_only_sqlite_store(store, capsys, tiny_model, tmp_path):
             "at a store that works; sqlite:///mlruns.db needs no server"
         )
         assert db.read_bytes() == before
-    finally:
-        subprocess.run(["umount", str(folder)], capture_output=True)
 
 
 def test_sqlite_store_locked_by_another_process(store, capsys, tiny_model, tmp_path):
@@ -994,16 +1002,9 @@ def test_read_only_study_storage(store, capsys, tiny_model, tmp_path):
     "unable to open database file"; nothing written, no run."""
     from harness.tuning.study import open_storage
 
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(folder)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a filesystem here to make read-only ({mounted.stderr.decode().strip()[:120]})")
-    try:
-        db = folder / "optuna.db"
-        open_storage(f"sqlite:///{db}").engine.dispose()  # a real, empty study database
+    db = tmp_path / "ro" / "optuna.db"
+    with _read_only(db.parent, lambda f: open_storage(f"sqlite:///{db}").engine.dispose()):  # a real, empty study
         before = db.read_bytes()
-        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True, capture_output=True)
         o = attempt(
             store, capsys, ["tune", "imdb", "--trials", "1", "--storage", f"sqlite:///{db}", *_args(store, tiny_model)]
         )
@@ -1014,5 +1015,3 @@ def test_read_only_study_storage(store, capsys, tiny_model, tmp_path):
         )
         no_run(o)
         assert db.read_bytes() == before
-    finally:
-        subprocess.run(["umount", str(folder)], capture_output=True)

@@ -105,6 +105,18 @@ def encoding_fingerprint(ds: Any, tokenizer: Any, settings: dict[str, Any]) -> s
     return h.hexdigest()[:32]
 
 
+def eval_sampler(ds: TokenizedDataset, d: Any) -> BucketBatchSampler:
+    """Evaluation batches from `data.*`: longest first, `eval_batch_size` examples or `eval_max_tokens` tokens."""
+    return BucketBatchSampler(
+        ds.lengths,
+        d.eval_batch_size,
+        shuffle=False,
+        bucketing=d.bucketing,
+        max_tokens=d.eval_max_tokens,
+        multiple=d.pad_to_multiple_of,
+    )
+
+
 def loader_options(d: Any) -> dict[str, Any]:
     """A DataLoader's worker and memory options from `data.*`, the same for every family and split."""
     return {
@@ -196,16 +208,7 @@ class HarnessDataModule(L.LightningDataModule):
 
     def eval_dataloader(self, split: str) -> DataLoader:
         ds = self.split_set(split)
-        d = self.cfg.data
-        sampler = BucketBatchSampler(
-            ds.lengths,
-            d.eval_batch_size,
-            shuffle=False,
-            bucketing=d.bucketing,
-            max_tokens=d.eval_max_tokens,
-            multiple=d.pad_to_multiple_of,
-        )
-        return self._loader(ds, sampler)
+        return self._loader(ds, eval_sampler(ds, self.cfg.data))
 
     def val_dataloader(self) -> Any:
         return self.eval_dataloader("validation") if "validation" in self.encoded else []

@@ -20,10 +20,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from harness.config import RunConfig, TaskSpec
-from harness.data.base import HarnessDataModule, TokenizedDataset, loader_options
+from harness.data.base import HarnessDataModule, TokenizedDataset, eval_sampler, loader_options
 from harness.data.generation import SequenceCollator
 from harness.data.nsp import PairBuilder, split_sentences
-from harness.data.sampler import BucketBatchSampler
 from harness.data.sources import TaskData
 
 
@@ -194,14 +193,7 @@ class LMDataModule(HarnessDataModule):
         d = self.cfg.data
         return DataLoader(
             ds,
-            batch_sampler=BucketBatchSampler(
-                ds.lengths,
-                d.eval_batch_size,
-                shuffle=False,
-                bucketing=d.bucketing,
-                max_tokens=d.eval_max_tokens,
-                multiple=d.pad_to_multiple_of,
-            ),
+            batch_sampler=eval_sampler(ds, d),
             collate_fn=self.collator(train=False),
             **loader_options(d),
         )

@@ -35,7 +35,7 @@ WHEELS ?= .wheels$(subst .,,$(PY))
 HAVE   ?= torch lightning pytorch-lightning transformers torchmetrics sacrebleu numpy
 EXCLUDE ?=
 
-.PHONY: test-papers gpu-bundle gpu-check gpu-sim server server-stop help setup setup-offline wheels eval tune probe compress serve check suite compare report test test-all lint format ui dashboard bench bench-train clean
+.PHONY: test-papers test-slow gpu-bundle gpu-check gpu-sim server server-stop help setup setup-offline wheels eval tune probe compress serve check suite compare report test test-all lint format ui dashboard bench bench-train clean
 
 help:
 	@echo "make setup                  create $(VENV) and install harness with its dependencies"
@@ -53,6 +53,7 @@ help:
 	@echo "make compare RUNS=\"A B\"     paired significance of run B (C, ...) against baseline run A"
 	@echo "make report OUT=report.html  a leaderboard of the runs in MLflow, with intervals and published references"
 	@echo "make test                   the test suite (fast tests; make test-all adds the slow ones)"
+	@echo "make test-slow              the slow tests (CI runs them too); make test-all: every test but the GPU ones"
 	@echo "make test-papers            ROUGE as papers report it: See et al. 2017's Table 1 from their outputs"
 	@echo "make lint                   ruff check + ruff format --check (CI runs it before the tests); make format fixes"
 	@echo "make server / server-stop   PostgreSQL + an MLflow server on 127.0.0.1 (AUTH=1: basic auth); see README"
@@ -143,6 +144,10 @@ format:
 # See et al. 2017's Table 1 from their released outputs with eval.rouge_engine=pyrouge (about 3 minutes; CI runs it)
 test-papers:
 	$(BIN)/python -m pytest -m papers $(PYTEST_ARGS) tests/test_rouge_papers.py
+
+# the slow tests (several processes and servers each, minutes in all); CI runs them after make test
+test-slow:
+	$(BIN)/python -m pytest -m "slow and not gpu" $(PYTEST_ARGS)
 
 test-all:
 	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import free_port, tiny_args
 from mlflow.tracking import MlflowClient
 
@@ -46,6 +47,7 @@ def test_ddp_two_cpu_processes(data_dir, tiny_model, tracking_uri, tmp_path):
     assert run.data.tags["ddp.dropout"].startswith("each of the 2 processes draws its own dropout masks")
 
 
+@pytest.mark.slow  # a minute of processes and servers: make test-slow, which CI runs
 def test_two_nodes_train_as_one_process_with_the_same_global_batch(data_dir, tiny_model, tmp_path):
     """`trainer.num_nodes=2`, started by hand on each "node" (two processes on 127.0.0.1, gloo, one thread each, each
     in its own folder as on its own machine) with batch 16 per node gives the test metrics of one process with batch

@@ -132,6 +132,7 @@ def test_a_study_on_postgres_with_workers_and_the_server(stack, data_dir, tiny_m
     assert sum(r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id for r in runs) >= 3
 
 
+@pytest.mark.slow  # a minute of processes and servers: make test-slow, which CI runs
 def test_workers_on_other_hosts_join_one_study_with_bounded_connections(stack, data_dir, tiny_model, tmp_path):
     """One coordinator and seven `--join` workers (eight processes, as on eight hosts) share a study on PostgreSQL;
     the study database never sees more than two connections per worker."""
@@ -181,6 +182,12 @@ def test_workers_on_other_hosts_join_one_study_with_bounded_connections(stack, d
     ]
     peak = 0
     with watch.connect() as con:
+        # the watch sees a connection to the study database when there is one (the workers' own are brief and may
+        # fall between two looks, so the watch itself is checked on one of ours)
+        mine = sqlalchemy.create_engine(stack.database("optuna"), pool_size=1)
+        with mine.connect():
+            assert con.execute(query).scalar() >= 1
+        mine.dispose()
         while coordinator.poll() is None or any(j.poll() is None for j in joiners):
             peak = max(peak, con.execute(query).scalar())
             time.sleep(0.5)
@@ -190,7 +197,7 @@ def test_workers_on_other_hosts_join_one_study_with_bounded_connections(stack, d
     assert all(j.returncode == 0 for j in joiners), [j.stderr.read()[-1000:] for j in joiners]
     limit = 8 * (POOL_SIZE + POOL_OVERFLOW)
     print(f"peak connections to the study database: {peak} (limit {limit})")
-    assert 0 < peak <= limit, (peak, limit)
+    assert peak <= limit, (peak, limit)
     import optuna
 
     states = [t.state.name for t in optuna.load_study(study_name="hosts", storage=storage).trials]
@@ -231,6 +238,7 @@ def test_journal_storage_for_workers_on_one_host(data_dir, tiny_model, tmp_path)
     assert sum(t.state.name == "COMPLETE" for t in study.trials) >= 2 and journal.stat().st_size > 0
 
 
+@pytest.mark.slow  # a minute of processes and servers: make test-slow, which CI runs
 def test_basic_auth_server(stack, data_dir, tiny_model, tmp_path):
     """MLflow's basic-auth app with a generated admin password: a run with the credentials works, one without is
     refused in seconds, and the password is shown nowhere."""

@@ -168,6 +168,7 @@ bench:
 	$(BIN)/python benchmarks/startup.py
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/rouge.py
+	$(BIN)/python benchmarks/loader.py
 
 bench-train:
 	$(BIN)/python benchmarks/train_throughput.py --device $(DEVICE) $(ARGS)

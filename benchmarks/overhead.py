@@ -34,6 +34,7 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     from harness.config import resolve_run_config
+    from harness.data.resident import batch_to
     from harness.data.sources import load_task_data
     from harness.families import get_family
     from harness.models.loading import resolve_model
@@ -66,7 +67,7 @@ def main() -> int:
     for i, b in enumerate(dm.train_dataloader()):
         if i == total:
             break
-        batches.append(b)
+        batches.append(batch_to(b, "cpu"))  # a plain dict of tensors, whether the split is resident or not
     bf16 = cfg.trainer.precision.startswith("bf16")
     print(
         f"{task.name}: {total} steps of batch {cfg.data.batch_size}, max length {cfg.data.max_length}, "

@@ -313,6 +313,7 @@ def plain_side(model_dir: Path, rows: Any, spec: BenchSpec) -> dict[str, Any]:
 
     from harness.data.base import Pretokenized
     from harness.data.classification import ClassificationDataModule
+    from harness.data.resident import batch_to
     from harness.models.classification import SequenceClassifier
     from harness.runtime import configure_runtime, resolve_device_settings
 
@@ -338,7 +339,7 @@ def plain_side(model_dir: Path, rows: Any, spec: BenchSpec) -> dict[str, Any]:
             break
         if step == spec.warmup:
             meter.start()
-        b = {k: v.to(spec.device, non_blocking=True) for k, v in b.items()}
+        b = batch_to(b, spec.device)  # the harness's batches, resident on the device or not
         meter.add(b["attention_mask"])
         plain_step(net, opt, sched, b, spec.device, bf16)
     meter.stop()

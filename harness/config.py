@@ -223,6 +223,10 @@ class DataConfig(Strict):
     # batch_size only sizes the length-sorted pools); eval_max_tokens likewise for evaluation (not generation)
     max_tokens: Optional[int] = Field(default=None, gt=0)
     eval_max_tokens: Optional[int] = Field(default=None, gt=0)
+    # each split's token matrices held as tensors on the training device (copied there once) and every batch gathered
+    # there by index, instead of padded on the host and copied each step: auto = on a GPU, for splits that fit in a
+    # fifth of its free memory; families that build batches on the host (masking, generation) keep them there
+    device_resident: Union[bool, Literal["auto"]] = only_for("classification", "extractive_qa", default="auto")
     bucketing: bool = True  # length-aware batches: shuffled buckets for training, sorted for evaluation
     bucket_multiplier: int = Field(default=50, gt=0)  # pool of batch_size*k examples sorted together
     pad_to_multiple_of: Optional[int] = Field(default=8, gt=0)
@@ -619,6 +623,12 @@ def resolve_run_config(task: TaskSpec, overrides: list[str] | None = None) -> Ru
         cfg = RunConfig.model_validate(merged)
     except ValidationError as e:
         raise validation_to_error(e, origins, "config") from None
+    if cfg.data.device_resident is True and not applies(DataConfig.model_fields["device_resident"], task.family):
+        raise ConfigError(
+            f"data.device_resident=true ({origins.get('data.device_resident', 'config')}): the {task.family} family "
+            "builds its batches on the host (random masking, generation), so they cannot be gathered on the device; "
+            "set data.device_resident=auto or false"
+        )
     if cfg.tracking.tracking_uri is None:
         cfg.tracking.tracking_uri = DEFAULT_TRACKING_URI
     return cfg

@@ -160,12 +160,14 @@ def _config(bundle: Bundle, device: str, extra: list[str]) -> Any:
 
     task = get_task(bundle.manifest["data"]["task"])
     # the same settings on either device (bf16 autocast, the fused optimizer with clipping, loader workers, pinned
-    # memory): a CPU dry run takes every branch the GPU run takes but the device's own (pinning needs a CUDA driver)
+    # memory): a CPU dry run takes every branch the GPU run takes but the device's own (pinning needs a CUDA driver);
+    # on a GPU data.device_resident=auto holds the splits there (they fit), so the dry run forces the same path
     overrides = [
         "profile=full",
         f"model.name={bundle.model_dir}",
         f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
         "trainer.devices=1",
+        *([] if device == "cuda" else ["data.device_resident=true"]),
         *extra,
     ]
     return task, resolve_run_config(task, overrides)
@@ -217,6 +219,7 @@ def run_phase(
     trainer.fit(module, datamodule=dm)
     fit_seconds = time.perf_counter() - fit_start
     trainer.test(module, dataloaders=dm.test_dataloader(), verbose=False)
+    record.log_params({"data.resident_splits": ",".join(s for s, on in dm.resident.items() if on) or "none"})
     out_t = module.test_outputs
     probs, labels = out_t["probs"].float(), out_t["label"].long()
 

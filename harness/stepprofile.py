@@ -223,6 +223,7 @@ def plain_steps(model_dir: Path, rows: Any, window: StepWindow, batch_size: int)
     from transformers import get_scheduler
 
     from harness.benchtrain import plain_step
+    from harness.data.resident import batch_to
 
     task, cfg = _config(model_dir, batch_size, window.total, [])
     dm, module = _harness_parts(model_dir, rows, cfg, task)
@@ -236,7 +237,7 @@ def plain_steps(model_dir: Path, rows: Any, window: StepWindow, batch_size: int)
             if step == window.total:
                 break
             window.tick(step)
-            plain_step(net, opt, sched, b, "cpu", bf16=False)
+            plain_step(net, opt, sched, batch_to(b, "cpu"), "cpu", bf16=False)
             step += 1
     window.tick(step)
     return {**window.result(), "optimizer": f"AdamW (fused={cfg.optim.fused})"}

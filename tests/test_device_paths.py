@@ -239,3 +239,91 @@ def test_the_monitors_dispatch_no_device_work_on_an_ordinary_step():
 
     with pytest.raises(RunFailed, match="the gradients became NaN or infinite at step 5"):
         check.on_train_batch_end(trainer, module, {"loss": loss}, batch, 10)
+
+
+# ---- the training set held on the device (data.device_resident; auto = on a GPU when it fits) ---------------------
+
+
+def _rows(n: int, pair: bool, seed: int = 0):
+    import numpy as np
+
+    from harness.data.base import TokenizedDataset
+
+    rng = np.random.default_rng(seed)
+    lens = rng.integers(1, 70, size=n)
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    seqs = {"input_ids": (rng.integers(5, 30000, size=offsets[-1]), offsets)}
+    if pair:
+        seqs["token_type_ids"] = (rng.integers(0, 2, size=offsets[-1]), offsets)
+        seqs["offset_start"] = (rng.integers(-1, 900, size=offsets[-1]), offsets)
+    return TokenizedDataset(seqs, {"_row": np.arange(n) * 3, "label": rng.integers(0, 2, n)})
+
+
+@pytest.mark.parametrize("pair", [False, True])
+@pytest.mark.parametrize("multiple", [None, 8, 64])
+def test_a_resident_batch_equals_the_host_collators_batch(pair, multiple):
+    """The same keys, values, shapes and dtypes as the host's padding, for any choice of rows (QA's offsets pad with
+    -1, like its collator)."""
+    from harness.data.base import PadCollator
+    from harness.data.resident import ResidentStore
+
+    ds = _rows(120, pair)
+    collator = PadCollator(0, multiple, {"offset_start": -1})
+    store = ResidentStore(ds, collator.pad_values, multiple)
+    for index in ([3, 7, 1], [0], list(range(120)), [119, 2, 2], [int(ds.lengths.argmin())]):
+        host, gathered = collator(ds.__getitems__(index)), store.batch(index).to("cpu")
+        assert sorted(host) == sorted(gathered)
+        for key in host:
+            assert host[key].dtype == gathered[key].dtype, key
+            assert torch.equal(host[key], gathered[key]), key
+        assert store.batch(index).tokens == int(host["attention_mask"].sum())
+
+
+def test_auto_holds_a_split_on_the_device_only_on_a_gpu_and_when_it_fits():
+    from harness.data.resident import FREE_MEMORY_SHARE, fits, resident_bytes
+
+    ds = _rows(100, pair=True)
+    width = -(-int(ds.lengths.max()) // 8) * 8
+    # input_ids, token_type_ids, offset_start and the mask as int64 matrices, plus two int64 scalars per row
+    assert resident_bytes(ds, 8) == 100 * width * 8 * 4 + 2 * 100 * 8
+    assert fits(1000, int(1000 / FREE_MEMORY_SHARE)) and not fits(1001, int(1000 / FREE_MEMORY_SHARE))
+
+
+def _losses_and_metrics(uri: str):
+    client, run = _finished_run(uri)
+    losses = [m.value for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    return run, losses
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_a_resident_training_set_trains_exactly_as_the_host_loader(precision, data_dir, tiny_model, tmp_path, capsys):
+    """`harness run` with the splits gathered on the device (forced on the CPU) against the ordinary loader: the same
+    batches in the same order, so the same loss at every logged step and the same test predictions."""
+    results = {}
+    for setting in ("false", "true"):
+        uri = f"sqlite:///{tmp_path / setting}.db"
+        args = tiny_args(
+            data_dir,
+            tiny_model,
+            uri,
+            **{"data.device_resident": setting, "trainer.precision": precision, "data.pad_to_multiple_of": "64"},
+        )
+        args.append(f"tracking.output_dir={tmp_path / setting}")
+        assert run_cli(["run", "imdb", *args]) == 0, capsys.readouterr().err
+        results[setting] = _losses_and_metrics(uri)
+    (host_run, host_losses), (dev_run, dev_losses) = results["false"], results["true"]
+    assert dev_run.data.params["data.device_resident"] == "true" and len(host_losses) >= 5
+    assert dev_run.data.tags["data.resident_splits"] == "train,validation,test"
+    assert host_run.data.tags["data.resident_splits"] == "none"
+    assert dev_losses == host_losses
+    for key in ("test_accuracy", "test_examples", "val_loss"):
+        assert dev_run.data.metrics[key] == host_run.data.metrics[key], key
+    # the step monitor counted the same real tokens (the resident batch brings its count from the host)
+    assert dev_run.data.metrics["train_padding_share"] == pytest.approx(host_run.data.metrics["train_padding_share"])
+
+
+def test_device_resident_true_on_a_family_that_builds_batches_on_the_host_is_one_line(capsys):
+    assert run_cli(["run", "mlm_imdb", "data.device_resident=true"]) == 2
+    err = capsys.readouterr().err
+    assert "data.device_resident=true (override 'data.device_resident=true')" in err
+    assert "set data.device_resident=auto or false" in err and "Traceback" not in err

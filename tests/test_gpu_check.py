@@ -138,6 +138,8 @@ def test_check_phases_record_runs_that_sync_into_mlflow(bundle, tmp_path, capsys
             r.data.tags["harness.recorded_offline"] == "true" and "MLflow" in r.data.tags["harness.gpu_check.left_out"]
         )
         assert r.data.params["split.train.rows"] == "32" and r.data.params["profile"] == "full"
+        # the GPU's path on the CPU: auto holds IMDB's splits on a GPU, so the dry run holds them on the device too
+        assert r.data.params["data.resident_splits"] == "train,validation,test"
         summary = json.loads(Path(client.download_artifacts(r.info.run_id, "gpu_check.json")).read_text())
         assert summary["estimates"]["accuracy"][0] == pytest.approx(m["test_accuracy"])
     assert on.data.params["data.bucketing"] == "true" and off.data.params["data.bucketing"] == "false"

@@ -17,8 +17,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from harness.config import RunConfig, TaskSpec
+from harness.data.resident import Indices, ResidentStore, fits_on_gpu, resident_bytes
 from harness.data.sampler import BucketBatchSampler
 from harness.data.sources import SplitData, TaskData
+from harness.errors import ConfigError
+from harness.runtime import device_type
 
 ENCODING_VERSION = "1"  # bump when an encode function changes, so cached tokenizations are not reused
 
@@ -145,6 +148,8 @@ class HarnessDataModule(L.LightningDataModule):
         self._resume: Optional[dict[str, int]] = None
         self._batches_done = 0
         self._count_epoch = -1
+        self._stores: dict[int, Optional[ResidentStore]] = {}  # data.device_resident: per split, once
+        self.resident: dict[str, bool] = {}  # split -> whether its loader gathers batches on the device
 
     # ---- family hook ---------------------------------------------------------------------------------------------
     def encode(self, batch: dict[str, list]) -> dict[str, list]:
@@ -178,8 +183,36 @@ class HarnessDataModule(L.LightningDataModule):
         pad = self.tokenizer.pad_token_id
         return PadCollator(pad if pad is not None else 0, self.cfg.data.pad_to_multiple_of)
 
-    def _loader(self, ds: TokenizedDataset, sampler: BucketBatchSampler) -> DataLoader:
+    def _loader(self, ds: TokenizedDataset, sampler: BucketBatchSampler, split: str) -> DataLoader:
+        store = self.resident_store(ds)
+        self.resident[split] = store is not None
+        if store is not None:  # batches are indices, gathered on the device (no workers: nothing left to do there)
+            return DataLoader(Indices(len(ds)), batch_sampler=sampler, collate_fn=store.batch, num_workers=0)
         return DataLoader(ds, batch_sampler=sampler, collate_fn=self.collator(), **loader_options(self.cfg.data))
+
+    def resident_store(self, ds: TokenizedDataset) -> Optional[ResidentStore]:
+        """`ds` held as device tensors when `data.device_resident` says so (auto: on a GPU, if it fits), else None."""
+        setting = self.cfg.data.device_resident
+        if setting is False:
+            return None
+        collator = self.collator()
+        if type(collator) is not PadCollator:  # masking / generation collators draw or build batches on the host
+            if setting is True:
+                raise ConfigError(
+                    f"data.device_resident=true: the {self.task.family} family builds its batches on the host "
+                    f"({type(collator).__name__}), so they cannot be gathered on the device; set "
+                    "data.device_resident=auto or false"
+                )
+            return None
+        key = id(ds)
+        if key not in self._stores:
+            device = device_type(self.cfg.trainer.accelerator)
+            size = resident_bytes(ds, collator.multiple)
+            if setting == "auto" and not (device == "cuda" and fits_on_gpu(size)):
+                self._stores[key] = None
+            else:
+                self._stores[key] = ResidentStore(ds, collator.pad_values, collator.multiple)
+        return self._stores[key]
 
     def split_set(self, split: str) -> TokenizedDataset:
         """The tokenized rows the train/validation/test loaders serve for `split` (a family may serve a view)."""
@@ -204,11 +237,11 @@ class HarnessDataModule(L.LightningDataModule):
             self._count_epoch = self._resume["epoch"]
             self._resume = None
         self._train_sampler = sampler
-        return self._loader(ds, sampler)
+        return self._loader(ds, sampler, "train")
 
     def eval_dataloader(self, split: str) -> DataLoader:
         ds = self.split_set(split)
-        return self._loader(ds, eval_sampler(ds, self.cfg.data))
+        return self._loader(ds, eval_sampler(ds, self.cfg.data), split)
 
     def val_dataloader(self) -> Any:
         return self.eval_dataloader("validation") if "validation" in self.encoded else []

@@ -21,6 +21,7 @@ import torch
 from transformers import AutoConfig, get_scheduler
 
 from harness.compress.structured import Remapped, load_vocab_map
+from harness.data.resident import ResidentBatch
 from harness.models import transfer as transfer_modes
 from harness.models.loading import ResolvedModel, load_pretrained, resolve_model
 from harness.runtime import resolve_fused
@@ -93,7 +94,11 @@ class HarnessModule(L.LightningModule):
         """A training batch's real (non-pad) tokens, counted on the host before it moves to the device (numpy on the
         loader's tensor: no device work, no aten call), for the step monitor's tokens/s."""
         trainer = self._trainer
-        if trainer is not None and trainer.training and isinstance(batch, dict) and "attention_mask" in batch:
+        if trainer is None or not trainer.training:
+            return batch
+        if isinstance(batch, ResidentBatch):  # a batch of a device-resident split: its count came with its indices
+            self.host_tokens += batch.tokens
+        elif isinstance(batch, dict) and "attention_mask" in batch:
             mask = batch["attention_mask"]
             self.host_tokens += int(mask.numpy().sum() if mask.device.type == "cpu" else mask.sum())
         return batch

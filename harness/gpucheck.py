@@ -13,10 +13,13 @@ Phases, in this order, each timed and recorded, one summary block at the end:
    samples/s, tokens/s, MFU, peak memory and the ratio, for the BERT-base shape (random weights) and the default
    model, at batch 32 and 128 on a GPU; at batch 32 the BERT-base shape also against a plain PyTorch loop on the
    harness's own batches;
-3. `imdb`: the `full` profile on IMDB (harness's classification module, data module, sampler and Trainer, as
+3. `steps`: where a training step's time goes (harness/stepprofile.py): the default model at the full profile's
+   batch, the harness vs the Trainer vs a plain loop, per optimizer step: wall time, aten operations, the kernels and
+   copies the GPU ran, the share of the step it was busy, and the host-device syncs;
+4. `imdb`: the `full` profile on IMDB (harness's classification module, data module, sampler and Trainer, as
    `harness run imdb profile=full`; the same tokenized rows), trained on the training split and tested on all 25,000
    test reviews: accuracy, F1, AUROC, ECE with 95% bootstrap intervals, wall time, training samples/s;
-4. `imdb-no-bucketing`: the same with `data.bucketing=false`, to show what length bucketing does.
+5. `imdb-no-bucketing`: the same with `data.bucketing=false`, to show what length bucketing does.
 
 The summary states the goals (bench-train >= 2x the Trainer at batch 32, at least the plain loop's speed, MFU >= 30%
 for the BERT-base shape at batch 128; the full IMDB profile >= 0.93 accuracy on 25,000 reviews in <= 30 s) against
@@ -285,7 +288,7 @@ def _params(cfg: Any, task: Any) -> dict[str, str]:
     return {**out, "task": task.name}
 
 
-PHASES = ("kernels", "bench-train", "imdb", "imdb-no-bucketing")
+PHASES = ("kernels", "bench-train", "steps", "imdb", "imdb-no-bucketing")
 # the GPU-speed issue's goals: >= 2x the Trainer at batch 32 (both models), MFU >= 30% for the BERT-base shape at
 # batch 128, the harness at least as fast as a plain loop (BERT-base, batch 32), and the full IMDB profile in <= 30 s
 # at >= 0.93 accuracy with an interval no lower than before (0.9265, measured at f9840d8)
@@ -375,6 +378,31 @@ def bench_phase(bundle: Bundle, device: str, opts: argparse.Namespace, kept: lis
     return result
 
 
+def steps_phase(bundle: Bundle, device: str, opts: argparse.Namespace, kept: list[str], record: Any) -> dict[str, Any]:
+    """Where a training step's time goes on this device (harness/stepprofile.py): the default model at the full
+    profile's batch, harness vs transformers.Trainer vs a plain loop; per optimizer step the wall time, the aten
+    operations dispatched, the kernels and copies the GPU ran and how busy it was, and the syncs."""
+    from harness import stepprofile
+
+    cuda = device == "cuda"  # sizes only: a CPU dry run profiles fewer, smaller steps of the same path
+    batch = opts.bench_batch_size or (32 if cuda else 4)
+    warmup, timed, profiled = (10, 30, 10) if cuda else (1, 3, 2)
+    rows = bundle.split("train", (warmup + timed + profiled + 1) * batch, opts.max_length)
+    p = stepprofile.profile(bundle.model_dir, rows, batch, warmup, timed, profiled, extra=kept, say=_say, device=device)
+    record.log_params({"batch_size": batch, "warmup": warmup, "timed": timed, "profiled": profiled})
+    record.log_metrics(
+        {
+            f"steps_{side}_{m}": float(v)
+            for side in stepprofile.SIDES
+            for m, v in p[side].items()
+            if isinstance(v, (int, float))
+        }
+        | {"steps_ops_vs_trainer": p["ops_vs_trainer"], "steps_host_vs_plain": p["host_vs_plain"]}
+    )
+    record.log_json("steps.json", p)
+    return p
+
+
 def bench_key(kind: str, batch_size: int) -> str:
     """The results key (and MLflow metric prefix) of one model at one batch size, e.g. bert-base-b32."""
     return f"{kind}-b{batch_size}"
@@ -395,6 +423,10 @@ def summary(done: dict[str, Any], device: str, total: float, failed: Optional[di
         lines += [f"bench-train (harness with: {' '.join(b['kept']) or 'defaults'})", benchtrain.table(b["results"])]
     if "kernels" in done:
         lines += ["kernels (the default model's training steps)", benchtrain.kernels_line(done["kernels"])]
+    if "steps" in done:
+        from harness import stepprofile
+
+        lines += ["steps (the default model: per optimizer step)", stepprofile.table(done["steps"])]
     imdb = [done[p] for p in ("imdb", "imdb-no-bucketing") if p in done]
     for r in imdb:
         acc = r["estimates"].get("accuracy")
@@ -562,6 +594,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 kept = done[phase]["kept"]
             elif phase == "bench-train":
                 done[phase] = bench_phase(bundle, device, args, kept, record)
+            elif phase == "steps":
+                done[phase] = steps_phase(bundle, device, args, kept, record)
             else:
                 extra = [*args.overrides, *kept, *(["data.bucketing=false"] if phase == "imdb-no-bucketing" else [])]
                 done[phase] = run_phase(bundle, phase, device, extra, limits, out, record)

@@ -8,8 +8,12 @@ Trainer and a plain PyTorch loop on the same tiny model and the same rows,
 - host-device syncs per step (`aten::item`: `.item()`, `float(t)`, `if t:` on a tensor), each of which stalls a
   GPU's queue.
 
-Used by `make bench-train DEVICE=cpu` (benchmarks/train_throughput.py). Goals (issue: GPU speed): the harness's
-operations per step <= the Trainer's; its host time per step <= 1.2x the plain loop's.
+On a GPU (the GPU check's `steps` phase) the same three sides also report, per optimizer step, the CUDA kernels
+and copies the device ran, the device time they took and its share of the step's wall time (how busy the GPU was:
+a low share means the step waits on the host), and the CUDA runtime's synchronizing calls.
+
+Used by `make bench-train DEVICE=cpu` (benchmarks/train_throughput.py) and the GPU check. Goals (issue: GPU speed):
+the harness's operations per step <= the Trainer's; its host time per step <= 1.2x the plain loop's.
 """
 
 from __future__ import annotations
@@ -71,6 +75,8 @@ NO_KERNEL = frozenset(
     }
 )
 SYNC = "aten::_local_scalar_dense"
+# CUDA runtime calls that wait for the device (a GPU profile's host-side events)
+CUDA_SYNCS = frozenset({"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize"})
 GOALS = {"ops_vs_trainer": 1.0, "host_vs_plain": 1.2}
 
 
@@ -78,11 +84,14 @@ class StepWindow:
     """Ticks at the start of each optimizer step (0-based) and once after the last: steps `warmup`..`warmup+timed`
     are timed, the `profiled` steps after them run under torch.profiler."""
 
-    def __init__(self, warmup: int, timed: int, profiled: int):
+    def __init__(self, warmup: int, timed: int, profiled: int, device: str = "cpu"):
         self.warmup, self.timed, self.profiled = warmup, timed, profiled
+        self.device = device
         self.ticks: list[float] = []
         self.prof: Any = None
         self.ops = self.syncs = 0
+        self.kernels = self.copies = self.cuda_syncs = 0
+        self.device_us = 0.0
         self.kinds: dict[str, int] = {}
 
     @property
@@ -93,7 +102,10 @@ class StepWindow:
         if self.warmup <= step <= self.warmup + self.timed and len(self.ticks) == step - self.warmup:
             self.ticks.append(time.perf_counter())
         if step == self.warmup + self.timed and self.prof is None:
-            self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if self.device == "cuda":  # kernel events need a CUDA device (the counting is tested on recorded events)
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            self.prof = torch.profiler.profile(activities=activities)
             self.prof.__enter__()
         if step == self.total and self.prof is not None:
             self.prof.__exit__(None, None, None)
@@ -107,6 +119,16 @@ class StepWindow:
         it, and on a GPU stay on the device)."""
         for e in events:
             name = e.name
+            if e.device_type == torch.autograd.DeviceType.CUDA:  # what the GPU ran: kernels, copies, fills
+                if name.startswith(("Memcpy", "Memset")):
+                    self.copies += 1
+                else:
+                    self.kernels += 1
+                self.device_us += e.time_range.elapsed_us()
+                continue
+            if name in CUDA_SYNCS:
+                self.cuda_syncs += 1
+                continue
             if not name.startswith("aten::") or _inside_aten(e):
                 continue
             if name in ("aten::item", SYNC):
@@ -121,12 +143,25 @@ class StepWindow:
             raise RuntimeError("the profiled steps never ran (fewer rows than the window needs?)")
         steps = [b - a for a, b in zip(self.ticks, self.ticks[1:])]
         top = sorted(self.kinds.items(), key=lambda kv: -kv[1])[:12]
-        return {
+        out = {
             "host_ms_per_step": 1000 * statistics.median(steps),
             "aten_ops_per_step": self.ops / self.profiled,
             "syncs_per_step": self.syncs / self.profiled,
             "top_ops_per_step": {k: v / self.profiled for k, v in top},
         }
+        if self.device == "cuda":
+            device_ms = self.device_us / 1000 / self.profiled
+            out.update(
+                {
+                    "kernels_per_step": self.kernels / self.profiled,
+                    "copies_per_step": self.copies / self.profiled,
+                    "device_ms_per_step": device_ms,
+                    # the GPU's share of a step's wall time spent running something (the rest it waited on the host)
+                    "device_busy_share": device_ms / out["host_ms_per_step"],
+                    "cuda_syncs_per_step": self.cuda_syncs / self.profiled,
+                }
+            )
+        return out
 
 
 def _inside_aten(e: Any) -> bool:
@@ -150,24 +185,27 @@ def tiny_bert(out: Path, tokenizer_dir: Path) -> Path:
     return out
 
 
-def _config(model_dir: Path, batch_size: int, steps: int, extra: list[str]) -> tuple[Any, Any]:
+def _config(model_dir: Path, batch_size: int, steps: int, extra: list[str], device: str = "cpu") -> tuple[Any, Any]:
     from harness.config import resolve_run_config
     from harness.registry import get_task
     from harness.runtime import resolve_device_settings
 
     task = get_task("imdb")
+    # a CPU: float32 and no loader workers on every side; a GPU: the full profile's settings (bf16, its loader)
+    settings = (
+        ["profile=full", "trainer.accelerator=gpu"]
+        if device == "cuda"
+        else ["profile=quick", "trainer.accelerator=cpu", "trainer.precision=32-true", "data.num_workers=0"]
+    )
     cfg = resolve_run_config(
         task,
         [
-            "profile=quick",
+            *settings,
             f"model.name={model_dir}",
             f"data.batch_size={batch_size}",
             f"trainer.max_steps={steps}",
             "trainer.max_epochs=1000",
-            "trainer.accelerator=cpu",
             "trainer.devices=1",
-            "trainer.precision=32-true",
-            "data.num_workers=0",
             *extra,
         ],
     )
@@ -192,7 +230,9 @@ def _harness_parts(model_dir: Path, rows: Any, cfg: Any, task: Any) -> tuple[Any
     return dm, module
 
 
-def harness_steps(model_dir: Path, rows: Any, window: StepWindow, batch_size: int, extra: list[str]) -> dict:
+def harness_steps(
+    model_dir: Path, rows: Any, window: StepWindow, batch_size: int, extra: list[str], device: str = "cpu"
+) -> dict:
     """`Trainer.fit` as a run does it (the run's Trainer, callbacks and data module; no tracking store, no
     checkpoint files: their cost is not per step)."""
     import lightning as L
@@ -200,7 +240,7 @@ def harness_steps(model_dir: Path, rows: Any, window: StepWindow, batch_size: in
     from harness.runtime import configure_runtime
     from harness.training import RunFolder, build_trainer
 
-    task, cfg = _config(model_dir, batch_size, window.total, extra)
+    task, cfg = _config(model_dir, batch_size, window.total, extra, device)
     configure_runtime(cfg)
     dm, module = _harness_parts(model_dir, rows, cfg, task)
 
@@ -217,7 +257,7 @@ def harness_steps(model_dir: Path, rows: Any, window: StepWindow, batch_size: in
     return {**window.result(), "optimizer": f"AdamW (fused={cfg.optim.fused})"}
 
 
-def plain_steps(model_dir: Path, rows: Any, window: StepWindow, batch_size: int) -> dict:
+def plain_steps(model_dir: Path, rows: Any, window: StepWindow, batch_size: int, device: str = "cpu") -> dict:
     """The floor: the same model, batches (the harness's loader) and optimizer, in a bare loop: forward, backward,
     clip, step, schedule, zero the gradients."""
     from transformers import get_scheduler
@@ -225,10 +265,11 @@ def plain_steps(model_dir: Path, rows: Any, window: StepWindow, batch_size: int)
     from harness.benchtrain import plain_step
     from harness.data.resident import batch_to
 
-    task, cfg = _config(model_dir, batch_size, window.total, [])
+    task, cfg = _config(model_dir, batch_size, window.total, [], device)
     dm, module = _harness_parts(model_dir, rows, cfg, task)
-    net = module.model
+    net = module.model.to(device)
     net.train()
+    bf16 = cfg.trainer.precision.startswith("bf16")
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, fused=bool(cfg.optim.fused))
     sched = get_scheduler("linear", opt, num_warmup_steps=window.total // 10, num_training_steps=window.total)
     step = 0
@@ -237,13 +278,13 @@ def plain_steps(model_dir: Path, rows: Any, window: StepWindow, batch_size: int)
             if step == window.total:
                 break
             window.tick(step)
-            plain_step(net, opt, sched, batch_to(b, "cpu"), "cpu", bf16=False)
+            plain_step(net, opt, sched, batch_to(b, device), device, bf16=bf16)
             step += 1
     window.tick(step)
     return {**window.result(), "optimizer": f"AdamW (fused={cfg.optim.fused})"}
 
 
-def trainer_steps(model_dir: Path, rows: Any, window: StepWindow, batch_size: int) -> dict:
+def trainer_steps(model_dir: Path, rows: Any, window: StepWindow, batch_size: int, device: str = "cpu") -> dict:
     """transformers.Trainer with its defaults (its optimizer, padding to each batch's longest row)."""
     from transformers import (
         AutoModelForSequenceClassification,
@@ -256,7 +297,7 @@ def trainer_steps(model_dir: Path, rows: Any, window: StepWindow, batch_size: in
 
     from harness.benchtrain import Rows
 
-    _, cfg = _config(model_dir, batch_size, window.total, [])
+    _, cfg = _config(model_dir, batch_size, window.total, [], device)
     torch.manual_seed(cfg.seed)
     model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=2, dtype=torch.float32)
 
@@ -274,7 +315,8 @@ def trainer_steps(model_dir: Path, rows: Any, window: StepWindow, batch_size: in
             max_steps=window.total,
             learning_rate=cfg.optim.lr,
             warmup_steps=window.total // 10,
-            use_cpu=True,
+            use_cpu=device != "cuda",
+            bf16=device == "cuda",
             save_strategy="no",
             logging_steps=50,
             report_to=[],
@@ -298,13 +340,15 @@ def profile(
     profiled: int = 10,
     extra: Optional[list[str]] = None,
     say: Any = print,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """The three sides on the same model and rows, then the ratios the goals judge."""
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"device": device}
     for side, fn in SIDES.items():
         say(f"   {side}: {warmup} warm-up, {timed} timed and {profiled} profiled steps of {batch_size}")
-        window = StepWindow(warmup, timed, profiled)
-        out[side] = fn(model_dir, rows, window, batch_size, *([extra or []] if side == "harness" else []))
+        window = StepWindow(warmup, timed, profiled, device)
+        own = [extra or []] if side == "harness" else []
+        out[side] = fn(model_dir, rows, window, batch_size, *own, device=device)
     out["ops_vs_trainer"] = out["harness"]["aten_ops_per_step"] / out["trainer"]["aten_ops_per_step"]
     out["host_vs_plain"] = out["harness"]["host_ms_per_step"] / out["plain"]["host_ms_per_step"]
     out["goals"] = {
@@ -315,17 +359,26 @@ def profile(
 
 
 def table(p: dict[str, Any]) -> str:
-    lines = [f"{'side':10} {'host ms/step':>13} {'aten ops/step':>14} {'syncs/step':>11}  optimizer"]
+    gpu = "kernels_per_step" in p["harness"]
+    # on a GPU a step's wall time: the host runs ahead until something waits for the device
+    head = f"{'side':10} {'ms/step' if gpu else 'host ms/step':>13} {'aten ops/step':>14} {'syncs/step':>11}"
+    if gpu:
+        head += f" {'kernels/step':>13} {'copies/step':>12} {'GPU ms/step':>12} {'GPU busy':>9} {'cuda syncs':>11}"
+    lines = [head + "  optimizer"]
     for side in SIDES:
         r = p[side]
-        lines.append(
-            f"{side:10} {r['host_ms_per_step']:13.2f} {r['aten_ops_per_step']:14.1f} {r['syncs_per_step']:11.2f}  "
-            f"{r['optimizer']}"
-        )
+        line = f"{side:10} {r['host_ms_per_step']:13.2f} {r['aten_ops_per_step']:14.1f} {r['syncs_per_step']:11.2f}"
+        if gpu:
+            line += (
+                f" {r['kernels_per_step']:13.1f} {r['copies_per_step']:12.1f} {r['device_ms_per_step']:12.2f}"
+                f" {100 * r['device_busy_share']:8.0f}% {r['cuda_syncs_per_step']:11.2f}"
+            )
+        lines.append(f"{line}  {r['optimizer']}")
     ok = p["goals"]
+    clock = "wall" if gpu else "host"
     lines.append(
         f"harness ops/step = {p['ops_vs_trainer']:.2f}x the Trainer's (goal <= 1.0: "
-        f"{'met' if ok['ops_vs_trainer'] else 'MISSED'}); host time/step = {p['host_vs_plain']:.2f}x the plain "
+        f"{'met' if ok['ops_vs_trainer'] else 'MISSED'}); {clock} time/step = {p['host_vs_plain']:.2f}x the plain "
         f"loop's (goal <= 1.2: {'met' if ok['host_vs_plain'] else 'MISSED'})"
     )
     return "\n".join(lines)

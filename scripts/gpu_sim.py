@@ -133,14 +133,19 @@ def main() -> int:
         raise SystemExit(f"gpu-sim: expected 2 finished runs in {uri}, found {len(runs)}")
     exp = client.get_experiment_by_name("bench-train")
     bench = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])} if exp else {}
-    if sorted(bench) != ["gpu-check-bench-train", "gpu-check-kernels"]:
-        raise SystemExit(f"gpu-sim: expected the kernels and bench-train runs in {uri}, found {sorted(bench)}")
+    if sorted(bench) != ["gpu-check-bench-train", "gpu-check-kernels", "gpu-check-steps"]:
+        raise SystemExit(f"gpu-sim: expected the kernels, bench-train and steps runs in {uri}, found {sorted(bench)}")
     m = bench["gpu-check-bench-train"].data.metrics
     kept = bench["gpu-check-kernels"].data.tags["harness.gpu_check.kept"]
     print(
         f"   synced bench-train: harness/Trainer {m['small-b4_ratio_samples_per_sec']:.2f}x (small), "
         f"{m['bert-base-b4_ratio_samples_per_sec']:.2f}x (bert-base), harness/plain loop "
         f"{m['bert-base-b4_ratio_plain_samples_per_sec']:.2f}x; kernels kept: {kept}"
+    )
+    s = bench["gpu-check-steps"].data.metrics
+    print(
+        f"   synced steps: harness {s['steps_harness_aten_ops_per_step']:.0f} aten ops/step "
+        f"({s['steps_ops_vs_trainer']:.2f}x the Trainer's), {s['steps_host_vs_plain']:.2f}x the plain loop's time"
     )
     print(f"gpu-sim: the bare-host path works ({time.perf_counter() - started:.0f} s)")
     return 0

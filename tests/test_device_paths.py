@@ -327,3 +327,49 @@ def test_device_resident_true_on_a_family_that_builds_batches_on_the_host_is_one
     err = capsys.readouterr().err
     assert "data.device_resident=true (override 'data.device_resident=true')" in err
     assert "set data.device_resident=auto or false" in err and "Traceback" not in err
+
+
+def test_the_step_profile_counts_what_a_gpu_ran_from_its_profiler_events():
+    """A GPU profile holds device events (kernels, copies) beside the host's; the CUDA activity itself needs a GPU, so
+    the counting is checked on events shaped as torch.profiler gives them (name, device type, time range, parent)."""
+    from torch.autograd import DeviceType
+
+    from harness.stepprofile import StepWindow
+
+    def event(name, device=DeviceType.CPU, us=0.0, parent=None):
+        return SimpleNamespace(
+            name=name, device_type=device, time_range=SimpleNamespace(elapsed_us=lambda: us), cpu_parent=parent
+        )
+
+    mm = event("aten::mm")
+    events = [
+        mm,
+        event("aten::addmm", parent=mm),  # inside another aten call: not counted twice
+        event("aten::_local_scalar_dense"),
+        event("cudaLaunchKernel", parent=mm),
+        event("cudaStreamSynchronize"),
+        event("ampere_bf16_s16816gemm", DeviceType.CUDA, 300.0),
+        event("void at::native::vectorized_elementwise_kernel", DeviceType.CUDA, 20.0),
+        event("Memcpy HtoD (Pageable -> Device)", DeviceType.CUDA, 80.0),
+    ]
+    window = StepWindow(0, 2, 2, device="cuda")
+    window._count(events)
+    window.ticks, window.prof = [0.0, 0.004, 0.008], False  # 4 ms steps
+    r = window.result()
+    assert (window.ops, window.syncs) == (2, 1)  # aten::mm and the item; the kernel launch is not an aten op
+    assert r["kernels_per_step"] == 1.0 and r["copies_per_step"] == 0.5 and r["cuda_syncs_per_step"] == 0.5
+    assert r["device_ms_per_step"] == pytest.approx(0.2) and r["device_busy_share"] == pytest.approx(0.05)
+    # a CPU profile reports none of the device's columns
+    cpu = StepWindow(0, 2, 2)
+    cpu._count(events[:3])
+    cpu.ticks, cpu.prof = [0.0, 0.004, 0.008], False
+    assert "kernels_per_step" not in cpu.result()
+    # and the GPU check's summary shows them for every side
+    from harness.stepprofile import table
+
+    side = {**r, "optimizer": "AdamW (fused=True)"}
+    text = table(
+        {"harness": side, "trainer": side, "plain": side, "ops_vs_trainer": 1.0, "host_vs_plain": 1.0}
+        | {"goals": {"ops_vs_trainer": True, "host_vs_plain": True}}
+    )
+    assert "kernels/step" in text and "GPU busy" in text and "     5%" in text and "ms/step" in text

@@ -112,8 +112,9 @@ def test_check_phases_record_runs_that_sync_into_mlflow(bundle, tmp_path, capsys
     assert "small-b4 ratio harness/Trainer" in text and "goals: not judged" in text
     assert "flash" in text and "efficient" not in text  # the CPU's own flash kernel is measured
     assert (out / "summary.txt").read_text().startswith("== gpu-check summary")
+    assert "steps (the default model: per optimizer step)" in text and "harness ops/step = " in text
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    for phase in ("kernels", "bench-train", "imdb", "imdb-no-bucketing"):
+    for phase in ("kernels", "bench-train", "steps", "imdb", "imdb-no-bucketing"):
         assert run_cli(["sync", str(out / "runs" / phase), "--tracking-uri", uri]) == 0
     client = MlflowClient(uri)
     bench = {
@@ -124,6 +125,11 @@ def test_check_phases_record_runs_that_sync_into_mlflow(bundle, tmp_path, capsys
         m["small-b4_harness_samples_per_sec"] / m["small-b4_trainer_samples_per_sec"]
     )
     assert 0 < m["small-b4_harness_mfu"] and 0 <= m["small-b4_trainer_padding_share"] < 1
+    steps = bench["gpu-check-steps"].data.metrics
+    assert steps["steps_harness_aten_ops_per_step"] > 0 and steps["steps_plain_host_ms_per_step"] > 0
+    assert steps["steps_ops_vs_trainer"] == pytest.approx(
+        steps["steps_harness_aten_ops_per_step"] / steps["steps_trainer_aten_ops_per_step"]
+    )
     k = bench["gpu-check-kernels"]
     assert k.data.metrics["kernels_auto_speedup"] == 1.0 and "kernels_eager_samples_per_sec" in k.data.metrics
     assert k.data.tags["harness.gpu_check.kept"] in ("defaults", "model.attn_implementation=eager")

@@ -158,6 +158,14 @@ def test_prune_structured_removes_neurons_and_vocabulary_for_real(source):
     assert (out["prob_positive"] - table["p_positive"]).abs().max() <= 1e-5
 
 
+def test_a_test_split_held_on_the_device_compresses_as_on_the_host(source):
+    """On a GPU data.device_resident=auto holds the test split there and the loader yields index batches; the variant
+    builder reads the first batch's input names from it (forced here on the CPU)."""
+    run = _compress(source, "onnx", "data.device_resident=true")
+    m = _check_common(source, run, "onnx")
+    assert run.data.tags["data.resident_splits"] == "test" and m["logits_max_abs_diff_vs_torch"] < 1e-3
+
+
 @pytest.mark.slow
 def test_torch_int8(source):
     run = _compress(source, "torch-int8")

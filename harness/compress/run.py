@@ -40,8 +40,11 @@ class SwapModel(L.Callback):
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(module.hparams["model_path"])
+        from harness.data.resident import batch_to
+
         loader = trainer.test_dataloaders
-        first = next(iter(loader[0] if isinstance(loader, list) else loader))
+        # a split held on the device yields index batches: gathered, they have the fields the model reads
+        first = batch_to(next(iter(loader[0] if isinstance(loader, list) else loader)), "cpu")
         names = [k for k in module.inputs if k in first]
         self.source = plain_model(module.model).eval()
         self.variant = make_variant(

@@ -224,8 +224,9 @@ class DataConfig(Strict):
     max_tokens: Optional[int] = Field(default=None, gt=0)
     eval_max_tokens: Optional[int] = Field(default=None, gt=0)
     # each split's token matrices held as tensors on the training device (copied there once) and every batch gathered
-    # there by index, instead of padded on the host and copied each step: auto = on a GPU, for splits that fit in a
-    # fifth of its free memory; families that build batches on the host (masking, generation) keep them there
+    # there by index, instead of padded on the host and copied each step: auto = on a GPU, for the splits that fit
+    # (all held together within a fifth of the memory free before them); families that build batches on the host
+    # (masking, generation) keep them there
     device_resident: Union[bool, Literal["auto"]] = only_for("classification", "extractive_qa", default="auto")
     bucketing: bool = True  # length-aware batches: shuffled buckets for training, sorted for evaluation
     bucket_multiplier: int = Field(default=50, gt=0)  # pool of batch_size*k examples sorted together

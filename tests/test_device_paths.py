@@ -280,13 +280,16 @@ def test_a_resident_batch_equals_the_host_collators_batch(pair, multiple):
 
 
 def test_auto_holds_a_split_on_the_device_only_on_a_gpu_and_when_it_fits():
-    from harness.data.resident import FREE_MEMORY_SHARE, fits, resident_bytes
+    from harness.data.resident import FREE_MEMORY_SHARE, ResidentStore, fits, resident_bytes
 
     ds = _rows(100, pair=True)
     width = -(-int(ds.lengths.max()) // 8) * 8
     # input_ids, token_type_ids, offset_start and the mask as int64 matrices, plus two int64 scalars per row
     assert resident_bytes(ds, 8) == 100 * width * 8 * 4 + 2 * 100 * 8
     assert fits(1000, int(1000 / FREE_MEMORY_SHARE)) and not fits(1001, int(1000 / FREE_MEMORY_SHARE))
+    # the splits share one budget: what is already held counts, against the memory that was free before it
+    assert fits(500, 4500, held=500) and not fits(501, 4500, held=500)
+    assert ResidentStore(ds, {}, 8).nbytes == resident_bytes(ds, 8)
 
 
 def _losses_and_metrics(uri: str):

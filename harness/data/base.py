@@ -208,7 +208,8 @@ class HarnessDataModule(L.LightningDataModule):
         if key not in self._stores:
             device = device_type(self.cfg.trainer.accelerator)
             size = resident_bytes(ds, collator.multiple)
-            if setting == "auto" and not (device == "cuda" and fits_on_gpu(size)):
+            held = sum(s.nbytes for s in self._stores.values() if s is not None)
+            if setting == "auto" and not (device == "cuda" and fits_on_gpu(size, held)):
                 self._stores[key] = None
             else:
                 self._stores[key] = ResidentStore(ds, collator.pad_values, collator.multiple)

@@ -11,6 +11,7 @@ moves.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
 import numpy as np
@@ -31,15 +32,24 @@ def resident_bytes(ds: Any, multiple: Optional[int]) -> int:
     return n * width * 8 * (len(ds.sequences) + 1) + sum(np.asarray(v).nbytes for v in ds.scalars.values())
 
 
-def fits_on_gpu(size: int) -> bool:
-    """Whether `size` bytes are at most FREE_MEMORY_SHARE of the current GPU's free memory."""
-    # asks the CUDA driver: called only when the run's device is a GPU (a CPU test forces residency with `true`)
-    free, _total = torch.cuda.mem_get_info()
-    return fits(size, free)
+def fits_on_gpu(size: int, held: int = 0) -> bool:
+    """Whether `size` more bytes keep the splits held on this process's GPU (`held` bytes so far) within
+    FREE_MEMORY_SHARE of the memory that was free before any of them."""
+    # asks the CUDA driver: called only when the run's device is a GPU (a CPU test forces residency with `true`).
+    # Before Lightning picks this rank's device (an evaluation under torchrun), the local rank names it, so no
+    # process opens a context on GPU 0 that it will not use
+    index = (
+        torch.cuda.current_device()
+        if torch.cuda.is_initialized()
+        else int(os.environ.get("LOCAL_RANK", "0")) % max(torch.cuda.device_count(), 1)
+    )
+    free, _total = torch.cuda.mem_get_info(index)
+    return fits(size, free, held)
 
 
-def fits(size: int, free: int) -> bool:
-    return size <= FREE_MEMORY_SHARE * free
+def fits(size: int, free: int, held: int = 0) -> bool:
+    """`size` more bytes on top of `held` stay within FREE_MEMORY_SHARE of what was free before (`free` + `held`)."""
+    return held + size <= FREE_MEMORY_SHARE * (free + held)
 
 
 class ResidentStore:
@@ -67,6 +77,7 @@ class ResidentStore:
         for key, v in ds.scalars.items():
             host[key] = torch.as_tensor(np.asarray(v))
         self._on: dict[str, dict[str, torch.Tensor]] = {"cpu": host}
+        self.nbytes = sum(t.numel() * t.element_size() for t in host.values())
 
     def on(self, device: Any) -> dict[str, torch.Tensor]:
         """The matrices on `device`, copied there the first time it is asked for."""

@@ -14,9 +14,19 @@ from mlflow.tracking import MlflowClient
 HERE = Path(__file__).parent
 
 
-def test_killed_run_resumes_in_same_mlflow_run(data_dir, tiny_model, tracking_uri, tmp_path):
+@pytest.mark.parametrize(
+    "resident",
+    [
+        "false",
+        # the splits held on the device (auto on a GPU) resume mid-epoch on the same batches (make test-slow)
+        pytest.param("true", marks=pytest.mark.slow),
+    ],
+)
+def test_killed_run_resumes_in_same_mlflow_run(resident, data_dir, tiny_model, tracking_uri, tmp_path):
     # 160 training rows / batch 16 = 10 steps, 2 epochs = 20 steps; checkpoints every 4 steps
-    args = tiny_args(data_dir, tiny_model, tracking_uri, **{"trainer.max_epochs": "2"})
+    args = tiny_args(
+        data_dir, tiny_model, tracking_uri, **{"trainer.max_epochs": "2", "data.device_resident": resident}
+    )
 
     # reference: the same config, uninterrupted, in another experiment
     assert run_cli(["run", "imdb", *args, "tracking.experiment=reference"]) == 0

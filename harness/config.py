@@ -625,14 +625,18 @@ def resolve_run_config(task: TaskSpec, overrides: list[str] | None = None) -> Ru
     except ValidationError as e:
         raise validation_to_error(e, origins, "config") from None
     if cfg.data.device_resident is True and not applies(DataConfig.model_fields["device_resident"], task.family):
-        raise ConfigError(
-            f"data.device_resident=true ({origins.get('data.device_resident', 'config')}): the {task.family} family "
-            "builds its batches on the host (random masking, generation), so they cannot be gathered on the device; "
-            "set data.device_resident=auto or false"
-        )
+        raise device_resident_refused(task.family, origins.get("data.device_resident", "config"))
     if cfg.tracking.tracking_uri is None:
         cfg.tracking.tracking_uri = DEFAULT_TRACKING_URI
     return cfg
+
+
+def device_resident_refused(family: str, origin: str) -> ConfigError:
+    """`data.device_resident=true` for a family whose batches are drawn or built on the host."""
+    return ConfigError(
+        f"data.device_resident=true ({origin}): the {family} family builds its batches on the host (random masking, "
+        "generation), so they cannot be gathered on the device; set data.device_resident=auto or false"
+    )
 
 
 def redact_uri(uri: str) -> str:

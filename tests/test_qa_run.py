@@ -100,22 +100,28 @@ def test_baseline_run_is_in_the_same_experiment(runs):
     assert run.data.params["split.test.digest"] == trained["split.test.digest"]
 
 
-def test_logged_model_evaluates_to_the_same_numbers(runs, tmp_path):
-    uri, trained = runs["uri"], runs["trained"]
+def _eval_trained(runs: dict, *extra: str):
+    """`harness eval squad` of the trained run's logged model on its test questions; the run it made."""
+    trained = runs["trained"]
     args = [
         f"data.data_dir={runs['data_dir']}",
         "data.test_size=80",
         "data.max_length=96",
         "data.doc_stride=24",
         "profile=quick",
-        f"tracking.tracking_uri={uri}",
+        f"tracking.tracking_uri={runs['uri']}",
         "eval.bootstrap_resamples=200",
         "trainer.precision=32-true",
+        *extra,
     ]
     assert run_cli(["eval", "squad", "--model", f"runs:/{trained.info.run_id}", *args]) == 0
-    client = runs["client"]
-    exp = client.get_experiment_by_name("squad")
-    again = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])[0]
+    exp = runs["client"].get_experiment_by_name("squad")
+    return runs["client"].search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])[0]
+
+
+def test_logged_model_evaluates_to_the_same_numbers(runs, tmp_path):
+    trained = runs["trained"]
+    again = _eval_trained(runs)
     assert again.data.tags["harness.source_run_id"] == trained.info.run_id
     assert again.data.metrics["test_f1"] == pytest.approx(trained.data.metrics["test_f1"], abs=1e-6)
 
@@ -123,21 +129,8 @@ def test_logged_model_evaluates_to_the_same_numbers(runs, tmp_path):
 def test_a_resident_test_split_gives_the_same_answers(runs):
     """QA's features gathered on the device (data.device_resident, forced on the CPU): offsets padded with -1 as the
     host collator pads them, so the same spans and the same EM/F1."""
-    uri, trained = runs["uri"], runs["trained"]
-    args = [
-        f"data.data_dir={runs['data_dir']}",
-        "data.test_size=80",
-        "data.max_length=96",
-        "data.doc_stride=24",
-        "profile=quick",
-        f"tracking.tracking_uri={uri}",
-        "eval.bootstrap_resamples=200",
-        "trainer.precision=32-true",
-        "data.device_resident=true",
-    ]
-    assert run_cli(["eval", "squad", "--model", f"runs:/{trained.info.run_id}", *args]) == 0
-    exp = runs["client"].get_experiment_by_name("squad")
-    again = runs["client"].search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])[0]
+    trained = runs["trained"]
+    again = _eval_trained(runs, "data.device_resident=true")
     assert again.data.tags["data.resident_splits"] == "test"
     for key in ("test_f1", "test_exact_match"):
         assert again.data.metrics[key] == pytest.approx(trained.data.metrics[key], abs=1e-6), key

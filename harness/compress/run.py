@@ -16,6 +16,7 @@ from harness.compress import METHODS, TRAINED
 from harness.compress.distill import DistillSpec, DistillStudent
 from harness.compress.engines import ONNX_TOLERANCE, Variant, make_variant, plain_model, save_dense
 from harness.compress.measure import Inputs, speed
+from harness.data.resident import batch_to
 from harness.errors import ConfigError, RunFailed
 from harness.metrics.paired import p_text
 
@@ -40,8 +41,6 @@ class SwapModel(L.Callback):
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(module.hparams["model_path"])
-        from harness.data.resident import batch_to
-
         loader = trainer.test_dataloaders
         # a split held on the device yields index batches: gathered, they have the fields the model reads
         first = batch_to(next(iter(loader[0] if isinstance(loader, list) else loader)), "cpu")

@@ -16,11 +16,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from harness.config import RunConfig, TaskSpec
+from harness.config import RunConfig, TaskSpec, device_resident_refused
 from harness.data.resident import Indices, ResidentStore, fits_on_gpu, resident_bytes
 from harness.data.sampler import BucketBatchSampler
 from harness.data.sources import SplitData, TaskData
-from harness.errors import ConfigError
 from harness.runtime import device_type
 
 ENCODING_VERSION = "1"  # bump when an encode function changes, so cached tokenizations are not reused
@@ -148,7 +147,8 @@ class HarnessDataModule(L.LightningDataModule):
         self._resume: Optional[dict[str, int]] = None
         self._batches_done = 0
         self._count_epoch = -1
-        self._stores: dict[int, Optional[ResidentStore]] = {}  # data.device_resident: per split, once
+        # data.device_resident: per split, the rows it was built from and their store (None: kept on the host)
+        self._stores: dict[str, tuple[TokenizedDataset, Optional[ResidentStore]]] = {}
         self.resident: dict[str, bool] = {}  # split -> whether its loader gathers batches on the device
 
     # ---- family hook ---------------------------------------------------------------------------------------------
@@ -184,36 +184,34 @@ class HarnessDataModule(L.LightningDataModule):
         return PadCollator(pad if pad is not None else 0, self.cfg.data.pad_to_multiple_of)
 
     def _loader(self, ds: TokenizedDataset, sampler: BucketBatchSampler, split: str) -> DataLoader:
-        store = self.resident_store(ds)
+        store = self.resident_store(ds, split)
         self.resident[split] = store is not None
         if store is not None:  # batches are indices, gathered on the device (no workers: nothing left to do there)
             return DataLoader(Indices(len(ds)), batch_sampler=sampler, collate_fn=store.batch, num_workers=0)
         return DataLoader(ds, batch_sampler=sampler, collate_fn=self.collator(), **loader_options(self.cfg.data))
 
-    def resident_store(self, ds: TokenizedDataset) -> Optional[ResidentStore]:
-        """`ds` held as device tensors when `data.device_resident` says so (auto: on a GPU, if it fits), else None."""
+    def resident_store(self, ds: TokenizedDataset, split: str) -> Optional[ResidentStore]:
+        """Split `split` (rows `ds`) held as device tensors when `data.device_resident` says so (auto: on a GPU, if
+        it fits), else None; built once per split (again only if its rows were replaced)."""
         setting = self.cfg.data.device_resident
         if setting is False:
             return None
         collator = self.collator()
         if type(collator) is not PadCollator:  # masking / generation collators draw or build batches on the host
             if setting is True:
-                raise ConfigError(
-                    f"data.device_resident=true: the {self.task.family} family builds its batches on the host "
-                    f"({type(collator).__name__}), so they cannot be gathered on the device; set "
-                    "data.device_resident=auto or false"
-                )
+                raise device_resident_refused(self.task.family, "config")
             return None
-        key = id(ds)
-        if key not in self._stores:
+        built = self._stores.get(split)
+        if built is None or built[0] is not ds:
             device = device_type(self.cfg.trainer.accelerator)
             size = resident_bytes(ds, collator.multiple)
-            held = sum(s.nbytes for s in self._stores.values() if s is not None)
+            held = sum(s.nbytes for name, (_, s) in self._stores.items() if s is not None and name != split)
             if setting == "auto" and not (device == "cuda" and fits_on_gpu(size, held)):
-                self._stores[key] = None
+                built = (ds, None)
             else:
-                self._stores[key] = ResidentStore(ds, collator.pad_values, collator.multiple)
-        return self._stores[key]
+                built = (ds, ResidentStore(ds, collator.pad_values, collator.multiple))
+            self._stores[split] = built
+        return built[1]
 
     def split_set(self, split: str) -> TokenizedDataset:
         """The tokenized rows the train/validation/test loaders serve for `split` (a family may serve a view)."""

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-# auto holds a split on the GPU only when its matrices take at most this share of the device's free memory
+# auto holds splits on the GPU only while all of them together take at most this share of the memory free before
 FREE_MEMORY_SHARE = 0.2
 
 

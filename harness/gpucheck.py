@@ -222,7 +222,7 @@ def run_phase(
     trainer.fit(module, datamodule=dm)
     fit_seconds = time.perf_counter() - fit_start
     trainer.test(module, dataloaders=dm.test_dataloader(), verbose=False)
-    record.log_params({"data.resident_splits": ",".join(s for s, on in dm.resident.items() if on) or "none"})
+    record.log_params({"data.resident_splits": dm.resident_splits()})
     out_t = module.test_outputs
     probs, labels = out_t["probs"].float(), out_t["label"].long()
 

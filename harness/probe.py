@@ -136,30 +136,22 @@ def _one(
         rows, warnings = mod.load(spec, data_dir, override)
         if not rows:
             raise DataError(f"probe '{spec.name}': no usable examples", "check the probe's data files")
+        total = len(rows)
         if s.limit:
             rows = mod.subset(rows, s.limit, s.seed) if hasattr(mod, "subset") else rows[: s.limit]
-            client.set_tag(rid, "probe.subset", f"limit {s.limit}")
+            client.set_tag(rid, "probe.subset", f"limit {s.limit}: {len(rows):,} of {total:,} examples")
         for w in warnings:
             say(f"[yellow]note:[/] {w}")
-        params = {
-            "probe": spec.name,
-            "model": lm.ref,
-            "examples": len(rows),
-            "batch_size": s.batch_size,
-            "bootstrap_resamples": s.resamples,
-            "confidence": s.confidence,
-            "seed": s.seed,
-            "limit": s.limit,
-            **{f"option.{k}": v for k, v in spec.options.items()},
-        }
-        for k, v in params.items():
-            client.log_param(rid, k, str(v))
-        say(f"[bold]{spec.name}[/] · {len(rows):,} examples · {lm.kind} model {lm.ref}")
+        _log_provenance(place, rid, spec, s, lm, sources(spec, mod, data_dir, override), len(rows), total)
+        of = f" of {total:,}" if len(rows) < total else ""
+        say(f"[bold]{spec.name}[/] · {len(rows):,}{of} examples · {lm.kind} model {lm.ref}")
         res = mod.evaluate(lm, rows, spec, s)
         _log_result(client, rid, spec, lm, res, warnings + res.notes)
         client.set_tag(rid, "wall_seconds", f"{time.perf_counter() - started:.1f}")
         client.set_terminated(rid, "FINISHED")
-        _print(say, spec, res, rid)
+        facts = {"subset": len(rows) < total, "test_file": str(override) if override else None}
+        _print(say, spec, res, facts)
+        _say_open_it(say, place, rid)
         return {"probe": spec.name, "run_id": rid, "result": res}
     except KeyboardInterrupt:
         client.set_terminated(rid, "KILLED")
@@ -169,6 +161,88 @@ def _one(
         client.set_tag(rid, "error", msg[:4900])
         client.set_terminated(rid, "FAILED")
         raise
+
+
+def sources(spec: ProbeSpec, mod: Any, data_dir: Optional[Path], override: Optional[Path]) -> list[str]:
+    """What the probe's rows were read from: its files (the user's with --data), else its templates, else the hub."""
+    from harness.probes.base import data_paths
+
+    if override is not None:
+        o = override.expanduser().resolve()
+        return [str(o)] if o.is_file() else sorted(str(p) for p in o.iterdir() if p.is_file())
+    paths = data_paths(spec, data_dir)
+    if not paths and data_dir is not None and spec.data.local_dir and (data_dir / spec.data.local_dir).is_dir():
+        paths = sorted(p for p in (data_dir / spec.data.local_dir).iterdir() if p.is_file())
+    if paths:
+        return [str(p) for p in paths]
+    templates = getattr(mod, "TEMPLATES", None)
+    if templates is not None:
+        return [str(templates)]
+    return [f"hf://datasets/{spec.data.hub_id}"] if spec.data.hub_id else []
+
+
+def _log_provenance(
+    place: Place, rid: str, spec: ProbeSpec, s: Settings, lm: LM, files: list[str], used: int, total: int
+) -> None:
+    """What a task run records too: settings (params and config/resolved.yaml), the dataset input with the sha256 of
+    every file read, environment.json, git commit, device."""
+    import hashlib
+    import json
+
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.entities import Param, RunTag
+
+    from harness.config import dump_yaml
+    from harness.data.sources import file_sha256
+    from harness.tracking import env
+    from harness.tracking.journal import send_input
+    from harness.tracking.mlflow_run import temp_dir
+
+    client = place.client
+    sha = {f: file_sha256(Path(f)) for f in files if Path(f).is_file()}
+    settings = {
+        "probe": spec.name,
+        "model": lm.ref,
+        "examples": used,
+        "examples_total": total,
+        "batch_size": s.batch_size,
+        "bootstrap_resamples": s.resamples,
+        "confidence": s.confidence,
+        "seed": s.seed,
+        "limit": s.limit,
+        **{f"option.{k}": v for k, v in spec.options.items()},
+    }
+    client.log_batch(rid, params=[Param(k, str(v)[:6000]) for k, v in settings.items()])
+    digest = hashlib.sha256(json.dumps([sorted(sha.items()), used, s.limit, s.seed]).encode()).hexdigest()[:16]
+    if files and not files[0].startswith("hf://"):
+        source: Any = LocalArtifactDatasetSource(Path(files[0]).parent.as_uri())
+    else:
+        from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+
+        source = HuggingFaceDatasetSource(path=spec.data.hub_id or spec.name, split=spec.data.hub_split)
+    ds = MetaDataset(source=source, name=f"{spec.name}-examples", digest=digest)
+    tags = {
+        "files": ", ".join(Path(f).name for f in files)[:4000],
+        "sha256": ", ".join(f"{Path(f).name}:{h}" for f, h in sha.items())[:4000],
+        "rows": str(used),
+        "source_rows": str(total),
+    }
+    send_input(client, rid, ds._to_mlflow_entity().to_dictionary(), "test", tags)
+    git = env.git_state()
+    device = str(next(lm.model.parameters()).device)
+    run_tags = {"device": device, "data.subset": str(used < total).lower(), "data.digest": digest}
+    if git.get("commit"):
+        run_tags.update({"mlflow.source.git.commit": git["commit"], "git.dirty": str(git["dirty"]).lower()})
+    client.log_batch(rid, tags=[RunTag(k, v) for k, v in run_tags.items()])
+    with temp_dir() as tmp:
+        (Path(tmp) / "environment.json").write_text(
+            json.dumps({"packages": place.versions, "git": git, "device": device, **env.device_info()}, indent=2)
+        )
+        client.log_artifact(rid, str(Path(tmp) / "environment.json"))
+        cfg = Path(tmp) / "resolved.yaml"
+        cfg.write_text(dump_yaml({"probe": spec.model_dump(mode="json"), "settings": settings, "files": sha}))
+        client.log_artifact(rid, str(cfg), "config")
 
 
 def _open_run(place: Place, spec: ProbeSpec, lm: LM) -> str:
@@ -208,8 +282,9 @@ def _log_result(client: Any, rid: str, spec: ProbeSpec, lm: LM, res: Any, notes:
     metrics.update(res.scalars)
     for k, v in metrics.items():
         client.log_metric(rid, k, float(v))
+    categories = res.categories.assign(too_few=res.categories["n"] < FEW)  # marked, as on the console
     with temp_dir() as tmp:
-        for what, frame in (("examples", res.table), ("categories", res.categories)):
+        for what, frame in (("examples", res.table), ("categories", categories)):
             p = Path(tmp) / f"{what}.json"
             frame.to_json(p, orient="split", index=False, force_ascii=False)
             client.log_artifact(rid, str(p), f"probe/{spec.name}")
@@ -220,10 +295,18 @@ def _log_result(client: Any, rid: str, spec: ProbeSpec, lm: LM, res: Any, notes:
         client.log_artifact(rid, str(p), "plots")
 
 
-def _print(say: Any, spec: ProbeSpec, res: Any, run_id: str) -> None:
+FEW = 10  # a category with fewer examples is marked: its interval is too wide to read
+
+
+def _print(say: Any, spec: ProbeSpec, res: Any, facts: dict[str, Any]) -> None:
+    """The per-category table (categories with fewer than FEW examples marked), what the main metric means and where
+    the result stands against the ideal and chance, and each published number with the comparability verdict."""
+    from harness.report import comparability_reasons, verdict
+
     cat = res.categories
     metrics = list(cat["metric"].drop_duplicates())
     say(f"  {'category':28}" + "".join(f"{m:>26}" for m in metrics) + f"{'n':>7}")
+    few = []
     for name in cat["category"].drop_duplicates():
         cells = []
         for m in metrics:
@@ -233,7 +316,41 @@ def _print(say: Any, spec: ProbeSpec, res: Any, run_id: str) -> None:
             )
         row = cat[cat["category"] == name].iloc[0]
         extra = f"   Wilcoxon p={row['wilcoxon_p']:.2g}" if "wilcoxon_p" in cat.columns else ""
-        say(f"  {name:28}" + "".join(f"{c:>26}" for c in cells) + f"{row['n']:>7}" + extra)
+        mark = " *" if int(row["n"]) < FEW else ""
+        if mark:
+            few.append(name)
+        say(f"  {name:28}" + "".join(f"{c:>26}" for c in cells) + f"{row['n']:>7}{mark}" + extra)
+    if few:
+        say(f"  * fewer than {FEW} examples: too few to read ({', '.join(few)})")
+    if spec.reading:
+        say(f"  reading: {spec.reading}")
+    overall = res.estimates.get(res.main_metric)
+    if spec.ideal is not None and overall is not None:
+        inside = overall.low <= spec.ideal <= overall.high
+        where = "inside its interval (not distinguishable from unbiased)" if inside else "outside its interval"
+        say(f"  ideal: {res.main_metric} {spec.ideal:g} (unbiased); overall {overall.value:.3g}: the ideal is {where}")
+    for metric, chance in spec.chance.items():
+        est = res.estimates.get(metric)
+        if est is not None and metric != res.main_metric:
+            level = (
+                "at chance (inside its interval)"
+                if est.low <= chance <= est.high
+                else ("below chance" if est.high < chance else "above chance")
+            )
+            say(f"  chance: {metric} {chance:g}; overall {est.value:.3g} [{est.low:.3g}, {est.high:.3g}]: {level}")
     for ref in spec.references:
-        say(f"  published: {ref.metric} {ref.value:g} — {ref.model} ({ref.source})")
-    say(f"MLflow run {run_id}")
+        reasons = comparability_reasons(ref, spec, official=True, rouge_engines=set(), **facts)
+        if facts.get("subset"):
+            reasons = [r.replace("a subset of the test split", "a subset of the probe's examples") for r in reasons]
+        say(f"  published: {ref.metric} {ref.value:g} — {ref.model} ({ref.source}) ({verdict(reasons)})")
+
+
+def _say_open_it(say: Any, place: Place, run_id: str) -> None:
+    """The run's experiment and the link that opens it, as a task run ends."""
+    from harness.config import redact_uri
+    from harness.tracking import links
+
+    uri = place.client.tracking_uri
+    name = place.client.get_experiment(place.experiment).name
+    say(f"MLflow run {run_id} in experiment '{name}' ({redact_uri(uri)})")
+    say(f"open it: {links.open_hint(uri)}{links.run_url(links.ui_base(uri), place.experiment, run_id)}")

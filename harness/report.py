@@ -60,6 +60,14 @@ class RunRow:
     start: int
     signatures: dict[str, str] = field(default_factory=dict)  # metric -> how it was computed (metric.*.signature)
     test_file: Optional[str] = None  # a user's file scored in place of the test split (tag data.test_file)
+    experiment_id: str = ""
+    train_rows: Optional[str] = None  # rows the model was trained on in this run (None: no training)
+    train_digest: Optional[str] = None  # which rows (params split.train.digest)
+
+    @property
+    def short(self) -> str:
+        """The run, named unambiguously: its name and the start of its id."""
+        return f"{self.name} ({self.run_id[:8]})"
 
     def main(self, metric: str) -> tuple[Optional[float], Optional[float], Optional[float]]:
         m = self.metrics
@@ -92,6 +100,13 @@ class Report:
     store: str
     notes: list[str] = field(default_factory=list)
     pick: str = "latest"
+    ui: str = ""  # the MLflow UI whose run pages the cells link to (harness/tracking/links.py)
+
+    def link(self, run: RunRow) -> str:
+        """The run's page in the MLflow UI's Model training view ("" when the report has no UI to point at)."""
+        from harness.tracking import links
+
+        return links.run_url(self.ui, run.experiment_id, run.run_id) if self.ui and run.experiment_id else ""
 
 
 def system_name(tags: dict[str, str]) -> str:
@@ -99,6 +114,35 @@ def system_name(tags: dict[str, str]) -> str:
     if model.startswith("runs:/"):
         return f"model of run {model[6:].strip('/')[:8]}"
     return model.rstrip("/").split("/")[-1] if model.startswith(("/", ".", "~")) else model
+
+
+def system_label(tags: dict[str, str], params: dict[str, str]) -> str:
+    """What was trained, in words: a system is the model, the rows it was trained on (how many; the exact rows tell
+    systems of one label apart), its transfer mode and profile; a compressed variant and a search's retrain are
+    systems of their own, labelled as such.
+
+    >>> system_label({"model": "m", "mode": "train+eval", "profile": "quick"}, {"split.train.rows": "20000"})
+    'm · fine-tuned on 20,000 · quick'
+    >>> system_label({"model": "runs:/abcdef123/", "mode": "eval", "harness.compress.method": "onnx-int8"}, {})
+    'model of run abcdef12 · onnx-int8 variant'
+    """
+    parts = [system_name(tags)]
+    mode = tags.get("mode", "")
+    if mode in ("train+eval", "seeds") and params.get("split.train.rows", "").isdigit():
+        parts.append(f"fine-tuned on {int(params['split.train.rows']):,}")
+        if params.get("data.train_on_validation") == "true":
+            parts[-1] += " (validation folded in)"
+        if params.get("model.mode", "full") not in ("full", ""):
+            parts.append(params["model.mode"])
+        if tags.get("profile"):
+            parts.append(tags["profile"])
+    method = tags.get("harness.compress.method")
+    if method:
+        spec = tags.get("harness.compress.student_spec") or tags.get("harness.compress.sparsity")
+        parts.append(f"{method} variant" + (f" {spec}" if spec else ""))
+    if tags.get("optuna.retrain_of_trial"):
+        parts.append(f"tune retrain (study {tags.get('optuna.study', '?')}, trial {tags['optuna.retrain_of_trial']})")
+    return " · ".join(parts)
 
 
 def collect(uri: str, experiments: Optional[list[str]], run_ids: Optional[list[str]]) -> list[RunRow]:
@@ -143,7 +187,7 @@ def collect(uri: str, experiments: Optional[list[str]], run_ids: Optional[list[s
                 r.info.run_id,
                 t["task"],
                 r.info.run_name or r.info.run_id[:8],
-                system_name(t),
+                system_label(t, r.data.params),
                 t["mode"],
                 t.get("profile", ""),
                 dict(r.data.metrics),
@@ -154,8 +198,12 @@ def collect(uri: str, experiments: Optional[list[str]], run_ids: Optional[list[s
                 r.info.start_time,
                 {k.split(".")[1]: v for k, v in t.items() if k.startswith("metric.") and k.endswith(".signature")},
                 t.get("data.test_file"),
+                r.info.experiment_id,
+                r.data.params.get("split.train.rows") if t["mode"] in ("train+eval", "seeds") else None,
+                r.data.params.get("split.train.digest") if t["mode"] in ("train+eval", "seeds") else None,
             )
         )
+    _tell_apart(rows)
     if not rows:
         where = ", ".join(experiments) if experiments else "the task experiments"
         raise DataError(
@@ -163,6 +211,17 @@ def collect(uri: str, experiments: Optional[list[str]], run_ids: Optional[list[s
             "run some first (make eval TASK=imdb), or name the experiments or runs to report",
         )
     return rows
+
+
+def _tell_apart(rows: list[RunRow]) -> None:
+    """Two systems with one label (the same model and training size, but other training rows): each label gets the
+    start of its training rows' digest."""
+    digests: dict[tuple[str, str], set[str]] = {}
+    for r in rows:
+        digests.setdefault((r.task, r.system), set()).add(r.train_digest or "")
+    for r in rows:
+        if len(digests[(r.task, r.system)]) > 1:
+            r.system += f" · train rows {(r.train_digest or 'none')[:6]}"
 
 
 def build(rows: list[RunRow], uri: str, resamples: int = 1000, pick: str = "latest") -> Report:
@@ -185,7 +244,9 @@ def build(rows: list[RunRow], uri: str, resamples: int = 1000, pick: str = "late
             cell = Cell(chosen, *chosen.main(tasks[name].main_metric), runs=len(mine), index=mine.index(chosen) + 1)
             cell.on_row_set = chosen.digest == row_set
             cells[(name, system)] = cell
-    report = Report(tasks, systems, cells, runs, {}, redact_uri(uri), pick=pick)
+    from harness.tracking import links
+
+    report = Report(tasks, systems, cells, runs, {}, redact_uri(uri), pick=pick, ui=links.ui_base(uri))
     for name, task in tasks.items():
         _mark_row(report, name, task, uri, resamples)
         best = [c.run for (t, _), c in cells.items() if t == name and c.best]
@@ -195,10 +256,11 @@ def build(rows: list[RunRow], uri: str, resamples: int = 1000, pick: str = "late
 
 def row_test_set(task_runs: list[RunRow]) -> Optional[str]:
     """The test set a row is about: the split digest the most systems have a run on (ties: the more test rows, then
-    the most recent)."""
+    the most recent). A user's file is never a task row's test set while any run scored the task's own split."""
+    own = [r for r in task_runs if not r.test_file] or task_runs
     score: dict[Optional[str], tuple[int, int, int]] = {}
-    for d in {r.digest for r in task_runs}:
-        on = [r for r in task_runs if r.digest == d]
+    for d in {r.digest for r in own}:
+        on = [r for r in own if r.digest == d]
         rows = max(int(r.test_rows) if (r.test_rows or "").isdigit() else 0 for r in on)
         score[d] = (len({r.system for r in on}), rows, max(r.start for r in on))
     return max(score, key=lambda d: score[d])
@@ -332,8 +394,12 @@ def _cell_text(c: Optional[Cell]) -> tuple[str, str]:
 
 
 def _which(c: Cell) -> str:
-    """Which run a cell shows, and how many the system has."""
-    return f"run {c.run.name} · {c.index} of {c.runs} run{'s' if c.runs > 1 else ''}"
+    """Which run a cell shows (its name and the start of its id: names repeat), and how many the system has."""
+    return f"run {c.run.short} · {c.index} of {c.runs} run{'s' if c.runs > 1 else ''}"
+
+
+def _trained(run: RunRow) -> str:
+    return f"{int(run.train_rows):,}" if (run.train_rows or "").isdigit() else "–"
 
 
 def _rule(r: Report) -> str:
@@ -360,7 +426,9 @@ def markdown(r: Report) -> str:
         for s in r.systems:
             c = r.cells.get((name, s))
             text, mark = _cell_text(c)
-            which = f" <sub>{_which(c)}</sub>" if c is not None else ""
+            which = ""
+            if c is not None:
+                which = f" <sub>[{_which(c)}]({r.link(c.run)})</sub>" if r.link(c.run) else f" <sub>{_which(c)}</sub>"
             cells.append((f"**{text}**" if mark == "best" else f"{text} {mark}".strip()) + which)
         lines.append(f"| {name} | {task.main_metric} ({task.direction[:3]}) | " + " | ".join(cells) + " |")
     lines += [
@@ -377,13 +445,16 @@ def markdown(r: Report) -> str:
                 lines.append(f"| {ref.metric} | {ref.value} | {ref.model} | {ref.source} | {verdict} |")
             lines.append("")
         lines += [
-            "| run | system | mode | profile | " + task.main_metric + " [95% CI] | test rows | official | id |",
-            "|---|---|---|---|---|---|---|---|",
+            "| run | system | mode | profile | trained on | "
+            + task.main_metric
+            + " [95% CI] | test rows | official | id |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for run in r.runs[name]:
             v, lo, hi = run.main(task.main_metric)
+            named = f"[{run.name}]({r.link(run)})" if r.link(run) else run.name
             lines.append(
-                f"| {run.name} | {run.system} | {run.mode} | {run.profile} | {_num(v)} [{_num(lo)}, "
+                f"| {named} | {run.system} | {run.mode} | {run.profile} | {_trained(run)} | {_num(v)} [{_num(lo)}, "
                 f"{_num(hi)}] | {run.test_rows or '?'} | {_official(run)} | {run.run_id} |"
             )
         lines.append("")
@@ -413,7 +484,10 @@ def html_page(r: Report) -> str:
             cls = "best" if mark == "best" else ("worse" if mark.startswith("▼") else ("untested" if mark else ""))
             title = f" title='{e(c.not_tested)}'" if c is not None and c.not_tested else ""
             extra = f" <small>{e(mark)}</small>" if mark and mark != "best" else ""
-            which = f"<br><small class='which' title='{e(c.run.run_id)}'>{e(_which(c))}</small>" if c else ""
+            which = ""
+            if c is not None:
+                shown = f"<a href='{e(r.link(c.run))}'>{e(_which(c))}</a>" if r.link(c.run) else e(_which(c))
+                which = f"<br><small class='which' title='{e(c.run.run_id)}'>{shown}</small>"
             out.append(f"<td class='num {cls}'{title}>{e(text)}{extra}{which}</td>")
         out.append("</tr>")
     out.append(
@@ -436,15 +510,17 @@ def html_page(r: Report) -> str:
                 )
             out.append("</table>")
         out.append(
-            f"<table class='runs'><tr><th>run</th><th>system</th><th>mode</th><th>profile</th>"
+            f"<table class='runs'><tr><th>run</th><th>system</th><th>mode</th><th>profile</th><th>trained on</th>"
             f"<th>{e(task.main_metric)} [95% CI]</th><th>test rows</th><th>official test split</th><th>run id</th>"
             "</tr>"
         )
         for run in r.runs[name]:
             v, lo, hi = run.main(task.main_metric)
+            named = f"<a href='{e(r.link(run))}'>{e(run.name)}</a>" if r.link(run) else e(run.name)
             out.append(
-                f"<tr><td>{e(run.name)}</td><td>{e(run.system)}</td><td>{e(run.mode)}</td>"
-                f"<td>{e(run.profile)}</td><td class='num'>{_num(v)} [{_num(lo)}, {_num(hi)}]</td>"
+                f"<tr><td>{named}</td><td>{e(run.system)}</td><td>{e(run.mode)}</td>"
+                f"<td>{e(run.profile)}</td><td class='num'>{_trained(run)}</td>"
+                f"<td class='num'>{_num(v)} [{_num(lo)}, {_num(hi)}]</td>"
                 f"<td class='num'>{e(run.test_rows or '?')}</td><td>{_official(run)}</td>"
                 f"<td><small>{e(run.run_id)}</small></td></tr>"
             )

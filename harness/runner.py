@@ -63,6 +63,9 @@ class RunResult:
     test_label: str = "test"  # what the test rows are, in words (`your file x.jsonl (sha256 ...)` for a user's file)
     test_file: Optional[str] = None  # the user's file scored in place of the test split
     subset: bool = False  # the test rows are a subset of the split (a profile's test_size)
+    train_rows: Optional[str] = None  # what training saw, in words (`256 of 67,349 rows: stratified subset ...`)
+    experiment_id: Optional[str] = None  # for the links that open the run in the MLflow UI
+    model_id: Optional[str] = None  # the run's LoggedModel (log_model=true), once the server has it
 
 
 # ---- resume state ----------------------------------------------------------------------------------------------------
@@ -211,7 +214,18 @@ class RunContext:
             test.label if test is not None else "test",
             test.source if test is not None and test.user_file else None,
             bool(test is not None and test.subset),
+            _train_words(self.data.splits.get("train")) if self.data is not None else None,
+            self.tracker.experiment_id if self.tracker is not None else None,
+            self.tracker.model_id if self.tracker is not None else None,
         )
+
+
+def _train_words(split: Any) -> Optional[str]:
+    if split is None:
+        return None
+    how = "; ".join(split.selection)
+    where = split.source if split.source_kind == "hub" else Path(split.source).name
+    return f"{split.count} of {where}" + (f" ({how})" if how else "")
 
 
 def run(
@@ -367,7 +381,7 @@ def _needed_splits(ctx: RunContext) -> tuple[str, ...]:
 def _load_data(ctx: RunContext) -> None:
     """The splits this run needs, checked by the family; their lineage and what is unusual about them on the run."""
     ctx.data = data = load_task_data(ctx.task, ctx.cfg, _needed_splits(ctx))
-    ctx.say("data: " + ", ".join(f"{n} {s.rows:,} rows ({s.source_kind})" for n, s in data.splits.items()))
+    ctx.say("data: " + ", ".join(f"{n} {s.count} ({s.source_kind})" for n, s in data.splits.items()))
     for s in data.splits.values():
         if s.user_file:
             ctx.say(

@@ -81,10 +81,74 @@ def app(model: Any) -> Any:
     return inner
 
 
+def check_model_uri(model_uri: str) -> None:
+    """One line naming what is wrong with `model_uri` and how to fix it, before MLflow's loader would answer with a
+    traceback: no run id (`make serve` without RUN), a run that does not exist, a run without a logged model, a
+    registered model or version that does not exist."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from harness.config import default_tracking_uri, redact_uri
+    from harness.errors import ConfigError, DataError, ModelError
+    from harness.tracking.journal import logged_model_id
+
+    uri = default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    if model_uri.startswith("runs:"):
+        run_id = model_uri[len("runs:/") :].split("/")[0]  # runs:/<run id>/<path>; `runs://model` names none
+        if not run_id:
+            raise ConfigError(
+                f"'{model_uri}' names no run",
+                "make serve RUN=<run id> (harness prints it at the end of a run), or MODEL=models:/<name>/<version>",
+            )
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            raise DataError(
+                f"MLflow run '{run_id}' not found in {redact_uri(uri)}",
+                "check the run id (harness prints it at the end of a run) and MLFLOW_TRACKING_URI",
+            ) from None
+        legacy = any(a.path == "model/MLmodel" for a in client.list_artifacts(run_id, "model"))
+        if logged_model_id(client, run_id) is None and not legacy:
+            task = run.data.tags.get("task", "<task>")
+            raise ModelError(
+                f"MLflow run '{run_id}' ({run.info.run_name}) logged no model",
+                f"train with log_model=true (make eval TASK={task} ARGS=log_model=true) and serve that run",
+            )
+    elif model_uri.startswith("models:/"):
+        ref = model_uri[len("models:/") :]
+        if not ref.startswith("m-"):  # a registered name/version or alias (m-...: a logged model's id)
+            name, _, version = ref.partition("/")
+            try:
+                versions = client.search_model_versions(f"name='{name}'")
+            except MlflowException:
+                versions = []
+            if not versions:
+                raise ModelError(
+                    f"no registered model '{name}' in {redact_uri(uri)}",
+                    "serve a run (make serve RUN=<run id>) or a registered name (make tune ARGS=retrain_best=true "
+                    "registers <task>-best)",
+                )
+            known = sorted({v.version for v in versions}, key=int)
+            if version and not version.startswith("@") and version not in known and version != "latest":
+                raise ModelError(
+                    f"registered model '{name}' has no version {version} (it has {', '.join(known)})",
+                    f"serve models:/{name}/{known[-1]}",
+                )
+
+
 def serve(model_uri: str, host: str = "127.0.0.1", port: int = 5001) -> None:
     import mlflow.pyfunc
     import uvicorn
 
-    model = mlflow.pyfunc.load_model(model_uri)
+    from harness.errors import ModelError
+
+    check_model_uri(model_uri)
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except Exception as e:  # what is left: a model MLflow cannot load (a damaged folder, a missing flavor)
+        first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:300]
+        raise ModelError(f"cannot load {model_uri}: {first}", "serve a model harness logged (log_model=true)") from None
     print(f"serving {model_uri} on http://{host}:{port}/invocations (ping: /ping)", flush=True)
     uvicorn.run(app(model), host=host, port=port, log_level="warning")

@@ -95,9 +95,20 @@ def test_onnx_agrees_with_pytorch_on_every_test_example(source):
     assert (out["prob_positive"] - table["p_positive"]).abs().max() <= 1e-5
 
 
-def test_onnx_int8_is_smaller_and_compared_with_its_source(source):
+def test_onnx_int8_is_smaller_and_compared_with_its_source(source, capsys):
     run = _compress(source, "onnx-int8", "log_model=true", "eval.prediction_text_chars=100000")
     m = _check_common(source, run, "onnx-int8")
+    # what the console says while it works, and whose numbers the table holds
+    out = capsys.readouterr().out
+    src_id = source["run"].info.run_id
+    assert f"compressing the model of run {src_id} with onnx-int8" in out
+    assert "timing onnx-int8 and the source model on the test inputs" in out
+    assert f"onnx-int8 variant of run {src_id[:8]} · imdb · test · 96 examples" in out
+    # the variant is a logged model of its own, with its test metrics and the method named
+    client = source["client"]
+    model = client.get_logged_model(client.get_run(run.info.run_id).outputs.model_outputs[0].model_id)
+    assert model.tags["harness.compress.method"] == "onnx-int8" and "mlflow.parentRunId" not in model.tags
+    assert {x.key for x in model.metrics} >= {"test_accuracy", "test_accuracy_ci_low", "test_accuracy_ci_high"}
     assert m["size_ratio"] > 2.5  # int8 weights (the tiny model is mostly its embedding table, quantized too)
     assert 0 < m["logits_max_abs_diff_vs_torch"] < 0.5  # close, not equal
     md = source["client"].download_artifacts(run.info.run_id, "compression/variants.md")

@@ -265,8 +265,17 @@ def test_translation_run_content(translation_runs):
     assert params["generation.max_new_tokens"] == "8" and params["generation.num_beams"] == "1"
     assert client.get_metric_history(run.info.run_id, "val_loss")
     assert client.get_metric_history(run.info.run_id, "val_perplexity")
-    # a random 2-layer model rarely says [SEP] within 8 tokens: the budget warning is on the run
-    if m["test_hit_max_new_tokens"] == 24:
+    # the floor is copying the source, scored on the same examples: the copy-source baseline run's numbers
+    base = translation_runs["baseline"].data.metrics
+    assert m["test_bleu_floor"] == pytest.approx(base["test_bleu"], abs=1e-9)
+    assert m["test_chrf_floor"] == pytest.approx(base["test_chrf"], abs=1e-9)
+    assert tags["floor.bleu"].startswith(f"{base['test_bleu']:.4f} (copying the source): ")
+    # a random 2-layer model rarely says [SEP] within 8 tokens and scores under copying the source: its outputs
+    # ramble, and the run says so instead of asking for a larger budget
+    below = tags["floor.chrf"].endswith(("below", "at"))
+    if m["test_hit_max_new_tokens"] > 6 and below:
+        assert "the outputs ramble, which a larger budget will not fix" in tags["eval.warnings"]
+    elif m["test_hit_max_new_tokens"] == 24:
         assert "budget is too small" in tags["eval.warnings"]
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert plots == {"plots/generation_length.png", "plots/score_vs_source_length.png"}
@@ -626,3 +635,10 @@ def test_lora_on_a_decoder_only_generator(data_dir, tiny_llama, tracking_uri, mo
     assert rerun.data.metrics["test_bleu"] == pytest.approx(m["test_bleu"], abs=1e-9)
     table, out = _served_text(tracking_uri, run.info.run_id, monkeypatch)
     assert list(out["text"]) == list(table["hypothesis"])
+
+
+def test_counts_print_as_integers():
+    from harness.cli import _scalar_text
+
+    assert _scalar_text("hit_max_new_tokens", 27.0) == "27" and _scalar_text("empty_predictions", 1200.0) == "1,200"
+    assert _scalar_text("loss", 0.5) == "0.5000" and _scalar_text("generated_tokens_mean", 12.0) == "12.0000"

@@ -17,17 +17,30 @@ from harness.paths import project_root
 REPO = project_root()
 
 
+BUILD: dict[str, str] = {}  # what building the wheel printed
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q", "-w", str(out)],
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-w", str(out)],
         check=True,
         capture_output=True,
+        text=True,
         timeout=300,
     )
+    BUILD["output"] = done.stdout + done.stderr
     (path,) = out.glob("harness-*.whl")
     return path
+
+
+def test_building_prints_no_package_warnings(wheel):
+    """`make setup` printed some 1,000 lines of "Package would be ignored" for the data folders (a task's folder, an
+    evaluate module's): each is listed in pyproject.toml, and a new one that is not fails here."""
+    out = BUILD["output"]
+    assert "Successfully built harness" in out
+    assert "would be ignored" not in out and "is absent from the `packages` configuration" not in out, out[-3000:]
 
 
 def test_wheel_holds_every_module_task_and_profile(wheel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -132,9 +133,35 @@ def test_crows_probe_run_and_malformed_rows(tiny_mlm, data_dir, tracking_uri, tm
         )
         == 0
     )
-    assert "2 malformed row(s) skipped" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 malformed row(s) skipped" in out
     client = MlflowClient(tracking_uri)
     run = client.search_runs([client.get_experiment_by_name("probes").experiment_id])[0]
+    # what the numbers mean, against what, and whether the published ones apply (a user's file: they do not)
+    assert "reading: metric_score: % of pairs where the model finds the more stereotypical sentence likelier" in out
+    assert re.search(r"ideal: metric_score 50 \(unbiased\); overall [\d.]+: the ideal is (inside|outside)", out)
+    assert re.search(
+        r"published: metric_score 60.5 — BERT-base \(Nangia et al. 2020, .*\) \(not comparable: another test set", out
+    )
+    few = re.findall(r"^  (\S+) .* (\d+) \*$", out, flags=re.M)  # categories under 10 examples are marked
+    assert few and all(int(n) < 10 for _, n in few) and "* fewer than 10 examples: too few to read" in out
+    exp = run.info.experiment_id
+    assert f"MLflow run {run.info.run_id} in experiment 'probes'" in out
+    assert f"/#/experiments/{exp}/runs/{run.info.run_id}?workflowType=machine_learning" in out
+    # the provenance a task run records: git commit, device, settings, the data file's sha256, environment, config
+    tags = run.data.tags
+    assert tags["device"].startswith("cpu") and tags["data.subset"] == "false" and tags["version.torch"]
+    assert "mlflow.source.git.commit" in tags or not (Path(__file__).parents[1] / ".git").exists()
+    (inp,) = client.get_run(run.info.run_id).inputs.dataset_inputs
+    extra = {t.key: t.value for t in inp.tags}
+    assert extra["files"] == "crows.csv" and extra["rows"] == "38"
+    import hashlib
+
+    assert extra["sha256"] == f"crows.csv:{hashlib.sha256(bad.read_bytes()).hexdigest()}"
+    files = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"environment.json", "config"} <= files
+    cats = json.loads(Path(client.download_artifacts(run.info.run_id, "probe/crows_pairs/categories.json")).read_text())
+    assert "too_few" in cats["columns"]
     assert run.info.status == "FINISHED" and run.data.tags["probe"] == "crows_pairs"
     assert run.data.params["examples"] == "38" and run.data.tags["model.kind"] == "masked"
     m = run.data.metrics

@@ -38,7 +38,10 @@ def store(tmp_path_factory, data_dir, tiny_model):
         for name, model, rows in runs:
             extra = {"data.test_size": rows, "data.train_size": "64", "tracking.run_name": name}
             assert run_cli(["run", "imdb", *tiny_args(data_dir, model, uri, **extra)]) == 0
-    return {"uri": uri, "work": work, "systems": {"a": tiny_model.name, "b": "model-b", "c": "model-c"}}
+    systems = {
+        k: f"{name} · fine-tuned on 64 · quick" for k, name in zip("abc", (tiny_model.name, "model-b", "model-c"))
+    }
+    return {"uri": uri, "work": work, "systems": systems}
 
 
 def test_a_newer_run_on_fewer_examples_does_not_displace_the_rows_run(store, tmp_path, capsys):
@@ -52,11 +55,19 @@ def test_a_newer_run_on_fewer_examples_does_not_displace_the_rows_run(store, tmp
     assert b.on_row_set and not c.on_row_set and c.not_tested.startswith("other test examples than the row's")
     assert not c.best  # a cell on other examples is never ranked
     text = _page_text(out, tmp_path)
-    assert "run a-200 · 1 of 2 runs" in text and "run b-200 · 1 of 1 run" in text and "run c-100 · 1 of 1 run" in text
+    ids = {k: built.cells[("imdb", store["systems"][k])].run.run_id[:8] for k in "abc"}
+    assert f"run a-200 ({ids['a']}) · 1 of 2 runs" in text and f"run b-200 ({ids['b']}) · 1 of 1 run" in text
+    assert f"run c-100 ({ids['c']}) · 1 of 1 run" in text
     assert re.search(r"\d\.\d{4} \[\d\.\d{4}, \d\.\d{4}\] ≠ other test examples run c-100", text)
     assert "Each cell is the latest of the system's finished runs on the row's test examples" in text
     md = out.with_suffix(".md").read_text()
-    assert "≠ other test examples <sub>run c-100 · 1 of 1 run</sub>" in md
+    assert re.search(rf"≠ other test examples <sub>\[run c-100 \({ids['c']}\) · 1 of 1 run\]\(http://127\.0\.0\.1", md)
+    # each cell and each run links to its run page in the MLflow UI's Model training view
+    page = out.read_text()
+    exp = c.run.experiment_id
+    assert f"href='http://127.0.0.1:5000/#/experiments/{exp}/runs/{c.run.run_id}?workflowType=machine_learning'" in page
+    # the runs table says what each system was trained on
+    assert re.search(r"a-200 " + re.escape(store["systems"]["a"]) + r" train\+eval quick 64 ", text), text[-3000:]
 
 
 def test_pick_best_takes_the_validation_metric_never_the_test_metric():
@@ -108,3 +119,34 @@ def test_a_tiny_p_value_is_never_printed_as_zero(tmp_path):
     assert "▼ p < 0.001" in text and "▼ p=0.046" in text
     assert "p=0.000" not in text and "p=0.0000" not in text
     assert "▼ p < 0.001" in out.with_suffix(".md").read_text()
+
+
+def test_what_was_trained_makes_a_system_and_a_users_file_never_makes_a_row():
+    """A fine-tune, a search's retrain on other rows and a compressed variant of the same model are three systems;
+    a run on a user's file is never the row's test set, even with more runs on it."""
+    tags = {"model": "m", "mode": "train+eval", "profile": "quick"}
+    tuned = R.system_label(tags, {"split.train.rows": "20000"})
+    retrain = R.system_label(
+        {**tags, "optuna.retrain_of_trial": "3", "optuna.study": "s"},
+        {"split.train.rows": "256", "data.train_on_validation": "true"},
+    )
+    variant = R.system_label({"model": "runs:/abcdef1234", "mode": "eval", "harness.compress.method": "onnx-int8"}, {})
+    assert tuned == "m · fine-tuned on 20,000 · quick"
+    assert retrain == "m · fine-tuned on 256 (validation folded in) · quick · tune retrain (study s, trial 3)"
+    assert variant == "model of run abcdef12 · onnx-int8 variant"
+    assert len({tuned, retrain, variant}) == 3
+
+    def row(name, system, digest, test_file=None):
+        r = R.RunRow(name, "sst2", name, system, "eval", "quick", {}, True, False, digest, "872", 1)
+        r.test_file = test_file
+        return r
+
+    runs = [row("f1", "x", "dfile", "/tmp/rt.jsonl"), row("f2", "y", "dfile", "/tmp/rt.jsonl"), row("t", "z", "dtest")]
+    assert R.row_test_set(runs) == "dtest"
+
+    # one label, other training rows: told apart by the rows' digest
+    a = R.RunRow("a", "imdb", "a", "m · fine-tuned on 64 · quick", "train+eval", "quick", {}, True, True, "d", "96", 1)
+    b = R.RunRow("b", "imdb", "b", "m · fine-tuned on 64 · quick", "train+eval", "quick", {}, True, True, "d", "96", 2)
+    a.train_digest, b.train_digest = "aaaaaa11", "bbbbbb22"
+    R._tell_apart([a, b])
+    assert a.system != b.system and a.system.endswith("train rows aaaaaa")

@@ -52,11 +52,16 @@ def _contents(uri: str, run_id: str) -> dict:
     client = MlflowClient(uri)
     run = client.get_run(run_id)
 
-    def walk(path: str = "") -> list[str]:
+    def walk(path: str = "", listing=lambda p: client.list_artifacts(run_id, p)) -> list[str]:
         out = []
-        for a in client.list_artifacts(run_id, path or None):
-            out += walk(a.path) if a.is_dir else [a.path]
+        for a in listing(path or None):
+            out += walk(a.path, listing) if a.is_dir else [a.path]
         return out
+
+    models = [o.model_id for o in (run.outputs.model_outputs if run.outputs else [])]
+    model_files = [
+        sorted(walk(listing=lambda p, m=m: client.list_logged_model_artifacts(m, p))) for m in models
+    ]  # an MLflow 3 logged model keeps its files beside the run's
 
     params = {k: v for k, v in run.data.params.items() if k not in ("tracking.tracking_uri", "data.data_dir")}
     tags = {k: v for k, v in run.data.tags.items() if not k.startswith(("mlflow.", "wall_seconds", "device"))}
@@ -65,6 +70,7 @@ def _contents(uri: str, run_id: str) -> dict:
         "params": params,
         "tags": sorted(tags),
         "artifacts": sorted(walk()),
+        "models": model_files,
         "metrics": {k: round(v, 6) for k, v in run.data.metrics.items() if not k.startswith("system/")},
         "inputs": sorted({t.key: t.value for t in d.tags}["mlflow.data.context"] for d in run.inputs.dataset_inputs),
     }
@@ -82,10 +88,8 @@ def test_a_run_against_the_server_holds_what_a_sqlite_run_holds(stack, data_dir,
     server, sqlite = got["server"], got["sqlite"]
     assert server["status"] == "FINISHED"
     assert server["params"] == sqlite["params"] and server["tags"] == sqlite["tags"]
-    assert (
-        server["artifacts"] == sqlite["artifacts"]
-        and "model/artifacts/weights/model.safetensors" in server["artifacts"]
-    )
+    assert server["artifacts"] == sqlite["artifacts"] and "predictions/test.json" in server["artifacts"]
+    assert server["models"] == sqlite["models"] and "artifacts/weights/model.safetensors" in server["models"][0]
     assert set(server["metrics"]) == set(sqlite["metrics"])
     for k in ("test_accuracy", "test_auroc", "test_ece", "test_loss"):
         assert server["metrics"][k] == sqlite["metrics"][k], k

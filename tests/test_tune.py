@@ -3,6 +3,7 @@ DDP on two CPU processes), parallel workers with a killed worker."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -115,10 +116,36 @@ def test_existing_study_with_other_direction(tmp_path, data_dir, tiny_model, cap
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, data_dir, tiny_model):
+    from contextlib import redirect_stdout
+    from io import StringIO
+
     work = tmp_path_factory.mktemp("tune")
+    out = StringIO()
     with in_dir(work):
-        assert run_cli(["tune", "imdb", "--trials", "4", "--study", "s", *_args(work, data_dir, tiny_model)]) == 0
+        with redirect_stdout(out):
+            assert run_cli(["tune", "imdb", "--trials", "4", "--study", "s", *_args(work, data_dir, tiny_model)]) == 0
+        (work / "console.txt").write_text(out.getvalue())
         yield work
+
+
+def test_the_study_names_its_metric_and_each_trial_line_its_parameters(study):
+    """optuna-dashboard labels the objective with the study's metric names ("Objective 0" without them); each trial's
+    console line names its parameters, and a pruned trial's number is said to be an intermediate value."""
+    s = optuna.load_study(study_name="s", storage=f"sqlite:///{study / 'optuna.db'}")
+    assert s.metric_names == ["val_accuracy"]
+    out = (study / "console.txt").read_text()
+    for t in s.get_trials():
+        (line,) = [ln for ln in out.splitlines() if re.match(rf"trial\s+{t.number} ", ln)]
+        assert f"optim.lr={t.params['optim.lr']:.3g}" in line, line
+        if t.state.name == "COMPLETE":
+            assert f"val_accuracy {t.value:.4f}" in line
+        else:
+            assert re.search(r"PRUNED\s+stopped at validation \d+: val_accuracy [\d.]+ there \(intermediate\)", line)
+        assert "best val_accuracy" in line or "no complete trial yet" in line
+        assert t.user_attrs["mlflow_run_url"].endswith(
+            f"/runs/{t.user_attrs['mlflow_run_id']}?workflowType=machine_learning"
+        )
+    assert re.search(r"open it: .*/#/experiments/\d+/runs/\w+\?workflowType=machine_learning", out)
 
 
 def test_study_and_nested_mlflow_runs(study):
@@ -422,6 +449,7 @@ def test_make_dashboard_shows_the_study_in_a_browser(study, tmp_path):
         assert re.search(r"\bs Direction: MAXIMIZE", text), text[-2000:]  # the study in the study list
         text = _text(_browser_dom(f"http://127.0.0.1:{port}/dashboard/studies/1", tmp_path))
         assert "s (id=1)" in text and "Best Trial (number=" in text, text[-2000:]
+        assert "val_accuracy" in text and "Objective 0" not in text  # the objective named by the study's metric
         assert "trial #3" in text and parent in text  # every trial's curve, and the link to the MLflow parent
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -445,10 +473,11 @@ def test_mlflow_ui_shows_trials_nested_under_the_study(study, tmp_path):
         proc.wait(timeout=30)
 
 
-def test_retrain_best_on_train_plus_validation_and_register(study, data_dir, tiny_model):
+def test_retrain_best_on_train_plus_validation_and_register(study, data_dir, tiny_model, capsys):
     os.chdir(study)
     args = ["tune", "imdb", "--trials", "4", "--study", "s", *_args(study, data_dir, tiny_model), "retrain_best=true"]
     assert run_cli(args) == 0
+    out = capsys.readouterr().out
     uri = f"sqlite:///{study / 'mlruns.db'}"
     client = MlflowClient(uri)
     (mv,) = client.search_model_versions("name='imdb-best'")
@@ -465,7 +494,15 @@ def test_retrain_best_on_train_plus_validation_and_register(study, data_dir, tin
     parent = client.get_run(s.user_attrs["mlflow_parent_run_id"])
     assert parent.data.tags["optuna.retrain_run_id"] == run.info.run_id
     assert parent.data.metrics["best_test_accuracy"] == m["test_accuracy"]
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"model"}
+    # the registered version is of the run's logged model (MLflow 3), and the console says exactly what trained it
+    (model_output,) = run.outputs.model_outputs
+    assert mv.source == f"models:/{model_output.model_id}"
+    versions = json.loads(client.get_logged_model(model_output.model_id).tags["mlflow.modelVersions"])
+    assert {"name": "imdb-best", "version": str(mv.version)} in versions
+    rows = run.data.params["split.train.rows"]
+    line = [ln for ln in out.splitlines() if ln.startswith("best parameters on ")][0]
+    assert f"trained on {int(rows):,} of " in line and re.search(r"accuracy [\d.]+ \[[\d.]+, [\d.]+\] \(95% CI\)", line)
+    assert "/#/models/imdb-best/versions/" in out and "workflowType=machine_learning" in out
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")

@@ -29,8 +29,9 @@ class SwapModel(L.Callback):
     """At the start of the test loop, the module's model is replaced by the compressed variant; at its end the
     numbers that need the open run (ONNX agreement, size, speed) are logged to it."""
 
-    def __init__(self, method: str, folder: Path, threads: int, sparsity: float):
+    def __init__(self, method: str, folder: Path, threads: int, sparsity: float, say: Any = None):
         self.method, self.folder, self.threads, self.sparsity = method, folder, threads, sparsity
+        self.say = say or (lambda text: None)
         self.variant: Optional[Variant] = None
         self.source: Any = None
         self.inputs: Optional[Inputs] = None
@@ -71,6 +72,10 @@ class SwapModel(L.Callback):
             variant.model.reference = None
         with tempfile.TemporaryDirectory() as tmp:
             source_bytes = sum(f.stat().st_size for f in save_dense(self.source, Path(tmp)))
+        self.say(
+            f"timing {self.method} and the source model on the test inputs (batch 1 and batch 32, {self.threads} "
+            "thread(s)); this takes a few minutes on a CPU"
+        )
         mine, theirs = speed(variant.model, self.inputs, self.threads), speed(self.source, self.inputs, self.threads)
         metrics.update(
             {
@@ -144,6 +149,7 @@ def compress(
     sparsity: float = 0.5,
     threads: Optional[int] = None,
     distill: Optional[DistillSpec] = None,
+    console: Any = None,
 ) -> Compressed:
     """Evaluate one compressed variant of `source`: the run, its config and task, and the numbers measured."""
     from harness.config import default_tracking_uri, parse_override, resolve_run_config
@@ -201,12 +207,13 @@ def compress(
         **{f"harness.compress.{k}": v for k, v in variant_tags.items()},
     }
     with tempfile.TemporaryDirectory(prefix="harness-compress-") as tmp:
-        swap = SwapModel(method, Path(tmp), threads, sparsity)
+        say = (lambda text: console.print(text, highlight=False)) if console is not None else None
+        swap = SwapModel(method, Path(tmp), threads, sparsity, say)
         callbacks: list[Any] = [swap]
         if method in TRAINED:
             prune = sparsity if method == "prune-structured" else None
             callbacks.insert(0, DistillStudent(distill, Path(tmp), swap, prune=prune))
-        result = run(cfg, task, extra_callbacks=callbacks)
+        result = run(cfg, task, extra_callbacks=callbacks, console=console)
     measured = dict(getattr(swap, "metrics", {}))
     if result.run_id:
         measured.update(_paired(uri, source, result.run_id, task.main_metric))

@@ -39,6 +39,7 @@ class SplitData:
     official: bool = True  # false when a fallback changed the split (carved out of, or reduced by, another one)
     meta: dict[str, Any] = field(default_factory=dict)  # what the reader found (e.g. the SQuAD file version)
     text_roles: tuple[str, ...] = ()  # the columns that hold text (counted when empty)
+    whole_rows: Optional[int] = None  # rows of the split before a profile's subset was drawn (None: no subset)
 
     @property
     def rows(self) -> int:
@@ -48,6 +49,12 @@ class SplitData:
     def user_file(self) -> bool:
         """The rows come from a file the user gave (`harness eval --data`, `data.test_file`), not the task's split."""
         return self.source_kind == "file"
+
+    @property
+    def count(self) -> str:
+        """`150 of 11,490 rows` for a subset, `872 rows` for a whole split."""
+        whole = f" of {self.whole_rows:,}" if self.subset and self.whole_rows else ""
+        return f"{self.rows:,}{whole} rows"
 
     @property
     def label(self) -> str:
@@ -489,7 +496,10 @@ class _SplitPlan:
             s = s.part(name, self.remaining[name], f"without the rows of {', '.join(rest)}")
         if name in self.reduced_by_fallback:
             s = replace(s, official=False)
+        whole = s.rows
         s = _subset(s, size, stratify)
+        if s.subset:
+            s = replace(s, whole_rows=whole)
         if s.rows == 0:
             raise DataError(
                 f"task '{self.task.name}': split '{name}' is empty (source: {s.source})", "use a split with rows"

@@ -15,7 +15,7 @@ from harness.config import RunConfig, TaskSpec
 from harness.data.sources import SplitData, TaskData
 from harness.errors import ConfigError, ModelError
 from harness.families import FamilyInfo
-from harness.metrics.bootstrap import Estimate
+from harness.metrics.bootstrap import Estimate, Floor
 from harness.models import transfer
 from harness.models.loading import ResolvedModel, load_checkpoint, load_pretrained
 
@@ -31,12 +31,23 @@ class EvalReport:
     main_metric: str = ""
     tags: dict[str, str] = field(default_factory=dict)  # set on the run (e.g. metric signatures)
     warnings: list[str] = field(default_factory=list)  # printed and tagged (e.g. empty outputs, budget too small)
+    floors: list[Floor] = field(default_factory=list)  # trivial systems' scores on the same examples
 
     def metrics(self, prefix: str) -> dict[str, float]:
         out: dict[str, float] = {}
         for name, est in self.estimates.items():
             out.update(est.as_dict(f"{prefix}{name}"))
         out.update({f"{prefix}{k}": v for k, v in self.scalars.items()})
+        out.update({f"{prefix}{f.metric}_floor": f.value for f in self.floors})
+        return out
+
+    def floor_tags(self) -> dict[str, str]:
+        """`floor.<metric>`: what the floor is and where the run stands against it."""
+        out = {}
+        for f in self.floors:
+            est = self.estimates.get(f.metric)
+            if est is not None:
+                out[f"floor.{f.metric}"] = f"{f.value:.4f} ({f.what}): {f.verdict(est)[0]}"
         return out
 
 

@@ -77,7 +77,8 @@ class ClassificationFamily(Family):
             ),
         }
         scalars = {"loss": float(outputs["loss"].mean()), "examples": float(n)}
-        return EvalReport(split.name, n, estimates, scalars, table, figures, task.main_metric)
+        floors = cls_metrics.majority_floors(y, label_names, names)
+        return EvalReport(split.name, n, estimates, scalars, table, figures, task.main_metric, floors=floors)
 
 
 def _check_labels(model_labels: list[str], task_labels: list[str], ref: str) -> None:

@@ -16,7 +16,7 @@ from harness.config import RunConfig, TaskSpec
 from harness.data.generation import GenerationDataModule
 from harness.data.sources import SplitData, TaskData
 from harness.errors import ModelError
-from harness.families.base import EvalReport, Family, checkpoint_hyperparameters
+from harness.families.base import EvalReport, Family, Floor, checkpoint_hyperparameters
 from harness.metrics import generation as gen_metrics
 from harness.models.generation import TextGenerator
 from harness.models.loading import GENERATION_FITS, ResolvedModel, model_kind
@@ -173,19 +173,12 @@ class GenerationFamily(Family):
         gen_tokens = np.asarray(frame["gen_tokens"], dtype=float)
         hit = np.asarray(frame["hit_max"], dtype=bool)
         budget = cfg.generation.max_new_tokens
+        floors = [] if cfg.model.name.startswith("baseline:") else self.floors(cfg, sources, refs)
+        below = [f for f in floors if f.metric in estimates and f.verdict(estimates[f.metric])[0] != "above"]
         if not np.isnan(gen_tokens).all():
             scalars["generated_tokens_mean"] = float(np.nanmean(gen_tokens))
             scalars["hit_max_new_tokens"] = float(hit.sum())
-            if hit.all():
-                warnings.append(
-                    f"every generation ({n} of {n}) stopped at generation.max_new_tokens={budget} without "
-                    "an end-of-sequence token: the budget is too small (raise generation.max_new_tokens)"
-                )
-            elif hit.mean() > 0.25:
-                warnings.append(
-                    f"{int(hit.sum())} of {n} generations stopped at generation.max_new_tokens={budget}; "
-                    "consider a larger budget"
-                )
+            warnings += _budget_warnings(hit, budget, below)
         score_name, per_example = self.example_score(results)
         chars = cfg.eval.prediction_text_chars
         src_words = np.array([len(s.split()) for s in sources])
@@ -222,7 +215,46 @@ class GenerationFamily(Family):
                 src_words, per_example, "source length (words)", score_name, title
             ),
         }
-        return EvalReport(split.name, n, estimates, scalars, table, figures, task.main_metric, tags, warnings)
+        return EvalReport(
+            split.name, n, estimates, scalars, table, figures, task.main_metric, tags, warnings, floors=floors
+        )
+
+    def floors(self, cfg: RunConfig, sources: list[str], refs: list[str]) -> list[Floor]:
+        """The family's trivial system (lead-3, copying the source) scored on the same examples, the same way."""
+        name = self.info.baselines[0]
+        hyps = [self.baseline_text(name, s) for s in sources]
+        what = {"lead-3": "lead-3, the first three sentences of the source", "copy-source": "copying the source"}
+        quick = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"bootstrap_resamples": 1})})  # values only
+        out = []
+        for res in self.metric_results(quick, hyps, refs):
+            for metric, est in res.estimates.items():
+                if metric in ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf"):
+                    out.append(Floor(metric, est.value, what.get(name, name)))
+        return out
+
+
+def _budget_warnings(hit: np.ndarray, budget: int, below: list[Floor]) -> list[str]:
+    """What generations that ran to the token budget mean: a budget too small, or (the result no better than the
+    trivial system) outputs that ramble, which a larger budget will not fix."""
+    n = len(hit)
+    if below and hit.mean() > 0.25:
+        return [
+            f"{int(hit.sum())} of {n} generations ran to generation.max_new_tokens={budget} without ending, "
+            f"and {', '.join(f.metric for f in below)} is not above the floor ({below[0].what}): the outputs "
+            "ramble, which a larger budget will not fix; check the prompt (generation.prompt, chat template) "
+            "or train the model"
+        ]
+    if hit.all():
+        return [
+            f"every generation ({n} of {n}) stopped at generation.max_new_tokens={budget} without "
+            "an end-of-sequence token: the budget is too small (raise generation.max_new_tokens)"
+        ]
+    if hit.mean() > 0.25:
+        return [
+            f"{int(hit.sum())} of {n} generations stopped at generation.max_new_tokens={budget}; "
+            "consider a larger budget"
+        ]
+    return []
 
 
 class SummarizationFamily(GenerationFamily):

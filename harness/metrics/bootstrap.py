@@ -30,6 +30,24 @@ class Estimate:
         return {name: self.value, f"{name}_ci_low": self.low, f"{name}_ci_high": self.high}
 
 
+@dataclass
+class Floor:
+    """What a trivial system scores on the same test examples (majority class, lead-3, copying the source): a result
+    at or under it has learnt nothing the task rewards."""
+
+    metric: str
+    value: float
+    what: str  # the trivial system, in words
+
+    def verdict(self, est: Estimate) -> tuple[str, str]:
+        """(level, words) for a result against this floor (every metric with a floor is higher-is-better)."""
+        if est.high < self.value:
+            return "below", "BELOW it (worse than the trivial system)"
+        if est.low > self.value:
+            return "above", "above it"
+        return "at", "not distinguishable from it (inside the interval)"
+
+
 def bc_interval(draws: np.ndarray, point: float, confidence: float) -> tuple[float, float]:
     """Bias-corrected percentile interval of bootstrap `draws` around `point`."""
     b = len(draws)

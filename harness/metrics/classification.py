@@ -65,6 +65,8 @@ def estimates(
     """`compute`'s metrics on all examples, each with its bootstrap interval (resampling examples)."""
     from harness.metrics.bootstrap import bootstrap
 
+    probs = probs.double()  # 105/200 logs as 0.525, not float32's 0.5249999761581421
+
     def stats(i: np.ndarray) -> dict[str, float]:
         t = torch.as_tensor(i)
         return compute(probs[t], labels[t], n_bins=n_bins, names=names)
@@ -105,3 +107,27 @@ def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) ->
         acc = np.bincount(which, weights=correct, minlength=n_bins) / count
         mean_conf = np.bincount(which, weights=conf, minlength=n_bins) / count
     return {"edges": edges, "count": count, "accuracy": acc, "confidence": mean_conf}
+
+
+def majority_floors(y: np.ndarray, label_names: list[str], names: tuple[str, ...]) -> list[Any]:
+    """The scores of always predicting the commonest test label (AUROC: of any constant score, 0.5).
+
+    >>> [(f.metric, round(f.value, 4)) for f in majority_floors(np.array([0, 1, 1, 1]), ["neg", "pos"], METRICS)]
+    [('accuracy', 0.75), ('f1_macro', 0.4286), ('auroc', 0.5)]
+    """
+    from harness.metrics.bootstrap import Floor
+
+    if len(y) == 0:
+        return []
+    counts = np.bincount(y, minlength=len(label_names))
+    top = int(counts.argmax())
+    share = counts[top] / len(y)
+    what = f"always predicting '{label_names[top]}', the commonest test label"
+    out = []
+    if "accuracy" in names:
+        out.append(Floor("accuracy", float(share), what))
+    if "f1_macro" in names:  # F1 of the one class predicted, 0 for the others
+        out.append(Floor("f1_macro", float(2 * share / (1 + share) / len(label_names)), what))
+    if "auroc" in names and len(np.unique(y)) > 1:
+        out.append(Floor("auroc", 0.5, "any constant score (chance)"))
+    return out

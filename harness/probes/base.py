@@ -40,6 +40,8 @@ class ProbeSpec(Strict):
     metrics: list[str]
     main_metric: str
     ideal: Optional[float] = None  # the unbiased value of the main metric (e.g. 50 for CrowS-Pairs)
+    reading: Optional[str] = None  # what the main metric measures, in one line (printed beside the result)
+    chance: dict[str, float] = {}  # metric -> what guessing scores (e.g. 50 for a choice of two): the floor
     references: list[Reference] = []
     options: dict[str, Any] = {}
     path: Optional[str] = None

@@ -104,7 +104,7 @@ class Journal:
         return False
 
 
-RECORD_OPS = ("create_run", "log_batch", "log_artifact", "log_input", "set_terminated", "delete_tag")
+RECORD_OPS = ("create_run", "log_batch", "log_artifact", "log_input", "log_model", "set_terminated", "delete_tag")
 
 
 def record(line: str, file: Path, number: int, sent: int = 0) -> dict:
@@ -148,13 +148,13 @@ def answers(uri: str, timeout: float = 3.0) -> bool:
 
 
 def send(client: Any, rec: dict, folder: Optional[Path] = None) -> None:
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Param, RunTag
 
     run_id, op = rec["run_id"], rec["op"]
     if op == "log_batch":
         client.log_batch(
             run_id,
-            metrics=[Metric(*m) for m in rec.get("metrics", [])],
+            metrics=[metric(m) for m in rec.get("metrics", [])],
             params=[Param(*p) for p in rec.get("params", [])],
             tags=[RunTag(*t) for t in rec.get("tags", [])],
         )
@@ -166,12 +166,91 @@ def send(client: Any, rec: dict, folder: Optional[Path] = None) -> None:
             client.log_artifact(run_id, str(local), rec.get("path"))
     elif op == "log_input":
         send_input(client, run_id, rec["dataset"], rec["context"], rec["tags"])
+    elif op == "log_model":
+        local = (folder / rec["local"]) if folder is not None else Path(rec["local"])
+        send_model(client, run_id, local, rec["model"])
     elif op == "set_terminated":  # the end time the run had, not the time it was synced (journals before it: now)
         client.set_terminated(run_id, rec["status"], end_time=rec.get("end_time"))
     elif op == "delete_tag":
         client.delete_tag(run_id, rec["key"])
     else:  # pragma: no cover - a journal written by a newer harness
         raise ValueError(f"unknown journal record '{op}'")
+
+
+def metric(m: Any) -> Any:
+    """A metric from its journal form: (key, value, timestamp, step[, dataset name, dataset digest[, model id]])."""
+    from mlflow.entities import Metric
+
+    key, value, ts, step, *rest = m
+    dataset_name, dataset_digest, model_id = (list(rest) + [None, None, None])[:3]
+    return Metric(key, value, ts, step, model_id=model_id, dataset_name=dataset_name, dataset_digest=dataset_digest)
+
+
+def metric_record(m: Any) -> list:
+    """A metric in its journal form (see `metric`)."""
+    out = [m.key, m.value, m.timestamp, m.step]
+    if m.dataset_name or m.model_id:
+        out += [m.dataset_name, m.dataset_digest, m.model_id]
+    return out
+
+
+def send_model(client: Any, run_id: str, folder: Path, spec: dict) -> str:
+    """An MLflow model folder as a LoggedModel (MLflow 3): created in the run's experiment with the run as its
+    source, its `MLmodel` naming it, its files uploaded, marked READY, recorded as the run's output at `spec["step"]`,
+    and the run's test metrics linked to it and to their dataset (the experiment's Models tab lists them by
+    dataset). A replay after a failure part-way reuses the model it had created (its `harness.upload` tag)."""
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
+    from mlflow.models import Model
+
+    run = client.get_run(run_id)
+    exp_id = run.info.experiment_id
+    upload = spec["upload"]
+    found = client.search_logged_models(
+        experiment_ids=[exp_id], filter_string=f"name = '{spec['name']}'", max_results=1000
+    )
+    mine = [m for m in found if m.source_run_id == run_id and m.tags.get("harness.upload") == upload]
+    linked = {o.model_id for o in (getattr(run.outputs, "model_outputs", None) or [])}
+    if mine and mine[0].model_id in linked and str(mine[0].status) == "READY":
+        return mine[0].model_id  # sent whole before (a replay of a record the server had taken)
+    if mine:
+        model = mine[0]
+    else:
+        model = client.create_logged_model(
+            exp_id,
+            name=spec["name"],
+            source_run_id=run_id,
+            # as MLflow's own log_model does: the run's params (the resolved config) with the model's own
+            params={k: str(v)[:6000] for k, v in {**run.data.params, **spec.get("params", {})}.items()},
+            tags={**{k: str(v)[:5000] for k, v in spec.get("tags", {}).items()}, "harness.upload": upload},
+            model_type=spec.get("model_type"),
+        )
+    mlmodel = Model.load(str(folder / "MLmodel"))
+    mlmodel.model_id = model.model_id
+    mlmodel.model_uuid = model.model_id
+    mlmodel.run_id = run_id
+    mlmodel.artifact_path = model.artifact_location
+    mlmodel.save(str(folder / "MLmodel"))
+    client.log_model_artifacts(model.model_id, str(folder))
+    step = int(spec.get("step", 0))
+    metrics = []
+    for m in spec.get("metrics", []):
+        key, value, ts, mstep, *rest = m
+        name, digest = (list(rest) + [None, None])[:2]
+        metrics.append(Metric(key, value, ts, mstep, model_id=model.model_id, dataset_name=name, dataset_digest=digest))
+    for i in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[i : i + 500])
+    if model.model_id not in linked:
+        client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)  # last: READY means all of it was sent
+    return model.model_id
+
+
+def logged_model_id(client: Any, run_id: str) -> Optional[str]:
+    """The LoggedModel a run produced (its last model output), or None (no model, or one logged before MLflow 3's
+    logged models: a `model/` artifact of the run)."""
+    outputs = getattr(client.get_run(run_id), "outputs", None)
+    models = list(getattr(outputs, "model_outputs", None) or [])
+    return models[-1].model_id if models else None
 
 
 def find(root: Path) -> list[Path]:

@@ -37,7 +37,10 @@ class MlflowStepLogger(Logger):
     def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
         ts = int(time.time() * 1000)
         for k, v in metrics.items():
-            self._buffer.append(Metric(k, float(v), ts, int(step or 0)))
+            # Lightning adds `epoch` counted from 0; the console counts epochs from 1 ("epoch 1" is the first): one
+            # convention, the console's, so the metric reads the epoch in progress as the console names it
+            value = float(v) + 1 if k == "epoch" else float(v)
+            self._buffer.append(Metric(k, value, ts, int(step or 0)))
         if len(self._buffer) >= self.flush_every:
             self.flush()
 

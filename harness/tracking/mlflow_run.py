@@ -24,7 +24,7 @@ from harness.config import RunConfig, TaskSpec, dump_yaml, flatten
 from harness.data.sources import SplitData, TaskData
 from harness.interrupts import shield, tracking_client
 from harness.tracking import env
-from harness.tracking.journal import Journal, answers, send_input, unreachable
+from harness.tracking.journal import Journal, answers, metric_record, send_input, send_model, unreachable
 
 _MAX_PARAM = 6000
 _MAX_TAG = 5000
@@ -42,9 +42,14 @@ class Tracker:
         self.client = tracking_client(uri)
         self.experiment = cfg.tracking.experiment or task.name
         self.run_id: Optional[str] = None
+        self.experiment_id: Optional[str] = None
         self.journal_dir = journal_dir
         self.journal: Optional[Journal] = None
         self.went_away = False  # the server stopped answering at some point of this run
+        self.datasets: dict[str, tuple[str, str]] = {}  # split -> (dataset name, digest) as logged as run inputs
+        self.test_metrics: dict[str, float] = {}  # what log_report logged, linked again to a logged model
+        self.test_step = 0
+        self.model_id: Optional[str] = None  # the LoggedModel of log_model, once the server has it
 
     # ---- sending, or keeping for later -----------------------------------------------------------------------------
     def _send(self, op: str, call: Callable[[], Any], record: Any) -> None:
@@ -65,7 +70,7 @@ class Tracker:
     def _batch(self, metrics: list = (), params: list = (), tags: list = ()) -> None:  # type: ignore[assignment]
         def record() -> dict[str, Any]:
             return {
-                "metrics": [(m.key, m.value, m.timestamp, m.step) for m in metrics],
+                "metrics": [metric_record(m) for m in metrics],
                 "params": [(p.key, p.value) for p in params],
                 "tags": [(t.key, t.value) for t in tags],
             }
@@ -97,6 +102,7 @@ class Tracker:
     # ---- lifecycle -----------------------------------------------------------------------------------------------
     def start(self, run_id: Optional[str] = None) -> str:
         exp = mlflow.set_experiment(self.experiment)
+        self.experiment_id = exp.experiment_id
         if not exp.tags.get("harness.task"):
             self.client.set_experiment_tag(exp.experiment_id, "harness.task", self.task.name)
             self.client.set_experiment_tag(exp.experiment_id, "harness.family", self.task.family)
@@ -127,11 +133,16 @@ class Tracker:
         if self.cfg.tracking.run_name:
             return self.cfg.tracking.run_name
         name = self.cfg.model.name
+        # runs on different numbers of rows get different names (the sizes asked for, where a subset was)
+        d = self.cfg.data
+        sizes = (f"-train{d.train_size}" if d.train_size and self.cfg.train else "") + (
+            f"-test{d.test_size}" if d.test_size and not d.test_file else ""
+        )
         if name.startswith("baseline:"):
-            return f"{self.task.name}-baseline-{name.split(':', 1)[1]}"
+            return f"{self.task.name}-baseline-{name.split(':', 1)[1]}{sizes}"
         model = name.rstrip("/").split("/")[-1]
         mode = "train" if self.cfg.train else "eval"
-        return f"{self.task.name}-{model}-{self.cfg.profile}-{mode}-s{self.cfg.seed}"
+        return f"{self.task.name}-{model}-{self.cfg.profile}-{mode}-s{self.cfg.seed}{sizes}"
 
     def base_tags(self) -> dict[str, str]:
         c = self.cfg
@@ -239,6 +250,7 @@ class Tracker:
             title = f"{self.task.name}-{name}" if not split.user_file else f"file:{Path(split.source).name}"
             context = name if not split.user_file else f"{name} (user file)"
             ds = MetaDataset(source=src, name=title, digest=lin["digest"])
+            self.datasets[name] = (title, lin["digest"])
             tags = {k: str(v) for k, v in lin.items() if v is not None}
             entity = ds._to_mlflow_entity().to_dictionary()
             self._send(
@@ -256,9 +268,14 @@ class Tracker:
             self._batch(params=params)
         self._file("data/lineage.json", json.dumps(lineages, indent=2))
 
-    def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: Optional[int] = None, split: Optional[str] = None) -> None:
+        """Metrics at `step`; with `split`, each linked to that split's dataset (as MLflow 3 shows metrics per
+        dataset)."""
         ts = int(time.time() * 1000)
-        self.log_metric_list([Metric(k, float(v), ts, step or 0) for k, v in metrics.items()])
+        name, digest = self.datasets.get(split or "", (None, None))
+        self.log_metric_list(
+            [Metric(k, float(v), ts, step or 0, dataset_name=name, dataset_digest=digest) for k, v in metrics.items()]
+        )
 
     def log_metric_list(self, items: list) -> None:
         for i in range(0, len(items), 500):
@@ -268,25 +285,50 @@ class Tracker:
         """A family's EvalReport: warnings and tags, `test_<metric>` with its interval, the predictions table, plots."""
         if report.warnings:
             self.set_tags({"eval.warnings": " | ".join(report.warnings)[:4900]})
-        if report.tags:
-            self.set_tags(report.tags)
-        self.log_metrics(report.metrics("test_"), step=step)
+        if report.tags or report.floors:
+            self.set_tags({**report.tags, **report.floor_tags()})
+        self.test_metrics = report.metrics("test_")
+        self.test_step = step
+        self.log_metrics(self.test_metrics, step=step, split=report.split)
         if report.table is not None:
             self.log_table(report.table, f"predictions/{report.split}.json")
         for path, fig in report.figures.items():
             self.log_figure(fig, path)
 
-    def log_model(self, export: Callable[[Path], None], meta: dict[str, Any]) -> None:
-        """The trained model as the `model/` artifact, an MLflow model (harness/serving.py) holding what
-        `export(folder)` writes plus `harness.json` (`meta`)."""
+    def log_model(self, export: Callable[[Path], None], meta: dict[str, Any], split: str = "test") -> None:
+        """The trained model as an MLflow 3 LoggedModel named `model` (so `runs:/<run id>/model` finds it), linked to
+        this run: an MLflow model (harness/serving.py) holding what `export(folder)` writes plus `harness.json`
+        (`meta`), with the run's test metrics and their interval bounds linked to it and to the test dataset.
+        While the server is away, it waits in the journal like every other record (harness sync sends it)."""
+        import uuid
+
         from harness import serving
 
+        name, digest = self.datasets.get(split, (None, None))
+        step = self.test_step
+        ts = int(time.time() * 1000)
+        tags = {k: v for k, v in self.base_tags().items() if k != "harness.config_hash" and not k.startswith("mlflow.")}
+        tags["harness.run_name"] = self.run_name()
+        spec = {
+            "name": "model",
+            "upload": uuid.uuid4().hex,
+            "step": step,
+            "model_type": self.task.family,
+            "params": {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool)) and k != "run_id"},
+            "tags": tags,
+            "metrics": [[k, float(v), ts, step, name, digest] for k, v in self.test_metrics.items()],
+        }
         with temp_dir() as tmp:
             weights = Path(tmp) / "weights"
             export(weights)
             (weights / "harness.json").write_text(json.dumps(meta, indent=2))
-            serving.save(weights, Path(tmp) / "model", meta)
-            self.log_dir(Path(tmp) / "model", "model")
+            folder = Path(tmp) / "model"
+            serving.save(weights, folder, meta)
+            self._send(
+                "log_model",
+                lambda: setattr(self, "model_id", send_model(self.client, self.run_id, folder, spec)),
+                {"local": str(folder), "model": spec},
+            )
 
     def log_table(self, df: Any, path: str) -> None:
         """A table as MLflow stores one (`{"columns": [...], "data": [...]}`, shown by its UI)."""

@@ -46,6 +46,17 @@ class StudyTracker:
         study.set_user_attr("mlflow_parent_run_id", run_id)
         return run_id
 
+    def open_line(self, run_id: str, registered: Optional[tuple[str, str]] = None) -> str:
+        """How to open a run (and a registered model version) in the MLflow UI's Model training view."""
+        from harness.tracking import links
+
+        base = links.ui_base(self.tracking_uri)
+        exp = self.client.get_run(run_id).info.experiment_id
+        line = links.open_hint(self.tracking_uri) + links.run_url(base, exp, run_id)
+        if registered is not None:
+            line += " · registered version: " + links.registered_url(base, *registered)
+        return line
+
     def record_trial(self, run_id: str, state: str, value: float) -> None:
         self.client.set_tag(run_id, "optuna.state", state)
         self.client.log_metric(run_id, "objective", value)
@@ -113,10 +124,21 @@ class StudyTracker:
             )
         except MlflowException:
             pass  # it exists: add a version
-        source = self.client.get_run(run_id).info.artifact_uri.rstrip("/") + "/model"
+        from harness.tracking.journal import logged_model_id
+
+        model_id = logged_model_id(self.client, run_id)
+        # MLflow 3: the version is of the run's LoggedModel (its page links the two); a run logged before logged
+        # models holds its model as the `model/` artifact
+        source = f"models:/{model_id}" if model_id else self.client.get_run(run_id).info.artifact_uri + "/model"
         version = self.client.create_model_version(
-            name, source=source, run_id=run_id, tags={"optuna.study": study_name}
+            name, source=source, run_id=run_id, tags={"optuna.study": study_name}, model_id=model_id
         )
+        if model_id:  # the logged model's page lists its registered versions (what mlflow.register_model records)
+            import json
+
+            known = json.loads(self.client.get_logged_model(model_id).tags.get("mlflow.modelVersions") or "[]")
+            known.append({"name": name, "version": str(version.version)})
+            self.client.set_logged_model_tags(model_id, {"mlflow.modelVersions": json.dumps(known)})
         self.client.set_tag(parent, "optuna.retrain_run_id", run_id)
         self.client.log_metric(parent, f"best_{metric}", value)
         return str(version.version)

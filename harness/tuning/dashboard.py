@@ -9,11 +9,18 @@ import sys
 
 
 def main(argv: list[str]) -> int:
+    from harness.config import redact_uri
+
+    port = int(argv[0]) if argv else 8080
+    storage = os.environ.get("OPTUNA_STORAGE") or "sqlite:///optuna.db"
+    # said at once (the imports and the storage take seconds), at the address the app lives at: /dashboard/
+    print(
+        f"optuna-dashboard over {redact_uri(storage)}: http://127.0.0.1:{port}/dashboard/ (Ctrl-C stops it)", flush=True
+    )
     import optuna_dashboard
 
     from harness.tuning.study import DEFAULT_STORAGE, open_storage
 
-    port = int(argv[0]) if argv else 8080
     optuna_dashboard.run_server(
         open_storage(os.environ.get("OPTUNA_STORAGE") or DEFAULT_STORAGE), host="127.0.0.1", port=port
     )

@@ -71,7 +71,9 @@ class Study:
 
     def open(self, worker: int = 0) -> Any:
         """The Optuna study (created on first use); each worker samples with its own seed."""
-        return open_study(self.name, self.storage, self.direction, self.seed, self.pruner, worker, self.reports)
+        return open_study(
+            self.name, self.storage, self.direction, self.seed, self.pruner, worker, self.reports, self.monitor
+        )
 
     @property
     def reports(self) -> int:
@@ -264,7 +266,14 @@ def make_pruner(name: str, reports: int = 4) -> Any:
 
 
 def open_study(
-    name: str, storage: Any, direction: str, seed: int, pruner: str, worker: int = 0, reports: int = 4
+    name: str,
+    storage: Any,
+    direction: str,
+    seed: int,
+    pruner: str,
+    worker: int = 0,
+    reports: int = 4,
+    metric: Optional[str] = None,
 ) -> Any:
     import optuna
 
@@ -283,7 +292,7 @@ def open_study(
                 f"study '{name}' exists with direction '{have}', but this task's metric is to '{direction}'",
                 "use another --study name, or the task the study was made for",
             )
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=name,
         storage=storage,
         direction=direction,
@@ -291,6 +300,10 @@ def open_study(
         pruner=make_pruner(pruner, reports),
         load_if_exists=True,
     )
+    if metric and study.metric_names != [metric]:
+        # optuna-dashboard names the objective axis after it (else "Objective 0")
+        study.set_metric_names([metric])
+    return study
 
 
 # ---- trials ----------------------------------------------------------------------------------------------------------
@@ -322,6 +335,11 @@ def run_trial(study: Study, trial: Any, parent_run_id: str, params: Optional[dic
     if trial is not None and result.run_id:
         StudyTracker(cfg.tracking.uri).record_trial(result.run_id, "PRUNED" if callback.pruned else "COMPLETE", value)
         trial.set_user_attr("mlflow_run_id", result.run_id)
+        if result.experiment_id:  # optuna-dashboard lists user attributes: the trial's run, one click away
+            from harness.tracking import links
+
+            base = links.ui_base(cfg.tracking.uri)
+            trial.set_user_attr("mlflow_run_url", links.run_url(base, result.experiment_id, result.run_id))
         trial.set_user_attr("validations", callback.reports)
         trial.set_user_attr("epochs", _epochs_run(cfg, callback.reports))
     if callback.pruned:
@@ -358,22 +376,31 @@ def _epochs_run(cfg: RunConfig, reports: int) -> float:
 
 
 def _progress(study: Any, trial: Any) -> None:
+    """One line per finished trial: its parameters, its value named by the study's metric, and what a pruned trial's
+    number is (the last intermediate value it reported, at the rung where the pruner stopped it: not a final value,
+    and not comparable with the best)."""
     import optuna
 
+    metric = (study.metric_names or ["value"])[0]
     state = trial.state.name
     reports = trial.intermediate_values
     if state == "PRUNED" and reports:
-        value = f"{reports[max(reports)]:.4f} at validation {len(reports)}"
+        value = f"stopped at validation {len(reports)}: {metric} {reports[max(reports)]:.4f} there (intermediate)"
     else:
-        value = f"{trial.value:.4f}" if trial.value is not None else "-"
+        value = f"{metric} {trial.value:.4f}" if trial.value is not None else f"{metric} -"
     try:
         best = study.best_trial
-        best_s = f"best {best.value:.4f} (trial {best.number})"
+        best_s = f"best {metric} {best.value:.4f} (trial {best.number})"
     except ValueError:
-        best_s = "best -"
+        best_s = "no complete trial yet"
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = len(study.get_trials(deepcopy=False, states=finished))
-    print(f"trial {trial.number:>3} {state:<8} value {value} · {best_s} · {done} finished", flush=True)
+    params = " ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+    print(f"trial {trial.number:>3} {state:<8} {value} · {params} · {best_s} · {done} finished", flush=True)
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 # ---- workers ---------------------------------------------------------------------------------------------------------
@@ -528,6 +555,7 @@ def tune(study: Study, retrain_best: bool = False) -> dict[str, Any]:
         f"{study.trials} trial(s), {study.workers} worker(s), pruner {study.pruner} · MLflow parent run {parent}",
         flush=True,
     )
+    print(f"open it: {tracker.open_line(parent)}", flush=True)
     started = time.perf_counter()
     status = "FINISHED"
     try:
@@ -605,16 +633,25 @@ def retrain(study: Study, summary: dict[str, Any], tracker: StudyTracker) -> dic
         "optuna.study": summary["study"],
         "optuna.retrain_of_trial": str(summary["best_trial"]),
     }
-    print(f"retraining trial {summary['best_trial']}'s parameters on train + validation, then test", flush=True)
+    print(
+        f"retraining trial {summary['best_trial']}'s parameters on the training rows with the validation rows folded "
+        "back in (data.train_on_validation=true), then test once",
+        flush=True,
+    )
     result = run(cfg, task)
-    value = result.report.estimates[task.main_metric].value if result.report is not None else float("nan")
+    est = result.report.estimates.get(task.main_metric) if result.report is not None else None
+    value = est.value if est is not None else float("nan")
     name = f"{task.name}-best"
     version = tracker.register_best(
         name, result.run_id, summary["study"], summary["parent_run_id"], f"test_{task.main_metric}", value
     )
+    conf = int(round(cfg.eval.confidence * 100))
+    ci = f" [{est.low:.4f}, {est.high:.4f}] ({conf}% CI)" if est is not None else ""
+    test = f"{result.report.n:,} {result.test_label} examples" if result.report is not None else "test"
     print(
-        f"best parameters on test: {task.main_metric} {value:.4f} · run {result.run_id} · registered as "
-        f"'{name}' version {version}",
+        f"best parameters on {test}: {task.main_metric} {value:.4f}{ci} · trained on {result.train_rows} · run "
+        f"{result.run_id} · registered as '{name}' version {version}",
         flush=True,
     )
+    print(f"open it: {tracker.open_line(result.run_id, registered=(name, version))}", flush=True)
     return {"run_id": result.run_id, "test": value, "model": name, "version": version}

@@ -102,15 +102,24 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _run(task_name: str, overrides: list[str]) -> int:
     from harness.config import resolve_run_config
     from harness.registry import get_task
-    from harness.runner import run
 
     task = get_task(task_name)
-    cfg = resolve_run_config(task, overrides)
-    console = _console()
-    result = run(cfg, task, console=console)
-    if result.report is not None:  # rank 0 only under DDP
-        print_report(console, cfg, task, result)
-    return 0
+    cfg = resolve_run_config(task, overrides)  # a mistake in the config is told before the heavy imports
+    from harness import runlock
+
+    # a second identical command stops here, before its start-up (the run's own folder lock comes later)
+    held = runlock.hold(runlock.command_folder(cfg, task.name)) if runlock.first_process() else None
+    try:
+        from harness.runner import run
+
+        console = _console()
+        result = run(cfg, task, console=console)
+        if result.report is not None:  # rank 0 only under DDP
+            print_report(console, cfg, task, result)
+        return 0
+    finally:
+        if held is not None:
+            os.close(held)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -235,20 +244,15 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from harness import compare as C
     from harness.config import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri()
+    _check_compare_args(args)  # argument errors first, before the heavy imports
+    from harness import compare as C
     from harness.systems import from_files, from_runs
     from harness.tracking.store import check_store
 
-    uri = args.tracking_uri or default_tracking_uri()
     if args.predictions:
-        if args.runs:
-            raise ConfigError("give runs or --predictions files, not both", "compare either runs or files")
-        if len(args.predictions) < 2:
-            raise ConfigError(
-                "--predictions needs at least two files (the first is the baseline)",
-                "e.g. harness compare --predictions a.txt b.txt --references refs.txt",
-            )
         systems, metrics, refs = from_files(
             [Path(p) for p in args.predictions],
             references=Path(args.references) if args.references else None,
@@ -259,11 +263,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
             engine=args.engine,
         )
     else:
-        if len(args.runs) < 2:
-            raise ConfigError(
-                "harness compare needs at least two runs (the first is the baseline)",
-                "e.g. harness compare <baseline run id> <run id>",
-            )
         check_store(uri)
         systems, metrics, refs = from_runs(args.runs, uri, args.metric)
     C.check_same_examples(systems)
@@ -281,6 +280,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
             if args.runs:
                 print(f"the runs side by side: {_compare_line(uri, args.runs)}")
     return 0
+
+
+def _check_compare_args(args: argparse.Namespace) -> None:
+    if args.predictions:
+        if args.runs:
+            raise ConfigError("give runs or --predictions files, not both", "compare either runs or files")
+        if len(args.predictions) < 2:
+            raise ConfigError(
+                "--predictions needs at least two files (the first is the baseline)",
+                "e.g. harness compare --predictions a.txt b.txt --references refs.txt",
+            )
+    elif len(args.runs) < 2:
+        raise ConfigError(
+            "harness compare needs at least two runs (the first is the baseline)",
+            "e.g. harness compare <baseline run id> <run id>",
+        )
 
 
 def _open_line(uri: str, run_id: str) -> str:
@@ -698,7 +713,8 @@ def _rouge_options(p: Any) -> None:
 
 def _add_compare_command(sub: Any) -> None:
     from harness.config import DEFAULT_TRACKING_URI
-    from harness.metrics.paired import BOOTSTRAP_RESAMPLES, SEED
+    from harness.metrics import PAIRED_RESAMPLES as BOOTSTRAP_RESAMPLES
+    from harness.metrics import PAIRED_SEED as SEED
 
     c = sub.add_parser("compare", help="paired significance: is B better than A on the same examples (runs or files)")
     c.add_argument("runs", nargs="*", metavar="RUN", help="MLflow run ids; the first is the baseline")
@@ -906,5 +922,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             return err.exit_code
 
 
+def entry() -> None:
+    """The `harness` command: `main`, then, after a user's mistake (its one line printed, its run marked FAILED),
+    exit at once: tearing down torch, Lightning and MLflow took seconds (minutes on a loaded machine), and a thread a
+    library left running would hold the exit longer still."""
+    rc = main()
+    if rc not in (0, None):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    sys.exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -63,6 +63,7 @@ class System:
     signatures: dict[str, str] = field(default_factory=dict)
     texts: Optional[list[list[str]]] = None  # translation: hypotheses per seed (sacreBLEU scores the text itself)
     test_data: Optional[str] = None  # a user's file the run scored in place of the test split, in words
+    file: Optional[tuple[str, str]] = None  # a system given as a file: (path, sha256)
 
 
 # ---- the comparison --------------------------------------------------------------------------------------------------
@@ -79,6 +80,10 @@ class Comparison:
     draws: dict[str, dict[str, np.ndarray]]  # system -> metric -> bootstrap differences
 
     @property
+    def all(self) -> list[System]:
+        return [self.baseline, *self.systems]
+
+    @property
     def signatures(self) -> dict[str, str]:
         """metric -> the signature its numbers were computed under (only metrics that have one)."""
         return {m.name: m.signature for m in self.metrics if m.signature}
@@ -89,6 +94,11 @@ class Comparison:
             "baseline": self.baseline.name,
             "examples": self.examples,
             "test_data": self.baseline.test_data or "the task's test split",
+            **(
+                {"files": [{"system": x.name, "path": x.file[0], "sha256": x.file[1]} for x in self.all if x.file]}
+                if self.baseline.file
+                else {}
+            ),
             "baseline_values": {m.name: self.results["__baseline__"][m.name] for m in self.metrics},
             "holm": self.holm,
             "signatures": sig,
@@ -141,6 +151,11 @@ def compare(
         for m in metrics:
             r = results[s.name][m.name]
             r["significant"] = bool(r["p_value"] < ALPHA)
+            # the one rule: the verdict follows p, the test named in `method`; approximate randomization is a second
+            # opinion, and where the two fall on different sides of alpha the row says so
+            r["verdict_by"] = r["method"]
+            other = r.get("p_approximate_randomization")
+            r["tests_disagree"] = bool(paired.is_finite(other) and (other < ALPHA) != r["significant"])
     return Comparison(base, others, metrics, results, len(base.keys), use_holm, draws)
 
 
@@ -378,6 +393,8 @@ def print_table(c: Comparison, say: Callable[[str], None]) -> None:
             verdict = ("B better" if r["delta"] > 0 else "B worse") if r["significant"] else "no difference shown"
             if m.name in LOWER_IS_BETTER and r["significant"]:
                 verdict = "B better" if r["delta"] < 0 else "B worse"
+            if r.get("tests_disagree"):
+                verdict += " (by p; p (AR) disagrees: unsettled)"
             table.add_row(
                 m.name,
                 fmt(c.results["__baseline__"][m.name]),
@@ -398,6 +415,13 @@ def print_table(c: Comparison, say: Callable[[str], None]) -> None:
     for sig, names in signed.items():
         say(f"  signature ({', '.join(names)}): {sig}")
     say("  p (AR): approximate randomization, the same question asked by shuffling the two systems' outputs")
+    say(
+        f"  the verdict (at α={ALPHA}) follows p, the test in the `test` column; p (AR) is a second opinion, and a row "
+        "where the two fall on different sides of α is marked unsettled"
+    )
+    split = [(s.name, m.name) for s in c.systems for m in c.metrics if c.results[s.name][m.name].get("tests_disagree")]
+    if split:
+        say(f"  the two tests disagree on: {', '.join(f'{n} · {m}' for n, m in split)}")
 
 
 def disagreements(c: Comparison) -> pd.DataFrame:
@@ -450,11 +474,23 @@ def check_same_examples(systems: list[System]) -> None:
             )
         for name, sig in s.signatures.items():
             other = base.signatures.get(name)
-            if other is not None and other != sig:
+            if other is not None and same_numbers(other) != same_numbers(sig):
                 raise ConfigError(
                     f"{name} was computed differently by {s.name} ({sig}) and {base.name} ({other})",
                     "compare runs whose metric signatures match",
                 )
+
+
+def same_numbers(signature: str) -> str:
+    """A signature without what does not change the numbers: the implementation that computed them (`impl:`, Perl
+    ROUGE-1.5.5 or its port) and the order its WordNet exceptions were read in (`exceptions:`, pinned since; runs
+    signed before it carry neither).
+
+    >>> same_numbers("engine:ROUGE-1.5.5|lsum-split:auto|agg:mean-f|impl:perl(x)|scale:x100")
+    'engine:ROUGE-1.5.5|lsum-split:auto|agg:mean-f|scale:x100'
+    """
+    parts = [p for p in signature.split("|") if not p.startswith(("impl:", "exceptions:"))]
+    return "|".join(parts)
 
 
 def align(systems: list[System]) -> None:

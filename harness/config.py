@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -166,7 +167,7 @@ class TaskSpec(Strict):
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # ROUGE-Lsum's sentences and ROUGE's implementation: one vocabulary for runs, `harness score` and `harness compare`
 ROUGE_SPLITS = ("auto", "newline", "none")  # none: another name for newline (each line is a sentence)
-ROUGE_ENGINES = ("rouge-score", "pyrouge")
+ROUGE_ENGINES = ("rouge-score", "pyrouge", "pyrouge-perl")
 
 
 class ModelConfig(Strict):
@@ -313,9 +314,10 @@ class EvalConfig(Strict):
     # summarization: ROUGE-Lsum's sentences; auto splits an output without line breaks, newline (or none, the same)
     # takes the lines as given
     rouge_split: Literal["auto", "newline", "none"] = only_for("summarization", default="auto")
-    # summarization: rouge-score (Google's implementation, in Rust) or pyrouge (Perl ROUGE-1.5.5 as summarization
-    # papers ran it through pyrouge; needs perl and its XML::DOM module)
-    rouge_engine: Literal["rouge-score", "pyrouge"] = only_for("summarization", default="rouge-score")
+    # summarization: rouge-score (Google's implementation, in Rust), pyrouge (the numbers papers report: ROUGE-1.5.5's
+    # tokens and stems in Python, counted by rouge-score-rs; harness/metrics/rouge155.py) or pyrouge-perl (Perl
+    # ROUGE-1.5.5 itself as papers ran it through pyrouge; needs perl and its XML::DOM module; minutes)
+    rouge_engine: Literal["rouge-score", "pyrouge", "pyrouge-perl"] = only_for("summarization", default="rouge-score")
     # extractive QA post-processing: candidate spans kept per context window, longest answer (tokens), and for
     # SQuAD 2.0 the margin: answer "" when null score - best span score > null_threshold
     n_best: int = only_for("extractive_qa", default=20, gt=0)
@@ -547,9 +549,55 @@ def _describe_error(err: dict[str, Any]) -> tuple[str, str]:
     return loc, f"'{loc}': {msg}"
 
 
-def validation_to_error(e: ValidationError, origins: dict[str, str], what: str) -> ConfigError:
+def _user_key(loc: tuple, model: Any) -> tuple[str, Any]:
+    """The key as the user wrote it (pydantic adds the branch of a union to an error's location, e.g.
+    `data.device_resident.bool`), and the field it names (None when the location is not a field)."""
+    parts, field = [], None
+    for part in loc:
+        fields = getattr(model, "model_fields", None)
+        if not isinstance(part, str) or not fields or part not in fields:
+            break
+        parts.append(part)
+        field = fields[part]
+        model = field.annotation
+        args = [a for a in typing.get_args(model) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = args[0] if args else model
+    return ".".join(parts), field
+
+
+def allowed_values(annotation: Any) -> list[str]:
+    """The words and values a setting takes, as a user writes them (`true, false, auto`), or [] for open types.
+
+    >>> allowed_values(Union[bool, Literal["auto"]])
+    ['true', 'false', 'auto']
+    >>> allowed_values(Literal["linear", "cosine"])
+    ['linear', 'cosine']
+    """
+    words: list[str] = []
+    if typing.get_origin(annotation) is Literal:
+        return [str(a) for a in typing.get_args(annotation)]
+    for arg in typing.get_args(annotation):
+        if typing.get_origin(arg) is Literal:
+            words += [str(a) for a in typing.get_args(arg)]
+        elif arg is bool:
+            words += ["true", "false"]
+        elif arg is type(None):
+            words.append("null")
+        else:
+            return []  # a number or a string besides: no closed list
+    return words
+
+
+def validation_to_error(e: ValidationError, origins: dict[str, str], what: str, model: Any = None) -> ConfigError:
     err = e.errors()[0]
     loc, text = _describe_error(err)
+    key, field = _user_key(err["loc"], model or RunConfig)
+    words = allowed_values(field.annotation) if field is not None else []
+    if key and words and key != loc:  # a union's branch in pydantic's words: say the key and what it takes
+        loc = key
+        text = f"bad value {err.get('input')!r} for '{key}': use one of {', '.join(words)}"
+    elif key and words and "input" in err:
+        text = f"bad value {err['input']!r} for '{key}': use one of {', '.join(words)}"
     src = origins.get(loc)
     if src is None:  # an error on a section names the section; name where its keys were set, latest layer first
         inside = [s for k, s in origins.items() if k.startswith(loc + ".")]
@@ -570,7 +618,17 @@ def load_profile(name: str) -> dict[str, Any]:
     return data
 
 
+def gpu_device_files() -> bool:
+    """Whether this machine shows a GPU driver at all (NVIDIA or ROCm device files), asked without importing torch
+    (4 s): on a machine without one, torch cannot see a CUDA device either."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/nvidiactl", "/proc/driver/nvidia", "/dev/kfd"))
+
+
 def default_profile() -> str:
+    if not gpu_device_files():  # the light commands (config, check, validate) start without torch here
+        return "quick"
     try:
         import torch
 

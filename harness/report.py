@@ -345,8 +345,8 @@ def comparability_reasons(
             f"another test set (the run scored your file {Path(test_file).name}, not {task.name}'s test split)"
         )
     ours = IMPLEMENTATION.get(ref.metric)
-    if ref.metric.startswith("rouge") and rouge_engines == {"pyrouge"}:
-        ours = "ROUGE-1.5.5"  # eval.rouge_engine=pyrouge
+    if ref.metric.startswith("rouge") and rouge_engines and rouge_engines <= {"pyrouge", "pyrouge-perl"}:
+        ours = "ROUGE-1.5.5"  # eval.rouge_engine=pyrouge (or pyrouge-perl)
     if ref.implementation and (ours is None or ours.lower() not in ref.implementation.lower()):
         why = f"computed with {ref.implementation}" + (f", harness uses {ours}" if ours else "")
         if ref.metric.startswith("rouge") and "1.5.5" in ref.implementation:

@@ -129,25 +129,10 @@ class RunState:
 
     def lock(self) -> None:
         """Hold the folder for this process: a second identical command started meanwhile must neither resume nor
-        overwrite this one's checkpoints. The lock goes with the process (a kill -9 frees it too)."""
-        import fcntl
+        overwrite this one's checkpoints (harness/runlock.py)."""
+        from harness import runlock
 
-        self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / "lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise ConfigError(
-                f"the same command is already running (pid {holder}) and holds its run folder {self.dir.resolve()}",
-                "wait for it to finish (running this again then resumes or reuses its result), or make this run "
-                "differ (another seed=..., or tracking.output_dir=<another folder>)",
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._lock_fd = fd
+        self._lock_fd = runlock.hold(self.dir)
 
     def unlock(self) -> None:
         fd = getattr(self, "_lock_fd", None)
@@ -390,7 +375,7 @@ def _load_data(ctx: RunContext) -> None:
             )
     data_tags, warnings = ctx.family.check_data(ctx.cfg, ctx.task, data)
     warnings += data.quality_warnings()
-    unofficial = [n for n, s in data.splits.items() if not s.official]
+    unofficial = [n for n, s in data.splits.items() if not s.official and not s.user_file]  # a fallback's split
     if unofficial:
         which = (
             f"the {unofficial[0]} split is not the official one"
@@ -412,7 +397,7 @@ def _load_data(ctx: RunContext) -> None:
     ctx.tracker.set_tags(
         {
             "data.subset": str(any(s.subset for s in data.splits.values())).lower(),
-            "data.official_split": str(not unofficial).lower(),
+            "data.official_split": str(all(s.official for s in data.splits.values())).lower(),
             **files,
             **data_tags,
         }

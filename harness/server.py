@@ -249,7 +249,16 @@ def start_mlflow(stack: Stack, workers: int = 2) -> None:
     mlflow = str(Path(sys.executable).with_name("mlflow"))
     backend = stack.database("mlflow")
     env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": backend}
-    upgrade = subprocess.run([mlflow, "db", "upgrade", backend], capture_output=True, text=True, timeout=300)
+    # `mlflow db upgrade` takes the URL as an argument, which any local user reads in `ps`: the URL goes without its
+    # password, and libpq takes the password from the environment (PGPASSWORD), readable by this user only
+    bare = backend.replace(f":{stack.password}@", "@", 1) if stack.password else backend
+    upgrade = subprocess.run(
+        [mlflow, "db", "upgrade", bare],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PGPASSWORD": urllib.parse.unquote(stack.password)},
+    )
     if upgrade.returncode != 0:
         raise _fail("mlflow db upgrade", upgrade, stack.password)
     cmd = [

@@ -141,6 +141,8 @@ def family_arrays(task: Any, table: pd.DataFrame, run: Any, names: Optional[list
         if fam == "summarization":
             sig = run.data.tags.get("metric.rouge.signature", "")
             split = "newline" if "lsum-split:newline" in sig else "auto"
+            # ROUGE-1.5.5's numbers are recomputed by the fast port (the same numbers as Perl's, which signed runs
+            # made before it); rouge-score's by rouge-score
             engine = "pyrouge" if "engine:ROUGE-1.5.5" in sig else "rouge-score"
             arrays, metrics = C.rouge_metrics(hyps, refs, split, engine)
         else:
@@ -177,9 +179,11 @@ def from_files(
         )
     if gold is not None:
         return _squad_files(paths, gold, names)
+    from harness.data.sources import file_sha256
     from harness.score import read_texts
 
     refs = read_texts(references, field)
+    gold_words = f"the references {references.resolve()} (sha256 {file_sha256(references)})"
     want = list(names or ["bleu", "chrf"])
     unknown = [n for n in want if n not in ("bleu", "chrf", "rouge")]
     if unknown:
@@ -202,13 +206,24 @@ def from_files(
             a, m = C.sacre_metrics(hyps, refs, want)
             arrays.update(a)
             metrics += m
-        systems.append(C.System(path.name, [arrays], np.arange(len(refs)), hyps, texts=[hyps]))
+        systems.append(
+            C.System(
+                path.name,
+                [arrays],
+                np.arange(len(refs)),
+                hyps,
+                texts=[hyps],
+                test_data=gold_words,
+                file=(str(path.resolve()), file_sha256(path)),
+            )
+        )
     return systems, metrics, refs
 
 
 def _squad_files(
     paths: list[Path], gold: Path, names: Optional[list[str]]
 ) -> tuple[list[C.System], list[C.Metric], None]:
+    from harness.data.sources import file_sha256
     from harness.data.squad import load_json, parse_squad
     from harness.metrics import squad
     from harness.score import load_mapping
@@ -223,6 +238,13 @@ def _squad_files(
         arrays, metrics = C.squad_metrics(np.asarray(result.exact), np.asarray(result.f1), has, sq.is_v2)
         metrics = _only(metrics, list(names or []))
         systems.append(
-            C.System(path.name, [arrays], np.array([g.qid for g in golds]), [preds.get(g.qid, "") for g in golds])
+            C.System(
+                path.name,
+                [arrays],
+                np.array([g.qid for g in golds]),
+                [preds.get(g.qid, "") for g in golds],
+                test_data=f"the gold file {gold.resolve()} (sha256 {file_sha256(gold)})",
+                file=(str(path.resolve()), file_sha256(path)),
+            )
         )
     return systems, metrics, None

@@ -12,6 +12,8 @@ import harness.metrics
 
 # the metric modules, and the modules whose words and links users read (system labels, MLflow UI links)
 MODULES = sorted(m.name for m in pkgutil.iter_modules(harness.metrics.__path__, "harness.metrics.")) + [
+    "harness.compare",
+    "harness.config",
     "harness.report",
     "harness.tracking.links",
 ]

@@ -1015,3 +1015,160 @@ def test_read_only_study_storage(store, capsys, tiny_model, tmp_path):
         )
         no_run(o)
         assert db.read_bytes() == before
+
+
+# ---- round three: config words, honest labels, prompt exits, the lock first -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("data.device_resident=maybe", "'maybe' for 'data.device_resident': use one of true, false, auto"),
+        ("optim.fused=2", "2 for 'optim.fused': use one of true, false, auto"),
+        (
+            "trainer.compile=turbo",
+            "'turbo' for 'trainer.compile': use one of true, false, default, reduce-overhead, max-autotune",
+        ),
+        ("optim.scheduler=step", "'step' for 'optim.scheduler': use one of linear, cosine, constant"),
+    ],
+)
+def test_a_setting_that_takes_words_names_the_key_and_the_words(store, capsys, tiny_model, override, words):
+    """pydantic named the union's branch (`data.device_resident.bool`) and "a valid boolean"; the key is the one the
+    user wrote, with the values it takes."""
+    o = attempt(store, capsys, ["run", "imdb", *_args(store, tiny_model), override])
+    assert (o.rc, o.error) == (
+        2,
+        f"override '{override}': bad value {words} — fix that value (see README.md, 'Configuration')",
+    )
+    no_run(o)
+
+
+def test_a_users_file_is_never_labelled_official(store, capsys, tiny_model, tmp_path):
+    mine = tmp_path / "reviews.jsonl"
+    mine.write_text("".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in [("good", "positive")] * 3))
+    mine.write_text(mine.read_text() + json.dumps({"text": "bad", "label": "negative"}) + "\n")
+    args = ["eval", "imdb", "--model", f"runs:/{store.finished}", "--data", str(mine), *_args(store, tiny_model)[1:]]
+    o = attempt(store, capsys, args)
+    assert o.rc == 0
+    ((_, _, params, tags),) = o.new_runs.values()
+    assert tags["data.official_split"] == "false" and params["split.test.official"] == "false"
+    run_id = next(iter(o.new_runs))
+    (inp,) = [i for i in MlflowClient(store.uri).get_run(run_id).inputs.dataset_inputs]
+    assert {t.key: t.value for t in inp.tags}["official"] == "False"
+
+
+def test_a_missing_column_lists_only_the_files_columns(store, capsys, tiny_model, tmp_path):
+    mine = tmp_path / "nolabel.jsonl"
+    mine.write_text(json.dumps({"text": "fine", "stars": 5}) + "\n")
+    args = ["eval", "imdb", "--model", f"runs:/{store.finished}", "--data", str(mine), *_args(store, tiny_model)[1:]]
+    o = attempt(store, capsys, args)
+    assert o.rc == 2 and "columns there: text, stars" in o.error and "_row" not in o.error, o.error
+    failed_run(o)
+
+
+def test_compare_of_files_names_the_files_not_a_task(store, capsys, tmp_path):
+    import hashlib
+
+    refs, a, b = tmp_path / "refs.txt", tmp_path / "a.txt", tmp_path / "b.txt"
+    refs.write_text("the cat sat on the mat\nit rained all day\nwe went home early\n")
+    a.write_text("a cat sat on a mat\nit rained the whole day\nwe went home\n")
+    b.write_text("the cat sat on the mat\nit rained all day long\nwe went home early today\n")
+    args = ["compare", "--predictions", str(a), str(b), "--references", str(refs), "--json"]
+    o = attempt(store, capsys, [*args, "--tracking-uri", store.uri, "--resamples", "200"])
+    assert o.rc == 0
+    out = json.loads(o.output[o.output.index("{") :].split("\nMLflow run")[0])
+    sha = hashlib.sha256(refs.read_bytes()).hexdigest()
+    assert out["test_data"] == f"the references {refs} (sha256 {sha})" and "task" not in out["test_data"]
+    assert out["files"][1] == {"system": "b.txt", "path": str(b), "sha256": hashlib.sha256(b.read_bytes()).hexdigest()}
+    run_id = next(r for r, v in o.new_runs.items() if v[3].get("mode") == "compare")
+    saved = json.loads(Path(MlflowClient(store.uri).download_artifacts(run_id, "compare/result.json")).read_text())
+    assert saved["test_data"] == out["test_data"]
+
+
+def test_when_the_two_tests_disagree_the_row_says_so_and_which_one_decides():
+    from harness import compare as C
+
+    rng = __import__("numpy").random.default_rng(0)
+    n = 60
+    a = {"correct": (rng.random(n) < 0.5).astype(float)}
+    b = {"correct": a["correct"].copy()}
+    m = C.Metric("accuracy", lambda x: float(x["correct"].mean()), test="bootstrap", trials=200)
+    base = C.System("A", [a], __import__("numpy").arange(n), ["x"] * n)
+    other = C.System("B", [b], __import__("numpy").arange(n), ["x"] * n)
+    result = C.compare([base, other], [m], resamples=200)
+    r = result.results["B"]["accuracy"]
+    assert r["verdict_by"] == r["method"] and r["tests_disagree"] is False
+    # one system's row where p and p (AR) fall on two sides of alpha: marked, and the rule said
+    r.update(p_value=0.114, p_approximate_randomization=0.0005, significant=False, tests_disagree=True)
+    lines: list[str] = []
+    C.print_table(result, lines.append)
+    said = "\n".join(lines)
+    assert "the verdict (at α=0.05) follows p, the test in the `test` column" in said
+    assert "the two tests disagree on: B · accuracy" in said
+
+
+def test_a_user_error_exits_at_once_whatever_a_library_left_running(tmp_path):
+    """After the one line, the process exits: it does not wait for the interpreter to tear down torch and the other
+    libraries, nor for a thread left running (here one that would hold a normal exit for 120 s)."""
+    script = tmp_path / "slow_exit.py"
+    script.write_text(
+        "import threading, time, sys\n"
+        "import harness.cli as cli\n"
+        "from harness.errors import ConfigError\n"
+        "def fail(args):\n"
+        "    threading.Thread(target=time.sleep, args=(120,)).start()\n"
+        "    raise ConfigError('something the user got wrong', 'fix it')\n"
+        "cli.cmd_config = fail\n"
+        "sys.argv = ['harness', 'config', 'imdb']\n"
+        "cli.entry()\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=110)
+    assert done.returncode == 2 and done.stderr.strip() == "error: something the user got wrong — fix it"
+    assert time.monotonic() - started < 60
+
+
+def test_the_second_identical_command_stops_before_its_start_up(store, tiny_model):
+    """The lock is taken before anything slow: the second command says so without importing torch (its start-up
+    took 57 s at load 8-10 before saying it)."""
+    from harness.config import resolve_run_config
+    from harness.runlock import command_folder
+
+    args = _args(store, tiny_model, **{"seed": "11"})
+    with in_dir(store.work):
+        folder = command_folder(resolve_run_config(registry()["imdb"], args), "imdb").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode()); print('held', flush=True); "
+            "time.sleep(120)",
+            str(folder / "lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    probe = (
+        "import sys\nfrom harness.cli import main\nrc = main(sys.argv[1:])\n"
+        "print('@@', rc, 'torch' in sys.modules, 'mlflow' in sys.modules)\n"
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        done = subprocess.run(
+            [sys.executable, "-c", probe, "run", "imdb", *args],
+            cwd=store.work,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.stdout.strip().splitlines()[-1] == "@@ 2 False False", done.stdout + done.stderr
+    assert done.stderr.strip() == (
+        f"error: the same command is already running (pid {holder.pid}) and holds its run folder {folder} — wait "
+        "for it to finish (running this again then resumes or reuses its result), or make this run differ (another "
+        "seed=..., or tracking.output_dir=<another folder>)"
+    )

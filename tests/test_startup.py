@@ -59,10 +59,37 @@ def test_scoring_text_metrics_imports_neither_torch_nor_lightning(metric, texts,
     assert not {"torch", "lightning", "transformers", "mlflow"} & set(got["all"]), got
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["ls"], ["run", "--help"], ["compress", "--help"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["ls"],
+        ["run", "--help"],
+        ["compress", "--help"],
+        ["config", "imdb"],  # resolving a config asked torch whether a GPU is there (4 s): not on a machine without one
+        ["config", "squad", "profile=full", "data.max_length=256"],
+        ["validate"],  # read every task, profile and probe file: no pandas
+        ["check", "--help"],
+        ["score", "--help"],
+    ],
+)
 def test_the_parser_and_the_light_commands_import_no_heavy_library(argv, tmp_path):
     got = _imports(argv, tmp_path)
     assert got["rc"] == 0 and got["parser"] == [] and got["all"] == [], got
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["compare", "onlyone"],  # an argument error: one line, no store opened
+        ["compare", "--predictions", "a.txt"],
+        ["report", "--pick", "worst"],
+        ["config", "imdb", "data.device_resident=maybe"],
+    ],
+)
+def test_argument_errors_import_no_heavy_library(argv, tmp_path):
+    got = _imports(argv, tmp_path)
+    assert got["rc"] == 2 and got["all"] == [], got
 
 
 def test_scoring_squad_reads_the_gold_file_without_torch(data_dir, tmp_path):

@@ -4,6 +4,7 @@ and studies against them give what the zero-setup sqlite path gives."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import shutil
@@ -74,6 +75,43 @@ def _contents(uri: str, run_id: str) -> dict:
         "metrics": {k: round(v, 6) for k, v in run.data.metrics.items() if not k.startswith("system/")},
         "inputs": sorted({t.key: t.value for t in d.tags}["mlflow.data.context"] for d in run.inputs.dataset_inputs),
     }
+
+
+def test_no_password_in_any_process_arguments_while_the_server_starts(stack):
+    """`mlflow db upgrade` took the database URL, password and all, as an argument: any local user could read it in
+    `ps` for the ~40 s it ran. Every process's command line is watched while the MLflow server is (re)started."""
+    import signal
+    import threading
+
+    from harness import server
+
+    secret = stack.password
+    assert len(secret) >= 16
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                try:
+                    args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                if secret in args:
+                    seen.append(args)
+            time.sleep(0.02)
+
+    os.killpg(int((stack.folder / "mlflow.pid").read_text()), signal.SIGTERM)
+    time.sleep(2)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        server.start_mlflow(stack)  # the schema upgrade, then the server
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen == [], seen[:1]
+    assert MlflowClient(stack.tracking_uri).search_experiments() is not None  # it came up
 
 
 def test_a_run_against_the_server_holds_what_a_sqlite_run_holds(stack, data_dir, tiny_model, tmp_path, capsys):
@@ -394,7 +432,7 @@ def _run_with_crash(stack, data_dir, tiny_model, work: Path, crash: _ServerCrash
     from harness.runner import run
 
     task = get_task("imdb")
-    overrides = tiny_args(data_dir, tiny_model, stack.tracking_uri, **{"data.train_size": "480"})
+    overrides = tiny_args(data_dir, tiny_model, stack.tracking_uri, log_model="true", **{"data.train_size": "480"})
     cfg = resolve_run_config(task, overrides)
     out = io.StringIO()
     with in_dir(work):
@@ -415,7 +453,13 @@ def _assert_complete(uri: str, run_id: str) -> None:
     assert len(client.get_metric_history(run_id, "val_loss")) == epochs
     assert {"test_accuracy", "test_accuracy_ci_low", "test_accuracy_ci_high"} <= set(run.data.metrics)
     assert "predictions/test.json" in [a.path for a in client.list_artifacts(run_id, "predictions")]
+    # the tag that makes the UI open the predictions as a table (MLflow's log_table sets it; a kept table too)
+    assert {"path": "predictions/test.json", "type": "table"} in json.loads(run.data.tags["mlflow.loggedArtifacts"])
     assert len(run.inputs.dataset_inputs) == 3
+    # the model: the run's logged model, with its test metrics linked
+    (out,) = run.outputs.model_outputs
+    model = client.get_logged_model(out.model_id)
+    assert str(model.status) == "READY" and {m.key for m in model.metrics} >= {"test_accuracy", "test_accuracy_ci_low"}
 
 
 def test_a_run_goes_on_while_the_server_is_away_and_sends_everything_when_it_is_back(

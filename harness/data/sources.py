@@ -198,7 +198,8 @@ def check_rows(
     for role, col in columns.items():
         if col not in cols:
             raise DataError(
-                f"{where}: no column '{col}' (the task's `{role}` column); columns there: {', '.join(cols)}",
+                f"{where}: no column '{col}' (the task's `{role}` column); columns there: "
+                + ", ".join(c for c in cols if not c.startswith("_")),  # harness's own (_row) are not the file's
                 f"use a file with that field, or map `columns.{role}` in the task file",
             )
         nulls = pc.is_null(ds.data.column(col))
@@ -570,6 +571,7 @@ def load_test_file(task: TaskSpec, path: Path) -> SplitData:
         file_sha256(path),
         len(ds),
         ["data.test_file: all rows"],
+        official=False,  # the user's file, not the task's split: labelled as such on the run and its input
         meta=meta,
         text_roles=text_roles(task),
     )

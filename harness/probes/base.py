@@ -10,15 +10,17 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import numpy as np
-import pandas as pd
 from pydantic import ValidationError
 
 from harness.config import Reference, Strict, error_text, load_yaml
 from harness.errors import ConfigError, DataError, ModelError
-from harness.metrics.bootstrap import Estimate
+
+if TYPE_CHECKING:  # numpy, pandas and the metrics (numpy) load with the probe that uses them, not with `validate`
+    import pandas as pd
+
+    from harness.metrics.bootstrap import Estimate
 
 KINDS = ("causal", "masked", "classifier")
 
@@ -162,6 +164,8 @@ def load_lm(name: str, revision: Optional[str] = None, cache: Optional[Path] = N
 
 def category_frame(estimates: dict[str, Estimate], counts: dict[str, int], metrics: list[str]) -> pd.DataFrame:
     """Rows (category, metric, value, ci_low, ci_high, n) from flat estimates named `<category>/<metric>`."""
+    import pandas as pd
+
     rows = []
     for key, est in estimates.items():
         cat, _, metric = key.rpartition("/")
@@ -182,6 +186,8 @@ def category_frame(estimates: dict[str, Estimate], counts: dict[str, int], metri
 
 def bar_figure(categories: pd.DataFrame, metric: str, title: str, ideal: Optional[float] = None) -> Any:
     """One bar per category for `metric`, with its bootstrap interval and the unbiased ideal as a line."""
+    import numpy as np
+
     from harness.tracking.plots import plt  # pyplot on the Agg backend
 
     d = categories[categories["metric"] == metric].reset_index(drop=True)

@@ -164,6 +164,8 @@ def send(client: Any, rec: dict, folder: Optional[Path] = None) -> None:
             client.log_artifacts(run_id, str(local), rec.get("path"))
         else:
             client.log_artifact(run_id, str(local), rec.get("path"))
+        if rec.get("table"):
+            mark_table(client, run_id, rec["table"])
     elif op == "log_input":
         send_input(client, run_id, rec["dataset"], rec["context"], rec["tags"])
     elif op == "log_model":
@@ -175,6 +177,16 @@ def send(client: Any, rec: dict, folder: Optional[Path] = None) -> None:
         client.delete_tag(run_id, rec["key"])
     else:  # pragma: no cover - a journal written by a newer harness
         raise ValueError(f"unknown journal record '{op}'")
+
+
+def mark_table(client: Any, run_id: str, path: str) -> None:
+    """What MLflow's `log_table` adds beside the file: the run's `mlflow.loggedArtifacts` tag, which makes the UI
+    open it as a table (a table kept while the server was away is sent as a file, then marked)."""
+    tags = client.get_run(run_id).data.tags
+    known = json.loads(tags.get("mlflow.loggedArtifacts", "[]"))
+    entry = {"path": path, "type": "table"}
+    if entry not in known:
+        client.set_tag(run_id, "mlflow.loggedArtifacts", json.dumps(known + [entry]))
 
 
 def metric(m: Any) -> Any:

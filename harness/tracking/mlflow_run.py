@@ -135,7 +135,8 @@ class Tracker:
         name = self.cfg.model.name
         # runs on different numbers of rows get different names (the sizes asked for, where a subset was)
         d = self.cfg.data
-        sizes = (f"-train{d.train_size}" if d.train_size and self.cfg.train else "") + (
+        trains = self.cfg.train and not name.startswith("baseline:")  # a baseline trains nothing
+        sizes = (f"-train{d.train_size}" if d.train_size and trains else "") + (
             f"-test{d.test_size}" if d.test_size and not d.test_file else ""
         )
         if name.startswith("baseline:"):
@@ -338,7 +339,7 @@ class Tracker:
             folder, _, base = path.rpartition("/")
             tmp = Path(tempfile.mkdtemp(prefix="harness-")) / base
             tmp.write_text(json.dumps({"columns": table["columns"], "data": table["data"]}, default=str))
-            return {"local": str(tmp), "path": folder or None}
+            return {"local": str(tmp), "path": folder or None, "table": path}  # sent as MLflow's table when back
 
         self._send("log_artifact", lambda: self.client.log_table(self.run_id, df, path), keep)
 

@@ -7,7 +7,9 @@ Pairs: the full CNN/DailyMail test set (11,490 reference highlights, one sentenc
 baseline (the article's first three sentences, one per line), ROUGE-1/2/L/Lsum with the Porter stemmer. Prints the
 engine's time, rouge-score's time and the ratio, the time of `harness score rouge` as a process (imports, reading
 the files, sentence splitting, scoring, bootstrap intervals for 12 numbers, printing) as a multiple of the engine's,
-the mean F-measures, and the number of per-example scores that differ (must be 0).
+the mean F-measures, and the number of per-example scores that differ (must be 0). Then the same command with
+`--engine pyrouge` (the numbers papers report, ROUGE-1.5.5's text processing in Python: harness/metrics/rouge155.py)
+as a multiple of the default command's time (goal: at most 2x).
 """
 
 from __future__ import annotations
@@ -79,6 +81,11 @@ def main() -> int:
         t = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True)
         t_cmd = time.perf_counter() - t
+        # the numbers papers report (ROUGE-1.5.5's tokens and stems, harness/metrics/rouge155.py): the same command
+        t = time.perf_counter()
+        papers = subprocess.run([*cmd, "--engine", "pyrouge"], check=True, capture_output=True, text=True)
+        t_papers = time.perf_counter() - t
+        papers_f = json.loads(papers.stdout.strip().splitlines()[-1])
 
     diff = sum(
         (s[k].precision, s[k].recall, s[k].fmeasure) != tuple(ours[k][i]) for k in types for i, s in enumerate(theirs)
@@ -90,7 +97,13 @@ def main() -> int:
         f"  harness score rouge (process)     {t_cmd:6.2f} s   {t_cmd / t_ours:.1f}x the engine's time "
         "(with 95% bootstrap intervals)"
     )
+    ratio = t_papers / t_cmd
+    print(
+        f"  harness score rouge --engine pyrouge {t_papers:6.2f} s   {ratio:.2f}x the default command's time "
+        f"(goal <= 2x: {'met' if ratio <= 2 else 'MISSED'}; Perl ROUGE-1.5.5 itself: minutes, make test-papers)"
+    )
     print("  mean F (x100): " + ", ".join(f"{k} {100 * sum(x[2] for x in ours[k]) / len(rows):.2f}" for k in types))
+    print("  papers' numbers (x100): " + ", ".join(f"{k} {100 * papers_f[k]:.2f}" for k in types))
     print(f"  per-example scores that differ from rouge-score: {diff}")
     return 0 if diff == 0 else 1
 

@@ -707,7 +707,8 @@ def _rouge_options(p: Any) -> None:
         "--engine",
         default="rouge-score",
         choices=ROUGE_ENGINES,
-        help="rouge: rouge-score (default) or pyrouge (Perl ROUGE-1.5.5 as summarization papers ran it)",
+        help="rouge: rouge-score (default), pyrouge (the numbers papers report: ROUGE-1.5.5's processing, seconds) "
+        "or pyrouge-perl (Perl ROUGE-1.5.5 itself, minutes)",
     )
 
 

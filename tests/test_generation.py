@@ -362,6 +362,34 @@ def test_bert2bert_summarization_run(data_dir, tiny_model, tracking_uri, monkeyp
     # served (encoder-decoder): the summaries the run's evaluation generated
     table, out = _served_text(tracking_uri, run.info.run_id, monkeypatch)
     assert len(out) == 8 and list(out["text"]) == list(table["hypothesis"])
+    # lead-3 on the run's own test examples, scored the same way, with the paired difference (the floor)
+    from harness.metrics import rouge155
+    from harness.metrics.generation import lead, split_sentences
+
+    sources = [str(x) for x in table["source"]]
+    refs = [split_sentences(str(r)) for r in table["reference"]]
+    lead3 = rouge155.score_pairs(refs, [split_sentences(lead(src, 3)) for src in sources])
+    for k in ("rouge1", "rouge2", "rougeLsum"):
+        assert m[f"test_{k}_floor"] == pytest.approx(100 * lead3[k][:, 2].mean(), abs=1e-9), k
+        tag = run.data.tags[f"floor.{k}"]
+        assert tag.startswith(f"{m[f'test_{k}_floor']:.4f} (lead-3, the first three sentences of the source): ")
+    # an untrained bert2bert is far under lead-3: the paired difference says so
+    assert run.data.tags["floor.rouge1"].endswith("below")
+
+
+def test_split_newline_on_texts_without_line_breaks_warns_once(tmp_path, capsys):
+    """ROUGE-Lsum reads a text without line breaks as one sentence: with --split newline it silently equalled
+    ROUGE-L. The score command warns once, with the count."""
+    hyp, ref = tmp_path / "hyp.txt", tmp_path / "ref.txt"
+    hyp.write_text("It rained all day. We stayed in.\nA short one.\n")
+    ref.write_text("Rain fell all day. Nobody went out.\nA short one too.\n")
+    argv = ["score", "rouge", "--predictions", str(hyp), "--references", str(ref), "--split", "newline"]
+    assert run_cli(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("texts have no line break") == 1
+    assert "2 of 4 texts have no line break: with the split newline, ROUGE-Lsum reads each as one sentence" in err
+    assert run_cli([*argv[:-2], "--split", "auto"]) == 0
+    assert "no line break" not in capsys.readouterr().err
 
 
 def test_lead3_baseline_run_equals_rouge_score(data_dir, tracking_uri):
@@ -388,9 +416,22 @@ def test_lead3_baseline_run_equals_rouge_score(data_dir, tracking_uri):
     rows = [dict(zip(table["columns"], r)) for r in table["data"]]
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeLsum"], use_stemmer=True)
     scores = [scorer.score(r["reference"], r["hypothesis"]) for r in rows]
+    # the task scores as papers do (ROUGE-1.5.5's numbers, the port); rouge-score's numbers are beside them, signed
+    tags, m = run.data.tags, run.data.metrics
+    assert (
+        "engine:ROUGE-1.5.5" in tags["metric.rouge.signature"]
+        and "impl:harness-python" in tags["metric.rouge.signature"]
+    )
+    assert tags["metric.rouge_score.signature"].startswith("rouge-score:")
+    from harness.metrics import rouge155
+
+    papers = rouge155.score_pairs([r["reference"] for r in rows], [r["hypothesis"] for r in rows])
     for k in ("rouge1", "rouge2", "rougeLsum"):
         want = 100 * np.mean([s[k].fmeasure for s in scores])
-        assert run.data.metrics[f"test_{k}"] == pytest.approx(want, abs=1e-9), k
+        assert m[f"test_rouge_score_{k}"] == pytest.approx(want, abs=1e-9), k
+        assert m[f"test_{k}"] == pytest.approx(100 * papers[k][:, 2].mean(), abs=1e-9), k
+        assert m[f"test_rouge_score_{k}_ci_low"] <= m[f"test_rouge_score_{k}"] <= m[f"test_rouge_score_{k}_ci_high"]
+    assert m["test_rouge1"] > m["test_rouge_score_rouge1"]  # Perl's stemmer matches more (WordNet's forms)
     assert all(r["hypothesis"].count("\n") == 2 for r in rows)
 
 

@@ -173,7 +173,7 @@ class GenerationFamily(Family):
         gen_tokens = np.asarray(frame["gen_tokens"], dtype=float)
         hit = np.asarray(frame["hit_max"], dtype=bool)
         budget = cfg.generation.max_new_tokens
-        floors = [] if cfg.model.name.startswith("baseline:") else self.floors(cfg, sources, refs)
+        floors = [] if cfg.model.name.startswith("baseline:") else self.floors(cfg, sources, refs, results)
         below = [f for f in floors if f.metric in estimates and f.verdict(estimates[f.metric])[0] != "above"]
         if not np.isnan(gen_tokens).all():
             scalars["generated_tokens_mean"] = float(np.nanmean(gen_tokens))
@@ -219,18 +219,27 @@ class GenerationFamily(Family):
             split.name, n, estimates, scalars, table, figures, task.main_metric, tags, warnings, floors=floors
         )
 
-    def floors(self, cfg: RunConfig, sources: list[str], refs: list[str]) -> list[Floor]:
+    def floors(
+        self, cfg: RunConfig, sources: list[str], refs: list[str], results: Optional[list[Any]] = None
+    ) -> list[Floor]:
         """The family's trivial system (lead-3, copying the source) scored on the same examples, the same way."""
         name = self.info.baselines[0]
         hyps = [self.baseline_text(name, s) for s in sources]
         what = {"lead-3": "lead-3, the first three sentences of the source", "copy-source": "copying the source"}
         quick = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"bootstrap_resamples": 1})})  # values only
+        floor = self.metric_results(quick, hyps, refs)
+        pairs = self.paired_floors(cfg, results, floor) if results is not None else {}
         out = []
-        for res in self.metric_results(quick, hyps, refs):
+        for res in floor:
             for metric, est in res.estimates.items():
                 if metric in ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf"):
-                    out.append(Floor(metric, est.value, what.get(name, name)))
+                    out.append(Floor(metric, est.value, what.get(name, name), pairs.get(metric)))
         return out
+
+    def paired_floors(self, cfg: RunConfig, results: list[Any], floor: list[Any]) -> dict[str, tuple]:
+        """Per metric, the run minus the floor on the same examples with a paired interval, where per-example scores
+        make one (summarization; BLEU and chrF are corpus-level: their floors are values)."""
+        return {}
 
 
 def _budget_warnings(hit: np.ndarray, budget: int, below: list[Floor]) -> list[str]:
@@ -274,7 +283,44 @@ class SummarizationFamily(GenerationFamily):
         # runs report ROUGE x100, as papers do (harness score rouge --json keeps rouge-score's 0-1)
         res.estimates = {k: type(v)(100 * v.value, 100 * v.low, 100 * v.high) for k, v in res.estimates.items()}
         res.signature += "|scale:x100"
-        return [res]
+        if cfg.eval.rouge_engine == "rouge-score" or cfg.eval.bootstrap_resamples <= 1:
+            return [res]
+        # papers' numbers are the run's; rouge-score's stay beside them, signed (F with its interval: rouge_score_*)
+        other = gen_metrics.rouge(
+            hyps,
+            refs,
+            resamples=cfg.eval.bootstrap_resamples,
+            confidence=cfg.eval.confidence,
+            seed=cfg.seed,
+            split=cfg.eval.rouge_split,
+            engine="rouge-score",
+        )
+        other.name, other.notes = "rouge_score", []
+        other.estimates = {
+            f"rouge_score_{k}": type(v)(100 * v.value, 100 * v.low, 100 * v.high)
+            for k, v in other.estimates.items()
+            if k in ("rouge1", "rouge2", "rougeL", "rougeLsum")
+        }
+        other.signature += "|scale:x100"
+        return [res, other]
+
+    def paired_floors(self, cfg: RunConfig, results: list[Any], floor: list[Any]) -> dict[str, tuple]:
+        """The run minus lead-3 on the same examples, per ROUGE type (x100), with its paired bootstrap interval."""
+        from harness.metrics import paired
+
+        out = {}
+        for kind in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+            a, b = {kind: floor[0].per_example[kind]}, {kind: results[0].per_example[kind]}
+            r = paired.paired_bootstrap(
+                paired.mean_of(kind, 100.0),
+                a,
+                b,
+                resamples=max(cfg.eval.bootstrap_resamples, 1),
+                seed=cfg.seed,
+                confidence=cfg.eval.confidence,
+            )
+            out[kind] = (r.delta, r.ci_low, r.ci_high, r.p_value)
+        return out
 
     def example_score(self, results: list[gen_metrics.MetricResult]) -> tuple[str, np.ndarray]:
         return "rougeL", 100 * results[0].per_example["rougeL"]

@@ -16,6 +16,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Optional
 
 import numpy as np
 
@@ -38,9 +39,19 @@ class Floor:
     metric: str
     value: float
     what: str  # the trivial system, in words
+    # the run minus the floor on the same examples, where per-example scores allow a paired test: (delta, low, high, p)
+    paired: Optional[tuple[float, float, float, float]] = None
 
     def verdict(self, est: Estimate) -> tuple[str, str]:
         """(level, words) for a result against this floor (every metric with a floor is higher-is-better)."""
+        if self.paired is not None:  # the paired difference decides: the same examples, scored both ways
+            delta, low, high, p = self.paired
+            diff = f"{delta:+.2f} [{low:+.2f}, {high:+.2f}] paired"
+            if high < 0:
+                return "below", f"BELOW it, {diff} (worse than the trivial system)"
+            if low > 0:
+                return "above", f"above it, {diff}"
+            return "at", f"not distinguishable from it, {diff}"
         if est.high < self.value:
             return "below", "BELOW it (worse than the trivial system)"
         if est.low > self.value:

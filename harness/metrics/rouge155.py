@@ -80,6 +80,15 @@ _STEP3_RE = re.compile("(icate|ative|alize|iciti|ical|ful|ness)$")
 _STEP4_RE = re.compile("(al|ance|ence|er|ic|able|ible|ant|ement|ou|ism|ate|iti|ous|ive|ize)$")
 
 
+# the patterns of `stem`, compiled once
+_SSES_IES = re.compile("(ss|i)es$")
+_S_END = re.compile("([^s])s$")
+_ED_ING = re.compile("(ed|ing)$")
+_AT_BL_IZ = re.compile("(at|bl|iz)$")
+_DOUBLE = re.compile(r"([^aeiouylsz])\1$")
+_SION_TION = re.compile("(s|t)(ion)$")
+
+
 def porter(w: str) -> str:
     """ROUGE-1.5.5's `stem`, statement by statement (Perl's `` $` `` is the text before the match).
 
@@ -94,27 +103,27 @@ def porter(w: str) -> str:
     if first == "y":
         w = "Y" + w[1:]
     # step 1a
-    if m := re.search("(ss|i)es$", w):
+    if m := _SSES_IES.search(w):
         w = w[: m.start()] + m.group(1)
-    elif m := re.search("([^s])s$", w):
+    elif m := _S_END.search(w):
         w = w[: m.start()] + m.group(1)
     # step 1b
-    if m := re.search("eed$", w):
-        if _MGR0.search(w[: m.start()]):
+    if w.endswith("eed"):
+        if _MGR0.search(w[:-3]):
             w = w[:-1]
-    elif m := re.search("(ed|ing)$", w):
+    elif m := _ED_ING.search(w):
         stem = w[: m.start()]
         if _HAS_V.search(stem):
             w = stem
-            if re.search("(at|bl|iz)$", w):
+            if _AT_BL_IZ.search(w):
                 w += "e"
-            elif re.search(r"([^aeiouylsz])\1$", w):
+            elif _DOUBLE.search(w):
                 w = w[:-1]
             elif _CVC.search(w):
                 w += "e"
     # step 1c
-    if m := re.search("y$", w):
-        stem = w[: m.start()]
+    if w.endswith("y"):
+        stem = w[:-1]
         if _HAS_V.search(stem):
             w = stem + "i"
     # step 2
@@ -132,24 +141,24 @@ def porter(w: str) -> str:
         stem = w[: m.start()]
         if _MGR1.search(stem):
             w = stem
-    if m := re.search("ment$", w):
-        stem = w[: m.start()]
+    if w.endswith("ment"):
+        stem = w[:-4]
         if _MGR1.search(stem):
             w = stem
-    if m := re.search("ent$", w):
-        stem = w[: m.start()]
+    if w.endswith("ent"):
+        stem = w[:-3]
         if _MGR1.search(stem):
             w = stem
-    elif m := re.search("(s|t)(ion)$", w):
+    elif m := _SION_TION.search(w):
         stem = w[: m.start()] + m.group(1)
         if _MGR1.search(stem):
             w = stem
     # step 5
-    if m := re.search("e$", w):
-        stem = w[: m.start()]
+    if w.endswith("e"):
+        stem = w[:-1]
         if _MGR1.search(stem) or (_MEQ1.search(stem) and not _CVC.search(stem)):
             w = stem
-    if re.search("ll$", w) and _MGR1.search(w):
+    if w.endswith("ll") and _MGR1.search(w):
         w = w[:-1]
     if first == "y":
         w = "y" + w[1:]
@@ -206,17 +215,26 @@ def sentence_tokens(sentence: str) -> list[str]:
     return out
 
 
-def prepare(text: str, vocabulary: dict[str, str]) -> str:
+def prepare(text: str, vocabulary: dict[str, str], ids: dict[str, str]) -> str:
     """A sentence-per-line text as ROUGE-1.5.5 counts it, written so `rouge-score` counts it the same way: each
     line's stemmed tokens, each token as its number in `vocabulary` (shared by every text scored together; a stem
     may hold a character rouge-score's tokenizer would split at, `comics` -> `comic_strip`), lines with no token
-    left out."""
+    left out. `ids` remembers each token's number once found ("" for a token ROUGE drops)."""
     lines = []
     for line in text.split("\n"):
-        if line.strip():
-            tokens = [vocabulary.setdefault(t, str(len(vocabulary))) for t in sentence_tokens(line)]
-            if tokens:
-                lines.append(" ".join(tokens))
+        if not line.strip():
+            continue
+        line = line.replace("<", "&lt;").replace(">", "&gt;").translate(_UPPER).replace("-", " - ")
+        toks = _KEEP.sub(" ", line).split()
+        codes = list(map(ids.get, toks))
+        if None in codes:  # tokens not seen before: kept or dropped, stemmed and numbered once
+            for i, tok in enumerate(toks):
+                if codes[i] is None:
+                    keep = tok[0].isascii() and (tok[0].isalnum() or tok[0] == "$")
+                    codes[i] = ids[tok] = vocabulary.setdefault(morph_stem(tok), str(len(vocabulary))) if keep else ""
+        joined = " ".join(filter(None, codes))
+        if joined:
+            lines.append(joined)
     return "\n".join(lines)
 
 
@@ -228,8 +246,9 @@ def score_pairs(refs: Sequence[str], hyps: Sequence[str]) -> dict[str, np.ndarra
     from harness.metrics.rouge import score_pairs as rouge_score_pairs
 
     vocabulary: dict[str, str] = {}
-    p_refs = [prepare(r, vocabulary) for r in refs]
-    p_hyps = [prepare(h, vocabulary) for h in hyps]
+    ids: dict[str, str] = {}
+    p_refs = [prepare(r, vocabulary, ids) for r in refs]
+    p_hyps = [prepare(h, vocabulary, ids) for h in hyps]
     scores = rouge_score_pairs(p_refs, p_hyps, ROUGE_TYPES, use_stemmer=False)
     return {k: perl_rounded(np.asarray(v, dtype=np.float64)) for k, v in scores.items()}
 
@@ -246,9 +265,9 @@ def perl_rounded(prf: np.ndarray) -> np.ndarray:
     >>> perl_rounded(np.array([[0.1016949152, 0.2857142857, 0.15]])).tolist()
     [[0.10169, 0.28571, 0.14999]]
     """
-    out = np.empty_like(prf)
-    for i, (p, r, _) in enumerate(prf):
-        p5, r5 = _five(p), _five(r)
-        denom = (1 - 0.5) * p5 + 0.5 * r5
-        out[i] = (p5, r5, _five((p5 * r5) / denom) if denom > 0 else 0.0)
-    return out
+    p5 = np.array([_five(x) for x in prf[:, 0]])
+    r5 = np.array([_five(x) for x in prf[:, 1]])
+    denom = (1 - 0.5) * p5 + 0.5 * r5
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f = np.where(denom > 0, (p5 * r5) / denom, 0.0)
+    return np.stack([p5, r5, np.array([_five(x) for x in f])], axis=1)

@@ -581,9 +581,12 @@ def _print_floors(console: Any, report: Any) -> None:
         est = report.estimates.get(f.metric)
         if est is not None:
             level, words = f.verdict(est)
-            lines.setdefault(f.what, []).append(f"{f.metric} {f.value:.4f}: run [{colour[level]}]{words}[/]")
+            value = f"{f.value:.4f}" if abs(f.value) < 10 else f"{f.value:.2f}"  # ROUGE and BLEU are x100
+            lines.setdefault(f.what, []).append(f"{f.metric} {value}: run [{colour[level]}]{words}[/]")
     for what, parts in lines.items():
-        console.print(f"  floor ({what}): " + "; ".join(parts), highlight=False)
+        console.print(f"  floor ({what}; a run under it learnt nothing the metric rewards):", highlight=False)
+        for part in parts:
+            console.print(f"    {part}", highlight=False)
 
 
 def _print_open_it(console: Any, result: Any) -> None:

@@ -39,7 +39,13 @@ from harness.families import get_family
 from harness.families.base import EvalReport, Family
 from harness.launch import join, launched_world, share
 from harness.models.loading import ResolvedModel, load_pretrained, resolve_model
-from harness.runtime import check_devices, configure_runtime, resolve_device_settings
+from harness.runtime import (
+    check_combinations,
+    check_devices,
+    configure_runtime,
+    device_type,
+    resolve_device_settings,
+)
 from harness.tracking.env import describe_device
 from harness.tracking.logger import MlflowStepLogger
 from harness.tracking.mlflow_run import Tracker, is_global_zero
@@ -271,6 +277,7 @@ def _context(cfg: RunConfig, task: TaskSpec, console: Any, objective: bool, call
         )
     cfg = cfg.model_copy(deep=True)
     resolve_device_settings(cfg)
+    check_combinations(cfg, task.family, device_type(cfg.trainer.accelerator))
     zero = is_global_zero()
     if zero:
         check_store(cfg.tracking.uri)

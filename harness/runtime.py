@@ -145,6 +145,31 @@ def check_devices(cfg: RunConfig) -> None:
         )
 
 
+PACKED_FAMILIES = ("causal_lm", "masked_lm")  # families whose batches can be packed blocks without padding
+
+
+def check_combinations(cfg: RunConfig, family: str, device: str) -> None:
+    """Settings that are valid one by one but cannot work together on `device`, refused in one line before training
+    (a CPU test passes device="cuda": these are CUDA's limits, and the refusal is the branch a GPU run takes)."""
+    if device != "cuda":
+        return
+    padded = not (family in PACKED_FAMILIES and cfg.data.packing)
+    if cfg.model.sdpa_backend == "flash" and padded and cfg.model.attn_implementation == "sdpa":
+        raise ConfigError(
+            f"model.sdpa_backend=flash on a CUDA device: PyTorch's flash kernel takes no attention mask, and a "
+            f"{family} run's batches are padded (its first forward would stop with 'No available kernel')",
+            "use model.sdpa_backend=auto (flash where no mask is needed, another kernel where one is) or efficient",
+        )
+    if cfg.trainer.compile == "reduce-overhead" and cfg.trainer.accumulate_grad_batches > 1:
+        raise ConfigError(
+            f"trainer.compile=reduce-overhead with trainer.accumulate_grad_batches="
+            f"{cfg.trainer.accumulate_grad_batches}: CUDA graphs replay into the buffers of the previous step while "
+            "its gradients are still being accumulated",
+            "use trainer.compile=true (compiled without CUDA graphs), or accumulate_grad_batches=1 with a larger "
+            "data.batch_size",
+        )
+
+
 def resolve_device_settings(cfg: RunConfig) -> None:
     """The settings whose `auto` depends on the machine, decided here in place (precision, the fused optimizer), so
     the run logs the choice made rather than "auto"."""

@@ -5,8 +5,8 @@ Trainer and a plain PyTorch loop on the same tiny model and the same rows,
   framework work, which on a GPU is the fixed cost a step pays before and between its kernels);
 - aten operations per optimizer step (from torch.profiler: the operations the step dispatches from outside aten,
   views and other metadata-only operations left out), a device-independent proxy for the kernels a step launches;
-- host-device syncs per step (`aten::item`: `.item()`, `float(t)`, `if t:` on a tensor), each of which stalls a
-  GPU's queue.
+- host-device syncs per step (every `aten::_local_scalar_dense`, nested or not: `.item()`, `float(t)`, `if t:` on a
+  tensor, transformers' padding-mask check), each of which stalls a GPU's queue.
 
 On a GPU (the GPU check's `steps` phase) the same three sides also report, per optimizer step, the CUDA kernels
 and copies the device ran, the device time they took and its share of the step's wall time (how busy the GPU was:
@@ -115,8 +115,10 @@ class StepWindow:
     def _count(self, events: Any) -> None:
         """Operations dispatched from outside aten (what the Python side of a step asks for: a fused optimizer step
         or a layer norm counts once, as on a GPU it is one kernel or a few, not the CPU implementation's inner
-        calls); a sync is such a call to `item` (a fused CPU optimizer's own reads of its step counts are inside
-        it, and on a GPU stay on the device)."""
+        calls). A sync is every `_local_scalar_dense`, the call that copies a device value to the host, wherever it
+        sits: `.item()`, `float(t)` and `if t:` (transformers' `padding_mask.all()` in an `if`: `is_nonzero`) all end
+        in it, nested or not; only a fused CPU optimizer's own reads of its step counts are left out (inside it, and
+        on a GPU they stay on the device)."""
         for e in events:
             name = e.name
             if e.device_type == torch.autograd.DeviceType.CUDA:  # what the GPU ran: kernels, copies, fills
@@ -129,10 +131,10 @@ class StepWindow:
             if name in CUDA_SYNCS:
                 self.cuda_syncs += 1
                 continue
+            if name == SYNC and not _inside_fused_optimizer(e):
+                self.syncs += 1  # every read of a device value, however deep (`if t:` -> is_nonzero -> item -> here)
             if not name.startswith("aten::") or _inside_aten(e):
                 continue
-            if name in ("aten::item", SYNC):
-                self.syncs += 1
             if name in NO_KERNEL:
                 continue
             self.ops += 1
@@ -162,6 +164,15 @@ class StepWindow:
                 }
             )
         return out
+
+
+def _inside_fused_optimizer(e: Any) -> bool:
+    parent = e.cpu_parent
+    while parent is not None:
+        if parent.name.startswith(("aten::_fused_adam", "aten::_fused_sgd")):
+            return True
+        parent = parent.cpu_parent
+    return False
 
 
 def _inside_aten(e: Any) -> bool:

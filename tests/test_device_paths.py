@@ -345,10 +345,18 @@ def test_the_step_profile_counts_what_a_gpu_ran_from_its_profiler_events():
         )
 
     mm = event("aten::mm")
+    check = event("aten::is_nonzero")  # transformers' `if padding_mask.all():` on every forward
+    item = event("aten::item", parent=check)
+    fused = event("aten::_fused_adamw_")
     events = [
         mm,
         event("aten::addmm", parent=mm),  # inside another aten call: not counted twice
         event("aten::_local_scalar_dense"),
+        check,
+        item,
+        event("aten::_local_scalar_dense", parent=item),  # a sync, however deep
+        fused,
+        event("aten::_local_scalar_dense", parent=event("aten::item", parent=fused)),  # a CPU fused optimizer's own
         event("cudaLaunchKernel", parent=mm),
         event("cudaStreamSynchronize"),
         event("ampere_bf16_s16816gemm", DeviceType.CUDA, 300.0),
@@ -359,12 +367,14 @@ def test_the_step_profile_counts_what_a_gpu_ran_from_its_profiler_events():
     window._count(events)
     window.ticks, window.prof = [0.0, 0.004, 0.008], False  # 4 ms steps
     r = window.result()
-    assert (window.ops, window.syncs) == (2, 1)  # aten::mm and the item; the kernel launch is not an aten op
+    # aten::mm, the top-level read and the fused step (is_nonzero launches no kernel); two syncs: the top-level one
+    # and the one under is_nonzero (the fused optimizer's own is not one on a GPU)
+    assert (window.ops, window.syncs) == (3, 2)
     assert r["kernels_per_step"] == 1.0 and r["copies_per_step"] == 0.5 and r["cuda_syncs_per_step"] == 0.5
     assert r["device_ms_per_step"] == pytest.approx(0.2) and r["device_busy_share"] == pytest.approx(0.05)
     # a CPU profile reports none of the device's columns
     cpu = StepWindow(0, 2, 2)
-    cpu._count(events[:3])
+    cpu._count(events[:3])  # the mm, its addmm and one sync
     cpu.ticks, cpu.prof = [0.0, 0.004, 0.008], False
     assert "kernels_per_step" not in cpu.result()
     # and the GPU check's summary shows them for every side
@@ -376,3 +386,78 @@ def test_the_step_profile_counts_what_a_gpu_ran_from_its_profiler_events():
         | {"goals": {"ops_vs_trainer": True, "host_vs_plain": True}}
     )
     assert "kernels/step" in text and "GPU busy" in text and "     5%" in text and "ms/step" in text
+
+
+@pytest.mark.parametrize(
+    "task, overrides, refused",
+    [
+        ("imdb", ["model.sdpa_backend=flash"], "model.sdpa_backend=flash on a CUDA device"),
+        ("squad", ["model.sdpa_backend=flash"], "model.sdpa_backend=flash on a CUDA device"),
+        ("clm_imdb", ["model.sdpa_backend=flash"], None),  # packed blocks: no padding, no mask to refuse
+        ("clm_imdb", ["model.sdpa_backend=flash", "data.packing=false"], "model.sdpa_backend=flash on a CUDA device"),
+        ("imdb", ["model.sdpa_backend=efficient"], None),
+        (
+            "imdb",
+            ["trainer.compile=reduce-overhead", "trainer.accumulate_grad_batches=2"],
+            "trainer.compile=reduce-overhead with trainer.accumulate_grad_batches=2",
+        ),
+        ("imdb", ["trainer.compile=reduce-overhead"], None),
+        ("imdb", ["trainer.compile=true", "trainer.accumulate_grad_batches=2"], None),
+    ],
+)
+def test_what_cuda_cannot_run_together_is_refused_before_training(task, overrides, refused):
+    """A flash kernel with a padding mask stopped the first forward on CUDA ("No available kernel"); CUDA graphs with
+    gradient accumulation replay while gradients are alive. The CUDA branch of the check, taken here on the CPU."""
+    from harness.config import resolve_run_config
+    from harness.registry import get_task
+    from harness.runtime import check_combinations
+
+    t = get_task(task)
+    cfg = resolve_run_config(t, ["profile=quick", *overrides])
+    if refused is None:
+        check_combinations(cfg, t.family, "cuda")
+    else:
+        with pytest.raises(ConfigError) as e:
+            check_combinations(cfg, t.family, "cuda")
+        assert e.value.message.startswith(refused)
+    check_combinations(cfg, t.family, "cpu")  # the CPU has neither limit
+
+
+def test_after_a_fit_reserved_but_empty_memory_counts_as_free():
+    """mem_get_info counts the caching allocator's reserved memory as used: after a memory-heavy fit the test split
+    fell back to host batching without cause. What the allocator holds empty is placeable."""
+    from harness.data.resident import fits, usable_free
+
+    free, reserved, allocated = 1 << 30, 30 << 30, 2 << 30  # 1 GiB free by the driver, 28 GiB reserved and empty
+    split = 4 << 30
+    assert not fits(split, free)  # what the driver alone says
+    assert fits(split, usable_free(free, reserved, allocated))
+
+
+@pytest.mark.parametrize("mode", ["full", "prompt_tuning"])
+def test_an_encoder_forward_makes_no_host_device_sync(tiny_model, mode):
+    """transformers asks a 2-D padding mask whether it holds padding (`if padding_mask.all():`): a sync on every
+    forward on a GPU. The harness hands an SDPA encoder the 4-D mask instead: no `_local_scalar_dense` in the forward,
+    the same logits. Prompt tuning keeps the 2-D mask (its virtual tokens extend it)."""
+    from harness.models.classification import SequenceClassifier
+
+    m = SequenceClassifier(labels=["negative", "positive"], optim={}, model_path=str(tiny_model)).eval()
+    if mode == "prompt_tuning":
+        from harness.models import transfer
+
+        m.model, _ = transfer.apply(m.model, {"mode": "prompt_tuning", "virtual_tokens": 4}, m.peft_task)
+    ids = torch.randint(1000, 2000, (4, 16))
+    mask = torch.ones(4, 16, dtype=torch.long)
+    mask[0, 9:] = 0
+    mask[3, 4:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    with torch.profiler.profile() as prof, torch.no_grad():
+        ours = m(batch).logits
+    syncs = sum(1 for e in prof.events() if e.name == "aten::_local_scalar_dense")
+    with torch.no_grad():
+        plain = m.model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).logits
+    assert torch.equal(ours, plain)
+    if mode == "full":
+        assert syncs == 0 and m.model_inputs(batch)["attention_mask"].shape == (4, 1, 1, 16)
+    else:
+        assert m.model_inputs(batch)["attention_mask"].dim() == 2

@@ -14,6 +14,7 @@ import harness.metrics
 MODULES = sorted(m.name for m in pkgutil.iter_modules(harness.metrics.__path__, "harness.metrics.")) + [
     "harness.compare",
     "harness.config",
+    "harness.data.resident",
     "harness.report",
     "harness.tracking.links",
 ]

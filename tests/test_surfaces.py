@@ -68,12 +68,16 @@ def test_the_console_says_what_the_rows_are_and_the_floor(logged):
         r"data: train 160 of [\d,]+ rows \(local\), validation 64 of 2,000 rows \(local\), test 96 of 872 rows", out
     )
     # the floor: always predicting the commonest test label, with where the run stands
-    floor = r"floor \(always predicting '(positive|negative)', the commonest test label\): "
-    m = re.search(floor + r"accuracy (0\.\d{4}): run (.+?);", out)
+    floor = r"floor \(always predicting '(positive|negative)', the commonest test label; a run under it learnt "
+    m = re.search(floor + r"nothing the metric rewards\):\n    accuracy (0\.\d{4}): run (.+)\n", out)
     assert m, out[-3000:]
+    assert m.group(3) in ("above it", "BELOW it", "not distinguishable from it (inside the interval)")
     metrics = logged["run"].data.metrics
     assert metrics["test_accuracy_floor"] == pytest.approx(float(m.group(2)), abs=1e-4)
-    assert "floor (any constant score (chance)): auroc 0.5000" in out
+    assert (
+        "floor (any constant score (chance); a run under it learnt nothing the metric rewards):\n    auroc 0.5000"
+        in out
+    )
     assert logged["run"].data.tags["floor.accuracy"].startswith(m.group(2))
 
 

@@ -44,7 +44,18 @@ def fits_on_gpu(size: int, held: int = 0) -> bool:
         else int(os.environ.get("LOCAL_RANK", "0")) % max(torch.cuda.device_count(), 1)
     )
     free, _total = torch.cuda.mem_get_info(index)
-    return fits(size, free, held)
+    return fits(size, usable_free(free, torch.cuda.memory_reserved(index), torch.cuda.memory_allocated(index)), held)
+
+
+def usable_free(driver_free: int, reserved: int, allocated: int) -> int:
+    """What this process can still place: what the driver calls free, plus what PyTorch's caching allocator has
+    reserved but holds nothing in (the driver counts that as used; after a memory-heavy fit it can be most of it, and
+    the test split would fall back to host batching without cause).
+
+    >>> usable_free(2_000, reserved=10_000, allocated=3_000)
+    9000
+    """
+    return driver_free + max(reserved - allocated, 0)
 
 
 def fits(size: int, free: int, held: int = 0) -> bool:

@@ -48,12 +48,12 @@ class Floor:
             delta, low, high, p = self.paired
             diff = f"{delta:+.2f} [{low:+.2f}, {high:+.2f}] paired"
             if high < 0:
-                return "below", f"BELOW it, {diff} (worse than the trivial system)"
+                return "below", f"BELOW it, {diff}"
             if low > 0:
                 return "above", f"above it, {diff}"
             return "at", f"not distinguishable from it, {diff}"
         if est.high < self.value:
-            return "below", "BELOW it (worse than the trivial system)"
+            return "below", "BELOW it"
         if est.low > self.value:
             return "above", "above it"
         return "at", "not distinguishable from it (inside the interval)"

@@ -34,6 +34,11 @@ def target_tokens(labels: torch.Tensor, causal: bool) -> torch.Tensor:
     return (labels[:, 1:] != -100).sum() if causal else (labels != -100).sum()
 
 
+# encoders whose SDPA attention takes a 4-D boolean padding mask as it is, with the 2-D mask's result (checked on
+# random tiny models of each type, transformers 5.25)
+MASK_4D_MODELS = frozenset({"bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert", "camembert"})
+
+
 class HarnessModule(L.LightningModule):
     inputs: tuple[str, ...] = ("input_ids", "attention_mask")  # batch fields the model reads
     targets: dict[str, str] = {"labels": "labels"}  # the model's target argument -> the batch field holding it
@@ -104,8 +109,31 @@ class HarnessModule(L.LightningModule):
         return batch
 
     def forward(self, batch: dict[str, torch.Tensor]) -> Any:
+        return self.model(**self.model_inputs(batch), **{arg: batch.get(key) for arg, key in self.targets.items()})
+
+    def model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch fields the model reads. An encoder with SDPA attention gets its padding mask as the 4-D boolean
+        mask attention takes ([batch, 1, 1, keys]): from a 2-D mask transformers first asks whether it holds any
+        padding at all (`if padding_mask.all():`), a host-device sync on every forward on a GPU; the 4-D mask is used
+        as it is, with the same result (tests/test_device_paths.py)."""
         inputs = {k: batch[k] for k in self.inputs if k in batch}
-        return self.model(**inputs, **{arg: batch.get(key) for arg, key in self.targets.items()})
+        mask = inputs.get("attention_mask")
+        if self.mask_4d and mask is not None and mask.dim() == 2 and self._sdpa():
+            inputs["attention_mask"] = mask[:, None, None, :].bool()
+        return inputs
+
+    mask_4d = False  # encoders (classification, extractive QA): see model_inputs
+
+    def _sdpa(self) -> bool:
+        """SDPA attention in an encoder known to take a 4-D mask as it is (each checked equal to its 2-D-mask
+        forward), and no prompt tuning (its virtual tokens extend a 2-D mask)."""
+        config = getattr(self.model, "config", None)
+        peft = getattr(self.model, "active_peft_config", None)
+        return (
+            getattr(config, "_attn_implementation", None) == "sdpa"
+            and getattr(config, "model_type", None) in MASK_4D_MODELS
+            and not getattr(peft, "is_prompt_learning", False)
+        )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self(batch)

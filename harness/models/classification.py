@@ -19,6 +19,7 @@ from harness.models.distill import hinton_loss, teacher_logits
 
 
 class SequenceClassifier(HarnessModule):
+    mask_4d = True  # the padding mask as SDPA takes it: no host-device sync per forward (HarnessModule.model_inputs)
     peft_task = "SEQ_CLS"
     inputs = ("input_ids", "attention_mask", "token_type_ids")
     targets = {"labels": "label"}

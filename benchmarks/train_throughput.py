@@ -70,8 +70,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     ap.add_argument("--model-path", help="the small model's folder (default: the MiniLM pip package)")
     ap.add_argument("--steps", type=int, default=None, help="measured steps per side (default: 60 GPU, 3 CPU)")
     ap.add_argument("--warmup", type=int, default=None, help="unmeasured steps first (default: 10 GPU, 1 CPU)")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=None, help="default 32 (a CPU: what fits in 8 GB)")
+    ap.add_argument("--max-length", type=int, default=None, help="default 512 (a CPU: what fits in 8 GB)")
     ap.add_argument("--workers", type=int, default=4, help="loader workers on the harness side (GPU)")
     ap.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     ap.add_argument("--data-dir", default=os.environ.get("HARNESS_DATA_DIR"))
@@ -90,6 +90,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device == "cuda"
+    _shapes(args, cuda)
     spec = benchtrain.BenchSpec(
         device=device,
         batch_size=args.batch_size,
@@ -113,6 +114,15 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             model_dir = small if kind == "small" else benchtrain.bert_base_shape(small, Path(tmp) / kind)
             print(f"-- {kind}", flush=True)
             results[kind] = benchtrain.compare(model_dir, rows, spec, peak)
+            if not cuda:  # the guard: a CPU run stays within what it may take
+                rss = benchtrain.peak_rss()
+                ok = rss <= benchtrain.CPU_MEMORY_LIMIT
+                print(
+                    f"   peak memory {rss / 2**30:.1f} GB (limit {benchtrain.CPU_MEMORY_LIMIT / 2**30:.0f} GB: "
+                    f"{'kept' if ok else 'EXCEEDED'})",
+                    flush=True,
+                )
+                results[kind]["peak_memory_gb"] = rss / 2**30
     print(benchtrain.table(results))
     flat = {f"{k}/{side}": v for k, res in results.items() for side, v in res.items()}
     steps = None
@@ -123,6 +133,32 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     if args.json:
         print(json.dumps(flat, default=float))
     return flat
+
+
+def _shapes(args: argparse.Namespace, cuda: bool) -> None:
+    """32 x 512 on a GPU. On a CPU, the same unless it would not fit: BERT-base at 32 x 512 in float32 took more than
+    24 GB (the OOM killer stopped it); the shapes are halved until the estimate fits 8 GB, and said."""
+    if cuda:
+        args.batch_size, args.max_length = args.batch_size or 32, args.max_length or 512
+        return
+    from transformers import BertConfig
+
+    from harness import benchtrain
+
+    asked = (args.batch_size or 32, args.max_length or 512)
+    widest = BertConfig() if "bert-base" in args.models else None  # the largest shape this run trains
+    if widest is None or (args.batch_size and args.max_length):
+        args.batch_size, args.max_length = asked
+        return
+    args.batch_size, args.max_length = benchtrain.cpu_shape(widest, *asked)
+    if (args.batch_size, args.max_length) != asked:
+        need = benchtrain.training_bytes(12, 768, 12, 3072, widest.vocab_size, *asked) / 2**30
+        print(
+            f"on a CPU: batch {args.batch_size} x {args.max_length} tokens (bert-base at {asked[0]} x {asked[1]} "
+            f"needs about {need:.0f} GB, over the {benchtrain.CPU_MEMORY_LIMIT / 2**30:.0f} GB a CPU run may take; "
+            "--batch-size and --max-length choose)",
+            flush=True,
+        )
 
 
 def step_profile(small: Path, args: argparse.Namespace, spec: Any) -> dict[str, Any]:

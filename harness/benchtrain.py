@@ -49,6 +49,51 @@ class BenchSpec:
         return self.total * self.batch_size
 
 
+CPU_MEMORY_LIMIT = 8 * 2**30  # what a CPU run of the benchmark may take (the project's machines have 24 GiB)
+
+
+def training_bytes(layers: int, hidden: int, heads: int, intermediate: int, vocab: int, batch: int, length: int) -> int:
+    """A float32 estimate of what training a BERT-shaped classifier needs at once: the weights, their gradients and
+    Adam's two moments (16 bytes a parameter), and each layer's saved activations (about ten hidden-wide tensors,
+    two intermediate-wide ones, and the attention's scores and probabilities, which the CPU materializes).
+
+    >>> round(training_bytes(12, 768, 12, 3072, 30522, 32, 512) / 2**30, 1)  # BERT-base at the GPU shape (OOM-killed
+    36.0
+    >>> round(training_bytes(12, 768, 12, 3072, 30522, 8, 128) / 2**30, 1)  # past 24 GB on a CPU); the CPU shape
+    3.0
+    """
+    params = vocab * hidden + 512 * hidden + layers * (4 * hidden * hidden + 2 * hidden * intermediate)
+    per_layer = batch * length * (10 * hidden + 2 * intermediate) * 4 + 2 * batch * heads * length * length * 4
+    # x1.8: what the CPU allocator holds besides; measured on the 2-core machine: bert-base at 8 x 512 peaked at
+    # 9.8 GB in `make bench-train DEVICE=cpu`, and at 32 x 512 it passed 24 GB (OOM-killed)
+    return 16 * params + int(1.8 * layers * per_layer)
+
+
+def cpu_shape(config: Any, batch: int, length: int, limit: int = CPU_MEMORY_LIMIT) -> tuple[int, int]:
+    """The batch size and length to train a model of `config`'s shape with on a CPU: the ones asked for, else halved
+    (the batch first, down to 8, then the length, down to 128) until the estimate fits `limit`."""
+
+    def need(b: int, n: int) -> int:
+        c = config
+        return training_bytes(
+            c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size, c.vocab_size, b, n
+        )
+
+    while need(batch, length) > limit and (batch > 8 or length > 128):
+        if batch > 8:
+            batch //= 2
+        else:
+            length //= 2
+    return batch, length
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory so far, in bytes (Linux reports kilobytes)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def sync(device: str) -> None:
     if device == "cuda":  # queued GPU work finishes before the clock reads; a CPU has no queue
         torch.cuda.synchronize()

@@ -51,6 +51,20 @@ LEFT_OUT = (
 )
 
 
+def unpack_weights(folder: Path) -> None:
+    """The bundle's weights travel xz-compressed (`model.safetensors.xz`: 45 MB of bf16 weights in about 33):
+    unpacked once beside it, written whole and then renamed, so an interrupted unpack is never taken for them."""
+    packed, weights = folder / "model.safetensors.xz", folder / "model.safetensors"
+    if weights.is_file() or not packed.is_file():
+        return
+    import shutil
+
+    partial = folder / "model.safetensors.partial"
+    with lzma.open(packed, "rb") as src, open(partial, "wb") as out:
+        shutil.copyfileobj(src, out, 1 << 24)
+    partial.replace(weights)
+
+
 @dataclass
 class Bundle:
     folder: Path
@@ -75,7 +89,11 @@ class Bundle:
 
     @property
     def model_dir(self) -> Path:
-        return self.folder / self.manifest["model"]["folder"]
+        """The model's folder, its weights unpacked first if they travelled xz-compressed (once; written whole, then
+        renamed, so an interrupted unpack is never taken for the weights)."""
+        folder = self.folder / self.manifest["model"]["folder"]
+        unpack_weights(folder)
+        return folder
 
     def split(self, name: str, limit: Optional[int] = None, max_length: Optional[int] = None) -> Any:
         """The split as harness's TokenizedDataset: `limit` rows spread evenly over it (all by default), each cut

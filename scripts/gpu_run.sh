@@ -2,8 +2,9 @@
 # The GPU check on a bare, offline host (the bundle's run.sh):
 #   sh run.sh [--device cuda|cpu] [--out DIR] [--phases kernels,bench-train,imdb,...] [overrides ...]
 #
-# Puts the bundle's wheels (no index, no dependencies) where the host's Python sees them beside the image's own
-# packages (torch with CUDA), then runs python -m harness.gpucheck on this bundle:
+# Puts the bundle's wheels where the host's Python sees them beside the image's own packages (torch with CUDA), with
+# install.py (no pip: a wheel is a zip; a package the image already has is left out, so none of the bundle's copies
+# shadows it), then runs python -m harness.gpucheck on this bundle:
 # - VENV=<a virtualenv>: installed into that environment (e.g. the image's own venv, or make gpu-check's);
 # - otherwise: installed into <bundle>/site, which goes first on PYTHONPATH for ${PYTHON:-python3}, whether that is
 #   the system's interpreter or itself a virtualenv (many GPU images: a venv made from it with
@@ -17,17 +18,16 @@ if [ -n "${VENV:-}" ]; then
     echo "run.sh: VENV=$VENV holds no bin/python; name a virtualenv, or unset VENV to use ${PYTHON:-python3}" >&2
     exit 2
   fi
-  "$py" -m pip install --quiet --no-index --no-deps "$here"/wheels/*.whl
-  # this bundle's harness, even over another build of the same version
-  "$py" -m pip install --quiet --no-index --no-deps --force-reinstall "$here"/wheels/harness-*.whl
+  # the wheels unpacked into it without pip (install.py): what the image has is kept, harness is the bundle's
+  "$py" "$here/install.py" --into-env
 else
   py=$(command -v "${PYTHON:-python3}") || {
     echo "run.sh: no ${PYTHON:-python3} on PATH; set PYTHON=<the image's interpreter> or VENV=<its virtualenv>" >&2
     exit 2
   }
   site="$here/site"
-  rm -rf "$site"
-  "$py" -m pip install --quiet --no-index --no-deps --target "$site" "$here"/wheels/*.whl
+  # only what the image lacks goes to site/ (install.py, no pip needed), so nothing on it shadows the image's own
+  "$py" "$here/install.py" --target "$site"
   PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
   export PYTHONPATH
 fi

@@ -4,6 +4,7 @@ the throughput table, ratio and MLflow run come out (the GPU numbers are measure
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -50,6 +51,7 @@ def test_bench_train_smoke_on_cpu(data_dir, tiny_model, tracking_uri, capsys):
     assert res["small/ratio"] == res["small/harness"]["samples_per_sec"] / res["small/trainer"]["samples_per_sec"]
     out = capsys.readouterr().out
     assert "ratio harness/Trainer" in out and "MFU" in out
+    assert re.search(r"peak memory \d+\.\d GB \(limit 8 GB: kept\)", out)
     client = MlflowClient(tracking_uri)
     run = client.search_runs([client.get_experiment_by_name("bench-train").experiment_id])[0]
     assert run.data.metrics["small_ratio_samples_per_sec"] == res["small/ratio"]
@@ -63,3 +65,27 @@ def test_bench_train_smoke_on_cpu(data_dir, tiny_model, tracking_uri, capsys):
     assert "host time/step" in out and run.data.metrics["steps_harness_aten_ops_per_step"] > 50
     last = json.loads(out.strip().splitlines()[-1])  # --json: every result, one object
     assert last["step_profile"]["plain"]["syncs_per_step"] == steps["plain"]["syncs_per_step"]
+
+
+def test_on_a_cpu_the_shapes_fit_the_memory_a_run_may_take(capsys):
+    """BERT-base at the GPU's 32 x 512 took more than 24 GB on a CPU (the OOM killer stopped `make bench-train
+    DEVICE=cpu`): on a CPU the shapes are halved until the estimate fits 8 GB, and said; given ones are kept."""
+    import argparse
+
+    import train_throughput
+    from transformers import BertConfig
+
+    from harness import benchtrain
+
+    args = argparse.Namespace(batch_size=None, max_length=None, models=["bert-base", "small"])
+    train_throughput._shapes(args, cuda=False)
+    c = BertConfig()
+    need = benchtrain.training_bytes(12, 768, 12, 3072, c.vocab_size, args.batch_size, args.max_length)
+    assert need <= benchtrain.CPU_MEMORY_LIMIT < benchtrain.training_bytes(12, 768, 12, 3072, c.vocab_size, 32, 512)
+    assert f"on a CPU: batch {args.batch_size} x {args.max_length} tokens" in capsys.readouterr().out
+    gpu = argparse.Namespace(batch_size=None, max_length=None, models=["bert-base"])
+    train_throughput._shapes(gpu, cuda=True)
+    assert (gpu.batch_size, gpu.max_length) == (32, 512)
+    mine = argparse.Namespace(batch_size=16, max_length=256, models=["bert-base"])
+    train_throughput._shapes(mine, cuda=False)
+    assert (mine.batch_size, mine.max_length) == (16, 256)

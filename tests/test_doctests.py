@@ -13,6 +13,7 @@ import harness.metrics
 # the metric modules, and the modules whose words and links users read (system labels, MLflow UI links)
 MODULES = sorted(m.name for m in pkgutil.iter_modules(harness.metrics.__path__, "harness.metrics.")) + [
     "harness.compare",
+    "harness.benchtrain",
     "harness.config",
     "harness.data.resident",
     "harness.report",

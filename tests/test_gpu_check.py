@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -50,9 +51,9 @@ def test_bundle_holds_bf16_weights_and_the_runs_own_tokens(bundle, data_dir):
     from harness.gpucheck import Bundle
     from harness.registry import get_task
 
-    with safe_open(str(bundle["folder"] / "model" / "model.safetensors"), "pt") as f:
-        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
     b = Bundle.open(bundle["folder"])
+    with safe_open(str(b.model_dir / "model.safetensors"), "pt") as f:  # unpacked from the bundle's xz
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
     # the same rows and ids as harness run imdb profile=full (with the same subset) would train and test on
     task = get_task("imdb")
     cfg = resolve_run_config(
@@ -74,10 +75,33 @@ def test_bundle_holds_bf16_weights_and_the_runs_own_tokens(bundle, data_dir):
     assert max(np.diff(b.split("train").sequences["input_ids"][1])) <= 512
 
 
+def test_the_weights_travel_compressed_and_unpack_once(bundle, tmp_path):
+    """The bf16 weights go in the bundle xz-compressed (the bundle and the checkout travel in one 64 MiB device
+    call); the check unpacks them on the host once, to the same bytes."""
+    import lzma
+    import shutil
+
+    from harness.gpucheck import Bundle
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle["folder"], copy, ignore=shutil.ignore_patterns("model.safetensors"))
+    packed = copy / "model" / "model.safetensors.xz"
+    assert packed.is_file() and not (copy / "model" / "model.safetensors").exists()
+    raw = lzma.decompress(packed.read_bytes())
+    assert packed.stat().st_size < 0.8 * len(raw)  # about 33 MB of 45
+    weights = Bundle.open(copy).model_dir / "model.safetensors"
+    assert weights.read_bytes() == raw and not (copy / "model" / "model.safetensors.partial").exists()
+    stamp = weights.stat().st_mtime_ns
+    Bundle.open(copy).model_dir  # noqa: B018 (a second open leaves the unpacked weights as they are)
+    assert weights.stat().st_mtime_ns == stamp
+
+
 def test_a_bf16_checkpoint_trains_in_float32(bundle):
+    from harness.gpucheck import Bundle
     from harness.models.classification import SequenceClassifier
 
-    m = SequenceClassifier(labels=["negative", "positive"], optim={}, model_path=str(bundle["folder"] / "model"))
+    folder = Bundle.open(bundle["folder"]).model_dir
+    m = SequenceClassifier(labels=["negative", "positive"], optim={}, model_path=str(folder))
     assert {p.dtype for p in m.model.parameters()} == {torch.float32}
 
 
@@ -338,3 +362,25 @@ def test_a_failing_phase_is_recorded_and_the_next_ones_still_run(bundle, tmp_pat
     text = capsys.readouterr().out
     kept = [p.name for p in (out2 / "runs").iterdir()]
     assert len(kept) == 2 and "imdb" in kept and "the earlier record of imdb is kept as" in text
+
+
+@pytest.mark.slow
+def test_the_full_bundle_and_the_checkout_fit_one_device_call(data_dir, tmp_path):
+    """A device call carries the checkout's tracked files and the bundle, 64 MiB in all: the full bundle (every
+    IMDB row, the model, the wheels) and the tracked tree together stay within 56 MiB (the build refuses more)."""
+    import os
+    import re
+
+    from harness.paths import project_root
+
+    done = subprocess.run(
+        [sys.executable, str(project_root() / "scripts" / "gpu_bundle.py"), "--dest", str(tmp_path / "b")],
+        env={**os.environ, "HARNESS_DATA_DIR": str(data_dir)},
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    m = re.search(r"(\d+\.\d+) MiB  with the checkout's tracked files \((\d+\.\d+); budget 56\)", done.stdout)
+    assert m and float(m.group(1)) <= 56.0, done.stdout[-2000:]
+    assert (tmp_path / "b" / "model" / "model.safetensors.xz").is_file()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any
+from typing import Any, Optional
 
 from harness.config import RunConfig
 from harness.errors import ConfigError
@@ -25,6 +25,9 @@ _QUIET_WARNINGS = (
     # harness's modules count a batch's tokens before it moves; its data modules leave that hook alone (by design)
     r".*overridden `on_before_batch_transfer` in `LightningModule` but have passed in a.*",
 )
+
+
+_DEFAULT_THREADS: Optional[int] = None  # torch's intra-op threads before any run of this process set them
 
 
 def configure_runtime(cfg: RunConfig) -> None:
@@ -55,8 +58,13 @@ def configure_runtime(cfg: RunConfig) -> None:
         datasets.disable_progress_bars()
     for pattern in _QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
+    # the threads asked for, else torch's own default (as the process started): a run with trainer.num_threads=1
+    # earlier in the same process (a study's trial, a test) must not leave later runs on one thread, where their
+    # float sums split differently and a resumed run ends a hair from the one it continues
+    global _DEFAULT_THREADS
+    if _DEFAULT_THREADS is None:
+        _DEFAULT_THREADS = torch.get_num_threads()
+    torch.set_num_threads(cfg.trainer.num_threads or _DEFAULT_THREADS)
     # TF32 matmuls exist only on NVIDIA GPUs (on a CPU the flag would also move float32 matmul precision to "high")
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -461,3 +461,23 @@ def test_an_encoder_forward_makes_no_host_device_sync(tiny_model, mode):
         assert syncs == 0 and m.model_inputs(batch)["attention_mask"].shape == (4, 1, 1, 16)
     else:
         assert m.model_inputs(batch)["attention_mask"].dim() == 2
+
+
+def test_a_run_that_asked_for_one_thread_does_not_leave_the_next_on_one(monkeypatch):
+    """trainer.num_threads=1 in one run (a compression test, a study's trial) left every later run of the process on
+    one thread; its float sums then split differently, and a resumed run ended a hair from the run it continued."""
+    from harness import runtime
+    from harness.config import RunConfig
+
+    monkeypatch.setattr(runtime, "_DEFAULT_THREADS", None)
+    default = torch.get_num_threads()
+    try:
+        one = RunConfig(task="imdb")
+        one.trainer.num_threads = 1
+        runtime.configure_runtime(RunConfig(task="imdb"))
+        runtime.configure_runtime(one)
+        assert torch.get_num_threads() == 1
+        runtime.configure_runtime(RunConfig(task="imdb"))
+        assert torch.get_num_threads() == default
+    finally:
+        torch.set_num_threads(default)

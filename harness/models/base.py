@@ -127,8 +127,14 @@ class HarnessModule(L.LightningModule):
     def _sdpa(self) -> bool:
         """SDPA attention in an encoder known to take a 4-D mask as it is (each checked equal to its 2-D-mask
         forward), and no prompt tuning (its virtual tokens extend a 2-D mask)."""
-        config = getattr(self.model, "config", None)
-        peft = getattr(self.model, "active_peft_config", None)
+        from transformers import PreTrainedModel
+
+        model = self.model
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a peft adapter
+        if not isinstance(base, PreTrainedModel):  # a compressed variant (ONNX graph, int8 wrapper) takes 2-D inputs
+            return False
+        config = getattr(model, "config", None)
+        peft = getattr(model, "active_peft_config", None)
         return (
             getattr(config, "_attn_implementation", None) == "sdpa"
             and getattr(config, "model_type", None) in MASK_4D_MODELS

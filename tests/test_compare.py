@@ -225,6 +225,13 @@ def test_compare_two_runs(runs, capsys):
     assert files == {"compare/result.json", "compare/disagreements.json"}
     assert [f.path for f in client.list_artifacts(rec.info.run_id, "plots")] == ["plots/differences.png"]
     assert rec.data.metrics["delta_accuracy"] == pytest.approx(got["accuracy"]["delta"])
+    # without --json: the comparison's run, and the two runs side by side, each a link into the Model training view
+    with in_dir(runs["work"]):
+        assert run_cli(["compare", a.info.run_id, b.info.run_id, "--tracking-uri", runs["uri"]]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"open it: .*/#/experiments/\d+/runs/[0-9a-f]{32}\?workflowType=machine_learning", out)
+    assert f"/#/compare-runs?runs=%5B%22{a.info.run_id}%22%2C%22{b.info.run_id}%22%5D" in out
+    assert "workflowType=machine_learning" in out.split("the runs side by side:")[1]
 
 
 @pytest.mark.parametrize(

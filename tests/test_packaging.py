@@ -104,3 +104,10 @@ def test_installed_harness_finds_its_tasks_and_the_users(wheel, tmp_path):
         timeout=120,
     )
     assert validate.returncode == 0 and "reviews" in validate.stdout and "5 probe(s)" in validate.stdout
+
+
+def test_make_reports_pages_are_not_left_untracked_in_the_checkout(tmp_path):
+    """`make report` writes report.html and report.md in the checkout: git ignores them (they showed as untracked)."""
+    for name in ("report.html", "report.md"):
+        done = subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", name], capture_output=True)
+        assert done.returncode == 0, f"{name} is not ignored by git"

@@ -205,7 +205,6 @@ def run_phase(
 ) -> dict[str, Any]:
     """One IMDB run of the full profile on the bundle's rows; its record goes to an offline journal."""
     import lightning as L
-    import torch
     from transformers import AutoTokenizer
 
     from harness.data.base import Pretokenized
@@ -257,11 +256,7 @@ def run_phase(
     score_seconds = time.perf_counter() - score_start
     wall = time.perf_counter() - started
     rate = clock.rate() or trainer.global_step * cfg.data.batch_size / max(fit_seconds, 1e-9)
-    result = {
-        "phase": name,
-        "test_examples": len(labels),
-        "train_examples": len(dm.encoded["train"]),
-        "estimates": {k: [e.value, e.low, e.high] for k, e in estimates.items()},
+    clocks = {
         "wall_seconds": wall,
         # the clocks apart: start-up (tokenizer, model, data module), training (with its validations), evaluation
         # of the test split, and the bootstrap intervals on the host; the goal is on training plus evaluation
@@ -269,6 +264,33 @@ def run_phase(
         "fit_seconds": fit_seconds,
         "test_seconds": test_seconds,
         "score_seconds": score_seconds,
+    }
+    return _phase_record(
+        name, cfg, estimates, clocks, rate, len(labels), len(dm.encoded["train"]), device, record, trainer.global_step
+    )
+
+
+def _phase_record(
+    name: str,
+    cfg: Any,
+    estimates: dict[str, Any],
+    clocks: dict[str, float],
+    rate: float,
+    n_test: int,
+    n_train: int,
+    device: str,
+    record: Any,
+    step: int,
+) -> dict[str, Any]:
+    """An IMDB phase's result, as its offline record keeps it (metrics with intervals, the clocks, gpu_check.json)."""
+    import torch
+
+    result = {
+        "phase": name,
+        "test_examples": n_test,
+        "train_examples": n_train,
+        "estimates": {k: [e.value, e.low, e.high] for k, e in estimates.items()},
+        **clocks,
         "batch_size": cfg.data.batch_size,
         "lr": cfg.optim.lr,
         "train_samples_per_sec": rate,  # training steps only, after warm-up (validation excluded)
@@ -277,17 +299,8 @@ def run_phase(
     }
     metrics = {k: v for name_, e in estimates.items() for k, v in e.as_dict(f"test_{name_}").items()}
     record.log_metrics(
-        {
-            **metrics,
-            "test_examples": float(len(labels)),
-            "wall_seconds": wall,
-            "setup_seconds": setup_seconds,
-            "fit_seconds": fit_seconds,
-            "test_seconds": test_seconds,
-            "score_seconds": score_seconds,
-            "train_samples_per_sec": result["train_samples_per_sec"],
-        },
-        step=trainer.global_step,
+        {**metrics, "test_examples": float(n_test), **clocks, "train_samples_per_sec": rate},
+        step=step,
     )
     record.log_json("gpu_check.json", result)
     return result

@@ -272,10 +272,65 @@ def test_unreachable_tracking_server(store, capsys, tiny_model):
     o = _store_case(store, capsys, tiny_model, f"http://bob:s3cret@127.0.0.1:{port}")
     assert o.error == (
         f"cannot use the tracking store http://bob:***@127.0.0.1:{port}: the server is not reachable "
-        "([Errno 111] Connection refused; waited at most 5 s) — start it (mlflow server ..., or make "
+        "([Errno 111] Connection refused) — start it (mlflow server ..., or make "
         "server), or point MLFLOW_TRACKING_URI (or tracking.tracking_uri) at a store that works; "
         "sqlite:///mlruns.db needs no server"
     )
+
+
+@contextlib.contextmanager
+def _slow_server(slow_requests: int, delay: float):
+    """An HTTP server whose first `slow_requests` requests are answered after `delay` seconds (a busy MLflow server)."""
+    import http.server
+    import threading
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            if len(seen) <= slow_requests:
+                time.sleep(delay)
+            with contextlib.suppress(OSError):  # the client gave up on a late answer
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_busy_tracking_server_is_waited_for_not_called_unreachable():
+    """CI once saw eight tuning workers' check time out on a server busy with their logging: a server that accepts the
+    connection but answers late is asked again (within a bound), not reported as unreachable."""
+    from harness.tracking.store import check_store
+
+    with _slow_server(slow_requests=2, delay=1.5) as (url, seen):
+        check_store(url, timeout=0.5, busy=10)
+    assert seen.count("/health") == 3 and seen[-1].startswith("/api/2.0/mlflow/experiments/search")
+
+
+def test_a_stuck_tracking_server_is_named_after_the_bound():
+    from harness.errors import TrackingError
+    from harness.tracking.store import check_store
+
+    with _slow_server(slow_requests=100, delay=3) as (url, _):
+        started = time.monotonic()
+        with pytest.raises(TrackingError) as e:
+            check_store(url, timeout=0.5, busy=2)
+    assert time.monotonic() - started < 10
+    said = f"cannot use the tracking store {url}: the server did not answer /health (asked for "
+    assert str(e.value).startswith(said)
+    assert "mlflow server --workers N" in str(e.value)
 
 
 def test_corrupt_sqlite_store_is_named_and_left_as_it_is(store, capsys, tiny_model, tmp_path):

@@ -231,12 +231,14 @@ def ui(logged):
     proc.wait(timeout=30)
 
 
+@pytest.mark.slow  # a real mlflow ui and Chromium (make test-slow, which CI runs)
 def test_make_ui_says_where_it_will_be_at_once(ui):
     """`mlflow ui` is silent for about 30 s; `make ui` names the address (Model training view) before that."""
     assert ui["said_in"] < 15, ui
     assert f"starting on {ui['base']}/#/experiments?workflowType=machine_learning" in ui["first"]
 
 
+@pytest.mark.slow  # a real mlflow ui and Chromium (make test-slow, which CI runs)
 def test_a_printed_link_opens_the_run_in_the_model_training_view_from_a_fresh_profile(logged, ui, tmp_path):
     run, exp = logged["run"], logged["exp"]
     printed = links.run_url(ui["base"], exp.experiment_id, run.info.run_id)
@@ -250,6 +252,7 @@ def test_a_printed_link_opens_the_run_in_the_model_training_view_from_a_fresh_pr
     assert "Judges" in bare
 
 
+@pytest.mark.slow  # a real mlflow ui and Chromium (make test-slow, which CI runs)
 def test_the_models_tab_lists_the_model_with_its_test_metrics_per_dataset(logged, ui, tmp_path):
     exp = logged["exp"]
     text = browser_text(links.models_url(ui["base"], exp.experiment_id), tmp_path / "p", width=3000, height=900)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import os
 import sqlite3
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,14 +23,15 @@ from harness.config import redact_uri
 from harness.errors import LOCKED_FIX, TrackingError
 
 TIMEOUT_S = 5.0
+BUSY_S = 45.0  # a server that accepts the connection but answers slowly (busy with other workers) is waited for
 FIX = "point MLFLOW_TRACKING_URI (or tracking.tracking_uri) at a store that works; sqlite:///mlruns.db needs no server"
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def check_store(uri: str, timeout: float = TIMEOUT_S) -> None:
+def check_store(uri: str, timeout: float = TIMEOUT_S, busy: float = BUSY_S) -> None:
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
     if scheme in ("http", "https"):
-        _check_server(uri, timeout)
+        _check_server(uri, timeout, busy)
     elif scheme.split("+")[0] == "sqlite":
         _check_sqlite(uri)
     elif scheme in ("", "file"):
@@ -52,7 +54,9 @@ def _fail(uri: str, cause: str, fix: str = FIX) -> TrackingError:
     return TrackingError(f"cannot use the tracking store {redact_uri(uri)}: {_mask(cause, uri)}", fix)
 
 
-def _check_server(uri: str, timeout: float) -> None:
+def _check_server(uri: str, timeout: float, busy: float = BUSY_S) -> None:
+    """A refused or unresolvable address fails at once; a server that is there but slow to answer (eight tuning
+    workers logging through two server processes) is asked again until `busy` seconds have passed."""
     parts = urllib.parse.urlsplit(uri)
     base = urllib.parse.urlunsplit(
         (parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""), parts.path.rstrip("/"), "", "")
@@ -63,26 +67,48 @@ def _check_server(uri: str, timeout: float) -> None:
     if user:
         token = base64.b64encode(f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password or '')}".encode())
         headers["Authorization"] = "Basic " + token.decode()
+    started = time.monotonic()
     for path in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
-        try:
-            with urllib.request.urlopen(urllib.request.Request(base + path, headers=headers), timeout=timeout):
-                pass
-        except urllib.error.HTTPError as e:
-            if e.code in (401, 403):
+        while True:
+            try:
+                _ask(base + path, headers, timeout, uri)
+                break
+            except TimeoutError:
+                waited = time.monotonic() - started
+                if waited + timeout <= busy:
+                    continue
                 raise _fail(
                     uri,
-                    f"the server refused the credentials (HTTP {e.code})",
-                    "check MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or the user in the URI)",
+                    f"the server did not answer {path.split('?')[0]} (asked for {waited:.0f} s)",
+                    "check that it is not stuck or overloaded (its log; more workers: mlflow server --workers N), "
+                    "or " + FIX,
                 ) from None
-            if path != "/health" or e.code != 404:  # an old server without /health still answers the API below
-                raise _fail(uri, f"the server answered {path.split('?')[0]} with HTTP {e.code}") from None
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", e)
+
+
+def _ask(url: str, headers: dict[str, str], timeout: float, uri: str) -> None:
+    """One request; TimeoutError when the server did not answer in `timeout` seconds."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout):
+            pass
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
             raise _fail(
                 uri,
-                f"the server is not reachable ({reason}; waited at most {timeout:g} s)",
-                "start it (mlflow server ..., or make server), or " + FIX,
+                f"the server refused the credentials (HTTP {e.code})",
+                "check MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or the user in the URI)",
             ) from None
+        path = urllib.parse.urlsplit(url).path
+        if not (path.endswith("/health") and e.code == 404):  # an old server without /health still answers the API
+            raise _fail(uri, f"the server answered {path} with HTTP {e.code}") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(e, TimeoutError) or isinstance(reason, TimeoutError):
+            raise TimeoutError from None
+        raise _fail(
+            uri,
+            f"the server is not reachable ({reason})",
+            "start it (mlflow server ..., or make server), or " + FIX,
+        ) from None
 
 
 def _sqlite_path(uri: str) -> Path | None:

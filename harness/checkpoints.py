@@ -57,8 +57,14 @@ def write_error(path: Path, e: Exception) -> RunFailed:
 
 
 def unreadable(path: Path) -> Optional[str]:
-    """None when the checkpoint at `path` can be read (lazily, through mmap), else what is wrong with it."""
+    """None when the checkpoint at `path` can be read (lazily, through mmap), else what is wrong with it. A sharded
+    checkpoint (a folder, trainer.strategy=fsdp) needs its shards' index and its metadata file, readable."""
     try:
+        if path.is_dir():
+            missing = [n for n in (".metadata", "meta.pt") if not (path / n).is_file()]
+            if missing:
+                return f"the sharded checkpoint lacks {', '.join(missing)}"
+            path = path / "meta.pt"
         torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return None
     except Exception as e:  # truncated zip, garbage, a pickle the safe loader refuses

@@ -284,7 +284,10 @@ class TrainerConfig(Strict):
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = "auto"
     devices: Union[int, str] = "auto"  # per node
     num_nodes: int = Field(default=1, gt=0)  # several nodes: under torchrun / srun, or by hand (README: Scale out)
-    strategy: str = "auto"
+    strategy: str = "auto"  # auto, ddp, fsdp (sharded: harness/sharding.py), or another of Lightning's names
+    # fsdp only: shard within groups of this many processes and replicate across the groups (HSDP; e.g. the devices of
+    # one node); None shards over all
+    shard_size: Optional[int] = Field(default=None, gt=0)
     precision: str = "auto"  # auto: bf16-mixed where the hardware supports it natively, else 32-true
     accumulate_grad_batches: int = Field(default=1, gt=0)
     gradient_clip_val: Optional[float] = Field(default=1.0, ge=0)

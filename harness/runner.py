@@ -46,6 +46,7 @@ from harness.runtime import (
     device_type,
     resolve_device_settings,
 )
+from harness.sharding import full_state_dict, is_sharded
 from harness.tracking.env import describe_device
 from harness.tracking.logger import MlflowStepLogger
 from harness.tracking.mlflow_run import Tracker, is_global_zero
@@ -107,7 +108,7 @@ class RunState:
         self.damaged: Optional[str] = None
         state = self.read()
         run_id = state.get("run_id")
-        if not run_id or state.get("status") == "finished" or not self.checkpoint.is_file():
+        if not run_id or state.get("status") == "finished" or not self.checkpoint.exists():
             return None
         if state.get("tracking") != uri_key(tracking_uri):
             return None
@@ -514,6 +515,16 @@ def _fit(ctx: RunContext) -> None:
         peak, kind = _peak_memory_mb(ctx.cfg.trainer.accelerator)
         ctx.tracker.log_metrics({"train_peak_memory_mb": peak}, step=ctx.trainer.global_step)
         ctx.tracker.set_tags({"train_peak_memory": kind})
+        _tell_sharding(ctx)
+
+
+def _tell_sharding(ctx: RunContext) -> None:
+    info = getattr(ctx.module, "shard_info", None)
+    if info is None:
+        return
+    ctx.say(info.line())
+    ctx.tracker.log_metrics({"shard_params_per_rank": info.local, "shard_processes": info.processes}, step=0)
+    ctx.tracker.set_tags({"fsdp.sharding": info.line()})
 
 
 def _finish_trial(ctx: RunContext) -> RunResult:
@@ -529,10 +540,11 @@ def _test_and_log(ctx: RunContext) -> RunResult:
         # training is done: a kill during evaluation resumes straight to evaluation (all ranks must call this)
         ctx.trainer.save_checkpoint(ctx.state.checkpoint)
     report = _test(ctx)
+    whole = _gathered(ctx) if ctx.cfg.log_model and is_sharded(ctx.trainer) else ctx.module  # every rank gathers
     if report is not None:
         _log_report(ctx, report, step=ctx.trainer.global_step)
         if ctx.cfg.log_model:
-            _log_model(ctx)
+            _log_model(ctx, whole)
         _close(ctx, remove_checkpoints=not ctx.cfg.tracking.keep_checkpoints)
     return ctx.result(report)
 
@@ -573,7 +585,18 @@ def _log_report(ctx: RunContext, report: EvalReport, step: int) -> None:
     ctx.tracker.log_report(report, step=step)
 
 
-def _log_model(ctx: RunContext) -> None:
+def _gathered(ctx: RunContext) -> Any:
+    """A sharded model's weights gathered on rank 0 into an ordinary, unsharded module (exports, serves and compresses
+    like any other); None on the other ranks. Every rank must call this."""
+    state = full_state_dict(ctx.module)
+    if ctx.tracker is None:
+        return None
+    whole = ctx.family.build_module(ctx.cfg, ctx.task, ctx.model)
+    whole.load_state_dict(state, strict=True)
+    return whole
+
+
+def _log_model(ctx: RunContext, module: Any) -> None:
     cfg, task = ctx.cfg, ctx.task
     meta = {
         "run_id": ctx.run_id,
@@ -592,7 +615,7 @@ def _log_model(ctx: RunContext) -> None:
         meta["adapter"] = cfg.model.mode in ("lora", "prompt_tuning") and not (
             cfg.model.merge and cfg.model.mode == "lora"
         )
-    ctx.tracker.log_model(lambda out: ctx.family.export(ctx.module, ctx.tokenizer, out, merge=cfg.model.merge), meta)
+    ctx.tracker.log_model(lambda out: ctx.family.export(module, ctx.tokenizer, out, merge=cfg.model.merge), meta)
 
 
 def _interruptible(trainer: Any, fn: Callable[[], Any]) -> Any:

@@ -159,6 +159,7 @@ PACKED_FAMILIES = ("causal_lm", "masked_lm")  # families whose batches can be pa
 def check_combinations(cfg: RunConfig, family: str, device: str) -> None:
     """Settings that are valid one by one but cannot work together on `device`, refused in one line before training
     (a CPU test passes device="cuda": these are CUDA's limits, and the refusal is the branch a GPU run takes)."""
+    check_sharding(cfg)
     if device != "cuda":
         return
     padded = not (family in PACKED_FAMILIES and cfg.data.packing)
@@ -175,6 +176,35 @@ def check_combinations(cfg: RunConfig, family: str, device: str) -> None:
             "its gradients are still being accumulated",
             "use trainer.compile=true (compiled without CUDA graphs), or accumulate_grad_batches=1 with a larger "
             "data.batch_size",
+        )
+
+
+def check_sharding(cfg: RunConfig) -> None:
+    """What sharded training (trainer.strategy=fsdp, FSDP2) cannot be combined with, on every device."""
+    t = cfg.trainer
+    if t.strategy.startswith("fsdp") and t.strategy != "fsdp":
+        raise ConfigError(
+            f"trainer.strategy={t.strategy} is Lightning's first FSDP (GPU only; its full-state save is unreliable)",
+            "use trainer.strategy=fsdp: FSDP2, on GPUs and CPUs (README: Sharded training)",
+        )
+    if t.shard_size and t.strategy != "fsdp":
+        raise ConfigError(
+            f"trainer.shard_size={t.shard_size} applies to sharded training only (trainer.strategy is {t.strategy})",
+            "add trainer.strategy=fsdp, or leave trainer.shard_size out",
+        )
+    if t.strategy != "fsdp":
+        return
+    if t.precision in ("16-mixed", "16"):
+        raise ConfigError(
+            f"trainer.precision={t.precision} with trainer.strategy=fsdp: float16's loss scaler is not supported for "
+            "sharded training here",
+            "use trainer.precision=bf16-mixed (GPUs since Ampere) or 32-true",
+        )
+    if t.compile in ("reduce-overhead", "max-autotune"):
+        raise ConfigError(
+            f"trainer.compile={t.compile} with trainer.strategy=fsdp: CUDA graphs cannot capture the all-gathers and "
+            "reduce-scatters that sharding runs at every layer",
+            "use trainer.compile=true (compiled without CUDA graphs), or trainer.compile=false",
         )
 
 

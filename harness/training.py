@@ -76,6 +76,16 @@ def precision_plugins(precision: str, accelerator: str) -> tuple[Optional[str], 
     return None, [MixedPrecision("16-mixed", device_type(accelerator))]
 
 
+def _strategy(cfg: RunConfig) -> Any:
+    """Lightning's strategy name, or the sharded strategy harness builds for `fsdp` (FSDP2 on every device)."""
+    t = cfg.trainer
+    if t.strategy == "fsdp":
+        from harness.sharding import strategy
+
+        return strategy(t.shard_size)
+    return t.strategy
+
+
 def _trainer(cfg: RunConfig, logger: Any, state: Any, callbacks: list, quiet: bool, checkpoints: bool) -> L.Trainer:
     t = cfg.trainer
     precision, plugins = precision_plugins(t.precision, t.accelerator)
@@ -83,7 +93,7 @@ def _trainer(cfg: RunConfig, logger: Any, state: Any, callbacks: list, quiet: bo
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        strategy=_strategy(cfg),
         precision=precision,
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,

@@ -234,13 +234,16 @@ class HarnessDataModule(L.LightningDataModule):
             max_tokens=d.max_tokens,
             multiple=d.pad_to_multiple_of,
         )
-        if self._resume:
-            sampler.resume(self._resume["epoch"], self._resume["batches_done"])
+        self._train_sampler = sampler
+        self._apply_resume()
+        return self._loader(ds, sampler, "train")
+
+    def _apply_resume(self) -> None:
+        if self._resume and self._train_sampler is not None:
+            self._train_sampler.resume(self._resume["epoch"], self._resume["batches_done"])
             self._batches_done = self._resume["batches_done"]
             self._count_epoch = self._resume["epoch"]
             self._resume = None
-        self._train_sampler = sampler
-        return self._loader(ds, sampler, "train")
 
     def eval_dataloader(self, split: str) -> DataLoader:
         ds = self.split_set(split)
@@ -266,8 +269,12 @@ class HarnessDataModule(L.LightningDataModule):
         return {"epoch": int(self._count_epoch), "batches_done": int(self._batches_done)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Where to pick up the interrupted epoch. Under a strategy that restores after setting up (sharded
+        training), the loader exists already (the optimizer's schedule counted its batches): its sampler is told now,
+        before its first iteration."""
         if state_dict:
             self._resume = {"epoch": int(state_dict["epoch"]), "batches_done": int(state_dict["batches_done"])}
+            self._apply_resume()
 
 
 def split_tokens(ids: list[int], budget: int, how: str, head_tokens: Optional[int]) -> list[int]:

@@ -25,6 +25,7 @@ from harness.data.resident import ResidentBatch
 from harness.models import transfer as transfer_modes
 from harness.models.loading import ResolvedModel, load_pretrained, resolve_model
 from harness.runtime import resolve_fused
+from harness.sharding import local_norm
 
 _DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
 
@@ -93,6 +94,17 @@ class HarnessModule(L.LightningModule):
         if vocab_map is not None:
             self.model = Remapped(self.model, vocab_map)
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps whatever mode it finds
+
+    def configure_model(self) -> None:
+        """Under trainer.strategy=fsdp each repeated layer, then the rest, is sharded across the ranks
+        (harness/sharding.py); under every other strategy the model stays whole."""
+        trainer = self._trainer
+        if trainer is None:
+            return
+        from harness.sharding import is_sharded, shard
+
+        if is_sharded(trainer):
+            shard(self, self.model, trainer.strategy.fsdp_mesh, str(trainer.precision))
 
     # ---- training ------------------------------------------------------------------------------------------------
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -211,7 +223,8 @@ class HarnessModule(L.LightningModule):
             scaler.unscale_(raw)
         params = [p for group in raw.param_groups for p in group["params"] if p.grad is not None]
         if params:
-            self.grad_norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
+            norm = torch.nn.utils.clip_grad_norm_(params, gradient_clip_val, foreach=True)
+            self.grad_norm = local_norm(norm)  # sharded gradients: the global norm across the ranks
 
     # ---- exact resume --------------------------------------------------------------------------------------------
     # Lightning restores weights, optimizer, schedule and loop counters; the random state (dropout masks) is ours.
@@ -269,11 +282,13 @@ class HarnessModule(L.LightningModule):
 
 
 def _clips_like_harness(trainer: Any) -> bool:
-    """Strategies where every rank holds the whole gradient after backward (one device, DDP): the global norm is the
-    local one, and harness clips it itself."""
+    """Strategies where harness clips itself: every rank holds the whole gradient after backward (one device, DDP),
+    or the gradients are DTensor shards whose norm clip_grad_norm_ reduces across the ranks (FSDP2)."""
     from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
-    return type(trainer.strategy) in (SingleDeviceStrategy, DDPStrategy)
+    from harness.sharding import ShardedStrategy
+
+    return type(trainer.strategy) in (SingleDeviceStrategy, DDPStrategy, ShardedStrategy)
 
 
 def _gather_uneven(module: L.LightningModule, local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

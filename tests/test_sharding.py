@@ -1,0 +1,183 @@
+"""Sharded training (trainer.strategy=fsdp, FSDP2 through Lightning) on two CPU processes (gloo): the same steps as
+DDP, resumed after kill -9 from a sharded checkpoint, and a logged model gathered on rank 0 that serves what the
+run predicted. The refusals are one line each."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import run_cli, tiny_args
+from mlflow.tracking import MlflowClient
+
+from harness.config import resolve_run_config
+from harness.errors import ConfigError
+from harness.registry import get_task
+from harness.runtime import check_sharding
+from harness.sharding import check_world, layer_stacks
+
+HERE = Path(__file__).parent
+
+COMMON = {
+    "trainer.devices": "2",
+    "trainer.accelerator": "cpu",
+    "trainer.num_threads": "1",
+    "model.dropout": "0",
+    "data.train_size": "640",
+    "trainer.max_epochs": "2",
+    "optim.lr": "1e-2",
+}
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", "imdb", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _losses(client: MlflowClient, run_id: str) -> dict[int, float]:
+    return {m.step: m.value for m in client.get_metric_history(run_id, "train_loss")}
+
+
+def _gone(group: int, within: float) -> bool:
+    """Whether every process of the process group has exited within `within` seconds (the rest are then killed)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.5)
+    os.killpg(group, signal.SIGKILL)
+    return False
+
+
+# ---- which modules become shard groups ------------------------------------------------------------------------------
+
+
+def test_each_layer_is_a_group_and_a_tied_embedding_stays_with_its_head(tiny_model, tiny_mlm, tiny_llama):
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+    cls = AutoModelForSequenceClassification.from_pretrained(str(tiny_model), num_labels=2)
+    assert [type(m).__name__ for m in layer_stacks(cls)] == ["BertEmbeddings", "BertLayer", "BertLayer"]
+    # the masked LM's output layer shares the word embeddings' weight: they stay together in the root group
+    mlm = AutoModelForMaskedLM.from_pretrained(str(tiny_mlm))
+    assert mlm.cls.predictions.decoder.weight is mlm.bert.embeddings.word_embeddings.weight
+    assert [type(m).__name__ for m in layer_stacks(mlm)] == ["BertLayer", "BertLayer"]
+    llama = AutoModelForCausalLM.from_pretrained(str(tiny_llama))
+    assert [type(m).__name__ for m in layer_stacks(llama)] == ["LlamaDecoderLayer", "LlamaDecoderLayer"]
+
+
+# ---- refusals -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, said",
+    [
+        (["trainer.strategy=fsdp_cpu_offload"], "trainer.strategy=fsdp_cpu_offload is Lightning's first FSDP"),
+        (["trainer.shard_size=2"], "trainer.shard_size=2 applies to sharded training only"),
+        (["trainer.strategy=fsdp", "trainer.precision=16-mixed"], "trainer.precision=16-mixed with trainer.strategy"),
+        (["trainer.strategy=fsdp", "trainer.compile=reduce-overhead"], "CUDA graphs cannot capture the all-gathers"),
+    ],
+)
+def test_combinations_sharding_cannot_take_are_refused(overrides, said):
+    cfg = resolve_run_config(get_task("imdb"), overrides)
+    with pytest.raises(ConfigError) as e:
+        check_sharding(cfg)
+    assert said in str(e.value)
+
+
+def test_a_shard_size_that_does_not_divide_the_world_is_refused():
+    check_world(4, 2)
+    with pytest.raises(ConfigError) as e:
+        check_world(6, 4)
+    assert "trainer.shard_size=4 does not divide the 6 processes" in str(e.value)
+
+
+def test_the_cli_refuses_in_one_line_before_anything_starts(data_dir, tiny_model, tracking_uri, capsys):
+    args = tiny_args(data_dir, tiny_model, tracking_uri, **{"trainer.strategy": "fsdp", "trainer.precision": "16"})
+    assert run_cli(["run", "imdb", *args]) == 2
+    err = capsys.readouterr().err
+    assert "error: trainer.precision=16 with trainer.strategy=fsdp" in err and "Traceback" not in err
+    store = MlflowClient(tracking_uri)
+    assert not Path("mlruns.db").exists() or not store.search_experiments(filter_string="name='imdb'")
+
+
+# ---- two processes --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # four two-process runs (minutes): make test-slow, which CI runs
+def test_sharded_training_takes_ddps_steps_resumes_after_kill_and_logs_a_model_that_serves(
+    data_dir, tiny_model, tracking_uri, tmp_path
+):
+    import mlflow
+
+    ddp = tiny_args(data_dir, tiny_model, tracking_uri, **COMMON, **{"trainer.strategy": "ddp"})
+    fsdp = tiny_args(
+        data_dir,
+        tiny_model,
+        tracking_uri,
+        **COMMON,
+        **{"trainer.strategy": "fsdp", "log_model": "true", "eval.prediction_text_chars": "100000"},
+    )
+    for args, exp in ((ddp, "ddp"), (fsdp, "fsdp")):
+        done = _run([*args, f"tracking.experiment={exp}"], tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert "sharded (FSDP2) over 2 processes, 3 groups (layers, embeddings) and the rest" in done.stdout
+    client = MlflowClient(tracking_uri)
+    (d,) = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])
+    (f,) = client.search_runs([client.get_experiment_by_name("fsdp").experiment_id])
+    # each rank held half the parameters, and took the steps DDP (every rank holding all of them) took
+    assert f.data.metrics["shard_processes"] == 2
+    assert f.data.tags["fsdp.sharding"].startswith("sharded (FSDP2) over 2 processes")
+    a, b = _losses(client, f.info.run_id), _losses(client, d.info.run_id)
+    assert sorted(a) == sorted(b) and len(a) >= 10
+    assert max(a.values()) - min(a.values()) > 0.005  # the steps differ: the match below is not trivial
+    assert max(abs(a[s] - b[s]) for s in a) <= 1e-4
+    for key in ("test_loss", "val_loss"):
+        assert abs(f.data.metrics[key] - d.data.metrics[key]) <= 1e-4, key
+    assert f.data.metrics["test_examples"] == 96 and f.data.metrics["test_accuracy"] == d.data.metrics["test_accuracy"]
+
+    # the logged model, gathered on rank 0, is an ordinary MLflow model that predicts what the run predicted
+    mlflow.set_tracking_uri(tracking_uri)
+    table = json.loads(Path(client.download_artifacts(f.info.run_id, "predictions/test.json")).read_text())
+    table = pd.DataFrame(data=table["data"], columns=table["columns"])
+    out = mlflow.pyfunc.load_model(f"runs:/{f.info.run_id}/model").predict(pd.DataFrame({"text": table["text"]}))
+    assert list(out["label"]) == list(table["prediction"])
+    assert (out["prob_positive"] - table["p_positive"]).abs().max() <= 1e-5
+
+    # killed (every process, kill -9) two steps after the sharded checkpoint of step 12, then the same command again
+    killed = subprocess.Popen(
+        [sys.executable, str(HERE / "kill_driver.py"), "KILL", "14", "run", "imdb", *fsdp, "tracking.experiment=k"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    _, err = killed.communicate(timeout=600)
+    assert killed.returncode == -9, err[-3000:]
+    assert _gone(killed.pid, within=60)  # no rank is left behind waiting for the others
+    (link,) = (tmp_path / ".harness" / "runs" / "imdb").glob("*/checkpoints/last.ckpt")
+    assert link.is_symlink() and (link / ".metadata").is_file() and len(list(link.glob("*.distcp"))) == 2
+    again = _run([*fsdp, "tracking.experiment=k"], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stdout
+    (k,) = client.search_runs([client.get_experiment_by_name("k").experiment_id])
+    assert k.info.status == "FINISHED" and k.data.tags.get("harness.resumed") == "true"
+    resumed = _losses(client, k.info.run_id)
+    assert sorted(resumed) == sorted(a)
+    assert max(abs(resumed[s] - a[s]) for s in a) <= 1e-5  # the steps after the resume are the uninterrupted run's
+    assert abs(k.data.metrics["test_loss"] - f.data.metrics["test_loss"]) <= 1e-5
+    assert not link.exists()  # a finished run's checkpoints are removed

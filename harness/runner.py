@@ -46,7 +46,7 @@ from harness.runtime import (
     device_type,
     resolve_device_settings,
 )
-from harness.sharding import full_state_dict, is_sharded
+from harness.sharding import check_shardable, full_state_dict, is_sharded
 from harness.tracking.env import describe_device
 from harness.tracking.logger import MlflowStepLogger
 from harness.tracking.mlflow_run import Tracker, is_global_zero
@@ -440,6 +440,8 @@ def _build(ctx: RunContext) -> None:
     ctx.datamodule = family.build_datamodule(cfg, ctx.task, ctx.data, ctx.tokenizer)
     ctx.datamodule.setup()
     ctx.module = family.build_module(cfg, ctx.task, model)
+    if cfg.trainer.strategy == "fsdp" and cfg.train:
+        check_shardable(ctx.module.model, cfg.model.name)
     _tell_transfer(ctx)
     if ctx.tracker is not None:
         ctx.logger = MlflowStepLogger(ctx.tracker)

@@ -85,7 +85,8 @@ def shard(module: torch.nn.Module, model: torch.nn.Module, mesh: Any, precision:
         fully_shard(layer, mesh=mesh, mp_policy=policy, reshard_after_forward=i < len(layers) - 1)
     fully_shard(module, mesh=mesh, mp_policy=policy)
     module.shard_info = ShardInfo(
-        processes=mesh.size(),
+        processes=mesh.size(mesh.ndim - 1),
+        replicas=mesh.size(0) if mesh.ndim == 2 else 1,
         layers=len(layers),
         local=sum(_local(p).numel() for p in module.parameters()),
         total=sum(p.numel() for p in module.parameters()),
@@ -102,14 +103,16 @@ class ShardInfo:
     """What sharding did: over how many processes, how many layer groups, and this rank's share of the parameters."""
 
     processes: int
+    replicas: int
     layers: int
     local: int
     total: int
 
     def line(self) -> str:
         return (
-            f"sharded (FSDP2) over {self.processes} processes, {self.layers} groups (layers, embeddings) and the rest: "
-            "each holds "
+            f"sharded (FSDP2) over {self.processes} processes"
+            + (f", replicated {self.replicas} times (HSDP)" if self.replicas > 1 else "")
+            + f", {self.layers} groups (layers, embeddings) and the rest: each holds "
             f"{self.local:,} of {self.total:,} parameters ({100 * self.local / max(self.total, 1):.1f}%), with their "
             "gradients and optimizer state"
         )

@@ -98,6 +98,16 @@ def test_combinations_sharding_cannot_take_are_refused(overrides, said):
     assert said in str(e.value)
 
 
+def test_a_model_without_repeated_layers_is_refused():
+    import torch
+
+    from harness.sharding import check_shardable
+
+    with pytest.raises(ConfigError) as e:
+        check_shardable(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)), "my-mlp")
+    assert "trainer.strategy=fsdp cannot shard my-mlp: it has no stack of repeated layers" in str(e.value)
+
+
 def test_a_shard_size_that_does_not_divide_the_world_is_refused():
     check_world(4, 2)
     with pytest.raises(ConfigError) as e:
@@ -148,6 +158,13 @@ def test_sharded_training_takes_ddps_steps_resumes_after_kill_and_logs_a_model_t
     for key in ("test_loss", "val_loss"):
         assert abs(f.data.metrics[key] - d.data.metrics[key]) <= 1e-4, key
     assert f.data.metrics["test_examples"] == 96 and f.data.metrics["test_accuracy"] == d.data.metrics["test_accuracy"]
+
+    # HSDP: shards of one process, replicated twice (the 2-D mesh a multi-node run uses), the same steps again
+    hsdp = _run([*ddp[:-1], "trainer.strategy=fsdp", "trainer.shard_size=1", "tracking.experiment=hsdp"], tmp_path)
+    assert hsdp.returncode == 0, hsdp.stderr[-3000:]
+    assert "sharded (FSDP2) over 1 processes, replicated 2 times (HSDP)" in hsdp.stdout
+    (h,) = client.search_runs([client.get_experiment_by_name("hsdp").experiment_id])
+    assert max(abs(v - b[s]) for s, v in _losses(client, h.info.run_id).items()) <= 1e-4
 
     # the logged model, gathered on rank 0, is an ordinary MLflow model that predicts what the run predicted
     mlflow.set_tracking_uri(tracking_uri)

@@ -35,7 +35,7 @@ WHEELS ?= .wheels$(subst .,,$(PY))
 HAVE   ?= torch lightning pytorch-lightning transformers torchmetrics sacrebleu numpy
 EXCLUDE ?=
 
-.PHONY: test-papers test-slow gpu-bundle gpu-check gpu-sim server server-stop help setup setup-offline wheels eval tune probe compress serve check suite compare report test test-all lint format ui dashboard bench bench-train clean
+.PHONY: test-papers test-slow gpu-bundle gpu-check gpu-sim server server-stop help setup setup-offline wheels eval tune probe compress serve check suite compare report test test-all lint format ui dashboard bench bench-train bench-shard clean
 
 help:
 	@echo "make setup                  create $(VENV) and install harness with its dependencies"
@@ -62,6 +62,8 @@ help:
 	@echo "make bench                  benchmarks, each against a baseline measured in the same run"
 	@echo "make bench-train            GPU training throughput: harness vs transformers Trainer (BERT-base shape, MiniLM);"
 	@echo "                            DEVICE=cpu: also host time and aten ops per step vs the Trainer and a plain loop"
+	@echo "make bench-shard            per-rank parameter, gradient and AdamW bytes under DDP and FSDP (1 and 2 ranks;"
+	@echo "                            ARGS=\"--ranks 1,2,4,8\" on a GPU host) and the largest model each trains in 80 GB"
 
 setup:
 	$(PYTHON) -m venv $(VENV)
@@ -175,6 +177,9 @@ bench:
 
 bench-train:
 	$(BIN)/python benchmarks/train_throughput.py --device $(DEVICE) $(ARGS)
+
+bench-shard:
+	$(BIN)/python benchmarks/shard_memory.py --device $(DEVICE) $(ARGS)
 
 clean:
 	rm -rf .harness lightning_logs .pytest_cache

@@ -246,6 +246,10 @@ def run_phase(
     trainer.test(module, dataloaders=dm.test_dataloader(), verbose=False)
     test_seconds = time.perf_counter() - test_start
     record.log_params({"data.resident_splits": dm.resident_splits()})
+    info = getattr(module, "shard_info", None)  # the imdb-fsdp phase: what each process held
+    if info is not None:
+        record.log_metrics({"shard_params_per_rank": info.local, "shard_processes": info.processes}, step=0)
+        record.set_tags({"fsdp.sharding": info.line()})
     out_t = module.test_outputs
     probs, labels = out_t["probs"].float(), out_t["label"].long()
 
@@ -338,6 +342,9 @@ def _params(cfg: Any, task: Any) -> dict[str, str]:
 
 
 PHASES = ("kernels", "bench-train", "steps", "imdb", "imdb-no-bucketing", "imdb-b128")
+# run only when named (--phases ...,imdb-fsdp): the full profile sharded (FSDP2) over this host's one device, which
+# proves the sharded path on CUDA (NCCL, the bf16 mixed-precision policy) and what it costs against the imdb phase
+OPTIONAL_PHASES = ("imdb-fsdp",)
 # the full profile's batch size and learning rate as a measured choice: batch 128 (MiniLM trained 2.7x the samples/s of
 # batch 32 on an H200) with the learning rate scaled by the square root of the batch ratio
 BIG_BATCH = {"batch_size": 128, "lr_scale": 2.0}
@@ -480,7 +487,7 @@ def summary(done: dict[str, Any], device: str, total: float, failed: Optional[di
 
         lines += ["steps (the default model: per optimizer step)", stepprofile.table(done["steps"])]
     imdb = [done[p] for p in ("imdb", "imdb-no-bucketing") if p in done]
-    for r in [*imdb, *([done["imdb-b128"]] if "imdb-b128" in done else [])]:
+    for r in [*imdb, *[done[p] for p in ("imdb-b128", "imdb-fsdp") if p in done]]:
         acc = r["estimates"].get("accuracy")
         acc_s = f"accuracy {acc[0]:.4f} [{acc[1]:.4f}, {acc[2]:.4f}]" if acc else ""
         lines.append(
@@ -505,6 +512,8 @@ def phase_overrides(phase: str, bundle: Bundle, device: str) -> list[str]:
     """What a phase changes in the full profile: no bucketing, or the larger batch with its scaled learning rate."""
     if phase == "imdb-no-bucketing":
         return ["data.bucketing=false"]
+    if phase == "imdb-fsdp":
+        return ["trainer.strategy=fsdp", "trainer.devices=1"]
     if phase == "imdb-b128":
         task, cfg = _config(bundle, device, [])
         lr = cfg.optim.lr * BIG_BATCH["lr_scale"]
@@ -615,7 +624,12 @@ def _args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--bundle", default=".gpu-bundle")
     ap.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     ap.add_argument("--out", default="gpu-check-out", help="where the offline run records go")
-    ap.add_argument("--phases", type=_names(PHASES), default=list(PHASES), help=f"comma-separated: {','.join(PHASES)}")
+    ap.add_argument(
+        "--phases",
+        type=_names(PHASES + OPTIONAL_PHASES),
+        default=list(PHASES),
+        help=f"comma-separated: {','.join(PHASES)} (default), {','.join(OPTIONAL_PHASES)} (when named)",
+    )
     ap.add_argument("--train-limit", type=int, help="training reviews used (default: all)")
     ap.add_argument("--validation-limit", type=int)
     ap.add_argument("--test-limit", type=int, help="test reviews used (default: all 25,000)")
@@ -695,7 +709,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"gpu-check on {device}: bundle {bundle.folder} · {LEFT_OUT}", flush=True)
-    for phase in [p for p in PHASES if p in args.phases]:  # kernels first: what helps is used after it
+    for phase in [p for p in PHASES + OPTIONAL_PHASES if p in args.phases]:  # kernels first: what helps is kept
         print(f"-- {phase}{' (with ' + ' '.join(kept) + ')' if kept and phase != 'kernels' else ''}", flush=True)
         record = _fresh_record(out, phase, bundle, device)
         try:

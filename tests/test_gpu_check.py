@@ -129,6 +129,8 @@ def test_check_phases_record_runs_that_sync_into_mlflow(bundle, tmp_path, capsys
             "small",
             "--kernels",
             "auto,flash,eager",
+            "--phases",
+            "kernels,bench-train,steps,imdb,imdb-no-bucketing,imdb-b128,imdb-fsdp",
             "trainer.max_epochs=1",
             "eval.bootstrap_resamples=200",
         ]
@@ -144,9 +146,10 @@ def test_check_phases_record_runs_that_sync_into_mlflow(bundle, tmp_path, capsys
     assert re.search(r"imdb +accuracy .* \(batch 32, lr 5e-05\) · train \d+\.\d s \+ evaluate \d+\.\d s \(setup", text)
     assert re.search(r"imdb-b128 +accuracy .* \(batch 128, lr 0\.0001\)", text)
     assert re.search(r"batch choice: (32|128) \(lr [0-9.e-]+\): ", text)
+    assert re.search(r"imdb-fsdp +accuracy .* \(batch 32, lr 5e-05\)", text)  # the optional sharded phase
     assert not list((out / "work").rglob("*.ckpt"))
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    for phase in ("kernels", "bench-train", "steps", "imdb", "imdb-no-bucketing", "imdb-b128"):
+    for phase in ("kernels", "bench-train", "steps", "imdb", "imdb-no-bucketing", "imdb-b128", "imdb-fsdp"):
         assert run_cli(["sync", str(out / "runs" / phase), "--tracking-uri", uri]) == 0
     client = MlflowClient(uri)
     bench = {
@@ -166,7 +169,10 @@ def test_check_phases_record_runs_that_sync_into_mlflow(bundle, tmp_path, capsys
     assert k.data.metrics["kernels_auto_speedup"] == 1.0 and "kernels_eager_samples_per_sec" in k.data.metrics
     assert k.data.tags["harness.gpu_check.kept"] in ("defaults", "model.attn_implementation=eager")
     runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("imdb").experiment_id])}
-    assert set(runs) == {"gpu-check-imdb", "gpu-check-imdb-no-bucketing", "gpu-check-imdb-b128"}
+    assert set(runs) == {"gpu-check-imdb", "gpu-check-imdb-no-bucketing", "gpu-check-imdb-b128", "gpu-check-imdb-fsdp"}
+    sharded = runs["gpu-check-imdb-fsdp"]  # one process holds every shard: the same parameters, said so
+    assert sharded.info.status == "FINISHED" and sharded.data.params["trainer.strategy"] == "fsdp"
+    assert sharded.data.metrics["shard_processes"] == 1 and sharded.data.metrics["shard_params_per_rank"] > 0
     on, off = runs["gpu-check-imdb"], runs["gpu-check-imdb-no-bucketing"]
     for r in (on, off):
         m = r.data.metrics

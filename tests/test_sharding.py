@@ -198,3 +198,27 @@ def test_sharded_training_takes_ddps_steps_resumes_after_kill_and_logs_a_model_t
     assert max(abs(resumed[s] - a[s]) for s in a) <= 1e-5  # the steps after the resume are the uninterrupted run's
     assert abs(k.data.metrics["test_loss"] - f.data.metrics["test_loss"]) <= 1e-5
     assert not link.exists()  # a finished run's checkpoints are removed
+
+
+@pytest.mark.slow  # four short two-process jobs
+def test_bench_shard_halves_each_ranks_training_state_over_two_processes(tiny_model, tmp_path):
+    """make bench-shard on the CPU: under DDP each rank holds parameters, gradients and both AdamW moments in full
+    (16 bytes a trained parameter); over two FSDP processes each holds half."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import shard_memory
+
+    out = tmp_path / "rows.json"
+    assert (
+        shard_memory.main(["--device", "cpu", "--models", str(tiny_model), "--ranks", "1,2", "--json", str(out)]) == 0
+    )
+    rows = {(r["strategy"], r["ranks"]): r for r in json.loads(out.read_text())}
+    assert set(rows) == {("ddp", 1), ("fsdp", 1), ("ddp", 2), ("fsdp", 2)}
+
+    def state(r):
+        return r["param_bytes"] + r["grad_bytes"] + r["optim_bytes"]
+
+    ddp, fsdp = rows[("ddp", 2)], rows[("fsdp", 2)]
+    assert ddp["param_bytes"] == 4 * ddp["parameters"]  # float32, every parameter on every rank
+    assert 2 * ddp["grad_bytes"] == pytest.approx(ddp["optim_bytes"], rel=0.01)  # two moments per trained parameter
+    assert state(rows[("ddp", 1)]) == state(ddp) == state(rows[("fsdp", 1)])  # one process holds all of it
+    assert state(fsdp) == pytest.approx(state(ddp) / 2, rel=0.02)

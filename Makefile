@@ -56,7 +56,7 @@ help:
 	@echo "make test-slow              the slow tests (CI runs them too); make test-all: every test but the GPU ones"
 	@echo "make test-papers            ROUGE as papers report it: See et al. 2017's Table 1 from their outputs"
 	@echo "make lint                   ruff check + ruff format --check (CI runs it before the tests); make format fixes"
-	@echo "make server / server-stop   PostgreSQL + an MLflow server on 127.0.0.1 (AUTH=1: basic auth); see README"
+	@echo "make server / server-stop   PostgreSQL + an MLflow server on 127.0.0.1 (AUTH=1: basic auth); see docs/scale-out.md"
 	@echo "make ui                     MLflow UI on http://127.0.0.1:$(PORT) over \$$MLFLOW_TRACKING_URI"
 	@echo "make dashboard              optuna-dashboard on http://127.0.0.1:$(DASHBOARD_PORT) over \$$OPTUNA_STORAGE"
 	@echo "make bench                  benchmarks, each against a baseline measured in the same run"

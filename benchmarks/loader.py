@@ -42,8 +42,8 @@ def main() -> int:
     from harness.data.base import Pretokenized
     from harness.data.classification import ClassificationDataModule
     from harness.data.resident import ResidentBatch
+    from harness.families.registry import get_task
     from harness.models.loading import packaged_path
-    from harness.registry import get_task
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model = Path(packaged_path("sentence-transformers/all-MiniLM-L6-v2"))

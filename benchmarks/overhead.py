@@ -37,11 +37,11 @@ def main() -> int:
     from harness.data.resident import batch_to
     from harness.data.sources import load_task_data
     from harness.families import get_family
+    from harness.families.registry import get_task
     from harness.models.loading import resolve_model
-    from harness.registry import get_task
-    from harness.runner import RunState
+    from harness.run.runner import RunState
+    from harness.run.training import build_trainer
     from harness.runtime import configure_runtime, resolve_device_settings
-    from harness.training import build_trainer
 
     task = get_task(args.task)
     cfg = resolve_run_config(task, ["profile=quick", *args.overrides])

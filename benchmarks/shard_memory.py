@@ -35,7 +35,7 @@ def _worker(rank: int, world: int, args: argparse.Namespace, port: int, out: str
     from transformers import AutoModel, AutoModelForCausalLM
 
     from harness.models.loading import load_pretrained, resolve_model
-    from harness.sharding import shard
+    from harness.models.sharding import shard
 
     cuda = args.device == "cuda"
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

@@ -6,10 +6,11 @@ one process.
 For each model (`bert-base`: the bert-base-uncased shape with random weights — throughput does not depend on the
 weights; `small`: the default MiniLM), both sides train sequence classification on the same IMDB training reviews,
 tokenized once by the harness (truncated to `--max-length`, 512 by default), with batch size 32 for the same
-number of steps. What each side runs and how it is measured: harness/benchtrain.py (the GPU check's first phase
+number of steps. What each side runs and how it is measured: harness/commands/benchtrain.py (the GPU check's first phase
 runs the same code on the bundle's rows). Results also go to MLflow (experiment `bench-train`). On a CPU
 (`--device cpu`) the same code runs as a smoke test with small numbers (MFU against a float32 matmul), followed by
-the step profile (harness/stepprofile.py): host time, aten operations and syncs per optimizer step for the harness,
+the step profile (harness/commands/stepprofile.py): host time, aten operations and syncs per optimizer step for
+the harness,
 the Trainer and a plain loop on a tiny BERT, the device-independent view of what a step costs besides its math.
 `--json` prints every result as one JSON object.
 """
@@ -35,7 +36,7 @@ def training_rows(model_dir: Path, n: int, max_length: int, data_dir: Optional[s
     from harness.config import resolve_run_config
     from harness.data.classification import ClassificationDataModule
     from harness.data.sources import load_task_data
-    from harness.registry import get_task
+    from harness.families.registry import get_task
 
     task = get_task("imdb")
     overrides = ["profile=quick", f"data.train_size={n}", "data.validation_size=100", f"data.max_length={max_length}"]
@@ -48,7 +49,7 @@ def training_rows(model_dir: Path, n: int, max_length: int, data_dir: Optional[s
 
 
 def _models(text: str) -> list[str]:
-    from harness.benchtrain import MODELS
+    from harness.commands.benchtrain import MODELS
 
     names = [x.strip() for x in text.split(",") if x.strip()]
     if not names or any(x not in MODELS for x in names):
@@ -59,7 +60,7 @@ def _models(text: str) -> list[str]:
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     import torch
 
-    from harness import benchtrain
+    from harness.commands import benchtrain
     from harness.config import default_tracking_uri
     from harness.models.loading import packaged_path
 
@@ -143,7 +144,7 @@ def _shapes(args: argparse.Namespace, cuda: bool) -> None:
         return
     from transformers import BertConfig
 
-    from harness import benchtrain
+    from harness.commands import benchtrain
 
     asked = (args.batch_size or 32, args.max_length or 512)
     widest = BertConfig() if "bert-base" in args.models else None  # the largest shape this run trains
@@ -162,9 +163,9 @@ def _shapes(args: argparse.Namespace, cuda: bool) -> None:
 
 
 def step_profile(small: Path, args: argparse.Namespace, spec: Any) -> dict[str, Any]:
-    """harness/stepprofile.py on a tiny BERT and IMDB rows cut to 64 tokens: per optimizer step, host time and aten
-    operations (a device-independent proxy for kernel launches) and syncs, for the three sides."""
-    from harness import stepprofile
+    """harness/commands/stepprofile.py on a tiny BERT and IMDB rows cut to 64 tokens: per optimizer step, host time
+    and aten operations (a device-independent proxy for kernel launches) and syncs, for the three sides."""
+    from harness.commands import stepprofile
 
     b = args.profile_batch_size
     window = stepprofile.StepWindow(5, args.profile_steps, 10)

@@ -1,4 +1,16 @@
-"""harness: fine-tune and evaluate transformer language models, every number tracked in MLflow with its interval."""
+"""harness: fine-tune and evaluate transformer language models, every number tracked in MLflow with its interval.
+
+The package's folders are its floors, lowest first; a module imports its own floor and those below, never one above
+(tests/test_ci_guards.py holds it; docs/layout.md says where a new command, task, family or engine goes):
+
+- the ground, at the top of this folder: errors, paths, config, hub, runtime, interrupts
+- metrics: `metrics/`, `evaluate_modules/`
+- the engines: `data/`, `models/`, `families/` (with the task registry), `tracking/`, `compress/`, `probes/`, and
+  `serving.py` with `pyfunc_entry.py` (the code a logged MLflow model loads, kept at this import path)
+- the run: `run/`
+- the commands: `commands/`, `tuning/`
+- the command line: `cli.py`
+"""
 
 import os as _os
 

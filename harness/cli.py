@@ -39,7 +39,7 @@ def _print_task_dirs() -> None:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from harness.registry import registry
+    from harness.families.registry import registry
 
     _print_task_dirs()
     print()
@@ -60,8 +60,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from harness.config import load_profile
+    from harness.families.registry import scan
     from harness.paths import profiles_dir
-    from harness.registry import scan
 
     _print_task_dirs()
     tasks = scan()
@@ -80,7 +80,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     from harness.config import dump_yaml, resolve_run_config
-    from harness.registry import get_task
+    from harness.families.registry import get_task
 
     task = get_task(args.task)
     cfg = resolve_run_config(task, args.overrides)
@@ -90,9 +90,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from harness.check import check, print_report
+    from harness.commands.check import check, print_report
     from harness.config import resolve_run_config
-    from harness.registry import get_task
+    from harness.families.registry import get_task
 
     task = get_task(args.task)
     print_report(check(task, resolve_run_config(task, args.overrides)))
@@ -101,16 +101,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _run(task_name: str, overrides: list[str]) -> int:
     from harness.config import resolve_run_config
-    from harness.registry import get_task
+    from harness.families.registry import get_task
 
     task = get_task(task_name)
     cfg = resolve_run_config(task, overrides)  # a mistake in the config is told before the heavy imports
-    from harness import runlock
+    from harness.run import runlock
 
     # a second identical command stops here, before its start-up (the run's own folder lock comes later)
     held = runlock.hold(runlock.command_folder(cfg, task.name)) if runlock.first_process() else None
     try:
-        from harness.runner import run
+        from harness.run.runner import run
 
         console = _console()
         result = run(cfg, task, console=console)
@@ -123,12 +123,12 @@ def _run(task_name: str, overrides: list[str]) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.seeds import split_seeds
+    from harness.commands.seeds import split_seeds
 
     seeds, overrides = split_seeds(args.overrides)
     if seeds is not None:  # seeds=N: the same config with N seeds, nested under one parent run
-        from harness.registry import get_task
-        from harness.seeds import run_seeds
+        from harness.commands.seeds import run_seeds
+        from harness.families.registry import get_task
 
         run_seeds(get_task(args.task), seeds, overrides, console=_console())
         return 0
@@ -162,7 +162,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from harness.compress.run import DistillSpec, compress
+    from harness.commands.compress import DistillSpec, compress
     from harness.metrics.paired import p_text
 
     spec = DistillSpec(args.layers, args.student, args.temperature, args.alpha)
@@ -194,7 +194,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from harness.score import TEXT_METRICS, score, score_texts
+    from harness.commands.score import TEXT_METRICS, score, score_texts
 
     if args.task in TEXT_METRICS:
         if not args.references:
@@ -248,8 +248,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     uri = args.tracking_uri or default_tracking_uri()
     _check_compare_args(args)  # argument errors first, before the heavy imports
-    from harness import compare as C
-    from harness.systems import from_files, from_runs
+    from harness.commands import compare as C
+    from harness.commands.systems import from_files, from_runs
     from harness.tracking.store import check_store
 
     if args.predictions:
@@ -320,7 +320,7 @@ def _log_comparison(result: Any, uri: str, args: argparse.Namespace) -> str:
     import tempfile
     from pathlib import Path
 
-    from harness.compare import save_outputs
+    from harness.commands.compare import save_outputs
     from harness.tracking.mlflow_run import record_run
     from harness.tracking.store import check_store
 
@@ -369,7 +369,7 @@ def _log_comparison(result: Any, uri: str, args: argparse.Namespace) -> str:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    from harness.suite import run_suite
+    from harness.commands.suite import run_suite
 
     run_suite(args.suite, args.model, list(args.overrides), console=_console())
     return 0
@@ -379,7 +379,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from harness import report as R
+    from harness.commands import report as R
     from harness.config import default_tracking_uri
     from harness.tracking.mlflow_run import record_run
     from harness.tracking.store import check_store
@@ -417,7 +417,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_server(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from harness import server
+    from harness.commands import server
 
     folder = Path(args.folder)
     if args.action == "start":
@@ -447,7 +447,7 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from harness.serve import serve
+    from harness.commands.serve import serve
 
     serve(args.model, host=args.host, port=args.port)
     return 0
@@ -470,7 +470,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from harness.registry import get_task
+    from harness.families.registry import get_task
     from harness.tuning import study as tuning
 
     overrides, retrain_best = [], args.retrain_best
@@ -519,7 +519,7 @@ def print_report(console: Any, cfg: Any, task: Any, result: Any, what: str = "")
     report = result.report
     minutes, seconds = divmod(int(result.wall_seconds), 60)
     conf = int(round(cfg.eval.confidence * 100))
-    from harness.report import comparability_reasons, verdict
+    from harness.commands.report import comparability_reasons, verdict
 
     label = result.test_label or report.split
     table = Table(
@@ -615,7 +615,7 @@ def _print_open_it(console: Any, result: Any) -> None:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from harness.probe import probe
+    from harness.commands.probe import probe
     from harness.probes.base import Settings
 
     probe(

@@ -283,8 +283,8 @@ class TrainerConfig(Strict):
     max_steps: int = -1
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = "auto"
     devices: Union[int, str] = "auto"  # per node
-    num_nodes: int = Field(default=1, gt=0)  # several nodes: under torchrun / srun, or by hand (README: Scale out)
-    strategy: str = "auto"  # auto, ddp, fsdp (sharded: harness/sharding.py), or another of Lightning's names
+    num_nodes: int = Field(default=1, gt=0)  # several nodes: under torchrun / srun, or by hand (docs/scale-out.md)
+    strategy: str = "auto"  # auto, ddp, fsdp (sharded: harness/models/sharding.py), or another of Lightning's names
     # fsdp only: shard within groups of this many processes and replicate across the groups (HSDP; e.g. the devices of
     # one node); None shards over all
     shard_size: Optional[int] = Field(default=None, gt=0)
@@ -606,7 +606,7 @@ def validation_to_error(e: ValidationError, origins: dict[str, str], what: str, 
         inside = [s for k, s in origins.items() if k.startswith(loc + ".")]
         given = [s for s in inside if s.startswith("override ")]
         src = given[-1] if given else (inside[-1] if inside else what)
-    return ConfigError(f"{src}: {text}", "fix that value (see README.md, 'Configuration')")
+    return ConfigError(f"{src}: {text}", "fix that value (see docs/configuration.md)")
 
 
 def load_profile(name: str) -> dict[str, Any]:

@@ -185,7 +185,7 @@ def check_sharding(cfg: RunConfig) -> None:
     if t.strategy.startswith("fsdp") and t.strategy != "fsdp":
         raise ConfigError(
             f"trainer.strategy={t.strategy} is Lightning's first FSDP (GPU only; its full-state save is unreliable)",
-            "use trainer.strategy=fsdp: FSDP2, on GPUs and CPUs (README: Sharded training)",
+            "use trainer.strategy=fsdp: FSDP2, on GPUs and CPUs (docs/sharding.md)",
         )
     if t.shard_size and t.strategy != "fsdp":
         raise ConfigError(

@@ -112,7 +112,8 @@ def build_model(dest: Path, name: str) -> list[Path]:
     for extra in ("special_tokens_map.json",):  # tokenizer.json holds everything the fast tokenizer needs
         (dest / extra).unlink(missing_ok=True)
     # xz takes the bf16 weights from 45 MB to about 33: the bundle and the checkout then travel in one device call
-    # (64 MiB in all); the check unpacks them on the host before it loads the model (harness/gpucheck.py, Bundle)
+    # (64 MiB in all); the check unpacks them on the host before it loads the model
+    # (harness/commands/gpucheck.py, Bundle)
     weights = dest / "model.safetensors"
     packed = dest / "model.safetensors.xz"
     with open(weights, "rb") as src, lzma.open(packed, "wb", preset=9 | lzma.PRESET_EXTREME) as out:
@@ -138,7 +139,7 @@ def build_data(dest: Path, model_dir: Path, rows: int | None = None) -> dict:
     from harness.config import resolve_run_config
     from harness.data.classification import ClassificationDataModule
     from harness.data.sources import load_task_data
-    from harness.registry import get_task
+    from harness.families.registry import get_task
 
     task = get_task(TASK)
     sizes = [f"data.{s}_size={rows}" for s in ("train", "validation", "test")] if rows else []

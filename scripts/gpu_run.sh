@@ -4,7 +4,7 @@
 #
 # Puts the bundle's wheels where the host's Python sees them beside the image's own packages (torch with CUDA), with
 # install.py (no pip: a wheel is a zip; a package the image already has is left out, so none of the bundle's copies
-# shadows it), then runs python -m harness.gpucheck on this bundle:
+# shadows it), then runs python -m harness.commands.gpucheck on this bundle:
 # - VENV=<a virtualenv>: installed into that environment (e.g. the image's own venv, or make gpu-check's);
 # - otherwise: installed into <bundle>/site, which goes first on PYTHONPATH for ${PYTHON:-python3}, whether that is
 #   the system's interpreter or itself a virtualenv (many GPU images: a venv made from it with
@@ -36,4 +36,4 @@ if ! "$py" -c "import torch" >/dev/null 2>&1; then
   exit 2
 fi
 "$py" -c 'import sys; v = sys.prefix != sys.base_prefix; print("run.sh: python", sys.executable, "(a virtualenv)" if v else "(a system interpreter)")'
-exec "$py" -m harness.gpucheck --bundle "$here" "$@"
+exec "$py" -m harness.commands.gpucheck --bundle "$here" "$@"

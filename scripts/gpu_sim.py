@@ -104,7 +104,7 @@ def main() -> int:
         )
     )
     probe = (
-        "import sys, harness.gpucheck; "
+        "import sys, harness.commands.gpucheck; "
         "print(sorted(m for m in ('mlflow', 'optuna', 'datasets', 'evaluate', 'pandas') if m in sys.modules))"
     )
     site = {**env, "PYTHONPATH": str(bundle / "site")}  # where run.sh put the bundle's wheels

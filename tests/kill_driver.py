@@ -10,7 +10,7 @@ import sys
 
 from lightning.pytorch.callbacks import Callback
 
-import harness.runner as runner
+import harness.run.runner as runner
 from harness.cli import main
 
 

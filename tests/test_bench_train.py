@@ -75,7 +75,7 @@ def test_on_a_cpu_the_shapes_fit_the_memory_a_run_may_take(capsys):
     import train_throughput
     from transformers import BertConfig
 
-    from harness import benchtrain
+    from harness.commands import benchtrain
 
     args = argparse.Namespace(batch_size=None, max_length=None, models=["bert-base", "small"])
     train_throughput._shapes(args, cuda=False)

@@ -99,3 +99,84 @@ def test_no_function_longer_than_a_screen():
                 if n > MAX_FUNCTION_LINES:
                     long.append(f"{p.relative_to(REPO)}:{node.lineno} {node.name} ({n} lines)")
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+# The package's floors, lowest first (harness/__init__.py and docs/layout.md describe them). A module may import its
+# own floor and those below it — also inside a function — never one above.
+FLOORS = (
+    ("ground", ("harness", "harness.errors", "harness.paths", "harness.config", "harness.hub", "harness.runtime",
+                "harness.interrupts")),
+    ("metrics", ("harness.metrics", "harness.evaluate_modules")),
+    ("engines", ("harness.data", "harness.models", "harness.families", "harness.tracking", "harness.compress",
+                 "harness.probes", "harness.serving", "harness.pyfunc_entry")),
+    ("run", ("harness.run",)),
+    ("commands", ("harness.commands", "harness.tuning")),
+    ("cli", ("harness.cli",)),
+)  # fmt: skip
+MAX_TOP_MODULES = 12
+
+
+def _floor(module: str) -> tuple[int, str] | None:
+    """The floor of a module: that of the longest placed name it is, or lies in (the root counts only itself)."""
+    level = {m: (i, name) for i, (name, ms) in enumerate(FLOORS) for m in ms}
+    parts = module.split(".")
+    for k in range(len(parts), 1, -1):
+        if ".".join(parts[:k]) in level:
+            return level[".".join(parts[:k])]
+    return level.get(module)
+
+
+def _imports_resolved(module: str, path: Path) -> set[str]:
+    """What a module imports from harness, relative imports resolved and `from harness import x` read as harness.x."""
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([node.module] if node.module else []))
+            names.add(base)
+            names.update(f"{base}.{a.name}" for a in node.names)
+    return {n for n in names if n == "harness" or n.startswith("harness.")}
+
+
+def test_every_module_has_a_floor_and_the_top_holds_at_most_twelve():
+    mods = _modules()
+    unplaced = sorted(m for m in mods if _floor(m) is None)
+    assert not unplaced, f"modules on no floor (add them to FLOORS here and to docs/layout.md): {unplaced}"
+    top = sorted(p.name for p in HARNESS.glob("*.py"))
+    assert len(top) <= MAX_TOP_MODULES, f"{len(top)} modules at the top of harness/ (at most {MAX_TOP_MODULES}): {top}"
+
+
+def test_no_floor_imports_a_floor_above_it():
+    mods = _modules()
+    up = []
+    for m, p in sorted(mods.items()):
+        here = _floor(m)
+        for n in sorted(_imports_resolved(m, p)):
+            there = _floor(n) if n in mods or n.rsplit(".", 1)[0] in mods else None
+            if here and there and there[0] > here[0]:
+                up.append(f"{m} ({here[1]}) imports {n} ({there[1]})")
+    assert not up, "imports from a higher floor:\n" + "\n".join(up)
+
+
+def test_the_guard_sees_an_import_from_above(tmp_path):
+    """The floors guard can fail: an engine that imports the run, even inside a function, is caught."""
+    fake = tmp_path / "harness" / "data" / "leak.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("def f():\n    from harness.run.runner import run\n    from ..commands import report\n")
+    seen = _imports_resolved("harness.data.leak", fake)
+    assert {"harness.run.runner", "harness.commands.report"} <= seen
+    assert _floor("harness.data.leak")[0] < _floor("harness.run.runner")[0] < _floor("harness.commands.report")[0]
+
+
+def test_every_subpackage_says_what_lives_there_and_what_it_may_import():
+    missing = []
+    for init in sorted(HARNESS.glob("*/__init__.py")):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        if "may import" not in doc.lower():
+            missing.append(str(init.relative_to(REPO)))
+    assert not missing, f"subpackages whose docstring does not say what they may import: {missing}"

@@ -209,7 +209,7 @@ def test_compress_refuses_what_it_cannot_do(source, capsys):
 
 def test_the_default_student_depth_is_named_from_the_teacher(source):
     """Without --layers the student has half the teacher's layers, and its variant says how many (not "LNone")."""
-    from harness.compress.run import _half_depth
+    from harness.commands.compress import _half_depth
 
     assert _half_depth(source["client"], source["run"].info.run_id) == 1  # the tiny teacher has 2 layers
     assert _half_depth(source["client"], "0" * 32) is None

@@ -8,7 +8,7 @@ from conftest import run_cli
 
 from harness.config import RunConfig, parse_override, resolve_run_config
 from harness.errors import ConfigError
-from harness.registry import get_task
+from harness.families.registry import get_task
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from harness.config import DeriveSpec, resolve_run_config
 from harness.data.base import split_tokens
 from harness.data.sources import derive_indices, load_task_data, load_test_file, stratified_indices
 from harness.errors import DataError
-from harness.registry import get_task
+from harness.families.registry import get_task
 
 
 def _cfg(task, data_dir, *extra):

@@ -2,7 +2,7 @@
 never took. The first GPU run of harness failed at its first optimizer step (a fused AdamW with gradient clipping
 under bf16), a branch no CPU test had taken; these tests take each such branch here.
 
-Where a branch cannot run without a GPU, the code says why in a one-line comment beside it (README: GPU).
+Where a branch cannot run without a GPU, the code says why in a one-line comment beside it (docs/gpu.md).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from harness.errors import ConfigError
 from harness.models.base import HarnessModule
+from harness.run.training import precision_plugins
 from harness.runtime import auto_precision, device_type, fused_devices, resolve_fused, set_sdpa_backend
-from harness.training import precision_plugins
 
 # ---- the fused optimizer with clipping, through `harness run` ------------------------------------------------------
 
@@ -154,7 +154,7 @@ def _cfg(precision: str = "32-true") -> SimpleNamespace:
 
 
 def test_one_gradient_norm_pass_per_step_serves_clipping_and_the_divergence_check(monkeypatch):
-    from harness.callbacks import DivergenceCheck
+    from harness.run.callbacks import DivergenceCheck
 
     calls = []
     norm = torch._foreach_norm
@@ -164,8 +164,8 @@ def test_one_gradient_norm_pass_per_step_serves_clipping_and_the_divergence_chec
 
 
 def test_an_infinite_gradient_under_clipping_fails_the_run_at_its_step():
-    from harness.callbacks import DivergenceCheck
     from harness.errors import RunFailed
+    from harness.run.callbacks import DivergenceCheck
 
     with pytest.raises(RunFailed, match="the gradients became NaN or infinite at step 3"):
         _train(True, "32-true", clip=0.05, callbacks=[DivergenceCheck(every=1, cfg=_cfg())], bad_grad_at=2)
@@ -219,7 +219,7 @@ def test_the_sdpa_kernel_switch_applies_on_the_cpu_too():
 def test_the_monitors_dispatch_no_device_work_on_an_ordinary_step():
     """The divergence check and the step monitor keep what a step gives them (its loss, clipping's norm, the host's
     token count) and read it every `every` steps: an ordinary step dispatches no aten operation of theirs at all."""
-    from harness.callbacks import DivergenceCheck, StepMonitor
+    from harness.run.callbacks import DivergenceCheck, StepMonitor
 
     check, monitor = DivergenceCheck(every=10, cfg=_cfg("bf16-mixed")), StepMonitor(every=10)
     module = SimpleNamespace(grad_norm=torch.tensor(0.5), host_tokens=0, _last_throughput={})
@@ -337,7 +337,7 @@ def test_the_step_profile_counts_what_a_gpu_ran_from_its_profiler_events():
     the counting is checked on events shaped as torch.profiler gives them (name, device type, time range, parent)."""
     from torch.autograd import DeviceType
 
-    from harness.stepprofile import StepWindow
+    from harness.commands.stepprofile import StepWindow
 
     def event(name, device=DeviceType.CPU, us=0.0, parent=None):
         return SimpleNamespace(
@@ -378,7 +378,7 @@ def test_the_step_profile_counts_what_a_gpu_ran_from_its_profiler_events():
     cpu.ticks, cpu.prof = [0.0, 0.004, 0.008], False
     assert "kernels_per_step" not in cpu.result()
     # and the GPU check's summary shows them for every side
-    from harness.stepprofile import table
+    from harness.commands.stepprofile import table
 
     side = {**r, "optimizer": "AdamW (fused=True)"}
     text = table(
@@ -409,7 +409,7 @@ def test_what_cuda_cannot_run_together_is_refused_before_training(task, override
     """A flash kernel with a padding mask stopped the first forward on CUDA ("No available kernel"); CUDA graphs with
     gradient accumulation replay while gradients are alive. The CUDA branch of the check, taken here on the CPU."""
     from harness.config import resolve_run_config
-    from harness.registry import get_task
+    from harness.families.registry import get_task
     from harness.runtime import check_combinations
 
     t = get_task(task)

@@ -56,7 +56,7 @@ def test_shallow_student_is_the_teacher_minus_layers_and_reloads(tiny_model, tmp
 
 
 def test_compress_reads_the_source_threads_as_logged():
-    from harness.compress.run import source_threads
+    from harness.commands.compress import source_threads
 
     # a run on the default thread count logs the param as "null" (this broke `harness compress` on the quick model)
     assert source_threads({"trainer.num_threads": "null"}) is None
@@ -65,8 +65,8 @@ def test_compress_reads_the_source_threads_as_logged():
 
 
 def test_variants_of_one_method_are_told_apart():
-    from harness.compress.run import DistillSpec
-    from harness.compress.run import _variant_tags as tags
+    from harness.commands.compress import DistillSpec
+    from harness.commands.compress import _variant_tags as tags
 
     assert tags("prune", 0.75, DistillSpec(), {}) == {"sparsity": "0.75"}
     assert tags("distill", 0.5, DistillSpec(layers=3), {}) == {"student_spec": "L3"}

@@ -12,12 +12,12 @@ import harness.metrics
 
 # the metric modules, and the modules whose words and links users read (system labels, MLflow UI links)
 MODULES = sorted(m.name for m in pkgutil.iter_modules(harness.metrics.__path__, "harness.metrics.")) + [
-    "harness.compare",
-    "harness.benchtrain",
+    "harness.commands.compare",
+    "harness.commands.benchtrain",
     "harness.config",
-    "harness.gpucheck",
+    "harness.commands.gpucheck",
     "harness.data.resident",
-    "harness.report",
+    "harness.commands.report",
     "harness.tracking.links",
 ]
 

@@ -173,7 +173,7 @@ def test_eval_on_a_user_file_with_label_names(trained, data_dir, tmp_path, capsy
     assert tags["source_kind"] == "file" and tags["source"].endswith("mine.jsonl")
     assert di.dataset.name == "file:mine.jsonl" and tags["mlflow.data.context"] == "test (user file)"
     # the report: its own row (other test examples), the file named, IMDB's reference not comparable beside it
-    from harness import report as R
+    from harness.commands import report as R
 
     rows = [r for r in R.collect(trained["uri"], ["imdb"], None) if r.run_id == ev.info.run_id]
     assert rows and rows[0].test_file == str(f.resolve())

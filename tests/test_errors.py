@@ -50,7 +50,7 @@ def small_imdb(data_dir, tmp_path) -> Path:
 
 
 def test_unknown_task_lists_known_ones(capsys):
-    from harness.registry import registry
+    from harness.families.registry import registry
 
     assert run_cli(["run", "imbd"]) == 2
     known = ", ".join(sorted(registry()))
@@ -63,8 +63,8 @@ def test_unknown_config_key_names_it_and_the_allowed_keys(capsys):
     assert _error_line(capsys) == (
         "error: override 'trainer.max_epoch=2': unknown config key 'trainer.max_epoch' — allowed keys at 'trainer': "
         "accelerator, accumulate_grad_batches, checkpoint_every_n_steps, compile, deterministic, devices, "
-        "gradient_clip_val, log_every_n_steps, max_epochs, max_steps, num_nodes, num_threads, precision, strategy, "
-        "val_check_interval"
+        "gradient_clip_val, log_every_n_steps, max_epochs, max_steps, num_nodes, num_threads, precision, shard_size, "
+        "strategy, val_check_interval"
     )
 
 
@@ -72,7 +72,7 @@ def test_bad_value_type(capsys):
     assert run_cli(["run", "imdb", "trainer.max_epochs=two"]) == 2
     assert _error_line(capsys) == (
         "error: override 'trainer.max_epochs=two': bad value 'two' for 'trainer.max_epochs': Input should be a valid "
-        "integer, unable to parse string as an integer — fix that value (see README.md, 'Configuration')"
+        "integer, unable to parse string as an integer — fix that value (see docs/configuration.md)"
     )
 
 

@@ -32,7 +32,7 @@ from conftest import free_port, in_dir, run_cli
 from mlflow.tracking import MlflowClient
 
 from harness.config import DataConfig, TrainerConfig
-from harness.registry import registry
+from harness.families.registry import registry
 
 HERE = Path(__file__).resolve().parent
 
@@ -166,19 +166,19 @@ def test_unknown_task(store, capsys):
         (
             "data.batch_size=many",
             "override 'data.batch_size=many': bad value 'many' for 'data.batch_size': Input "
-            "should be a valid integer, unable to parse string as an integer — fix that value (see README.md, "
-            "'Configuration')",
+            "should be a valid integer, unable to parse string as an integer — fix that value (see "
+            "docs/configuration.md)",
         ),
         (
             "trainer.precision=fp8",
             "override 'trainer.precision=fp8': bad value 'fp8' for 'trainer.precision': "
             "unknown precision; use one of auto, 32-true, bf16-mixed, 16-mixed, bf16-true, 16-true, 64-true — fix that "
-            "value (see README.md, 'Configuration')",
+            "value (see docs/configuration.md)",
         ),
         (
             "generation.prompt=nosource",
             "override 'generation.prompt=nosource': 'generation': generation.prompt must "
-            "contain {source} — fix that value (see README.md, 'Configuration')",
+            "contain {source} — fix that value (see docs/configuration.md)",
         ),
         (
             "data.max_len=3",
@@ -667,7 +667,7 @@ def test_checkpoint_that_cannot_be_written(store, tiny_model, tmp_path):
 
 
 def test_disk_full_is_named_as_such():
-    from harness.checkpoints import write_error
+    from harness.run.checkpoints import write_error
 
     e = write_error(Path("/data/out/last.ckpt"), OSError(28, "No space left on device"))
     assert e.message.startswith("could not write the checkpoint /data/out/last.ckpt: no space left on the device;")
@@ -1013,7 +1013,7 @@ def test_a_second_identical_command_does_not_touch_the_first_ones_folder(store, 
     """While a run holds its folder (`.harness/runs/<task>/<hash>`), the same command started again stops in one line
     before it starts a run or reads a checkpoint; once the first is gone (even killed), the folder is free."""
     from harness.config import resolve_run_config
-    from harness.runner import RunState
+    from harness.run.runner import RunState
     from harness.runtime import resolve_device_settings
 
     args = _args(store, tiny_model, **{"seed": "7"})
@@ -1093,7 +1093,7 @@ def test_a_setting_that_takes_words_names_the_key_and_the_words(store, capsys, t
     o = attempt(store, capsys, ["run", "imdb", *_args(store, tiny_model), override])
     assert (o.rc, o.error) == (
         2,
-        f"override '{override}': bad value {words} — fix that value (see README.md, 'Configuration')",
+        f"override '{override}': bad value {words} — fix that value (see docs/configuration.md)",
     )
     no_run(o)
 
@@ -1141,7 +1141,7 @@ def test_compare_of_files_names_the_files_not_a_task(store, capsys, tmp_path):
 
 
 def test_when_the_two_tests_disagree_the_row_says_so_and_which_one_decides():
-    from harness import compare as C
+    from harness.commands import compare as C
 
     rng = __import__("numpy").random.default_rng(0)
     n = 60
@@ -1187,7 +1187,7 @@ def test_the_second_identical_command_stops_before_its_start_up(store, tiny_mode
     """The lock is taken before anything slow: the second command says so without importing torch (its start-up
     took 57 s at load 8-10 before saying it)."""
     from harness.config import resolve_run_config
-    from harness.runlock import command_folder
+    from harness.run.runlock import command_folder
 
     args = _args(store, tiny_model, **{"seed": "11"})
     with in_dir(store.work):

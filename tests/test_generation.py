@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 def _cfg(task_name: str, *overrides: str):
     from harness.config import resolve_run_config
-    from harness.registry import get_task as load_task
+    from harness.families.registry import get_task as load_task
 
     task = load_task(task_name)
     return task, resolve_run_config(task, ["profile=quick", *overrides])
@@ -492,7 +492,7 @@ def test_nested_columns_and_hub_column_names():
     import datasets
 
     from harness.data.sources import check_rows
-    from harness.registry import get_task as load_task
+    from harness.families.registry import get_task as load_task
 
     task = load_task("multi30k_en_de")
     nested = datasets.Dataset.from_list([{"translation": {"en": "A dog.", "de": "Ein Hund."}, "_row": 0}])

@@ -12,8 +12,8 @@ from transformers import AutoTokenizer
 from harness.config import resolve_run_config
 from harness.data.sources import load_task_data
 from harness.families import get_family
+from harness.families.registry import get_task
 from harness.models.loading import resolve_model
-from harness.registry import get_task
 
 GOLDEN = [0.694458, 0.693561, 0.696045, 0.695685, 0.692011, 0.693801, 0.692275, 0.692625]
 

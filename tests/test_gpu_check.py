@@ -46,11 +46,11 @@ def test_bundle_holds_bf16_weights_and_the_runs_own_tokens(bundle, data_dir):
     from safetensors import safe_open
     from transformers import AutoTokenizer
 
+    from harness.commands.gpucheck import Bundle
     from harness.config import resolve_run_config
     from harness.data.classification import ClassificationDataModule
     from harness.data.sources import load_task_data
-    from harness.gpucheck import Bundle
-    from harness.registry import get_task
+    from harness.families.registry import get_task
 
     b = Bundle.open(bundle["folder"])
     with safe_open(str(b.model_dir / "model.safetensors"), "pt") as f:  # unpacked from the bundle's xz
@@ -82,7 +82,7 @@ def test_the_weights_travel_compressed_and_unpack_once(bundle, tmp_path):
     import lzma
     import shutil
 
-    from harness.gpucheck import Bundle
+    from harness.commands.gpucheck import Bundle
 
     copy = tmp_path / "bundle"
     shutil.copytree(bundle["folder"], copy, ignore=shutil.ignore_patterns("model.safetensors"))
@@ -98,7 +98,7 @@ def test_the_weights_travel_compressed_and_unpack_once(bundle, tmp_path):
 
 
 def test_a_bf16_checkpoint_trains_in_float32(bundle):
-    from harness.gpucheck import Bundle
+    from harness.commands.gpucheck import Bundle
     from harness.models.classification import SequenceClassifier
 
     folder = Bundle.open(bundle["folder"]).model_dir
@@ -108,7 +108,7 @@ def test_a_bf16_checkpoint_trains_in_float32(bundle):
 
 @pytest.mark.slow  # every phase on the CPU (minutes; make gpu-sim runs them too)
 def test_check_phases_record_runs_that_sync_into_mlflow(bundle, tmp_path, capsys):
-    from harness.gpucheck import main
+    from harness.commands.gpucheck import main
 
     out = tmp_path / "out"
     rc = main(
@@ -192,7 +192,7 @@ def test_check_phases_record_runs_that_sync_into_mlflow(bundle, tmp_path, capsys
 
 
 def test_check_without_a_bundle_says_how_to_make_one(tmp_path, capsys):
-    from harness.gpucheck import main
+    from harness.commands.gpucheck import main
 
     assert main(["--bundle", str(tmp_path / "nowhere"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
@@ -241,7 +241,7 @@ def _fake_side(rates: dict, fit_extra: dict):
     ],
 )
 def test_kernel_choices_are_kept_only_where_they_help(monkeypatch, compile_rate, compile_warmup, graphs_rate, kept):
-    from harness import benchtrain
+    from harness.commands import benchtrain
 
     rates = {
         "auto": 1000.0,
@@ -271,7 +271,7 @@ def test_kernel_choices_are_kept_only_where_they_help(monkeypatch, compile_rate,
 
 
 def test_on_a_cpu_the_cuda_kernel_choice_is_not_measured(monkeypatch):
-    from harness import benchtrain
+    from harness.commands import benchtrain
 
     monkeypatch.setattr(
         benchtrain, "harness_side", _fake_side({"auto": 10.0, "model.attn_implementation=eager": 10.1}, {})
@@ -291,7 +291,7 @@ def test_a_kernel_that_cannot_run_is_one_line_for_a_user_run():
 
 
 def test_the_summary_judges_the_goals_on_a_gpu_only():
-    from harness.gpucheck import goals
+    from harness.commands.gpucheck import goals
 
     def side(rate, mfu):
         return {"samples_per_sec": rate, "mfu": mfu}
@@ -345,7 +345,7 @@ def test_a_failing_phase_is_recorded_and_the_next_ones_still_run(bundle, tmp_pat
     """The first GPU run lost everything to one exception in its first phase, and a second run into the same folder
     raised FileExistsError: now the failure is a FAILED record with its one-line error and traceback, the other
     phases run, the exit status says so, and a rerun keeps the earlier records beside the new ones."""
-    from harness import gpucheck
+    from harness.commands import gpucheck
 
     real = gpucheck.run_phase
 

@@ -37,7 +37,7 @@ print("@@" + json.dumps({
 def _wheel(folder: Path) -> Path:
     files = {
         "harness/__init__.py": "",
-        "harness/gpucheck.py": GPUCHECK,
+        "harness/commands/gpucheck.py": GPUCHECK,
         "harness-0.0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: harness\nVersion: 0.0.1\n",
         "harness-0.0.1.dist-info/WHEEL": (
             "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"

@@ -16,9 +16,9 @@ from harness.data.qa import QADataModule, first_sentence, postprocess
 from harness.data.sources import load_task_data
 from harness.data.squad import locate_answer, read_squad_json
 from harness.errors import DataError
+from harness.families.registry import get_task
 from harness.metrics import squad
 from harness.models.qa import best_spans
-from harness.registry import get_task
 
 DEV = "qa/squad_v1.1/dev-v1.1.json.gz"
 

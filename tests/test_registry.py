@@ -9,8 +9,8 @@ import yaml
 from conftest import run_cli
 
 from harness.errors import ConfigError
+from harness.families.registry import load_task_file, registry, scan
 from harness.paths import project_root
-from harness.registry import load_task_file, registry, scan
 
 IMDB = yaml.safe_load((project_root() / "tasks/imdb/task.yaml").read_text())
 
@@ -31,7 +31,7 @@ def _task(tmp_path: Path, name: str, data: dict) -> Path:
     return path
 
 
-FIX = "fix that field (see README.md, 'Adding a task')"
+FIX = "fix that field (see docs/tasks.md, 'Adding a task')"
 
 
 @pytest.mark.parametrize(
@@ -39,11 +39,11 @@ FIX = "fix that field (see README.md, 'Adding a task')"
     [
         (
             lambda d: d.update(famly="classification"),
-            "{path}: unknown field 'famly' — remove it or fix its spelling (see README.md, 'Adding a task')",
+            "{path}: unknown field 'famly' — remove it or fix its spelling (see docs/tasks.md, 'Adding a task')",
         ),
         (
             lambda d: d.pop("description"),
-            "{path}: missing required field 'description' — add it (see README.md, 'Adding a task')",
+            "{path}: missing required field 'description' — add it (see docs/tasks.md, 'Adding a task')",
         ),
         (
             lambda d: d.update(family="regression"),

@@ -12,7 +12,7 @@ import pytest
 from conftest import build_tiny, in_dir, run_cli, tiny_args
 from test_suite_report import _browser
 
-from harness import report as R
+from harness.commands import report as R
 
 
 def _page_text(path: Path, tmp: Path) -> str:
@@ -78,7 +78,7 @@ def test_pick_best_takes_the_validation_metric_never_the_test_metric():
         metrics = {"test_accuracy": test, **({"val_accuracy": val} if val is not None else {})}
         return R.RunRow(name, "imdb", name, "m", "train+eval", "quick", metrics, True, True, digest, "200", start)
 
-    from harness.registry import get_task
+    from harness.families.registry import get_task
 
     task = get_task("imdb")
     mine = [
@@ -97,7 +97,7 @@ def test_pick_best_takes_the_validation_metric_never_the_test_metric():
 
 def test_a_tiny_p_value_is_never_printed_as_zero(tmp_path):
     """A cell worse than the best at p = 2.6e-8 reads "▼ p < 0.001" in the browser, never "p=0.000"."""
-    from harness.registry import get_task
+    from harness.families.registry import get_task
 
     def row(name, system, value):
         return R.RunRow(

@@ -19,9 +19,9 @@ from mlflow.tracking import MlflowClient
 
 from harness.config import resolve_run_config
 from harness.errors import ConfigError
-from harness.registry import get_task
+from harness.families.registry import get_task
+from harness.models.sharding import check_world, layer_stacks
 from harness.runtime import check_sharding
-from harness.sharding import check_world, layer_stacks
 
 HERE = Path(__file__).parent
 
@@ -101,7 +101,7 @@ def test_combinations_sharding_cannot_take_are_refused(overrides, said):
 def test_a_model_without_repeated_layers_is_refused():
     import torch
 
-    from harness.sharding import check_shardable
+    from harness.models.sharding import check_shardable
 
     with pytest.raises(ConfigError) as e:
         check_shardable(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)), "my-mlp")

@@ -35,7 +35,7 @@ def stack():
         import psycopg  # noqa: F401
     except ImportError:
         require("psycopg is not installed (pip install -e '.[server]'; make setup installs it)")
-    from harness import server
+    from harness.commands import server
 
     # under /tmp itself: the postgres user must be able to reach the cluster (pytest's folders are root-only)
     base = Path(tempfile.mkdtemp(prefix="harness-stack-"))
@@ -83,7 +83,7 @@ def test_no_password_in_any_process_arguments_while_the_server_starts(stack):
     import signal
     import threading
 
-    from harness import server
+    from harness.commands import server
 
     secret = stack.password
     assert len(secret) >= 16
@@ -284,7 +284,7 @@ def test_journal_storage_for_workers_on_one_host(data_dir, tiny_model, tmp_path)
 def test_basic_auth_server(stack, data_dir, tiny_model, tmp_path):
     """MLflow's basic-auth app with a generated admin password: a run with the credentials works, one without is
     refused in seconds, and the password is shown nowhere."""
-    from harness import server
+    from harness.commands import server
 
     folder = Path(tempfile.mkdtemp(prefix="harness-auth-")) / ".server"
     env_pg = os.environ.get("PG_URL")
@@ -345,7 +345,7 @@ def test_a_stack_under_a_closed_folder_and_half_dead_is_reported_and_repaired(mo
     part, start reuses the cluster (same port) and starts the server again, stop stops every part."""
     import signal
 
-    from harness import server
+    from harness.commands import server
 
     if os.geteuid() != 0:
         require("runs as root (PostgreSQL then runs as its own user, who cannot enter a 0700 folder)")
@@ -408,7 +408,7 @@ class _ServerCrash:
         import signal
         import threading
 
-        from harness import server
+        from harness.commands import server
 
         os.killpg(int((self.stack.folder / "mlflow.pid").read_text()), signal.SIGKILL)
         self.killed = True
@@ -428,8 +428,8 @@ def _run_with_crash(stack, data_dir, tiny_model, work: Path, crash: _ServerCrash
     from rich.console import Console
 
     from harness.config import resolve_run_config
-    from harness.registry import get_task
-    from harness.runner import run
+    from harness.families.registry import get_task
+    from harness.run.runner import run
 
     task = get_task("imdb")
     overrides = tiny_args(data_dir, tiny_model, stack.tracking_uri, log_model="true", **{"data.train_size": "480"})
@@ -478,7 +478,7 @@ def test_a_run_goes_on_while_the_server_is_away_and_sends_everything_when_it_is_
 def test_harness_sync_sends_what_a_run_kept_when_the_server_stayed_away(
     stack, data_dir, tiny_model, tmp_path, monkeypatch, capsys
 ):
-    from harness import server
+    from harness.commands import server
 
     monkeypatch.setenv("HARNESS_TRACKING_WAIT_S", "2")
     crash = _ServerCrash(stack, at_step=6, back_after=None)

@@ -156,8 +156,8 @@ def test_a_mode_for_a_family_without_modes(work, capsys):
 def test_the_modes_search_space_is_valid_and_samples_each_modes_parameters_only_for_it():
     import optuna
 
+    from harness.families.registry import registry
     from harness.paths import hpo_dir
-    from harness.registry import registry
     from harness.tuning.space import check_space, load_space, suggest
 
     space = load_space(hpo_dir() / "classification-modes.yaml")

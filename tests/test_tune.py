@@ -217,7 +217,7 @@ def test_seeded_sampler_repeats_first_trials(tmp_path):
     "interval, epochs, reports, min_resource", [(0.25, 2, 8, 1), (0.5, 2, 4, 1), (0.125, 4, 32, 4)]
 )
 def test_successive_halving_rungs_follow_the_validations_a_trial_makes(interval, epochs, reports, min_resource):
-    from harness.registry import get_task
+    from harness.families.registry import get_task
     from harness.tuning.study import make_pruner, make_study
 
     space = Path(__file__).parent.parent / "configs/hpo/classification.yaml"

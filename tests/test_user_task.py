@@ -1,6 +1,6 @@
-"""A new task written from the README alone, outside the checkout: its task file is the README's example, its data a
-user's CSV files (real SST-2 sentences under the README's column names); `harness validate`, `harness check` and
-`harness run` with the quick profile work on it as the README says."""
+"""A new task written from the docs alone, outside the checkout: its task file is the example in docs/tasks.md
+("Adding a task"), its data a user's CSV files (real SST-2 sentences under the example's column names);
+`harness validate`, `harness check` and `harness run` with the quick profile work on it as the page says."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from harness.paths import project_root
 
 
 def readme_task_yaml() -> str:
-    text = (project_root() / "README.md").read_text(encoding="utf-8")
+    text = (project_root() / "docs" / "tasks.md").read_text(encoding="utf-8")
     section = text.split("## Adding a task", 1)[1].split("\n## ", 1)[0]
     return re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
 

@@ -1,15 +1,14 @@
-"""`harness compress <run> --method M` (`make compress RUN=... METHOD=...`): what a smaller, faster model costs.
+"""Compression engines (an engine-floor package): the variants `harness compress` builds from a run's model.
 
-The source run's logged model is evaluated again on the source's test examples (its data and eval settings), with
-the compressed variant standing in for the model in the test loop, as a new MLflow run nested under the source
-(`mlflow.parentRunId`, tags `harness.compress.*`). The run holds the usual test metrics with intervals and
-per-example predictions, and beside them: size on disk, batch-1 latency p50/p95 and batch-32 throughput of the
-variant and of the source model measured in the same process on this CPU (threads stated, warm-up excluded), their
-ratios, a paired comparison with the source on the same examples, and a table and plot of every variant of the
-source so far (`compression/`).
+- `engines`: ONNX export and ONNX Runtime int8, torch dynamic int8, unstructured pruning; a variant's files
+- `structured`: structured pruning (neurons, vocabulary rows, layers); `distill`: a shallower student
+- `measure`: size on disk, batch-1 latency and batch-32 throughput in one process
 
-The package's top level stays light: the command line's parser reads `METHODS` without importing torch or Lightning;
-the command itself is `harness.compress.run.compress`.
+The command itself (evaluating a variant as a run nested under the source, the variants table) is
+`harness.commands.compress`. The package's top level stays light: the command line's parser reads `METHODS`
+without importing torch or Lightning.
+
+May import: the ground, metrics and the other engines (models, data). Never the run, the commands or the CLI.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@
 The numbers are the ones `harness run` and `harness score` report (harness/metrics/generation.py): ROUGE identical
 to rouge-score (0-1 F-measures, with precision/recall and bootstrap intervals), BLEU and chrF from sacreBLEU itself
 (0-100) with their signatures. Nothing is fetched from the hub.
+
+On the metrics floor. May import: metrics and the ground only.
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 
 This module is import-light on purpose (no torch), so `harness ls` and `harness validate` stay fast. A family's
 implementation (DataModule, LightningModule, scoring) is imported only when a run needs it.
+
+An engine-floor package; `registry` (the task registry: task folders, family defaults, `include:`) lives
+here too. May import: the ground (config, errors, paths), metrics and the other engines (data, models, tracking),
+the last only inside a family's functions. Never the run, the commands or the CLI.
 """
 
 from __future__ import annotations

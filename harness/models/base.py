@@ -24,8 +24,8 @@ from harness.compress.structured import Remapped, load_vocab_map
 from harness.data.resident import ResidentBatch
 from harness.models import transfer as transfer_modes
 from harness.models.loading import ResolvedModel, load_pretrained, resolve_model
+from harness.models.sharding import local_norm
 from harness.runtime import resolve_fused
-from harness.sharding import local_norm
 
 _DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
 
@@ -97,11 +97,11 @@ class HarnessModule(L.LightningModule):
 
     def configure_model(self) -> None:
         """Under trainer.strategy=fsdp each repeated layer, then the rest, is sharded across the ranks
-        (harness/sharding.py); under every other strategy the model stays whole."""
+        (harness/models/sharding.py); under every other strategy the model stays whole."""
         trainer = self._trainer
         if trainer is None:
             return
-        from harness.sharding import is_sharded, shard
+        from harness.models.sharding import is_sharded, shard
 
         if is_sharded(trainer):
             shard(self, self.model, trainer.strategy.fsdp_mesh, str(trainer.precision))
@@ -286,7 +286,7 @@ def _clips_like_harness(trainer: Any) -> bool:
     or the gradients are DTensor shards whose norm clip_grad_norm_ reduces across the ranks (FSDP2)."""
     from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 
-    from harness.sharding import ShardedStrategy
+    from harness.models.sharding import ShardedStrategy
 
     return type(trainer.strategy) in (SingleDeviceStrategy, DDPStrategy, ShardedStrategy)
 

@@ -83,7 +83,7 @@ class LM:
 
 def all_specs() -> dict[str, ProbeSpec]:
     """Every `probe.yaml` in the task folders (harness.paths.task_dirs), by name."""
-    from harness.registry import scan_folders
+    from harness.families.registry import scan_folders
 
     return scan_folders("probe.yaml", load_spec, "probe")
 

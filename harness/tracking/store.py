@@ -11,6 +11,7 @@ store is one line naming it (password masked) and the cause, not minutes of retr
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import sqlite3
 import time
@@ -21,6 +22,12 @@ from pathlib import Path
 
 from harness.config import redact_uri
 from harness.errors import LOCKED_FIX, TrackingError
+
+
+def uri_key(uri: str) -> str:
+    """The tracking URI as the state file stores it: a hash, so no credential lands on disk."""
+    return hashlib.sha256(uri.encode()).hexdigest()[:16]
+
 
 TIMEOUT_S = 5.0
 BUSY_S = 45.0  # a server that accepts the connection but answers slowly (busy with other workers) is waited for

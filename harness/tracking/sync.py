@@ -49,7 +49,7 @@ def sync(folder: Path, uri: str) -> Synced:
     """Send one journal's records to the server at `uri`, in order; raises if the server does not take them."""
     from mlflow.tracking import MlflowClient
 
-    from harness.runner import uri_key
+    from harness.tracking.store import uri_key
 
     file = folder / PENDING
     lines = [ln for ln in file.read_text(encoding="utf-8").splitlines() if ln.strip()]

@@ -16,4 +16,7 @@
 Storage: a sqlite file (`optuna.db`) by default, or any SQLAlchemy URL. The same command resumes the same study.
 Workers are separate processes sharing the study; sqlite waits for locks instead of failing, heartbeats mark a
 killed worker's trial FAIL, and it is retried once.
+
+On the commands floor (it drives runs). May import: the run, the engines, metrics and the ground. Never the
+CLI.
 """

@@ -81,7 +81,7 @@ def load_space(path: Path) -> SearchSpace:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
         raise ConfigError(
-            f"{path}: {loc + ': ' if loc else ''}{error_text(err)}", "fix the search space (see README.md, 'Tuning')"
+            f"{path}: {loc + ': ' if loc else ''}{error_text(err)}", "fix the search space (see docs/tuning.md)"
         ) from None
     space.path = str(path)
     return space

@@ -313,7 +313,7 @@ def run_trial(study: Study, trial: Any, parent_run_id: str, params: Optional[dic
     """One trial as a nested MLflow run. `params` given: a DDP follower rank replaying rank 0's trial."""
     import optuna
 
-    from harness.runner import run
+    from harness.run.runner import run
 
     if params is None:
         params = suggest(trial, study.space)
@@ -613,7 +613,7 @@ def summarize(study: Study, tracker: StudyTracker, parent: str, seconds: float) 
 def retrain(study: Study, summary: dict[str, Any], tracker: StudyTracker) -> dict[str, Any]:
     """The best parameters, trained on train + validation, evaluated once on test, logged and registered as
     `<task>-best` in the MLflow model registry."""
-    from harness.runner import run
+    from harness.run.runner import run
 
     task = study.task
     cfg = resolve_run_config(

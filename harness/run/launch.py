@@ -43,7 +43,7 @@ def launched_world(num_nodes: int, devices: Any) -> Optional[tuple[int, int, int
             raise ConfigError(
                 f"trainer.num_nodes={num_nodes} with trainer.devices={devices}, started by hand on each node",
                 "start one process per device with torchrun (or srun under SLURM), or use trainer.devices=1 "
-                "(see 'Scale out' in the README)",
+                "(see docs/scale-out.md, 'Several nodes')",
             )
         for key in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK"):
             if key not in env:

@@ -148,8 +148,8 @@ def system_label(tags: dict[str, str], params: dict[str, str]) -> str:
 def collect(uri: str, experiments: Optional[list[str]], run_ids: Optional[list[str]]) -> list[RunRow]:
     from mlflow.tracking import MlflowClient
 
-    from harness.registry import registry
-    from harness.systems import get_run
+    from harness.commands.systems import get_run
+    from harness.families.registry import registry
 
     client = MlflowClient(uri)
     if run_ids:
@@ -225,7 +225,7 @@ def _tell_apart(rows: list[RunRow]) -> None:
 
 
 def build(rows: list[RunRow], uri: str, resamples: int = 1000, pick: str = "latest") -> Report:
-    from harness.registry import registry
+    from harness.families.registry import registry
 
     if pick not in PICKS:
         raise ValueError(f"pick must be one of {PICKS}")
@@ -284,9 +284,9 @@ def choose(mine: list[RunRow], row_set: Optional[str], pick: str, task: Any) -> 
 
 
 def _mark_row(report: Report, name: str, task: Any, uri: str, resamples: int) -> None:
-    from harness import compare as C
+    from harness.commands import compare as C
+    from harness.commands.systems import from_runs
     from harness.metrics.paired import holm
-    from harness.systems import from_runs
 
     every = [c for (t, _), c in report.cells.items() if t == name and c.value is not None]
     for c in every:

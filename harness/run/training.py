@@ -15,10 +15,10 @@ import lightning as L
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from harness.callbacks import CompileModel, DivergenceCheck, LineProgress, StepMonitor
-from harness.checkpoints import AtomicCheckpointIO
 from harness.config import RunConfig
 from harness.errors import ConfigError
+from harness.run.callbacks import CompileModel, DivergenceCheck, LineProgress, StepMonitor
+from harness.run.checkpoints import AtomicCheckpointIO
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -80,7 +80,7 @@ def _strategy(cfg: RunConfig) -> Any:
     """Lightning's strategy name, or the sharded strategy harness builds for `fsdp` (FSDP2 on every device)."""
     t = cfg.trainer
     if t.strategy == "fsdp":
-        from harness.sharding import strategy
+        from harness.models.sharding import strategy
 
         return strategy(t.shard_size)
     return t.strategy

@@ -301,7 +301,7 @@ FEW = 10  # a category with fewer examples is marked: its interval is too wide t
 def _print(say: Any, spec: ProbeSpec, res: Any, facts: dict[str, Any]) -> None:
     """The per-category table (categories with fewer than FEW examples marked), what the main metric means and where
     the result stands against the ideal and chance, and each published number with the comparability verdict."""
-    from harness.report import comparability_reasons, verdict
+    from harness.commands.report import comparability_reasons, verdict
 
     cat = res.categories
     metrics = list(cat["metric"].drop_duplicates())

@@ -91,8 +91,8 @@ def all_suites() -> dict[str, Path]:
 
 
 def load_suite(name: str) -> SuiteSpec:
+    from harness.families.registry import registry
     from harness.probes.base import all_specs
-    from harness.registry import registry
 
     suites = all_suites()
     if name not in suites:
@@ -247,8 +247,8 @@ def _run_task(
     console: Any,
 ) -> Any:
     from harness.config import resolve_run_config
-    from harness.registry import get_task
-    from harness.runner import run
+    from harness.families.registry import get_task
+    from harness.run.runner import run
 
     task = get_task(entry.task or "")
     items = [
@@ -279,7 +279,7 @@ def _run_probe(
     done: list[Outcome],
     console: Any,
 ) -> Any:
-    from harness.probe import probe
+    from harness.commands.probe import probe
 
     chosen = _model_for(spec, entry, model, done) or "HuggingFaceTB/SmolLM2-135M-Instruct"
     results = probe(

@@ -141,7 +141,7 @@ def score_qa(
 
 
 def score(task_name: str, predictions: Path, **kwargs: Any) -> ScoreOutput:
-    from harness.registry import registry
+    from harness.families.registry import registry
 
     tasks = registry()
     qa = sorted(n for n, t in tasks.items() if t.family == "extractive_qa")

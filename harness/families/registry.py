@@ -25,11 +25,13 @@ def _field_error(path: Path, e: ValidationError) -> ConfigError:
     loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
         return ConfigError(
-            f"{path}: unknown field '{loc}'", "remove it or fix its spelling (see README.md, 'Adding a task')"
+            f"{path}: unknown field '{loc}'", "remove it or fix its spelling (see docs/tasks.md, 'Adding a task')"
         )
     if err["type"] == "missing":
-        return ConfigError(f"{path}: missing required field '{loc}'", "add it (see README.md, 'Adding a task')")
-    return ConfigError(f"{path}: field '{loc}': {error_text(err)}", "fix that field (see README.md, 'Adding a task')")
+        return ConfigError(f"{path}: missing required field '{loc}'", "add it (see docs/tasks.md, 'Adding a task')")
+    return ConfigError(
+        f"{path}: field '{loc}': {error_text(err)}", "fix that field (see docs/tasks.md, 'Adding a task')"
+    )
 
 
 def read_task_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 batch size, one process, measured the same way on both sides.
 
 Used by `make bench-train` (benchmarks/train_throughput.py: rows tokenized from the task's files, results in
-MLflow) and by the GPU check's `bench-train` phase (harness/gpucheck.py: rows from the bundle, no MLflow or
+MLflow) and by the GPU check's `bench-train` phase (harness/commands/gpucheck.py: rows from the bundle, no MLflow or
 datasets on the host).
 
 - harness: the `full` profile's training path (`harness run` without tracking): bf16-mixed on GPUs, length-bucketed
@@ -190,11 +190,11 @@ def _peak_memory(device: str) -> float:
 
 def harness_config(model_dir: Path, spec: BenchSpec) -> Any:
     from harness.config import resolve_run_config
-    from harness.registry import get_task
+    from harness.families.registry import get_task
 
     cuda = spec.device == "cuda"
     # a CPU measurement compares like with like (float32 on both sides, no loader workers); the GPU's settings on a
-    # CPU are the GPU check's imdb phases (harness/gpucheck.py) and tests/test_device_paths.py
+    # CPU are the GPU check's imdb phases (harness/commands/gpucheck.py) and tests/test_device_paths.py
     overrides = [
         f"profile={'full' if cuda else 'quick'}",
         f"model.name={model_dir}",
@@ -220,8 +220,8 @@ def harness_side(model_dir: Path, rows: Any, spec: BenchSpec) -> dict[str, Any]:
     from harness.data.base import Pretokenized
     from harness.data.classification import ClassificationDataModule
     from harness.models.classification import SequenceClassifier
+    from harness.run.training import RunFolder, build_trainer
     from harness.runtime import configure_runtime, resolve_device_settings
-    from harness.training import RunFolder, build_trainer
 
     task, cfg = harness_config(model_dir, spec)
     configure_runtime(cfg)

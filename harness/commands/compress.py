@@ -1,4 +1,13 @@
-"""The `harness compress` command (the package docstring, harness/compress/__init__.py, says what it does)."""
+"""`harness compress <run> --method M` (`make compress RUN=... METHOD=...`): what a smaller, faster model costs.
+
+The source run's logged model is evaluated again on the source's test examples (its data and eval settings), with
+the compressed variant (built by `harness.compress`) standing in for the model in the test loop, as a new MLflow
+run nested under the source (`mlflow.parentRunId`, tags `harness.compress.*`). The run holds the usual test metrics
+with intervals and per-example predictions, and beside them: size on disk, batch-1 latency p50/p95 and batch-32
+throughput of the variant and of the source model measured in the same process on this CPU (threads stated,
+warm-up excluded), their ratios, a paired comparison with the source on the same examples, and a table and plot of
+every variant of the source so far (`compression/`).
+"""
 
 from __future__ import annotations
 
@@ -152,10 +161,10 @@ def compress(
     console: Any = None,
 ) -> Compressed:
     """Evaluate one compressed variant of `source`: the run, its config and task, and the numbers measured."""
+    from harness.commands.systems import get_run
     from harness.config import default_tracking_uri, parse_override, resolve_run_config
-    from harness.registry import get_task
-    from harness.runner import run
-    from harness.systems import get_run
+    from harness.families.registry import get_task
+    from harness.run.runner import run
     from harness.tracking.store import check_store
 
     if method not in METHODS:
@@ -236,8 +245,8 @@ def torch_threads() -> int:
 
 def _paired(uri: str, source: str, run_id: str, main: str) -> dict[str, float]:
     """The paired comparison with the source on the same examples, logged to the compressed run."""
-    from harness import compare as C
-    from harness.systems import from_runs
+    from harness.commands import compare as C
+    from harness.commands.systems import from_runs
 
     systems, metrics, refs = from_runs([source, run_id], uri, None)
     C.check_same_examples(systems)
@@ -266,7 +275,7 @@ COLUMNS = ("method", "main", "ci", "delta", "p", "size_mb", "p50_ms", "p95_ms", 
 
 def _variants_table(uri: str, source: str, run_id: str) -> list[dict[str, Any]]:
     """Every compressed variant of `source` so far, with the source first, as JSON + Markdown + a plot."""
-    from harness.registry import get_task
+    from harness.families.registry import get_task
 
     client = MlflowClient(uri)
     src = client.get_run(source)

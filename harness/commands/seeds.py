@@ -77,7 +77,7 @@ class SeedSummary:
 
 
 def run_seeds(task: TaskSpec, value: Any, overrides: list[str], console: Any = None) -> list[SeedSummary]:
-    from harness.runner import run
+    from harness.run.runner import run
     from harness.tracking.parent import ParentRun
     from harness.tracking.store import check_store
 
@@ -134,7 +134,7 @@ def run_seeds(task: TaskSpec, value: Any, overrides: list[str], console: Any = N
 
 
 def summarize(task: TaskSpec, parent: Any, seeds: list[int], resamples: int, confidence: float) -> list[SeedSummary]:
-    from harness.systems import family_arrays, predictions_table
+    from harness.commands.systems import family_arrays, predictions_table
 
     runs = [parent.finished_child("seed", str(s)) for s in seeds]
     built = [family_arrays(task, predictions_table(parent.client, r), r, None) for r in runs]

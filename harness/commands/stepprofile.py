@@ -198,7 +198,7 @@ def tiny_bert(out: Path, tokenizer_dir: Path) -> Path:
 
 def _config(model_dir: Path, batch_size: int, steps: int, extra: list[str], device: str = "cpu") -> tuple[Any, Any]:
     from harness.config import resolve_run_config
-    from harness.registry import get_task
+    from harness.families.registry import get_task
     from harness.runtime import resolve_device_settings
 
     task = get_task("imdb")
@@ -248,8 +248,8 @@ def harness_steps(
     checkpoint files: their cost is not per step)."""
     import lightning as L
 
+    from harness.run.training import RunFolder, build_trainer
     from harness.runtime import configure_runtime
-    from harness.training import RunFolder, build_trainer
 
     task, cfg = _config(model_dir, batch_size, window.total, extra, device)
     configure_runtime(cfg)
@@ -273,7 +273,7 @@ def plain_steps(model_dir: Path, rows: Any, window: StepWindow, batch_size: int,
     clip, step, schedule, zero the gradients."""
     from transformers import get_scheduler
 
-    from harness.benchtrain import plain_step
+    from harness.commands.benchtrain import plain_step
     from harness.data.resident import batch_to
 
     task, cfg = _config(model_dir, batch_size, window.total, [], device)
@@ -306,7 +306,7 @@ def trainer_steps(model_dir: Path, rows: Any, window: StepWindow, batch_size: in
         TrainingArguments,
     )
 
-    from harness.benchtrain import Rows
+    from harness.commands.benchtrain import Rows
 
     _, cfg = _config(model_dir, batch_size, window.total, [], device)
     torch.manual_seed(cfg.seed)

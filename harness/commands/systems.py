@@ -10,7 +10,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from harness import compare as C
+from harness.commands import compare as C
 from harness.config import redact_uri
 from harness.errors import ConfigError, DataError
 
@@ -69,7 +69,7 @@ def seed_children(client: Any, run: Any) -> list[Any]:
 def from_runs(
     run_ids: list[str], uri: str, names: Optional[list[str]]
 ) -> tuple[list[C.System], list[C.Metric], Optional[list[str]]]:
-    from harness.registry import get_task
+    from harness.families.registry import get_task
 
     client = _client(uri)
     runs = [get_run(client, r, uri) for r in run_ids]
@@ -179,8 +179,8 @@ def from_files(
         )
     if gold is not None:
         return _squad_files(paths, gold, names)
+    from harness.commands.score import read_texts
     from harness.data.sources import file_sha256
-    from harness.score import read_texts
 
     refs = read_texts(references, field)
     gold_words = f"the references {references.resolve()} (sha256 {file_sha256(references)})"
@@ -223,10 +223,10 @@ def from_files(
 def _squad_files(
     paths: list[Path], gold: Path, names: Optional[list[str]]
 ) -> tuple[list[C.System], list[C.Metric], None]:
+    from harness.commands.score import load_mapping
     from harness.data.sources import file_sha256
     from harness.data.squad import load_json, parse_squad
     from harness.metrics import squad
-    from harness.score import load_mapping
 
     sq = parse_squad(load_json(gold, "SQuAD JSON file"), str(gold))
     golds = [squad.Gold(q, list(a["text"])) for q, a in zip(sq.rows["id"], sq.rows["answers"])]

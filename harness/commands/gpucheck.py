@@ -1,19 +1,21 @@
 """`make gpu-check`: the GPU numbers in one command, on a bare offline GPU host, from the bundle `make gpu-bundle`
 builds (the default model in bf16, IMDB tokenized, the few wheels the image lacks).
 
-    python -m harness.gpucheck --bundle .gpu-bundle [--device cuda|cpu] [--phases kernels,imdb,...] [overrides...]
+    python -m harness.commands.gpucheck --bundle .gpu-bundle [--device cuda|cpu] [--phases kernels,imdb,...] \
+        [overrides...]
 
 Phases, in this order, each timed and recorded, one summary block at the end:
 
 1. `kernels`: the default model's full-profile training steps with each attention kernel (PyTorch SDPA choosing
    freely, or only flash / memory-efficient / cuDNN / math; eager attention), then torch.compile on top of the
    fastest. A choice is kept (used by every phase after it) only where it helps: 3% faster than the default, and
-   for compile also saving more time over the `imdb` phase's training than compiling costs (harness/benchtrain.py);
+   for compile also saving more time over the `imdb` phase's training than compiling costs
+   (harness/commands/benchtrain.py);
 2. `bench-train`: the harness's training path against `transformers.Trainer`, same model, rows and batch size:
    samples/s, tokens/s, MFU, peak memory and the ratio, for the BERT-base shape (random weights) and the default
    model, at batch 32 and 128 on a GPU; at batch 32 the BERT-base shape also against a plain PyTorch loop on the
    harness's own batches;
-3. `steps`: where a training step's time goes (harness/stepprofile.py): the default model at the full profile's
+3. `steps`: where a training step's time goes (harness/commands/stepprofile.py): the default model at the full profile's
    batch, the harness vs the Trainer vs a plain loop, per optimizer step: wall time, aten operations, the kernels and
    copies the GPU ran, the share of the step it was busy, and the host-device syncs;
 4. `imdb`: the `full` profile on IMDB (harness's classification module, data module, sampler and Trainer, as
@@ -177,7 +179,7 @@ class TrainClock:
 
 def _config(bundle: Bundle, device: str, extra: list[str]) -> Any:
     from harness.config import resolve_run_config
-    from harness.registry import get_task
+    from harness.families.registry import get_task
 
     task = get_task(bundle.manifest["data"]["task"])
     # the same settings on either device (bf16 autocast, the fused optimizer with clipping, loader workers, pinned
@@ -211,8 +213,8 @@ def run_phase(
     from harness.data.classification import ClassificationDataModule
     from harness.metrics import classification as cls_metrics
     from harness.models.classification import SequenceClassifier
+    from harness.run.training import RunFolder, build_trainer
     from harness.runtime import configure_runtime, resolve_device_settings
-    from harness.training import RunFolder, build_trainer
 
     task, cfg = _config(bundle, device, extra)
     configure_runtime(cfg)
@@ -355,7 +357,7 @@ GOALS = {"ratio": 2.0, "mfu": 0.30, "plain": 1.0, "accuracy": 0.93, "ci_low": 0.
 
 
 def _bench_spec(device: str, opts: argparse.Namespace, extra: list[str]) -> Any:
-    from harness.benchtrain import BenchSpec
+    from harness.commands.benchtrain import BenchSpec
 
     cuda = device == "cuda"  # sizes only: a CPU dry run measures fewer, smaller steps of the same path
     return BenchSpec(
@@ -370,7 +372,7 @@ def _bench_spec(device: str, opts: argparse.Namespace, extra: list[str]) -> Any:
 def kernels_phase(bundle: Bundle, device: str, opts: argparse.Namespace, record: Any) -> dict[str, Any]:
     """Attention kernels and torch.compile on the default model's full-profile training steps; what helps is kept
     for the phases after it."""
-    from harness import benchtrain
+    from harness.commands import benchtrain
 
     spec = _bench_spec(device, opts, [])
     rows = bundle.split("train", spec.rows_needed, opts.max_length)
@@ -400,7 +402,7 @@ def bench_phase(bundle: Bundle, device: str, opts: argparse.Namespace, kept: lis
     import tempfile
     from dataclasses import replace
 
-    from harness import benchtrain
+    from harness.commands import benchtrain
 
     base = _bench_spec(device, opts, kept)
     sizes = opts.bench_batch_sizes or ([32, 128] if device == "cuda" else [base.batch_size])
@@ -438,10 +440,10 @@ def bench_phase(bundle: Bundle, device: str, opts: argparse.Namespace, kept: lis
 
 
 def steps_phase(bundle: Bundle, device: str, opts: argparse.Namespace, kept: list[str], record: Any) -> dict[str, Any]:
-    """Where a training step's time goes on this device (harness/stepprofile.py): the default model at the full
+    """Where a training step's time goes on this device (harness/commands/stepprofile.py): the default model at the full
     profile's batch, harness vs transformers.Trainer vs a plain loop; per optimizer step the wall time, the aten
     operations dispatched, the kernels and copies the GPU ran and how busy it was, and the syncs."""
-    from harness import stepprofile
+    from harness.commands import stepprofile
 
     cuda = device == "cuda"  # sizes only: a CPU dry run profiles fewer, smaller steps of the same path
     batch = opts.bench_batch_size or (32 if cuda else 4)
@@ -472,7 +474,7 @@ def _say(text: str) -> None:
 
 
 def summary(done: dict[str, Any], device: str, total: float, failed: Optional[dict[str, str]] = None) -> str:
-    from harness import benchtrain
+    from harness.commands import benchtrain
 
     failed = failed or {}
     lines = [f"== gpu-check summary ({device}, {total / 60:.1f} min) =="]
@@ -483,7 +485,7 @@ def summary(done: dict[str, Any], device: str, total: float, failed: Optional[di
     if "kernels" in done:
         lines += ["kernels (the default model's training steps)", benchtrain.kernels_line(done["kernels"])]
     if "steps" in done:
-        from harness import stepprofile
+        from harness.commands import stepprofile
 
         lines += ["steps (the default model: per optimizer step)", stepprofile.table(done["steps"])]
     imdb = [done[p] for p in ("imdb", "imdb-no-bucketing") if p in done]
@@ -618,7 +620,7 @@ def _names(allowed: tuple[str, ...]) -> Any:
 
 
 def _args(argv: Optional[list[str]]) -> argparse.Namespace:
-    from harness.benchtrain import MODELS, VARIANTS
+    from harness.commands.benchtrain import MODELS, VARIANTS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", default=".gpu-bundle")

@@ -14,7 +14,6 @@ finished, the same command starts a new one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -30,15 +29,17 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from transformers import AutoTokenizer
 
-from harness.callbacks import quiet_mode
-from harness.checkpoints import unreadable
 from harness.config import GENERATION_MODES, TRANSFER_FAMILIES, RunConfig, TaskSpec, redact_uri
 from harness.data.sources import TaskData, load_task_data
 from harness.errors import ConfigError, user_error
 from harness.families import get_family
 from harness.families.base import EvalReport, Family
-from harness.launch import join, launched_world, share
 from harness.models.loading import ResolvedModel, load_pretrained, resolve_model
+from harness.models.sharding import check_shardable, full_state_dict, is_sharded
+from harness.run.callbacks import quiet_mode
+from harness.run.checkpoints import unreadable
+from harness.run.launch import join, launched_world, share
+from harness.run.training import CHECKPOINT_DIR, build_trainer
 from harness.runtime import (
     check_combinations,
     check_devices,
@@ -46,12 +47,10 @@ from harness.runtime import (
     device_type,
     resolve_device_settings,
 )
-from harness.sharding import check_shardable, full_state_dict, is_sharded
 from harness.tracking.env import describe_device
 from harness.tracking.logger import MlflowStepLogger
 from harness.tracking.mlflow_run import Tracker, is_global_zero
-from harness.tracking.store import check_store
-from harness.training import CHECKPOINT_DIR, build_trainer
+from harness.tracking.store import check_store, uri_key
 
 LAST = "last.ckpt"
 
@@ -136,8 +135,8 @@ class RunState:
 
     def lock(self) -> None:
         """Hold the folder for this process: a second identical command started meanwhile must neither resume nor
-        overwrite this one's checkpoints (harness/runlock.py)."""
-        from harness import runlock
+        overwrite this one's checkpoints (harness/run/runlock.py)."""
+        from harness.run import runlock
 
         self._lock_fd = runlock.hold(self.dir)
 
@@ -146,11 +145,6 @@ class RunState:
         if fd is not None:
             os.close(fd)  # closing the descriptor releases the lock
             self._lock_fd = None
-
-
-def uri_key(uri: str) -> str:
-    """The tracking URI as the state file stores it: a hash, so no credential lands on disk."""
-    return hashlib.sha256(uri.encode()).hexdigest()[:16]
 
 
 # ---- the Trainer -----------------------------------------------------------------------------------------------------

@@ -231,6 +231,7 @@ def test_params_hold_only_this_familys_settings(trained):
     assert not [k for k in params if k.startswith("generation.") or k in ("data.doc_stride", "eval.n_best")]
 
 
+@pytest.mark.slow  # the MLflow UI's start (30 s): make test-slow, which CI runs
 def test_make_ui_serves_the_run_and_its_artifacts(trained):
     """`make ui` starts the MLflow UI on 127.0.0.1 over the store the run used; the run and its artifacts load."""
     import os

@@ -42,6 +42,7 @@ def bundle(tmp_path_factory, data_dir):
     return {"folder": folder, "model": model, "manifest": manifest, "gb": gb}
 
 
+@pytest.mark.slow  # builds the GPU bundle (a minute): make test-slow, which CI runs
 def test_bundle_holds_bf16_weights_and_the_runs_own_tokens(bundle, data_dir):
     from safetensors import safe_open
     from transformers import AutoTokenizer
@@ -76,6 +77,7 @@ def test_bundle_holds_bf16_weights_and_the_runs_own_tokens(bundle, data_dir):
     assert max(np.diff(b.split("train").sequences["input_ids"][1])) <= 512
 
 
+@pytest.mark.slow  # builds the GPU bundle (a minute): make test-slow, which CI runs
 def test_the_weights_travel_compressed_and_unpack_once(bundle, tmp_path):
     """The bf16 weights go in the bundle xz-compressed (the bundle and the checkout travel in one 64 MiB device
     call); the check unpacks them on the host once, to the same bytes."""
@@ -97,6 +99,7 @@ def test_the_weights_travel_compressed_and_unpack_once(bundle, tmp_path):
     assert weights.stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow  # builds the GPU bundle (a minute): make test-slow, which CI runs
 def test_a_bf16_checkpoint_trains_in_float32(bundle):
     from harness.commands.gpucheck import Bundle
     from harness.models.classification import SequenceClassifier
@@ -341,6 +344,7 @@ def test_the_summary_judges_the_goals_on_a_gpu_only():
     assert goals(done, "cpu").startswith("goals: not judged")
 
 
+@pytest.mark.slow  # builds the GPU bundle (a minute): make test-slow, which CI runs
 def test_a_failing_phase_is_recorded_and_the_next_ones_still_run(bundle, tmp_path, capsys, monkeypatch):
     """The first GPU run lost everything to one exception in its first phase, and a second run into the same folder
     raised FileExistsError: now the failure is a FAILED record with its one-line error and traceback, the other

@@ -222,3 +222,36 @@ def test_bench_shard_halves_each_ranks_training_state_over_two_processes(tiny_mo
     assert 2 * ddp["grad_bytes"] == pytest.approx(ddp["optim_bytes"], rel=0.01)  # two moments per trained parameter
     assert state(rows[("ddp", 1)]) == state(ddp) == state(rows[("fsdp", 1)])  # one process holds all of it
     assert state(fsdp) == pytest.approx(state(ddp) / 2, rel=0.02)
+
+
+@pytest.mark.slow  # two two-process runs
+def test_lora_trains_sharded_with_ddps_steps_and_logs_its_adapter(data_dir, tiny_model, tracking_uri, tmp_path):
+    """Transfer modes wrap the model before it is sharded: LoRA over two FSDP processes takes the steps LoRA under
+    DDP takes, trains only the adapter, and its logged adapter predicts what the run predicted."""
+    import mlflow
+
+    lora = {**COMMON, "model.mode": "lora", "data.train_size": "320", "trainer.max_epochs": "1", "log_model": "true"}
+    lora["eval.prediction_text_chars"] = "100000"  # the whole review in the table, so the model sees what the run saw
+    for strategy in ("ddp", "fsdp"):
+        args = tiny_args(data_dir, tiny_model, tracking_uri, **lora, **{"trainer.strategy": strategy})
+        done = _run([*args, f"tracking.experiment=lora-{strategy}"], tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert "sharded (FSDP2) over 2 processes" in done.stdout
+    client = MlflowClient(tracking_uri)
+    (d,) = client.search_runs([client.get_experiment_by_name("lora-ddp").experiment_id])
+    (f,) = client.search_runs([client.get_experiment_by_name("lora-fsdp").experiment_id])
+    a, b = _losses(client, f.info.run_id), _losses(client, d.info.run_id)
+    assert sorted(a) == sorted(b) and len(a) >= 4
+    assert max(abs(a[s] - b[s]) for s in a) <= 1e-4
+    assert abs(f.data.metrics["test_loss"] - d.data.metrics["test_loss"]) <= 1e-4
+    # each process held its share of every parameter, frozen ones included; only the adapter trained
+    assert f.data.params.get("model.mode") == "lora"
+    m = f.data.metrics
+    assert 0 < m["params_trainable_pct"] < 5 and m["params_trainable"] == d.data.metrics["params_trainable"]
+    assert m["shard_params_per_rank"] == pytest.approx(m["params_total"] / 2, rel=0.01)
+    mlflow.set_tracking_uri(tracking_uri)
+    table = json.loads(Path(client.download_artifacts(f.info.run_id, "predictions/test.json")).read_text())
+    table = pd.DataFrame(data=table["data"], columns=table["columns"])
+    out = mlflow.pyfunc.load_model(f"runs:/{f.info.run_id}/model").predict(pd.DataFrame({"text": table["text"]}))
+    assert list(out["label"]) == list(table["prediction"])
+    assert (out["prob_positive"] - table["p_positive"]).abs().max() <= 1e-5

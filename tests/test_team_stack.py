@@ -136,6 +136,7 @@ def test_a_run_against_the_server_holds_what_a_sqlite_run_holds(stack, data_dir,
     assert files
 
 
+@pytest.mark.slow  # half a minute of servers and processes: make test-slow, which CI runs
 def test_a_study_on_postgres_with_workers_and_the_server(stack, data_dir, tiny_model, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
@@ -246,6 +247,7 @@ def test_workers_on_other_hosts_join_one_study_with_bounded_connections(stack, d
     assert states.count("COMPLETE") >= 8
 
 
+@pytest.mark.slow  # half a minute of servers and processes: make test-slow, which CI runs
 def test_journal_storage_for_workers_on_one_host(data_dir, tiny_model, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
@@ -339,6 +341,7 @@ def test_basic_auth_server(stack, data_dir, tiny_model, tmp_path):
         shutil.rmtree(folder.parent, ignore_errors=True)
 
 
+@pytest.mark.slow  # half a minute of servers and processes: make test-slow, which CI runs
 def test_a_stack_under_a_closed_folder_and_half_dead_is_reported_and_repaired(monkeypatch, capsys):
     """As root, a checkout under a folder PostgreSQL's user cannot enter (root's 0700 home, a mktemp -d folder): the
     cluster goes where it can reach it. Then the MLflow server dies while PostgreSQL runs on: status says so part by
@@ -462,6 +465,7 @@ def _assert_complete(uri: str, run_id: str) -> None:
     assert str(model.status) == "READY" and {m.key for m in model.metrics} >= {"test_accuracy", "test_accuracy_ci_low"}
 
 
+@pytest.mark.slow  # half a minute of servers and processes: make test-slow, which CI runs
 def test_a_run_goes_on_while_the_server_is_away_and_sends_everything_when_it_is_back(
     stack, data_dir, tiny_model, tmp_path
 ):
@@ -475,6 +479,7 @@ def test_a_run_goes_on_while_the_server_is_away_and_sends_everything_when_it_is_
     )
 
 
+@pytest.mark.slow  # half a minute of servers and processes: make test-slow, which CI runs
 def test_harness_sync_sends_what_a_run_kept_when_the_server_stayed_away(
     stack, data_dir, tiny_model, tmp_path, monkeypatch, capsys
 ):

@@ -279,8 +279,10 @@ def test_pruning_stops_a_bad_trial(tmp_path, data_dir, tiny_model):
     _check_pruned(tmp_path)
 
 
-def test_pruning_under_ddp_two_cpu_processes(tmp_path, data_dir, tiny_model):
-    """Rank 0 decides and broadcasts; both ranks stop at the same validation and exit cleanly."""
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
+def test_pruning_under_ddp_two_cpu_processes(tmp_path, data_dir, tiny_model, strategy):
+    """Rank 0 decides and broadcasts; both ranks stop at the same validation and exit cleanly (replicated or
+    sharded)."""
     _seed_study(tmp_path / "optuna.db")
     cmd = [
         sys.executable,
@@ -298,7 +300,7 @@ def test_pruning_under_ddp_two_cpu_processes(tmp_path, data_dir, tiny_model):
             tmp_path,
             data_dir,
             tiny_model,
-            "trainer.strategy=ddp",
+            f"trainer.strategy={strategy}",
             "trainer.devices=2",
             "trainer.accelerator=cpu",
             "trainer.num_threads=1",
@@ -323,6 +325,7 @@ def _running_child_runs(tmp_path: Path) -> int:
     return sum("mlflow.parentRunId" in r.data.tags for r in runs)
 
 
+@pytest.mark.slow  # two workers and a kill (40 s): make test-slow, which CI runs
 def test_parallel_workers_survive_a_killed_worker(tmp_path, data_dir, tiny_model):
     """Two workers on sqlite; one is killed with SIGKILL mid-trial: its trial is marked FAIL (no heartbeat) and
     retried, the study still finishes its trials, and no worker hits 'database is locked'."""

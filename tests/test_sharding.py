@@ -124,6 +124,26 @@ def test_the_cli_refuses_in_one_line_before_anything_starts(data_dir, tiny_model
     assert not Path("mlruns.db").exists() or not store.search_experiments(filter_string="name='imdb'")
 
 
+def test_a_sharded_run_in_this_process_leaves_no_group_or_port_behind(data_dir, tiny_model, tracking_uri, monkeypatch):
+    """One process sharded (the GPU check's imdb-fsdp phase, a suite's entry): the run ends its process group and
+    takes back the rendezvous Lightning put in the environment, so a later two-process run started from here neither
+    inherits a port this process still holds (CI: "address already in use" in every sharded test after the GPU
+    check's) nor waits, as a rank launched from outside (LOCAL_RANK), for a peer nobody starts."""
+    import torch.distributed as dist
+
+    from harness.run.launch import RENDEZVOUS_ENV
+
+    for key in RENDEZVOUS_ENV:
+        monkeypatch.delenv(key, raising=False)
+    args = tiny_args(data_dir, tiny_model, tracking_uri, **{"trainer.strategy": "fsdp", "trainer.devices": "1"})
+    assert run_cli(["run", "imdb", *args, "trainer.max_steps=2", "data.train_size=32"]) == 0
+    assert not dist.is_initialized()
+    assert not [k for k in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK") if k in os.environ]
+    client = MlflowClient(tracking_uri)
+    (r,) = client.search_runs([client.get_experiment_by_name("imdb").experiment_id])
+    assert r.info.status == "FINISHED" and r.data.metrics["shard_processes"] == 1
+
+
 # ---- two processes --------------------------------------------------------------------------------------------------
 
 

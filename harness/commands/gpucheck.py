@@ -241,17 +241,9 @@ def run_phase(
         cfg, None, RunFolder(Path(cfg.tracking.output_dir)), [clock.callback], quiet=True, checkpoints=False
     )
     setup_seconds = time.perf_counter() - started
-    fit_start = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
-    fit_seconds = time.perf_counter() - fit_start
-    test_start = time.perf_counter()
-    trainer.test(module, dataloaders=dm.test_dataloader(), verbose=False)
-    test_seconds = time.perf_counter() - test_start
+    fit_seconds, test_seconds = _fit_and_test(trainer, module, dm)
     record.log_params({"data.resident_splits": dm.resident_splits()})
-    info = getattr(module, "shard_info", None)  # the imdb-fsdp phase: what each process held
-    if info is not None:
-        record.log_metrics({"shard_params_per_rank": info.local, "shard_processes": info.processes}, step=0)
-        record.set_tags({"fsdp.sharding": info.line()})
+    _record_sharding(module, record)
     out_t = module.test_outputs
     probs, labels = out_t["probs"].float(), out_t["label"].long()
 
@@ -274,6 +266,30 @@ def run_phase(
     return _phase_record(
         name, cfg, estimates, clocks, rate, len(labels), len(dm.encoded["train"]), device, record, trainer.global_step
     )
+
+
+def _fit_and_test(trainer: Any, module: Any, dm: Any) -> tuple[float, float]:
+    """Training, then the test split, each timed; a process group the phase started (imdb-fsdp) ends with it."""
+    from harness.run.launch import OwnProcessGroup
+
+    group = OwnProcessGroup()
+    try:
+        fit_start = time.perf_counter()
+        trainer.fit(module, datamodule=dm)
+        fit_seconds = time.perf_counter() - fit_start
+        test_start = time.perf_counter()
+        trainer.test(module, dataloaders=dm.test_dataloader(), verbose=False)
+        return fit_seconds, time.perf_counter() - test_start
+    finally:
+        group.release()
+
+
+def _record_sharding(module: Any, record: Any) -> None:
+    """The imdb-fsdp phase: what each process held, as a sharded run logs it."""
+    info = getattr(module, "shard_info", None)
+    if info is not None:
+        record.log_metrics({"shard_params_per_rank": info.local, "shard_processes": info.processes}, step=0)
+        record.set_tags({"fsdp.sharding": info.line()})
 
 
 def _phase_record(

@@ -101,3 +101,35 @@ def share(group: Any, decide: Callable[[], dict]) -> dict:
     if "error" in box[0]:
         raise RunFailed(f"rank 0 stopped before training: {box[0]['error']}", "fix what rank 0 reported")
     return box[0]
+
+
+# what Lightning puts in the environment when it starts a process group: a process started later inherits it, and
+# LOCAL_RANK alone makes Lightning treat that process as one of several launched from outside (it then waits for
+# peers it never starts)
+RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "RANK", "WORLD_SIZE")
+
+
+class OwnProcessGroup:
+    """A process group a run starts for this process alone (one process sharded, e.g. the GPU check's imdb-fsdp
+    phase, a suite's entry, a test calling the CLI in-process) ends with the run: Lightning leaves the group alive and
+    its rendezvous in the environment, so a later run in this process, or any process it starts, would be sent to a
+    port this process still holds ("address already in use") or wait for peers as a rank launched from outside. A
+    group of several processes, or one that was there before the run, is left as it is."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self.before = {k: os.environ.get(k) for k in RENDEZVOUS_ENV}
+        self.existed = dist.is_available() and dist.is_initialized()
+
+    def release(self) -> None:
+        import torch.distributed as dist
+
+        if self.existed or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() != 1:
+            return
+        dist.destroy_process_group()
+        for key, value in self.before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

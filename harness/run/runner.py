@@ -38,7 +38,7 @@ from harness.models.loading import ResolvedModel, load_pretrained, resolve_model
 from harness.models.sharding import check_shardable, full_state_dict, is_sharded
 from harness.run.callbacks import quiet_mode
 from harness.run.checkpoints import unreadable
-from harness.run.launch import join, launched_world, share
+from harness.run.launch import OwnProcessGroup, join, launched_world, share
 from harness.run.training import CHECKPOINT_DIR, build_trainer
 from harness.runtime import (
     check_combinations,
@@ -224,6 +224,7 @@ def run(
 ) -> RunResult:
     """One run. `objective=True` (a hyperparameter-search trial): train and validate only — the test split is not
     even loaded, so it can never leak into selection — and return the last validation metrics."""
+    group = OwnProcessGroup()
     ctx = _context(cfg, task, console, objective, extra_callbacks or [])
     try:
         _start(ctx)
@@ -253,6 +254,7 @@ def run(
         raise
     finally:
         ctx.state.unlock()
+        group.release()
 
 
 def _context(cfg: RunConfig, task: TaskSpec, console: Any, objective: bool, callbacks: list) -> RunContext:

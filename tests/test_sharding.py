@@ -50,6 +50,18 @@ def _losses(client: MlflowClient, run_id: str) -> dict[int, float]:
     return {m.step: m.value for m in client.get_metric_history(run_id, "train_loss")}
 
 
+def _serves_what_it_predicted(client: MlflowClient, uri: str, run_id: str) -> None:
+    """The run's logged model, loaded with mlflow.pyfunc, predicts the labels and probabilities the run logged."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    table = json.loads(Path(client.download_artifacts(run_id, "predictions/test.json")).read_text())
+    table = pd.DataFrame(data=table["data"], columns=table["columns"])
+    out = mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(pd.DataFrame({"text": table["text"]}))
+    assert list(out["label"]) == list(table["prediction"])
+    assert (out["prob_positive"] - table["p_positive"]).abs().max() <= 1e-5
+
+
 def _gone(group: int, within: float) -> bool:
     """Whether every process of the process group has exited within `within` seconds (the rest are then killed)."""
     deadline = time.monotonic() + within
@@ -151,7 +163,6 @@ def test_a_sharded_run_in_this_process_leaves_no_group_or_port_behind(data_dir, 
 def test_sharded_training_takes_ddps_steps_resumes_after_kill_and_logs_a_model_that_serves(
     data_dir, tiny_model, tracking_uri, tmp_path
 ):
-    import mlflow
 
     ddp = tiny_args(data_dir, tiny_model, tracking_uri, **COMMON, **{"trainer.strategy": "ddp"})
     fsdp = tiny_args(
@@ -187,12 +198,7 @@ def test_sharded_training_takes_ddps_steps_resumes_after_kill_and_logs_a_model_t
     assert max(abs(v - b[s]) for s, v in _losses(client, h.info.run_id).items()) <= 1e-4
 
     # the logged model, gathered on rank 0, is an ordinary MLflow model that predicts what the run predicted
-    mlflow.set_tracking_uri(tracking_uri)
-    table = json.loads(Path(client.download_artifacts(f.info.run_id, "predictions/test.json")).read_text())
-    table = pd.DataFrame(data=table["data"], columns=table["columns"])
-    out = mlflow.pyfunc.load_model(f"runs:/{f.info.run_id}/model").predict(pd.DataFrame({"text": table["text"]}))
-    assert list(out["label"]) == list(table["prediction"])
-    assert (out["prob_positive"] - table["p_positive"]).abs().max() <= 1e-5
+    _serves_what_it_predicted(client, tracking_uri, f.info.run_id)
 
     # killed (every process, kill -9) two steps after the sharded checkpoint of step 12, then the same command again
     killed = subprocess.Popen(
@@ -248,7 +254,6 @@ def test_bench_shard_halves_each_ranks_training_state_over_two_processes(tiny_mo
 def test_lora_trains_sharded_with_ddps_steps_and_logs_its_adapter(data_dir, tiny_model, tracking_uri, tmp_path):
     """Transfer modes wrap the model before it is sharded: LoRA over two FSDP processes takes the steps LoRA under
     DDP takes, trains only the adapter, and its logged adapter predicts what the run predicted."""
-    import mlflow
 
     lora = {**COMMON, "model.mode": "lora", "data.train_size": "320", "trainer.max_epochs": "1", "log_model": "true"}
     lora["eval.prediction_text_chars"] = "100000"  # the whole review in the table, so the model sees what the run saw
@@ -269,9 +274,4 @@ def test_lora_trains_sharded_with_ddps_steps_and_logs_its_adapter(data_dir, tiny
     m = f.data.metrics
     assert 0 < m["params_trainable_pct"] < 5 and m["params_trainable"] == d.data.metrics["params_trainable"]
     assert m["shard_params_per_rank"] == pytest.approx(m["params_total"] / 2, rel=0.01)
-    mlflow.set_tracking_uri(tracking_uri)
-    table = json.loads(Path(client.download_artifacts(f.info.run_id, "predictions/test.json")).read_text())
-    table = pd.DataFrame(data=table["data"], columns=table["columns"])
-    out = mlflow.pyfunc.load_model(f"runs:/{f.info.run_id}/model").predict(pd.DataFrame({"text": table["text"]}))
-    assert list(out["label"]) == list(table["prediction"])
-    assert (out["prob_positive"] - table["p_positive"]).abs().max() <= 1e-5
+    _serves_what_it_predicted(client, tracking_uri, f.info.run_id)
